@@ -1,0 +1,121 @@
+"""Saving and loading parameter trees with orbax, next to a ``config.json`` (and optional tokenizer).
+
+A T5 directory (what ``python -m weights_convert`` writes)::
+
+    OUT/config.json     Hugging Face style T5 config
+    OUT/params/         orbax checkpoint of the params tree (t5vae.t5 docstring)
+    OUT/spiece.model    sentencepiece tokenizer, when the source had one
+
+Directories are written next to their destination and renamed into place, so a crash never leaves a
+half-written OUT, and an existing OUT is only replaced when asked.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from t5vae import t5
+from t5vae.config import T5Config
+
+CONFIG_FILE, PARAMS_DIR, TOKENIZER_FILE = "config.json", "params", "spiece.model"
+
+
+def _checkpointer():
+    import orbax.checkpoint as ocp  # imported lazily: it is slow to import
+
+    return ocp.StandardCheckpointer()
+
+
+@contextmanager
+def atomic_directory(out: str | os.PathLike, overwrite: bool = False):
+    """Yield a temporary directory that becomes ``out`` only if the block finishes without error."""
+    out = Path(out).absolute()
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; choose another output or pass overwrite=True (--overwrite)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_params(path: str | os.PathLike, params) -> None:
+    """Write a params pytree (numpy or jax arrays) as an orbax checkpoint at ``path`` (must not exist)."""
+    ckpt = _checkpointer()
+    ckpt.save(Path(path).absolute(), params)
+    ckpt.wait_until_finished()
+
+
+def check_tree(params, abstract, what: str) -> None:
+    """Raise naming every leaf whose presence, shape or dtype differs between ``params`` and ``abstract``."""
+    got = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(params)}
+    want = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(abstract)}
+    problems = [f"missing {k} {tuple(want[k].shape)}" for k in sorted(want.keys() - got.keys())]
+    problems += [f"unexpected {k} {tuple(np.shape(got[k]))}" for k in sorted(got.keys() - want.keys())]
+    problems += [f"{k}: shape {tuple(np.shape(got[k]))}, expected {tuple(want[k].shape)}"
+                 for k in sorted(want.keys() & got.keys()) if tuple(np.shape(got[k])) != tuple(want[k].shape)]
+    if problems:
+        raise ValueError(f"{what} does not match the expected params tree:\n  " + "\n  ".join(problems))
+
+
+def save_t5(out: str | os.PathLike, cfg: T5Config, params, tokenizer: str | os.PathLike | None = None,
+            overwrite: bool = False) -> Path:
+    """Write config.json + params (+ spiece.model) atomically into ``out``; params are checked against the specs."""
+    check_tree(params, t5.abstract_params(cfg), "params")
+    with atomic_directory(out, overwrite) as tmp:
+        cfg.save_json(tmp / CONFIG_FILE)
+        if tokenizer is not None:
+            shutil.copyfile(tokenizer, tmp / TOKENIZER_FILE)
+        save_params(tmp / PARAMS_DIR, params)
+    return Path(out)
+
+
+def restore_params(path: str | os.PathLike, abstract, what: str | None = None):
+    """Restore an orbax params checkpoint into the shapes/dtypes/shardings of ``abstract``."""
+    path = Path(path).absolute()
+    if not path.is_dir():
+        raise FileNotFoundError(f"no params checkpoint at {path}")
+    ckpt = _checkpointer()
+    stored = ckpt.metadata(path).item_metadata.tree
+    check_tree(stored, abstract, what or str(path))
+    abstract = jax.tree.map(lambda a: a if getattr(a, "sharding", None) is not None else jax.ShapeDtypeStruct(
+        a.shape, a.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])), abstract)
+    return ckpt.restore(path, abstract)
+
+
+def load_t5(path: str | os.PathLike, dtype: str | None = None, param_dtype: str | None = None,
+            shardings=None) -> tuple[T5Config, dict]:
+    """Load a directory written by ``python -m weights_convert`` (or :func:`save_t5`) -> ``(cfg, params)``.
+
+    ``dtype`` sets the compute dtype, ``param_dtype`` casts the stored params; ``shardings`` (a pytree of
+    ``jax.sharding.Sharding`` matching the params) restores each leaf straight into its sharding.
+    """
+    path = Path(path)
+    if not (path / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{path} is not a t5vae T5 directory: {path / CONFIG_FILE} is missing")
+    overrides = {k: v for k, v in (("dtype", dtype), ("param_dtype", param_dtype)) if v is not None}
+    cfg = T5Config.load_json(path / CONFIG_FILE, **overrides)
+    abstract = t5.abstract_params(cfg)
+    if shardings is not None:
+        abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    return cfg, restore_params(path / PARAMS_DIR, abstract, f"{path / PARAMS_DIR}")
+
+
+def tokenizer_path(path: str | os.PathLike) -> Path | None:
+    p = Path(path) / TOKENIZER_FILE
+    return p if p.is_file() else None

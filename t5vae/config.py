@@ -1,0 +1,130 @@
+"""Model configuration: frozen dataclasses, presets, and Hugging Face ``config.json`` in/out."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+_ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu")
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+    """A T5 encoder-decoder. Field names follow Hugging Face's ``T5Config``; hashable, so jit can close over it.
+
+    ``dtype`` is the compute dtype, ``param_dtype`` the storage dtype of the parameters.
+    """
+
+    vocab_size: int = 32128
+    d_model: int = 512
+    d_kv: int = 64
+    d_ff: int = 2048
+    num_layers: int = 6
+    num_decoder_layers: int | None = None
+    num_heads: int = 8
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    dropout_rate: float = 0.1
+    layer_norm_epsilon: float = 1e-6
+    feed_forward_proj: str = "relu"
+    tie_word_embeddings: bool = True
+    pad_token_id: int = 0
+    eos_token_id: int = 1
+    decoder_start_token_id: int = 0
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.num_decoder_layers is None:
+            object.__setattr__(self, "num_decoder_layers", self.num_layers)
+        for name in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
+                     "relative_attention_num_buckets", "relative_attention_max_distance"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"T5Config.{name} must be a positive int, got {value!r}")
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise ValueError(f"T5Config.dropout_rate must be in [0, 1), got {self.dropout_rate!r}")
+        self.activation  # validates feed_forward_proj
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in ("float32", "bfloat16", "float16"):
+                raise ValueError(f"T5Config.{name} must be float32, bfloat16 or float16, got {getattr(self, name)!r}")
+
+    @property
+    def activation(self) -> str:
+        """The FFN nonlinearity; ``gated-gelu`` means the tanh approximation (``gelu_new``), as in the reference."""
+        parts = self.feed_forward_proj.split("-")
+        act = parts[-1]
+        if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated") or act not in _ACTIVATIONS:
+            raise ValueError(f"T5Config.feed_forward_proj={self.feed_forward_proj!r} is not one of "
+                             f"{list(_ACTIVATIONS)} optionally prefixed by 'gated-'")
+        return "gelu_new" if self.feed_forward_proj == "gated-gelu" else act
+
+    @property
+    def is_gated(self) -> bool:
+        return self.feed_forward_proj.startswith("gated-")
+
+    def replace(self, **changes: Any) -> "T5Config":
+        return dataclasses.replace(self, **changes)
+
+    # -- Hugging Face config.json ------------------------------------------------------------------
+    def to_hf_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("dtype", "param_dtype")}
+        d.update(model_type="t5", architectures=["T5ForConditionalGeneration"], is_encoder_decoder=True,
+                 torch_dtype=self.param_dtype)
+        return d
+
+    @classmethod
+    def from_hf_dict(cls, d: dict, **overrides: Any) -> "T5Config":
+        """Read a Hugging Face T5/mT5 ``config.json`` dict; unknown keys are ignored, missing ones defaulted."""
+        if d.get("model_type", "t5") not in ("t5", "mt5", "umt5"):
+            raise ValueError(f"config.json has model_type={d.get('model_type')!r}; only T5 and mT5 are supported")
+        names = {f.name for f in dataclasses.fields(cls)} - {"dtype", "param_dtype"}
+        kwargs = {k: v for k, v in d.items() if k in names}
+        if d.get("torch_dtype") in ("float32", "bfloat16", "float16"):
+            kwargs["param_dtype"] = d["torch_dtype"]
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    def save_json(self, path: str | os.PathLike) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_hf_dict(), f, indent=2, sort_keys=True)
+            f.write("\n")
+
+    @classmethod
+    def load_json(cls, path: str | os.PathLike, **overrides: Any) -> "T5Config":
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"{path} must hold a JSON object, got {type(d).__name__}")
+        return cls.from_hf_dict(d, **overrides)
+
+
+PRESETS: dict[str, T5Config] = {
+    # v1.0: relu FFN, tied embeddings (output scaled by d_model**-0.5)
+    "t5-small": T5Config(d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8),
+    "t5-base": T5Config(d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12),
+    "t5-large": T5Config(d_model=1024, d_kv=64, d_ff=4096, num_layers=24, num_heads=16),
+    # v1.1 / Flan-T5: gated-gelu, untied lm_head
+    "t5-v1_1-small": T5Config(d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_heads=6,
+                              feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+    "t5-v1_1-base": T5Config(d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_heads=12,
+                             feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+    "flan-t5-small": T5Config(d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_heads=6,
+                              feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+    "flan-t5-base": T5Config(d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_heads=12,
+                             feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+    # for tests and quick experiments
+    "tiny": T5Config(vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                     relative_attention_num_buckets=8, relative_attention_max_distance=16),
+}
+
+
+def preset(name: str, **overrides: Any) -> T5Config:
+    """A named T5 shape (``t5-small``, ``flan-t5-base``, ``tiny``…) with optional field overrides."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown T5 preset {name!r}; choose from {sorted(PRESETS)}")
+    return PRESETS[name].replace(**overrides)

@@ -1,0 +1,208 @@
+"""The T5 backbone: one param spec tree drives init, shardings and conversion; encode/decode are pure.
+
+Params tree (L = num_layers, Ld = num_decoder_layers; layers stacked on a leading axis, run with scan)::
+
+    shared/embedding                    [V, D]         ("vocab", "embed")
+    encoder/relpos_bias                 [R, H]         ("relpos_buckets", "heads")
+    encoder/layers/attn_norm            [L, D]
+    encoder/layers/attn/{q,k,v}         [L, D, H, K]   ("layers", "embed", "heads", "kv")
+    encoder/layers/attn/o               [L, H, K, D]
+    encoder/layers/mlp_norm             [L, D]
+    encoder/layers/mlp/wi | wi_0, wi_1  [L, D, F]      ("layers", "embed", "mlp")
+    encoder/layers/mlp/wo               [L, F, D]
+    encoder/final_norm                  [D]
+    decoder/relpos_bias                 [R, H]
+    decoder/layers/{self_attn_norm, cross_attn_norm, mlp_norm}   [Ld, D]
+    decoder/layers/{self_attn, cross_attn}/{q,k,v,o}, decoder/layers/mlp/...  as in the encoder
+    decoder/final_norm                  [D]
+    lm_head                             [D, V]         only when tie_word_embeddings is False
+"""
+from __future__ import annotations
+
+from collections import namedtuple
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from t5vae import layers
+from t5vae.config import T5Config
+
+ParamSpec = namedtuple("ParamSpec", "shape axes init")
+
+
+def normal(std: float) -> Callable:
+    return lambda key, shape, dtype: (std * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+
+
+def ones(key, shape, dtype):
+    return jnp.ones(shape, dtype)
+
+
+def _attn_specs(cfg: T5Config, n: int) -> dict:
+    D, H, K = cfg.d_model, cfg.num_heads, cfg.d_kv
+    w, o = ("layers", "embed", "heads", "kv"), ("layers", "heads", "kv", "embed")
+    return {"q": ParamSpec((n, D, H, K), w, normal((D * K) ** -0.5)),
+            "k": ParamSpec((n, D, H, K), w, normal(D ** -0.5)),
+            "v": ParamSpec((n, D, H, K), w, normal(D ** -0.5)),
+            "o": ParamSpec((n, H, K, D), o, normal((H * K) ** -0.5))}
+
+
+def _mlp_specs(cfg: T5Config, n: int) -> dict:
+    D, F = cfg.d_model, cfg.d_ff
+    wi = ParamSpec((n, D, F), ("layers", "embed", "mlp"), normal(D ** -0.5))
+    specs = {"wi_0": wi, "wi_1": wi} if cfg.is_gated else {"wi": wi}
+    specs["wo"] = ParamSpec((n, F, D), ("layers", "mlp", "embed"), normal(F ** -0.5))
+    return specs
+
+
+def _norm(*lead: int) -> ParamSpec:
+    return ParamSpec(lead, ("layers", "embed")[-len(lead):], ones)
+
+
+def param_specs(cfg: T5Config) -> dict:
+    """The spec tree: ``ParamSpec(shape, logical axes, initializer)`` for every leaf (see module docstring)."""
+    D, V, R, H = cfg.d_model, cfg.vocab_size, cfg.relative_attention_num_buckets, cfg.num_heads
+    L, Ld = cfg.num_layers, cfg.num_decoder_layers
+    relpos = ParamSpec((R, H), ("relpos_buckets", "heads"), normal(D ** -0.5))
+    specs = {
+        "shared": {"embedding": ParamSpec((V, D), ("vocab", "embed"), normal(1.0))},
+        "encoder": {"relpos_bias": relpos,
+                    "layers": {"attn_norm": _norm(L, D), "attn": _attn_specs(cfg, L),
+                               "mlp_norm": _norm(L, D), "mlp": _mlp_specs(cfg, L)},
+                    "final_norm": _norm(D)},
+        "decoder": {"relpos_bias": relpos,
+                    "layers": {"self_attn_norm": _norm(Ld, D), "self_attn": _attn_specs(cfg, Ld),
+                               "cross_attn_norm": _norm(Ld, D), "cross_attn": _attn_specs(cfg, Ld),
+                               "mlp_norm": _norm(Ld, D), "mlp": _mlp_specs(cfg, Ld)},
+                    "final_norm": _norm(D)},
+    }
+    if not cfg.tie_word_embeddings:
+        specs["lm_head"] = ParamSpec((D, V), ("embed", "vocab"), normal(D ** -0.5))
+    return specs
+
+
+def is_spec(x) -> bool:
+    return isinstance(x, ParamSpec)
+
+
+def init_from_specs(specs, key: jax.Array, dtype) -> dict:
+    """Initialise every leaf of a spec tree; each leaf gets its own key, in tree-flatten order."""
+    leaves, treedef = jax.tree.flatten(specs, is_leaf=is_spec)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(treedef, [s.init(k, s.shape, jnp.dtype(dtype)) for s, k in zip(leaves, keys)])
+
+
+def abstract_params(cfg: T5Config) -> dict:
+    """``jax.ShapeDtypeStruct`` per leaf: what a checkpoint must contain."""
+    dt = jnp.dtype(cfg.param_dtype)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, dt), param_specs(cfg), is_leaf=is_spec)
+
+
+def init(cfg: T5Config, key: jax.Array) -> dict:
+    """Random parameters in ``cfg.param_dtype`` with T5's initializer scales."""
+    return init_from_specs(param_specs(cfg), key, cfg.param_dtype)
+
+
+# -- forward ---------------------------------------------------------------------------------------
+
+def _layer_keys(key: jax.Array | None, n: int, per_layer: int):
+    """Dropout keys [n, per_layer] for a scanned stack, or None when deterministic."""
+    return None if key is None else jax.random.split(key, (n, per_layer))
+
+
+def _embed(params: dict, cfg: T5Config, ids_BL: jax.Array) -> jax.Array:
+    return jnp.take(params["shared"]["embedding"], ids_BL, axis=0).astype(cfg.dtype)
+
+
+def encode(params: dict, cfg: T5Config, input_ids: jax.Array, attention_mask: jax.Array | None = None, *,
+           dropout_key: jax.Array | None = None) -> jax.Array:
+    """Encoder hidden states [B, L, D] (after the final norm) for token ids [B, L] and a 0/1 mask [B, L]."""
+    B, L = input_ids.shape
+    if attention_mask is None:
+        attention_mask = jnp.ones((B, L), bool)
+    mask_B11L = attention_mask.astype(bool)[:, None, None, :]
+    bias = layers.position_bias(params["encoder"]["relpos_bias"], L, L, True, cfg.relative_attention_max_distance)
+    k_emb, k_layers, k_out = (None,) * 3 if dropout_key is None else jax.random.split(dropout_key, 3)
+    x = layers.dropout(_embed(params, cfg, input_ids), cfg.dropout_rate, k_emb)
+    rate = cfg.dropout_rate
+
+    def block(x, lp_keys):
+        lp, ks = lp_keys
+        ks = (None,) * 4 if ks is None else ks
+        h = layers.rms_norm(x, lp["attn_norm"], cfg.layer_norm_epsilon)
+        x = x + layers.dropout(layers.attention(lp["attn"], h, h, bias, mask_B11L, rate, ks[0]), rate, ks[1])
+        h = layers.rms_norm(x, lp["mlp_norm"], cfg.layer_norm_epsilon)
+        x = x + layers.dropout(layers.mlp(lp["mlp"], h, cfg.activation, rate, ks[2]), rate, ks[3])
+        return x, None
+
+    x, _ = jax.lax.scan(block, x, (params["encoder"]["layers"], _layer_keys(k_layers, cfg.num_layers, 4)))
+    x = layers.rms_norm(x, params["encoder"]["final_norm"], cfg.layer_norm_epsilon)
+    return layers.dropout(x, rate, k_out)
+
+
+def decoder_hidden(params: dict, cfg: T5Config, decoder_input_ids: jax.Array, encoder_states: jax.Array,
+                   attention_mask: jax.Array | None = None, decoder_attention_mask: jax.Array | None = None, *,
+                   dropout_key: jax.Array | None = None) -> jax.Array:
+    """Decoder hidden states [B, T, D] (after the final norm), causal self-attention + cross-attention."""
+    B, T = decoder_input_ids.shape
+    S = encoder_states.shape[1]
+    causal_11TT = jnp.tril(jnp.ones((T, T), bool))[None, None]
+    self_mask = causal_11TT if decoder_attention_mask is None else (
+        causal_11TT & decoder_attention_mask.astype(bool)[:, None, None, :])
+    cross_mask = None if attention_mask is None else attention_mask.astype(bool)[:, None, None, :]
+    bias = layers.position_bias(params["decoder"]["relpos_bias"], T, T, False, cfg.relative_attention_max_distance)
+    enc = encoder_states.astype(cfg.dtype)
+    k_emb, k_layers, k_out = (None,) * 3 if dropout_key is None else jax.random.split(dropout_key, 3)
+    x = layers.dropout(_embed(params, cfg, decoder_input_ids), cfg.dropout_rate, k_emb)
+    rate, eps = cfg.dropout_rate, cfg.layer_norm_epsilon
+
+    def block(x, lp_keys):
+        lp, ks = lp_keys
+        ks = (None,) * 6 if ks is None else ks
+        h = layers.rms_norm(x, lp["self_attn_norm"], eps)
+        x = x + layers.dropout(layers.attention(lp["self_attn"], h, h, bias, self_mask, rate, ks[0]), rate, ks[1])
+        h = layers.rms_norm(x, lp["cross_attn_norm"], eps)
+        x = x + layers.dropout(layers.attention(lp["cross_attn"], h, enc, None, cross_mask, rate, ks[2]), rate, ks[3])
+        h = layers.rms_norm(x, lp["mlp_norm"], eps)
+        x = x + layers.dropout(layers.mlp(lp["mlp"], h, cfg.activation, rate, ks[4]), rate, ks[5])
+        return x, None
+
+    x, _ = jax.lax.scan(block, x, (params["decoder"]["layers"], _layer_keys(k_layers, cfg.num_decoder_layers, 6)))
+    x = layers.rms_norm(x, params["decoder"]["final_norm"], eps)
+    return layers.dropout(x, rate, k_out)
+
+
+def logits_from_hidden(params: dict, cfg: T5Config, x_BTD: jax.Array) -> jax.Array:
+    """LM head -> float32 logits [B, T, V]. v1.0 (tied) scales by d_model**-0.5 and reuses the embedding."""
+    if cfg.tie_word_embeddings:
+        x_BTD = x_BTD * (cfg.d_model ** -0.5)
+        return jnp.einsum("BTD,VD->BTV", x_BTD, params["shared"]["embedding"].astype(x_BTD.dtype),
+                          preferred_element_type=jnp.float32)
+    return jnp.einsum("BTD,DV->BTV", x_BTD, params["lm_head"].astype(x_BTD.dtype),
+                      preferred_element_type=jnp.float32)
+
+
+def decode(params: dict, cfg: T5Config, decoder_input_ids: jax.Array, encoder_states: jax.Array,
+           attention_mask: jax.Array | None = None, decoder_attention_mask: jax.Array | None = None, *,
+           dropout_key: jax.Array | None = None) -> jax.Array:
+    """Teacher-forced logits [B, T, V] (float32) given encoder states [B, S, D] and their mask [B, S]."""
+    x = decoder_hidden(params, cfg, decoder_input_ids, encoder_states, attention_mask, decoder_attention_mask,
+                       dropout_key=dropout_key)
+    return logits_from_hidden(params, cfg, x)
+
+
+def apply(params: dict, cfg: T5Config, input_ids: jax.Array, attention_mask: jax.Array | None,
+          decoder_input_ids: jax.Array, decoder_attention_mask: jax.Array | None = None, *,
+          dropout_key: jax.Array | None = None) -> jax.Array:
+    """Encoder + decoder: logits [B, T, V]."""
+    k_enc, k_dec = (None, None) if dropout_key is None else jax.random.split(dropout_key)
+    h = encode(params, cfg, input_ids, attention_mask, dropout_key=k_enc)
+    return decode(params, cfg, decoder_input_ids, h, attention_mask, decoder_attention_mask, dropout_key=k_dec)
+
+
+def shift_right(labels: jax.Array, cfg: T5Config) -> jax.Array:
+    """Decoder inputs from labels: prepend ``decoder_start_token_id``; -100 (ignored) becomes pad."""
+    start = jnp.full(labels.shape[:-1] + (1,), cfg.decoder_start_token_id, labels.dtype)
+    shifted = jnp.concatenate([start, labels[..., :-1]], axis=-1)
+    return jnp.where(shifted == -100, cfg.pad_token_id, shifted)
