@@ -128,3 +128,91 @@ def preset(name: str, **overrides: Any) -> T5Config:
     if name not in PRESETS:
         raise ValueError(f"unknown T5 preset {name!r}; choose from {sorted(PRESETS)}")
     return PRESETS[name].replace(**overrides)
+
+
+# -- the T5-VAE ------------------------------------------------------------------------------------
+
+POOLINGS = ("mean", "first", "attention")
+
+# The default backbone of `t5vae train`: small enough to train in minutes on a 2-core CPU.
+DEFAULT_T5 = T5Config(vocab_size=1024, d_model=256, d_kv=64, d_ff=1024, num_layers=3, num_heads=4,
+                      relative_attention_num_buckets=32, relative_attention_max_distance=64, dropout_rate=0.05,
+                      feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A T5-VAE: a T5 backbone plus the bottleneck between its encoder and decoder (hashable, jit-static).
+
+    ``pooling``: "mean" (masked average of N contiguous segments), "first" (first N positions) or
+    "attention" (N learned queries). MMD uses the RBF kernel ``exp(-||x - y||^2 / mmd_bandwidth)``;
+    ``mmd_bandwidth=None`` means ``latent_size**2``, as in the original T5-VAE-Flax. The MMD weight is
+    ``sigmoid(mmd_k * step - mmd_b)``; ``max_length`` bounds tokenized lines (EOS included).
+    """
+
+    t5: T5Config = DEFAULT_T5
+    n_latent_tokens: int = 4
+    latent_size: int = 32
+    pooling: str = "mean"
+    mmd_bandwidth: float | None = None
+    mmd_unbiased: bool = False
+    mmd_k: float = 0.0025
+    mmd_b: float = 6.25
+    max_length: int = 64
+
+    def __post_init__(self):
+        if isinstance(self.t5, dict):
+            object.__setattr__(self, "t5", T5Config.from_hf_dict(self.t5))
+        for name in ("n_latent_tokens", "latent_size", "max_length"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"Config.{name} must be a positive int, got {value!r}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"Config.pooling must be one of {list(POOLINGS)}, got {self.pooling!r}")
+        if self.mmd_bandwidth is not None and not self.mmd_bandwidth > 0:
+            raise ValueError(f"Config.mmd_bandwidth must be positive (or None), got {self.mmd_bandwidth!r}")
+
+    @property
+    def bandwidth(self) -> float:
+        return float(self.mmd_bandwidth if self.mmd_bandwidth is not None else self.latent_size ** 2)
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "t5"}
+        d["t5"] = dataclasses.asdict(self.t5)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict, **overrides: Any) -> "Config":
+        """Inverse of :meth:`to_dict`; unknown keys raise, so a typo in a config file is never silent."""
+        d = {**d, **overrides}
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown Config field(s) {unknown}; known: {sorted(names)}")
+        t5 = d.get("t5", DEFAULT_T5)
+        if isinstance(t5, dict):
+            t5_names = {f.name for f in dataclasses.fields(T5Config)}
+            bad = sorted(set(t5) - t5_names)
+            if bad:
+                raise ValueError(f"unknown T5Config field(s) {bad}")
+            t5 = T5Config(**t5)
+        return cls(**{**d, "t5": t5})
+
+    def save_json(self, path: str | os.PathLike) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+            f.write("\n")
+
+    @classmethod
+    def load_json(cls, path: str | os.PathLike, **overrides: Any) -> "Config":
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"{path} must hold a JSON object, got {type(d).__name__}")
+        return cls.from_dict(d, **overrides)

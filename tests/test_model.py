@@ -1,0 +1,119 @@
+"""The T5-VAE model: init / from_t5 / encode / decode / loss / generate / interpolate."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import t5vae as tv
+
+CFG = tv.Config(t5=tv.preset("tiny"), n_latent_tokens=3, latent_size=8, pooling="mean")
+IDS = jnp.array([[5, 6, 7, 8, 1, 0, 0], [9, 10, 1, 0, 0, 0, 0], [11, 12, 13, 14, 15, 16, 1]], jnp.int32)
+BATCH = {"input_ids": IDS, "attention_mask": IDS != 0}
+
+
+@pytest.fixture(scope="module")
+def params():
+    return tv.init(CFG, jax.random.key(0))
+
+
+@pytest.fixture(scope="module")
+def loss_fn():
+    return jax.jit(lambda p, b, k, s: tv.loss(p, CFG, b, k, s, deterministic=True))
+
+
+def test_param_tree_has_t5_and_bottleneck(params):
+    assert set(params) == {"t5", "latent_encoder", "latent_decoder"}
+    assert params["latent_encoder"]["kernel"].shape == (32, 8)
+    assert params["latent_decoder"]["kernel"].shape == (8, 32)
+    assert "queries" not in params["latent_encoder"]
+    att = tv.init(CFG.replace(pooling="attention"), jax.random.key(0))
+    assert att["latent_encoder"]["queries"].shape == (3, 32)
+
+
+def test_from_t5_keeps_backbone_and_checks_shapes(params):
+    t5p = tv.t5.init(CFG.t5, jax.random.key(7))
+    p = tv.from_t5(CFG, t5p, jax.random.key(1))
+    assert p["t5"] is t5p
+    with pytest.raises(ValueError, match="does not match"):
+        tv.from_t5(CFG.replace(t5=CFG.t5.replace(d_model=48)), t5p, jax.random.key(1))
+
+
+def test_encode_shapes_and_padding_invariance(params):
+    z = tv.encode(params, CFG, IDS, IDS != 0)
+    assert z.shape == (3, 3, 8)
+    ids2 = IDS.at[0, 5:].set(42)  # garbage behind the mask
+    z2 = tv.encode(params, CFG, ids2, IDS != 0)
+    np.testing.assert_allclose(z2, z, atol=1e-5)
+
+
+def test_decoder_depends_on_latent(params):
+    z = tv.encode(params, CFG, IDS)
+    dec_in = tv.t5.shift_right(IDS, CFG.t5)
+    a = tv.decode(params, CFG, z, dec_in)
+    b = tv.decode(params, CFG, z[::-1], dec_in)
+    assert a.shape == (3, 7, CFG.t5.vocab_size)
+    assert not np.allclose(a[0], b[0], atol=1e-4)
+
+
+def test_loss_metrics_against_numpy(params, loss_fn):
+    total, m = loss_fn(params, BATCH, jax.random.key(0), 100)
+    z = tv.encode(params, CFG, IDS)
+    logits = np.asarray(tv.decode(params, CFG, z, tv.t5.shift_right(IDS, CFG.t5)))
+    ids, mask = np.asarray(IDS), np.asarray(IDS != 0)
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+    nll = -np.take_along_axis(logp, ids[..., None], -1)[..., 0]
+    np.testing.assert_allclose(m["ce"], nll[mask].mean(), rtol=1e-4)
+    correct = logits.argmax(-1) == ids
+    np.testing.assert_allclose(m["token_acc"], correct[mask].mean(), rtol=1e-6)
+    np.testing.assert_allclose(m["seq_acc"], np.mean([correct[i][mask[i]].all() for i in range(3)]))
+    np.testing.assert_allclose(m["w"], 1 / (1 + np.exp(-(0.0025 * 100 - 6.25))), rtol=1e-5)
+    np.testing.assert_allclose(total, m["ce"] + m["w"] * m["mmd"], rtol=1e-6)
+
+
+def test_loss_ignores_pads_and_explicit_labels_agree(params, loss_fn):
+    _, m1 = loss_fn(params, BATCH, jax.random.key(0), 0)
+    labels = jnp.where(IDS != 0, IDS, -100)
+    _, m2 = loss_fn(params, {**BATCH, "labels": labels}, jax.random.key(0), 0)
+    np.testing.assert_allclose(m1["ce"], m2["ce"], rtol=1e-6)
+    # a batch whose rows are padded further gives the same CE
+    padded = jnp.pad(IDS, ((0, 0), (0, 5)))
+    _, m3 = loss_fn(params, {"input_ids": padded, "attention_mask": padded != 0}, jax.random.key(0), 0)
+    np.testing.assert_allclose(m1["ce"], m3["ce"], rtol=1e-5)
+
+
+def test_dropout_changes_loss_only_when_training(params):
+    cfg = CFG.replace(t5=CFG.t5.replace(dropout_rate=0.3))
+    f = jax.jit(lambda k, det: tv.loss(params, cfg, BATCH, k, 0, deterministic=det)[1]["ce"], static_argnums=1)
+    assert float(f(jax.random.key(1), True)) == float(f(jax.random.key(2), True))
+    assert float(f(jax.random.key(1), False)) != float(f(jax.random.key(2), False))
+
+
+def test_greedy_generate_is_consistent_with_teacher_forcing(params):
+    z = tv.encode(params, CFG, IDS)
+    toks = np.asarray(tv.generate(params, CFG, z, 6))
+    assert toks.shape == (3, 6) and toks.dtype == np.int32
+    dec_in = tv.t5.shift_right(jnp.asarray(toks), CFG.t5)
+    argmax = np.asarray(tv.decode(params, CFG, z, dec_in)).argmax(-1)
+    for row, ref in zip(toks, argmax):
+        n = len(row) if 1 not in row else list(row).index(1) + 1
+        np.testing.assert_array_equal(row[:n], ref[:n])
+        assert np.all(row[n:] == 0)
+
+
+def test_interpolate_endpoints_and_kinds():
+    a = jax.random.normal(jax.random.key(0), (3, 8))
+    b = jax.random.normal(jax.random.key(1), (3, 8))
+    for kind in ("slerp", "lerp"):
+        zs = tv.interpolate(a, b, steps=9, kind=kind)
+        assert zs.shape == (11, 3, 8)
+        np.testing.assert_allclose(zs[0], a, atol=1e-5)
+        np.testing.assert_allclose(zs[-1], b, atol=1e-5)
+    lerp = tv.interpolate(a, b, steps=1, kind="lerp")
+    np.testing.assert_allclose(lerp[1], (a + b) / 2, atol=1e-6)
+    # slerp between unit vectors stays on the sphere; lerp does not
+    ua, ub = a / jnp.linalg.norm(a, axis=-1, keepdims=True), b / jnp.linalg.norm(b, axis=-1, keepdims=True)
+    norms = np.linalg.norm(tv.interpolate(ua, ub, 9, "slerp"), axis=-1)
+    np.testing.assert_allclose(norms, 1.0, atol=1e-5)
+    assert np.linalg.norm(tv.interpolate(ua, ub, 9, "lerp")[5], axis=-1).min() < 0.999
+    with pytest.raises(ValueError):
+        tv.interpolate(a, b, kind="cubic")
