@@ -1,0 +1,7 @@
+"""Convert T5 checkpoints (Hugging Face, T5X, Mesh-TensorFlow) into t5vae's params layout.
+
+Command line: ``python -m weights_convert SRC OUT``; in Python: ``from weights_convert.__main__ import convert``.
+"""
+from weights_convert.rules import ConversionError, MappingError
+
+__all__ = ["ConversionError", "MappingError"]

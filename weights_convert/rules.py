@@ -1,0 +1,288 @@
+"""Declarative name tables and transforms: source name -> target leaf of ``t5vae.t5.param_specs``. Pure, no I/O.
+
+A table is a list of :class:`Rule`. A rule's regex must match a source name in full; named groups fill the
+target template (``{stack}`` …) and the group ``i`` is the layer index that the tensor fills on the leading
+``layers`` axis. Every source name must match exactly one rule (or one skip pattern), every target leaf must
+be filled exactly once (aliases: declared duplicates of one tensor, checked equal), every shape is checked.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Callable, Iterable
+
+import numpy as np
+
+from t5vae import t5
+from t5vae.config import T5Config
+
+class ConversionError(ValueError):
+    """A checkpoint that cannot be converted; the message names the file or keys at fault."""
+
+
+# -- transforms: expected source shape from the target shape, and the array operation ----------------------
+# Shapes are written over trailing dims, so a leading layers axis passes through unchanged.
+
+
+def _swap(s):
+    return s[:-2] + (s[-1], s[-2])
+
+
+TRANSFORMS: dict[str, tuple[Callable, Callable]] = {
+    # name: (target shape -> accepted source shapes, (array, target shape) -> array)
+    "id": (lambda s: [s], lambda x, s: x),
+    "T": (lambda s: [_swap(s)], lambda x, s: np.swapaxes(x, -1, -2)),
+    # torch Linear weight [H*K, D] -> [D, H, K];  [D, H*K] -> [H, K, D]
+    "heads_in_T": (lambda s: [s[:-3] + (s[-2] * s[-1], s[-3])], lambda x, s: np.swapaxes(x, -1, -2).reshape(s)),
+    "heads_out_T": (lambda s: [s[:-3] + (s[-1], s[-3] * s[-2])], lambda x, s: np.swapaxes(x, -1, -2).reshape(s)),
+    # kernels [D, H*K] (or DenseGeneral [D, H, K]) -> [D, H, K];  [H*K, D] (or [H, K, D]) -> [H, K, D]
+    "heads_in": (lambda s: [s[:-2] + (s[-2] * s[-1],), s], lambda x, s: x.reshape(s)),
+    "heads_out": (lambda s: [s[:-3] + (s[-3] * s[-2], s[-1]), s], lambda x, s: x.reshape(s)),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """``pattern`` (regex, full match) -> ``target`` ('/'-joined leaf path, may use the regex's named groups).
+
+    ``transform`` names an entry of TRANSFORMS. ``scan_axis``: the source holds all layers stacked on that
+    axis (T5X scanned layout) instead of one layer per name (group ``i``). ``alias``: a declared duplicate of
+    the same tensor (HF tied embeddings): it may be absent, and when present must equal the filled value.
+    """
+    pattern: str
+    target: str
+    transform: str = "id"
+    scan_axis: int | None = None
+    alias: bool = False
+
+    def __post_init__(self):
+        if self.transform not in TRANSFORMS:
+            raise ValueError(f"rule {self.pattern!r}: unknown transform {self.transform!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    rules: tuple[Rule, ...]
+    skips: tuple[tuple[str, str], ...] = ()  # (regex, reason): names knowingly not converted
+
+
+# -- tables ---------------------------------------------------------------------------------------------------
+
+_HF_STACK = r"(?P<stack>encoder|decoder)"
+_ATTN_HF = {("encoder", 0): "attn", ("decoder", 0): "self_attn", ("decoder", 1): "cross_attn"}
+_NORM_HF = {("encoder", 0): "attn_norm", ("encoder", 1): "mlp_norm", ("decoder", 0): "self_attn_norm",
+            ("decoder", 1): "cross_attn_norm", ("decoder", 2): "mlp_norm"}
+
+
+def _hf_rules(kernel: bool, cfg: T5Config) -> list[Rule]:
+    """HF torch (``.weight``, [out, in]) when ``kernel`` is False, HF Flax (``.kernel``, [in, out]) when True."""
+    w, norm = ("kernel", "weight") if kernel else ("weight", "weight")
+    t_in, t_out, t = ("heads_in", "heads_out", "id") if kernel else ("heads_in_T", "heads_out_T", "T")
+    emb = "embedding" if kernel else "weight"
+    rules = [Rule(rf"shared\.{emb}", "shared/embedding"),
+             Rule(rf"{_HF_STACK}\.embed_tokens\.{emb}", "shared/embedding", alias=True)]
+    for (stack, j), name in _ATTN_HF.items():
+        kind = "SelfAttention" if j == 0 else "EncDecAttention"
+        prefix = rf"{stack}\.block\.(?P<i>\d+)\.layer\.{j}\.{kind}"
+        rules += [Rule(rf"{prefix}\.(?P<p>q|k|v)\.{w}", f"{stack}/layers/{name}/{{p}}", t_in),
+                  Rule(rf"{prefix}\.o\.{w}", f"{stack}/layers/{name}/o", t_out)]
+    for (stack, j), name in _NORM_HF.items():
+        rules.append(Rule(rf"{stack}\.block\.(?P<i>\d+)\.layer\.{j}\.layer_norm\.{norm}", f"{stack}/layers/{name}"))
+    for stack, j in (("encoder", 1), ("decoder", 2)):
+        prefix = rf"{stack}\.block\.(?P<i>\d+)\.layer\.{j}\.DenseReluDense"
+        rules.append(Rule(rf"{prefix}\.(?P<w>wi|wi_0|wi_1|wo)\.{w}", f"{stack}/layers/mlp/{{w}}", t))
+    rules += [Rule(rf"{_HF_STACK}\.block\.0\.layer\.0\.SelfAttention\.relative_attention_bias\.{emb}",
+                   "{stack}/relpos_bias"),
+              Rule(rf"{_HF_STACK}\.final_layer_norm\.{norm}", "{stack}/final_norm")]
+    if cfg.tie_word_embeddings:  # tied lm_head (v1.0) is the embedding again, stored [V, D] by torch
+        rules.append(Rule(r"lm_head\.weight", "shared/embedding", alias=True))
+    else:
+        rules.append(Rule(rf"lm_head\.{w}", "lm_head", "id" if kernel else "T"))
+    return rules
+
+
+def hf_torch(cfg: T5Config) -> Table:
+    """Hugging Face ``T5ForConditionalGeneration`` state dict (safetensors or pytorch_model.bin)."""
+    return Table(tuple(_hf_rules(False, cfg)))
+
+
+def hf_flax(cfg: T5Config) -> Table:
+    """Hugging Face ``FlaxT5ForConditionalGeneration`` params (flax_model.msgpack), flattened with '.'."""
+    return Table(tuple(_hf_rules(True, cfg)))
+
+
+_T5X_ATTN = {"encoder": {"attention": "attn"},
+             "decoder": {"self_attention": "self_attn", "encoder_decoder_attention": "cross_attn"}}
+_T5X_NORM = {"pre_attention_layer_norm": "attn_norm", "pre_mlp_layer_norm": "mlp_norm",
+             "pre_self_attention_layer_norm": "self_attn_norm", "pre_cross_attention_layer_norm": "cross_attn_norm"}
+_QKVO = {"query": "q", "key": "k", "value": "v", "out": "o"}
+
+
+def t5x(cfg: T5Config) -> Table:
+    """T5X ``target/…`` names, per-layer (``layers_3``) or scanned (``layers``, layer axis 1: param_scan_axis=1)."""
+    rules = [Rule(r"target/token_embedder/embedding", "shared/embedding")]
+    for stack in ("encoder", "decoder"):
+        for layers, scan in ((r"layers_(?P<i>\d+)", None), ("layers", 1)):
+            base = rf"target/{stack}/{layers}"
+            for src, dst in _T5X_ATTN[stack].items():
+                for m, p in _QKVO.items():
+                    rules.append(Rule(rf"{base}/{src}/{m}/kernel", f"{stack}/layers/{dst}/{p}",
+                                      "heads_out" if p == "o" else "heads_in", scan))
+            for src, dst in _T5X_NORM.items():
+                rules.append(Rule(rf"{base}/{src}/scale", f"{stack}/layers/{dst}", "id", scan))
+            rules.append(Rule(rf"{base}/mlp/(?P<w>wi|wi_0|wi_1|wo)/kernel", f"{stack}/layers/mlp/{{w}}", "id", scan))
+        rules += [Rule(rf"target/{stack}/relpos_bias/rel_embedding", f"{stack}/relpos_bias", "T"),
+                  Rule(rf"target/{stack}/{stack}_norm/scale", f"{stack}/final_norm")]
+    rules.append(Rule(r"target/decoder/logits_dense/kernel", "lm_head"))
+    return Table(tuple(rules), ((r"state/.*", "T5X optimizer state"),))
+
+
+def mesh_tf(cfg: T5Config) -> Table:
+    """Original Mesh-TensorFlow T5 checkpoints (``encoder/block_000/layer_000/SelfAttention/q`` …)."""
+    rules = [Rule(r"shared/embedding", "shared/embedding")]
+    attn = {("encoder", 0, "SelfAttention"): "attn", ("decoder", 0, "SelfAttention"): "self_attn",
+            ("decoder", 1, "EncDecAttention"): "cross_attn"}
+    for (stack, j, kind), name in attn.items():
+        prefix = rf"{stack}/block_(?P<i>\d+)/layer_{j:03d}/{kind}"
+        rules += [Rule(rf"{prefix}/(?P<p>q|k|v)", f"{stack}/layers/{name}/{{p}}", "heads_in"),
+                  Rule(rf"{prefix}/o", f"{stack}/layers/{name}/o", "heads_out")]
+    for (stack, j), name in _NORM_HF.items():
+        rules.append(Rule(rf"{stack}/block_(?P<i>\d+)/layer_{j:03d}/(?:layer|rms)_norm/scale", f"{stack}/layers/{name}"))
+    for stack, j in (("encoder", 1), ("decoder", 2)):
+        rules.append(Rule(rf"{stack}/block_(?P<i>\d+)/layer_{j:03d}/DenseReluDense/(?P<w>wi|wi_0|wi_1|wo)/kernel",
+                          f"{stack}/layers/mlp/{{w}}"))
+    rules += [Rule(r"(?P<stack>encoder|decoder)/block_000/layer_000/SelfAttention/relative_attention_bias",
+                   "{stack}/relpos_bias", "T"),
+              Rule(r"(?P<stack>encoder|decoder)/(?:final_layer|rms)_norm/scale", "{stack}/final_norm"),
+              Rule(r"decoder/logits/kernel", "lm_head")]
+    skips = ((r".*_slot_(?:vc|vr|v|m)", "Adafactor optimizer slot"), (r"global_step", "training step counter"))
+    return Table(tuple(rules), skips)
+
+
+TABLES = {"safetensors": hf_torch, "torch": hf_torch, "flax": hf_flax, "t5x": t5x, "tf": mesh_tf}
+
+
+# -- planning: names + shapes only, so every error is found before any data is read ------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    source: str
+    target: str
+    layer: int | None  # index on the leading layers axis, None: the whole leaf
+    rule: Rule
+
+
+def flat_specs(cfg: T5Config) -> dict[str, t5.ParamSpec]:
+    leaves = {}
+
+    def walk(tree, prefix):
+        for k, v in tree.items():
+            name = f"{prefix}/{k}" if prefix else k
+            if t5.is_spec(v):
+                leaves[name] = v
+            else:
+                walk(v, name)
+
+    walk(t5.param_specs(cfg), "")
+    return leaves
+
+
+def _source_shape(rule: Rule, tgt: tuple) -> list[tuple]:
+    shapes = TRANSFORMS[rule.transform][0](tuple(tgt))
+    if rule.scan_axis is not None:  # target (L, ...) <- source with L moved to scan_axis
+        shapes = [s[1:rule.scan_axis + 1] + s[:1] + s[rule.scan_axis + 1:] for s in shapes]
+    return shapes
+
+
+def plan(shapes: dict[str, tuple], table: Table, cfg: T5Config, what: str = "checkpoint") -> tuple[list[Step], dict]:
+    """Match every source name -> (steps, skipped {name: reason}); raise naming every problem at once."""
+    specs = flat_specs(cfg)
+    compiled = [(re.compile(r.pattern), r) for r in table.rules]
+    skips = [(re.compile(p), why) for p, why in table.skips]
+    steps, skipped, problems = [], {}, []
+    filled: dict[tuple, str] = {}
+    for name in sorted(shapes):
+        hits = [(m, r) for p, r in compiled if (m := p.fullmatch(name))]
+        skip = [why for p, why in skips if p.fullmatch(name)]
+        if len(hits) + len(skip) != 1:
+            problems.append(f"{name} {tuple(shapes[name])}: " + (
+                "matches no rule (unexpected key)" if not hits and not skip else
+                f"matches {len(hits) + len(skip)} rules: {[r.pattern for _, r in hits] + skip}"))
+            continue
+        if skip:
+            skipped[name] = skip[0]
+            continue
+        m, rule = hits[0]
+        groups = {k: v for k, v in m.groupdict().items() if k != "i"}
+        target = rule.target.format(**groups)
+        layer = int(m.group("i")) if "i" in m.groupdict() else None
+        if target not in specs:
+            problems.append(f"{name}: target {target} is not in the params tree for this config")
+            continue
+        tgt = specs[target].shape
+        if layer is not None:
+            if layer >= tgt[0]:
+                problems.append(f"{name}: layer {layer} but {target} has {tgt[0]} layers")
+                continue
+            tgt = tgt[1:]
+        want = _source_shape(rule, tgt)
+        if tuple(shapes[name]) not in want:
+            problems.append(f"{name}: shape {tuple(shapes[name])}, expected {' or '.join(map(str, want))} "
+                            f"for {target}")
+            continue
+        clash = [filled[k] for k in filled if k[0] == target and (layer is None or k[1] in (None, layer))]
+        clash = [c for c in clash if not _is_alias(c, compiled)]
+        if clash and not rule.alias:
+            where = target + (f"[{layer}]" if layer is not None else "")
+            problems.append(f"{name}: fills {where}, already filled by {clash[0]}")
+        filled.setdefault((target, layer), name)
+        steps.append(Step(name, target, layer, rule))
+    # primaries before aliases, so an alias is compared against an already-filled leaf
+    steps.sort(key=lambda s: s.rule.alias)
+    for target, spec in specs.items():
+        if (target, None) in filled:
+            continue
+        layered = spec.axes[:1] == ("layers",)
+        missing = [i for i in range(spec.shape[0]) if (target, i) not in filled] if layered else [None]
+        if missing:
+            problems.append(f"missing {target} {spec.shape}" + (
+                f": layers {missing} not in {what}" if layered and len(missing) < spec.shape[0] else f": not in {what}"))
+    if problems:
+        raise MappingError(f"{what} does not match the T5 params tree ({len(problems)} problems):\n  "
+                        + "\n  ".join(problems))
+    return steps, skipped
+
+
+def _is_alias(name: str, compiled) -> bool:
+    return any(r.alias and p.fullmatch(name) for p, r in compiled)
+
+
+class MappingError(ConversionError):
+    """Source names that do not map one-to-one onto the params tree."""
+
+
+def apply(step: Step, x: np.ndarray, out: dict[str, np.ndarray], specs: dict, dtype) -> None:
+    """Transform one source array and write it into its (pre-allocated) target buffer."""
+    tgt = specs[step.target].shape
+    if step.rule.scan_axis is not None:
+        x = np.moveaxis(x, step.rule.scan_axis, 0)
+    y = TRANSFORMS[step.rule.transform][1](x, tgt[1:] if step.layer is not None else tgt)
+    if step.rule.alias:
+        if step.target in out and not np.array_equal(out[step.target], y.astype(dtype)):
+            raise MappingError(f"{step.source} is declared a tied copy of {step.target} but its values differ")
+        if step.target in out:
+            return
+    buf = out.get(step.target)
+    if buf is None:
+        buf = out[step.target] = np.empty(tgt, dtype)
+    if step.layer is None:
+        buf[...] = y
+    else:
+        buf[step.layer] = y
+
+
+def describe(tables: Iterable[str] = TABLES) -> str:
+    """The rule tables as text (for PARAMS.md and ``--list-rules``)."""
+    cfg = T5Config(feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+    return "\n".join(f"{fmt}:\n" + "\n".join(f"  {r.pattern}  ->  {r.target}  [{r.transform}]"
+                                            for r in TABLES[fmt](cfg).rules) for fmt in tables)
