@@ -1,0 +1,269 @@
+"""Data: the sentencepiece tokenizer (load or train), line corpora (the embedded stdlib corpus, text files,
+TFDS catalog datasets when installed), tokenization with truncation accounting, and bucketed batches.
+
+Corpora are random-access sources (``len`` and ``[i]`` -> str), the shape of ``tfds.data_source``; the
+train/validation split is fixed by a hash of each line, so it never depends on file order or the machine.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import io
+import os
+import sysconfig
+import zlib
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+PAD, EOS, UNK = 0, 1, 2
+
+
+# -- tokenizer -------------------------------------------------------------------------------------
+
+class Tokenizer:
+    """A sentencepiece model with T5's ids (pad 0, eos 1, unk 2); ``encode`` appends EOS."""
+
+    def __init__(self, model_proto: bytes):
+        import sentencepiece as spm
+
+        self.proto = bytes(model_proto)
+        self.sp = spm.SentencePieceProcessor(model_proto=self.proto)
+        if self.sp.pad_id() != PAD or self.sp.eos_id() != EOS:
+            raise ValueError(f"tokenizer must use pad id {PAD} and eos id {EOS} (T5 convention), "
+                             f"got pad {self.sp.pad_id()} eos {self.sp.eos_id()}")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Tokenizer":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no sentencepiece model at {path}")
+        try:
+            return cls(path.read_bytes())
+        except RuntimeError as e:
+            raise ValueError(f"{path} is not a sentencepiece model: {e}") from None
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).write_bytes(self.proto)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self.sp.encode(text) + [EOS]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        ids = [int(i) for i in ids]
+        if EOS in ids:
+            ids = ids[: ids.index(EOS)]
+        return self.sp.decode([i for i in ids if i != PAD])
+
+
+def train_tokenizer(lines: Sequence[str], vocab_size: int) -> Tokenizer:
+    """Train a unigram sentencepiece model on ``lines`` with byte fallback and no normalisation, so that any
+    line (tabs, ``@``, non-ASCII, runs of spaces) decodes back exactly."""
+    import sentencepiece as spm
+
+    if not lines:
+        raise ValueError("cannot train a tokenizer on an empty corpus")
+    out = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=out, vocab_size=vocab_size, model_type="unigram",
+        byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
+        add_dummy_prefix=False, split_digits=True, allow_whitespace_only_pieces=True, character_coverage=0.9999,
+        pad_id=PAD, eos_id=EOS, unk_id=UNK, bos_id=-1, hard_vocab_limit=False,
+        max_sentence_length=1 << 16, num_threads=2, minloglevel=2, train_extremely_large_corpus=False)
+    return Tokenizer(out.getvalue())
+
+
+# -- corpora ---------------------------------------------------------------------------------------
+
+def split_of(line: str, validation_percent: float) -> str:
+    """``"validation"`` or ``"train"``, fixed by a CRC32 hash of the line (stable across machines)."""
+    return "validation" if zlib.crc32(line.encode("utf-8")) % 10_000 < validation_percent * 100 else "train"
+
+
+def _is_statement(s: str) -> bool:
+    try:
+        tree = ast.parse(s)
+    except (SyntaxError, ValueError):
+        return False
+    if len(tree.body) != 1:
+        return False
+    node = tree.body[0]
+    if isinstance(node, ast.Expr) and not isinstance(node.value, ast.Call):
+        return False  # docstring fragments, bare names and other non-statements
+    return "#" not in s and "\\" not in s
+
+
+def stdlib_lines(min_chars: int = 10, max_chars: int = 40, root: str | None = None) -> list[str]:
+    """The embedded default corpus: single-line Python statements from the installed standard library.
+
+    Every stripped line of every ``.py`` file (tests, encodings tables and vendored packages skipped) that
+    parses with ``ast.parse`` as one statement, has no comment or backslash, and is within the length
+    bounds; deduplicated and sorted, so the result depends only on the stdlib's contents.
+    """
+    root = root or sysconfig.get_paths()["stdlib"]
+    skip = {"site-packages", "test", "tests", "idlelib", "lib2to3", "encodings", "__pycache__", "turtledemo"}
+    found = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in skip)
+        for name in sorted(filenames):
+            if not name.endswith(".py"):
+                continue
+            try:
+                text = Path(dirpath, name).read_text(encoding="utf-8")
+            except (UnicodeDecodeError, OSError):
+                continue
+            for line in text.splitlines():
+                s = line.strip()
+                if min_chars <= len(s) <= max_chars and s not in found and _is_statement(s):
+                    found.add(s)
+    if not found:
+        raise ValueError(f"found no Python statements under {root}")
+    return sorted(found)
+
+
+def read_text_lines(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """One example per non-empty line (trailing newline / CR removed, everything else kept) from text files."""
+    lines = []
+    for p in paths:
+        p = Path(p)
+        if not p.is_file():
+            raise FileNotFoundError(f"no such file: {p}")
+        data = p.read_bytes()
+        if b"\0" in data[:65536]:
+            raise ValueError(f"{p} is not a text file (it contains NUL bytes)")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{p} is not UTF-8 text: {e}") from None
+        lines += [ln.rstrip("\r") for ln in text.split("\n") if ln.rstrip("\r").strip()]
+    if not lines:
+        raise ValueError(f"the corpus is empty: no non-empty lines in {[str(p) for p in paths]}")
+    return lines
+
+
+def tfds_lines(name: str, split: str, field: str = "text", limit: int | None = None) -> list[str]:
+    """Lines from a TFDS catalog dataset already prepared on this machine, read TF-free via
+    ``tfds.data_source`` (array_record); ``field`` names the text feature."""
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise ImportError("named TFDS datasets need `pip install tensorflow-datasets array_record`") from None
+    src = tfds.data_source(name, split=split)
+    n = len(src) if limit is None else min(limit, len(src))
+    out = []
+    for i in range(n):
+        v = src[i][field]
+        out.append(v.decode("utf-8") if isinstance(v, bytes) else str(v))
+    return out
+
+
+@dataclasses.dataclass
+class Corpus:
+    """Train and validation lines plus where they came from."""
+
+    train: list[str]
+    validation: list[str]
+    source: str
+
+    @classmethod
+    def from_lines(cls, lines: Sequence[str], source: str, validation_percent: float = 2.0) -> "Corpus":
+        lines = list(dict.fromkeys(lines))  # dedup, keep order
+        if not lines:
+            raise ValueError(f"the corpus {source} is empty")
+        train = [s for s in lines if split_of(s, validation_percent) == "train"]
+        val = [s for s in lines if split_of(s, validation_percent) == "validation"]
+        if not val or not train:  # tiny corpora: still give both splits something
+            val, train = lines[:max(1, len(lines) // 50)], lines[max(1, len(lines) // 50):] or lines
+        return cls(train, val, source)
+
+
+def load_corpus(spec: str | None = None, validation_percent: float = 2.0, min_chars: int = 10,
+                max_chars: int = 40) -> Corpus:
+    """``None``/"stdlib": the embedded corpus; "tfds:NAME[:FIELD]": a TFDS catalog dataset (train/validation
+    splits as published); otherwise a comma-separated list of text files."""
+    if spec in (None, "", "stdlib"):
+        return Corpus.from_lines(stdlib_lines(min_chars, max_chars), "stdlib", validation_percent)
+    if spec.startswith("tfds:"):
+        name, _, field = spec[5:].partition(":")
+        field = field or "text"
+        return Corpus(tfds_lines(name, "train", field), tfds_lines(name, "validation", field), spec)
+    return Corpus.from_lines(read_text_lines(spec.split(",")), spec, validation_percent)
+
+
+# -- tokenization and batches ----------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Encoded:
+    """Tokenized lines (each ends in EOS, at most ``max_length`` ids) and how many were truncated."""
+
+    ids: list[np.ndarray]
+    n_truncated: int
+
+    def __len__(self):
+        return len(self.ids)
+
+
+def encode_lines(tok: Tokenizer, lines: Sequence[str], max_length: int) -> Encoded:
+    """Tokenize; lines longer than ``max_length`` (EOS included) are cut to it, keeping EOS, and counted."""
+    out, n_trunc = [], 0
+    for ids in tok.sp.encode(list(lines)):
+        ids = ids + [EOS]
+        if len(ids) > max_length:
+            ids = ids[: max_length - 1] + [EOS]
+            n_trunc += 1
+        out.append(np.asarray(ids, np.int32))
+    return Encoded(out, n_trunc)
+
+
+def buckets_for(max_length: int) -> tuple[int, ...]:
+    """A few fixed padded lengths (multiples of 8 up to ``max_length``) so jit compiles only a handful of shapes."""
+    cands = sorted({min(max_length, max(8, -(-int(max_length * f) // 8) * 8)) for f in (0.25, 0.5, 0.75, 1.0)})
+    return tuple(cands)
+
+
+def pad_batch(seqs: Sequence[np.ndarray], length: int) -> dict:
+    ids = np.zeros((len(seqs), length), np.int32)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = s
+    return {"input_ids": ids, "attention_mask": ids != PAD}
+
+
+def bucket_of(n: int, buckets: Sequence[int]) -> int:
+    for b in buckets:
+        if n <= b:
+            return b
+    raise ValueError(f"sequence of {n} tokens exceeds the largest bucket {buckets[-1]}")
+
+
+def batches(data: Encoded, batch_size: int, buckets: Sequence[int], seed: int, epoch: int = 0,
+            drop_remainder: bool = True) -> Iterator[dict]:
+    """One epoch of shuffled batches; each batch holds lines of one length bucket, padded to it."""
+    rng = np.random.default_rng([seed, epoch])
+    groups: dict[int, list[int]] = {}
+    for i in rng.permutation(len(data.ids)):
+        groups.setdefault(bucket_of(len(data.ids[i]), buckets), []).append(int(i))
+    chunks = []
+    for b, idx in groups.items():
+        stop = len(idx) - len(idx) % batch_size if drop_remainder else len(idx)
+        chunks += [(b, idx[s: s + batch_size]) for s in range(0, stop, batch_size)]
+    for j in rng.permutation(len(chunks)):
+        b, idx = chunks[j]
+        yield pad_batch([data.ids[i] for i in idx], b)
+
+
+def eval_batches(data: Encoded, batch_size: int, buckets: Sequence[int]) -> Iterator[tuple[list[int], dict]]:
+    """Every example once, in bucket order, batches padded to ``batch_size`` rows (extra rows all pad)."""
+    order = sorted(range(len(data.ids)), key=lambda i: len(data.ids[i]))
+    groups: dict[int, list[int]] = {}
+    for i in order:
+        groups.setdefault(bucket_of(len(data.ids[i]), buckets), []).append(i)
+    for b, idx in groups.items():
+        for s in range(0, len(idx), batch_size):
+            part = idx[s: s + batch_size]
+            seqs = [data.ids[i] for i in part] + [np.zeros(0, np.int32)] * (batch_size - len(part))
+            yield part, pad_batch(seqs, b)
