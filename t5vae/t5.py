@@ -19,6 +19,7 @@ Params tree (L = num_layers, Ld = num_decoder_layers; layers stacked on a leadin
 """
 from __future__ import annotations
 
+import functools
 from collections import namedtuple
 from typing import Callable
 
@@ -99,8 +100,9 @@ def abstract_params(cfg: T5Config) -> dict:
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, dt), param_specs(cfg), is_leaf=is_spec)
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def init(cfg: T5Config, key: jax.Array) -> dict:
-    """Random parameters in ``cfg.param_dtype`` with T5's initializer scales."""
+    """Random parameters in ``cfg.param_dtype`` with T5's initializer scales (one compiled program)."""
     return init_from_specs(param_specs(cfg), key, cfg.param_dtype)
 
 
@@ -206,3 +208,12 @@ def shift_right(labels: jax.Array, cfg: T5Config) -> jax.Array:
     start = jnp.full(labels.shape[:-1] + (1,), cfg.decoder_start_token_id, labels.dtype)
     shifted = jnp.concatenate([start, labels[..., :-1]], axis=-1)
     return jnp.where(shifted == -100, cfg.pad_token_id, shifted)
+
+
+def generate(params: dict, cfg: T5Config, input_ids: jax.Array, attention_mask: jax.Array | None = None,
+             max_new_tokens: int = 32, **kwargs) -> jax.Array:
+    """Seq2seq generation with a KV cache -> int32 [B, max_new_tokens] (see ``t5vae.generate.generate``)."""
+    from t5vae.generate import generate as _generate
+
+    h = jax.jit(encode, static_argnums=1)(params, cfg, input_ids, attention_mask)
+    return _generate(params, cfg, h, attention_mask, max_new_tokens, **kwargs)

@@ -1,0 +1,122 @@
+"""Each T5 layer against transformers' torch implementation, with weights copied by hand."""
+import numpy as np
+import pytest
+import jax
+import jax.numpy as jnp
+
+import t5vae as tv
+from t5vae import layers
+from conftest import require
+
+
+@pytest.fixture(scope="module")
+def hf():
+    torch = require("torch")
+    modeling = require("transformers.models.t5.modeling_t5")
+    torch.manual_seed(0)
+    return torch, modeling
+
+
+def rel_err(got, want):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30)
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("num_buckets,max_distance", [(32, 128), (8, 16), (64, 300), (10, 20)])
+def test_relative_position_bucket_matches_transformers(hf, bidirectional, num_buckets, max_distance):
+    torch, modeling = hf
+    rel = np.arange(-700, 701)[None, :] + np.zeros((3, 1), np.int64)  # a grid of distances, both signs
+    want = modeling.T5Attention._relative_position_bucket(
+        torch.tensor(rel), bidirectional=bidirectional, num_buckets=num_buckets, max_distance=max_distance).numpy()
+    got_np = layers.relative_position_bucket(rel, bidirectional, num_buckets, max_distance)
+    got_jax = layers.relative_position_bucket(jnp.asarray(rel), bidirectional, num_buckets, max_distance)
+    np.testing.assert_array_equal(got_np, want)
+    np.testing.assert_array_equal(np.asarray(got_jax), want)
+    assert want.max() == num_buckets - 1  # the grid reaches the last bucket, so the clamp is exercised
+
+
+def test_rms_norm_matches_transformers(hf):
+    torch, modeling = hf
+    ln = modeling.T5LayerNorm(16, eps=1e-6)
+    with torch.no_grad():
+        ln.weight.normal_()
+    x = np.random.default_rng(0).normal(size=(2, 5, 16)).astype(np.float32) * 3
+    want = ln(torch.tensor(x)).detach().numpy()
+    got = layers.rms_norm(jnp.asarray(x), jnp.asarray(ln.weight.detach().numpy()), 1e-6)
+    assert rel_err(got, want) < 1e-6
+    # bf16 input: statistics in float32, output back in bf16
+    got16 = layers.rms_norm(jnp.asarray(x, jnp.bfloat16), jnp.asarray(ln.weight.detach().numpy()), 1e-6)
+    assert got16.dtype == jnp.bfloat16 and rel_err(got16, want) < 1e-2
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_mlp_matches_transformers(hf, gated):
+    torch, modeling = hf
+    cfg = modeling.T5Config(d_model=16, d_ff=24, dropout_rate=0.0,
+                            feed_forward_proj="gated-gelu" if gated else "relu")
+    mod = (modeling.T5DenseGatedActDense if gated else modeling.T5DenseActDense)(cfg).eval()
+    w = {k: v.detach().numpy().T for k, v in mod.state_dict().items()}  # torch Linear is [out, in]
+    p = {k.removesuffix(".weight"): jnp.asarray(v) for k, v in w.items()}
+    x = np.random.default_rng(1).normal(size=(2, 7, 16)).astype(np.float32)
+    want = mod(torch.tensor(x)).detach().numpy()
+    ours = tv.T5Config(d_model=16, d_ff=24, feed_forward_proj=cfg.feed_forward_proj)
+    got = layers.mlp(p, jnp.asarray(x), ours.activation)
+    assert rel_err(got, want) < 1e-5
+
+
+def _hf_attention_to_ours(att, H, K):
+    w = {k: v.detach().numpy() for k, v in att.state_dict().items()}
+    D = w["q.weight"].shape[1]
+    p = {n: jnp.asarray(w[f"{n}.weight"].T.reshape(D, H, K)) for n in "qkv"}
+    p["o"] = jnp.asarray(w["o.weight"].T.reshape(H, K, D))
+    return p, w
+
+
+@pytest.mark.parametrize("is_decoder", [False, True])
+def test_self_attention_with_position_bias_matches_transformers(hf, is_decoder):
+    torch, modeling = hf
+    H, K, D, L = 3, 5, 12, 9  # heads * d_kv != d_model on purpose
+    cfg = modeling.T5Config(d_model=D, d_kv=K, num_heads=H, dropout_rate=0.0, is_decoder=is_decoder,
+                            relative_attention_num_buckets=6, relative_attention_max_distance=10)
+    att = modeling.T5Attention(cfg, has_relative_attention_bias=True).eval()
+    with torch.no_grad():
+        att.relative_attention_bias.weight.normal_()
+    p, w = _hf_attention_to_ours(att, H, K)
+    x = np.random.default_rng(2).normal(size=(2, L, D)).astype(np.float32)
+    valid = np.ones((2, L), bool)
+    valid[1, 6:] = False  # right padding in the second row
+    mask_B11L = valid[:, None, None, :]
+    if is_decoder:
+        mask_B11L = mask_B11L & np.tril(np.ones((L, L), bool))[None, None]
+    ext = torch.tensor(np.where(mask_B11L, 0.0, torch.finfo(torch.float32).min).astype(np.float32))
+    want = att(torch.tensor(x), mask=ext, cache_position=torch.arange(L))[0].detach().numpy()
+    bias = layers.position_bias(jnp.asarray(w["relative_attention_bias.weight"]), L, L, not is_decoder, 10)
+    got = layers.attention(p, jnp.asarray(x), jnp.asarray(x), bias, jnp.asarray(mask_B11L))
+    rows = valid[:, :, None]  # padded query rows are garbage in both; compare the real ones
+    assert rel_err(np.where(rows, got, 0), np.where(rows, want, 0)) < 1e-5
+
+
+def test_cross_attention_has_no_position_bias(hf):
+    torch, modeling = hf
+    H, K, D = 2, 4, 8
+    cfg = modeling.T5Config(d_model=D, d_kv=K, num_heads=H, dropout_rate=0.0, is_decoder=True)
+    att = modeling.T5Attention(cfg, has_relative_attention_bias=False).eval()
+    p, _ = _hf_attention_to_ours(att, H, K)
+    rng = np.random.default_rng(3)
+    x, kv = rng.normal(size=(2, 3, D)).astype(np.float32), rng.normal(size=(2, 5, D)).astype(np.float32)
+    valid = np.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], bool)
+    ext = torch.tensor(np.where(valid[:, None, None, :], 0.0, torch.finfo(torch.float32).min).astype(np.float32))
+    want = att(torch.tensor(x), key_value_states=torch.tensor(kv), mask=ext, cache_position=torch.arange(3))[0].detach().numpy()
+    got = layers.attention(p, jnp.asarray(x), jnp.asarray(kv), None, jnp.asarray(valid[:, None, None, :]))
+    assert rel_err(got, want) < 1e-5
+
+
+def test_dropout_is_inverted_and_keyed():
+    x = jnp.ones((1000,), jnp.float32)
+    assert layers.dropout(x, 0.3, None) is x
+    y = layers.dropout(x, 0.3, jax.random.key(0))
+    kept = np.asarray(y) != 0
+    assert 0.6 < kept.mean() < 0.8
+    np.testing.assert_allclose(np.asarray(y)[kept], 1 / 0.7, rtol=1e-6)
+    assert not np.array_equal(np.asarray(y), np.asarray(layers.dropout(x, 0.3, jax.random.key(1))))
