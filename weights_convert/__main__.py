@@ -38,7 +38,7 @@ def infer_config(shapes: dict[str, tuple]) -> T5Config:
 
     emb, rel = find(r"(?:token_embedder|shared)/embedding$"), find(r"encoder/.*rel(?:ative_attention_bias|_embedding)$")
     q, wi = find(r"encoder/.*(?:attention/query/kernel|SelfAttention/q)$"), find(r"encoder/.*(?:mlp|DenseReluDense)/wi(?:_0)?/kernel$")
-    if None in (emb, rel, q, wi) or len(q) != 2 + (q[1] != emb[1]):
+    if None in (emb, rel, q, wi) or len(q) not in (2, 3):  # [D, H*K] or scanned [D, L, H*K]
         raise ConversionError("cannot infer the T5 config from this checkpoint's shapes; pass --config config.json "
                               f"(or a preset: {sorted(PRESETS)})")
     gated = any(re.search(r"wi_0", k) for k in shapes)
@@ -60,17 +60,6 @@ def _config(src: Path, config: str | None, fmt: str, shapes: dict) -> T5Config:
     if fmt in ("t5x", "tf"):
         return infer_config(shapes)
     raise ConversionError(f"{src_dir / checkpoint.CONFIG_FILE} is missing; pass --config config.json or a preset")
-
-
-def _nest(flat: dict[str, np.ndarray]) -> dict:
-    tree: dict = {}
-    for name, arr in flat.items():
-        *parents, leaf = name.split("/")
-        node = tree
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = arr
-    return tree
 
 
 def convert(src, out, dtype: str | None = None, overwrite: bool = False, config: str | None = None,
@@ -102,7 +91,7 @@ def convert(src, out, dtype: str | None = None, overwrite: bool = False, config:
             del x
     finally:
         tensors.close()
-    params = _nest(flat)
+    params = rules.nest(flat)
     checkpoint.check_tree(params, t5.abstract_params(cfg), f"converted {src}")
     wrong = [k for k, v in flat.items() if v.dtype != np_dtype]
     if wrong:

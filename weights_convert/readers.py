@@ -187,6 +187,15 @@ def _is_ts_spec(d: dict) -> bool:
     return "driver" in d and "kvstore" in d
 
 
+def _lists(x):
+    """flax serialization stores lists as {'0': a, '1': b}; turn them back into lists (tensorstore specs)."""
+    if isinstance(x, dict):
+        if x and all(isinstance(k, str) and k.isdigit() for k in x) and sorted(map(int, x)) == list(range(len(x))):
+            return [_lists(x[str(i)]) for i in range(len(x))]
+        return {k: _lists(v) for k, v in x.items()}
+    return x.tolist() if isinstance(x, np.ndarray) else x
+
+
 def read_t5x(ckpt_dir: Path) -> Tensors:
     """T5X ``checkpoint_N/``: ``checkpoint`` msgpack ``{'version', 'optimizer': {'target': ..., 'state': ...}}``;
     partitioned leaves are relative zarr tensorstore specs; ``state/*`` (step, optimizer slots) is skipped."""
@@ -199,10 +208,10 @@ def read_t5x(ckpt_dir: Path) -> Tensors:
     shapes, skipped, leaves = {}, {}, {}
     for name, v in flat.items():
         if not name.startswith("target/"):
-            skipped[name] = "optimizer state (step, param_states)"
+            skipped[name] = "T5X optimizer state (step, param_states)"
             continue
         if isinstance(v, dict):
-            spec = json.loads(json.dumps(v))  # plain copy
+            spec = _lists(v)
             kv = spec["kvstore"]
             rel = kv.get("path", spec.get("path"))
             if kv.get("driver") not in ("file", "gfile", "gcs") or rel is None:

@@ -134,7 +134,7 @@ def t5x(cfg: T5Config) -> Table:
         rules += [Rule(rf"target/{stack}/relpos_bias/rel_embedding", f"{stack}/relpos_bias", "T"),
                   Rule(rf"target/{stack}/{stack}_norm/scale", f"{stack}/final_norm")]
     rules.append(Rule(r"target/decoder/logits_dense/kernel", "lm_head"))
-    return Table(tuple(rules), ((r"state/.*", "T5X optimizer state"),))
+    return Table(tuple(rules), ((r"state/.*", "T5X optimizer state (step, param_states)"),))
 
 
 def mesh_tf(cfg: T5Config) -> Table:
@@ -279,6 +279,28 @@ def apply(step: Step, x: np.ndarray, out: dict[str, np.ndarray], specs: dict, dt
         buf[...] = y
     else:
         buf[step.layer] = y
+
+
+def nest(flat: dict[str, np.ndarray]) -> dict:
+    """{'encoder/layers/attn/q': x} -> {'encoder': {'layers': {'attn': {'q': x}}}}."""
+    tree: dict = {}
+    for name, arr in flat.items():
+        *parents, leaf = name.split("/")
+        node = tree
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = arr
+    return tree
+
+
+def convert_flat(arrays: dict[str, np.ndarray], table: Table, cfg: T5Config, dtype=None) -> dict:
+    """In-memory conversion of a flat {name: array} dict -> the nested params tree (for tests and small models)."""
+    steps, _ = plan({k: np.shape(v) for k, v in arrays.items()}, table, cfg, "arrays")
+    out: dict[str, np.ndarray] = {}
+    specs = flat_specs(cfg)
+    for step in steps:
+        apply(step, np.asarray(arrays[step.source]), out, specs, np.dtype(dtype or np.float32))
+    return nest(out)
 
 
 def describe(tables: Iterable[str] = TABLES) -> str:
