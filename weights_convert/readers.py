@@ -91,15 +91,11 @@ def read_safetensors(files: list[Path]) -> Tensors:
             if name in where:
                 raise ConversionError(f"{name} appears in both {where[name][0]} and {path}")
             where[name], shapes[name] = (path, dtype, shape, offset + start, end - start), shape
-    maps: dict[Path, np.memmap] = {}
-
-    def load(name):
+    def load(name):  # a plain read, not a memmap: mapped pages would stay resident after the copy
         path, dtype, shape, start, nbytes = where[name]
-        if path not in maps:
-            maps[path] = np.memmap(path, np.uint8, "r")
-        return np.frombuffer(maps[path], dtype, count=int(np.prod(shape)), offset=start).reshape(shape)
+        return np.fromfile(path, dtype, count=int(np.prod(shape)), offset=start).reshape(shape)
 
-    return Tensors(", ".join(map(str, files)), shapes, load, close=maps.clear)
+    return Tensors(", ".join(map(str, files)), shapes, load)
 
 
 def read_torch(files: list[Path]) -> Tensors:
@@ -333,19 +329,17 @@ def read_tf_bundle(prefix: Path) -> Tensors:
     missing = [str(p) for p in shard_files if not p.is_file()]
     if missing:
         raise ConversionError(f"{index}: data shards are missing: {missing}")
-    maps: dict[int, np.memmap] = {}
+    sizes = [p.stat().st_size for p in shard_files]
 
     def load(name):
         dtype, shard, offset, size = where[name]
-        if shard not in maps:
-            maps[shard] = np.memmap(shard_files[shard], np.uint8, "r")
         count = int(np.prod(shapes[name]))
-        if offset + size > maps[shard].size or size != count * np.dtype(dtype).itemsize:
+        if offset + size > sizes[shard] or size != count * np.dtype(dtype).itemsize:
             raise ConversionError(f"{shard_files[shard]}: {name} needs bytes {offset}..{offset + size}, "
-                                  f"file has {maps[shard].size} (truncated?)")
-        return np.frombuffer(maps[shard], dtype, count=count, offset=offset).reshape(shapes[name])
+                                  f"file has {sizes[shard]} (truncated?)")
+        return np.fromfile(shard_files[shard], dtype, count=count, offset=offset).reshape(shapes[name])
 
-    return Tensors(str(prefix), shapes, load, close=maps.clear)
+    return Tensors(str(prefix), shapes, load)
 
 
 # -- detection ----------------------------------------------------------------------------------------------
