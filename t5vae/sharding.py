@@ -1,0 +1,339 @@
+"""Sharding over a ("data", "fsdp", "model") device mesh: one logical-axis rules table, and everything asks it.
+
+    mesh = make_mesh("data=2,fsdp=2,model=2")           # -1 = whatever devices are left
+    shardings = param_shardings(cfg, mesh)               # T5Config, Config or any ParamSpec tree
+    params = shard_init(cfg, key, mesh)                  # created directly in their sharding
+    cfg, params = t5vae.load_t5(path, shardings=param_shardings(t5_cfg, mesh))
+    batch = global_batch(local_batch, mesh)              # each process passes only its rows
+
+Multi-host: call :func:`initialize_distributed` first in every process; each process reads the rows
+:func:`process_slice` gives it; the same program then runs on 1 CPU, 8 fake devices, a GPU or a TPU slice.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from t5vae.t5 import ParamSpec, is_spec
+
+MESH_AXES = ("data", "fsdp", "model")
+
+# Logical axis name -> mesh axis (or tuple of mesh axes, or None = replicated). The only such table.
+RULES: dict[str, Any] = {
+    "batch": ("data", "fsdp"), "vocab": "model", "heads": "model", "mlp": "model", "embed": "fsdp",
+    "kv": None, "layers": None, "relpos_buckets": None, "latent": None, "latent_tokens": None, "length": None,
+}
+
+
+# -- meshes ----------------------------------------------------------------------------------------
+
+def parse_mesh(spec: str | Mapping[str, int] | None, n_devices: int | None = None) -> dict[str, int]:
+    """``"data=4,fsdp=1,model=2"`` or a dict -> {axis: size} over all of MESH_AXES (missing ones are 1).
+
+    One size may be -1: it takes whatever devices the others leave (``n_devices``, default all devices).
+    """
+    n_devices = jax.device_count() if n_devices is None else n_devices
+    if spec is None or spec == "":
+        spec = {"data": -1}
+    if isinstance(spec, str):
+        items = {}
+        for part in spec.replace(" ", "").split(","):
+            name, eq, size = part.partition("=")
+            if not eq or not size.lstrip("-").isdigit():
+                raise ValueError(f"bad mesh spec {spec!r}: expected comma-separated axis=size, e.g. "
+                                 f"'data=4,fsdp=1,model=2', got {part!r}")
+            if name in items:
+                raise ValueError(f"bad mesh spec {spec!r}: axis {name!r} given twice")
+            items[name] = int(size)
+        spec = items
+    unknown = sorted(set(spec) - set(MESH_AXES))
+    if unknown:
+        raise ValueError(f"unknown mesh axis {unknown} in {spec!r}; the axes are {list(MESH_AXES)}")
+    sizes = {a: int(spec.get(a, 1)) for a in MESH_AXES}
+    auto = [a for a, s in sizes.items() if s == -1]
+    if len(auto) > 1 or any(s == 0 or s < -1 for s in sizes.values()):
+        raise ValueError(f"bad mesh spec {spec!r}: sizes must be positive, with at most one -1")
+    if auto:
+        rest = math.prod(s for s in sizes.values() if s != -1)
+        if n_devices % rest:
+            raise ValueError(f"mesh {spec!r}: cannot fill mesh axis {auto[0]!r} (-1): {n_devices} devices are "
+                             f"not divisible by the other axes' product {rest}")
+        sizes[auto[0]] = n_devices // rest
+    return sizes
+
+
+def make_mesh(spec: str | Mapping[str, int] | None = None, devices=None) -> Mesh:
+    """A ("data", "fsdp", "model") mesh from a spec string or dict (see :func:`parse_mesh`); default all-data.
+
+    Asking for fewer devices than exist uses the first ones (single process only); more is an error.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = parse_mesh(spec, len(devices))
+    n = math.prod(sizes.values())
+    shape = ", ".join(f"{a}={s}" for a, s in sizes.items())
+    if n > len(devices):
+        raise ValueError(f"mesh {shape} needs {n} devices but only {len(devices)} exist "
+                         f"({devices[0].platform}; {jax.process_count()} process(es))")
+    if n < len(devices) and jax.process_count() > 1:
+        raise ValueError(f"mesh {shape} uses {n} of the {len(devices)} devices; a multi-process mesh must use "
+                         f"all of them")
+    auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+    return jax.make_mesh(tuple(sizes.values()), MESH_AXES, axis_types=auto, devices=devices[:n])
+
+
+def mesh_sizes(mesh: Mesh) -> dict[str, int]:
+    return dict(zip(mesh.axis_names, mesh.devices.shape))
+
+
+# -- logical axes -> PartitionSpec ---------------------------------------------------------------
+
+def _mesh_axes(logical: str | None, rules: Mapping[str, Any]) -> tuple[str, ...]:
+    if logical is None:
+        return ()
+    if logical not in rules:
+        raise KeyError(f"logical axis {logical!r} has no sharding rule; known: {sorted(rules)}")
+    target = rules[logical]
+    return () if target is None else (target,) if isinstance(target, str) else tuple(target)
+
+
+def logical_to_spec(axes, rules: Mapping[str, Any] = RULES) -> P:
+    """Logical axis names (one per dimension, None = replicated) -> ``PartitionSpec`` via ``rules``."""
+    out, used = [], set()
+    for name in axes:
+        mesh_axes = _mesh_axes(name, rules)
+        dup = used.intersection(mesh_axes)
+        if dup:
+            raise ValueError(f"logical axes {tuple(axes)} map mesh axis {sorted(dup)} to two dimensions")
+        used.update(mesh_axes)
+        out.append(None if not mesh_axes else mesh_axes[0] if len(mesh_axes) == 1 else mesh_axes)
+    return P(*out)
+
+
+def _check_divisible(shape, axes, mesh: Mesh, rules, where: str) -> None:
+    sizes = mesh_sizes(mesh)
+    for dim, (size, name) in enumerate(zip(shape, axes)):
+        mesh_axes = _mesh_axes(name, rules)
+        missing = [a for a in mesh_axes if a not in sizes]
+        if missing:
+            raise ValueError(f"{where}: logical axis {name!r} maps to mesh axis {missing}, which the mesh "
+                             f"{sizes} does not have")
+        parts = math.prod(sizes[a] for a in mesh_axes)
+        if size % parts:
+            desc = " x ".join(f"{a}={sizes[a]}" for a in mesh_axes)
+            raise ValueError(f"{where}: dimension {dim} ({name!r}, size {size}) is not divisible by mesh axis "
+                             f"{desc} ({parts} shards); choose a mesh whose axes divide it")
+
+
+def _spec_tree(specs_or_cfg):
+    from t5vae import config
+
+    if isinstance(specs_or_cfg, config.T5Config):
+        from t5vae import t5
+        return t5.param_specs(specs_or_cfg)
+    if isinstance(specs_or_cfg, config.Config):
+        from t5vae import model
+        return model.param_specs(specs_or_cfg)
+    return specs_or_cfg
+
+
+def named_sharding(mesh: Mesh, shape, axes, rules: Mapping[str, Any] = RULES, where: str = "array") -> NamedSharding:
+    """The sharding of one array with logical ``axes``; raises if the mesh does not divide a dimension."""
+    if len(shape) != len(axes):
+        raise ValueError(f"{where}: shape {tuple(shape)} has {len(shape)} dims but logical axes {tuple(axes)}")
+    _check_divisible(shape, axes, mesh, rules, where)
+    return NamedSharding(mesh, logical_to_spec(axes, rules))
+
+
+def param_shardings(specs_or_cfg, mesh: Mesh, rules: Mapping[str, Any] = RULES):
+    """``NamedSharding`` per leaf of a ParamSpec tree (or of ``param_specs(cfg)`` for a T5Config / Config).
+
+    Every dimension is checked against its mesh axes first: a mesh that does not divide one raises.
+    """
+    specs = _spec_tree(specs_or_cfg)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, s: named_sharding(mesh, s.shape, s.axes, rules, f"param {jax.tree_util.keystr(path)}"),
+        specs, is_leaf=is_spec)
+
+
+def _param_table(specs) -> dict[tuple[str, ...], ParamSpec]:
+    leaves = jax.tree_util.tree_leaves_with_path(specs, is_leaf=is_spec)
+    return {tuple(jax.tree_util.keystr((k,)) for k in path): s for path, s in leaves}
+
+
+def _dropped_axes(shape, spec: ParamSpec):
+    """Candidate logical axes for a state leaf whose shape is the param's shape with some dims removed."""
+    n, k = len(spec.shape), len(shape)
+    if k > n:
+        return
+    import itertools
+
+    for keep in itertools.combinations(range(n), k):
+        if tuple(spec.shape[i] for i in keep) == tuple(shape):
+            yield tuple(spec.axes[i] for i in keep)
+
+
+def state_shardings(abstract_state, specs_or_cfg, mesh: Mesh, rules: Mapping[str, Any] = RULES):
+    """Shardings for any tree holding params-shaped subtrees: a train state, an optax state.
+
+    A leaf whose key path ends in a param's path follows that param: same shape, same sharding; a shape
+    with dims dropped (Adafactor's factored ``v_row`` / ``v_col``) keeps the axes of the dims it kept.
+    Everything else (step counters, Adafactor's unfactored placeholders) is replicated.
+    """
+    table = _param_table(_spec_tree(specs_or_cfg))
+    replicated = NamedSharding(mesh, P())
+
+    def one(path, leaf):
+        keys = tuple(jax.tree_util.keystr((k,)) for k in path)
+        spec = next((table[keys[i:]] for i in range(len(keys)) if keys[i:] in table), None)
+        shape = tuple(np.shape(leaf))
+        if spec is None:
+            return replicated
+        where = f"state {jax.tree_util.keystr(path)}"
+        if shape == tuple(spec.shape):
+            return named_sharding(mesh, shape, spec.axes, rules, where)
+        for axes in _dropped_axes(shape, spec):
+            try:
+                return named_sharding(mesh, shape, axes, rules, where)
+            except ValueError:
+                continue
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(one, abstract_state)
+
+
+def opt_state_shardings(optimizer, specs_or_cfg, mesh: Mesh, rules: Mapping[str, Any] = RULES):
+    """Shardings of ``optimizer.init(params)`` for the params of a spec tree (or cfg), derived from theirs."""
+    specs = _spec_tree(specs_or_cfg)
+    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, np.float32), specs, is_leaf=is_spec)
+    return state_shardings(jax.eval_shape(optimizer.init, abstract), specs, mesh, rules)
+
+
+# -- batches ---------------------------------------------------------------------------------------
+
+def batch_sharding(mesh: Mesh, ndim: int = 2, rules: Mapping[str, Any] = RULES) -> NamedSharding:
+    """Leading (batch) dimension over the "batch" rule's mesh axes, the rest replicated."""
+    return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1), rules))
+
+
+def batch_shardings(batch, mesh: Mesh, rules: Mapping[str, Any] = RULES):
+    """``batch_sharding`` for every array of a batch pytree; raises if the batch size is not divisible."""
+    def one(path, x):
+        shape = np.shape(x)
+        _check_divisible(shape[:1], ("batch",), mesh, rules, f"batch {jax.tree_util.keystr(path)}")
+        return batch_sharding(mesh, len(shape), rules)
+
+    return jax.tree_util.tree_map_with_path(one, batch)
+
+
+def process_slice(n_examples: int, mesh: Mesh | None = None, rules: Mapping[str, Any] = RULES) -> slice:
+    """The rows of ``n_examples`` this process reads: with a mesh, exactly the rows its devices hold in
+    :func:`batch_sharding` (so :func:`global_batch` rebuilds the same global array); without, an even split."""
+    if mesh is None:
+        count, index = jax.process_count(), jax.process_index()
+        if n_examples % count:
+            raise ValueError(f"{n_examples} examples cannot be split evenly over {count} processes")
+        per = n_examples // count
+        return slice(index * per, (index + 1) * per)
+    _check_divisible((n_examples,), ("batch",), mesh, rules, "batch")
+    idx = batch_sharding(mesh, 1, rules).addressable_devices_indices_map((n_examples,))
+    starts = sorted({i[0].indices(n_examples)[:2] for i in idx.values()})
+    lo, hi = starts[0][0], starts[-1][1]
+    if sum(b - a for a, b in starts) != hi - lo:
+        raise ValueError(f"this process's devices hold non-contiguous rows {starts} of the batch; "
+                         f"order the mesh so each process owns one block")
+    return slice(lo, hi)
+
+
+def global_batch(local_batch, mesh: Mesh, rules: Mapping[str, Any] = RULES):
+    """One global array per leaf from each process's rows (see :func:`process_slice`); batch dim sharded."""
+    sizes = mesh_sizes(mesh)
+    parts = math.prod(sizes[a] for a in _mesh_axes("batch", rules))
+
+    def one(x):
+        x = np.asarray(x)
+        n = x.shape[0] * parts // _local_batch_shards(mesh, rules)
+        sharding = batch_sharding(mesh, x.ndim, rules)
+        _check_divisible((n,), ("batch",), mesh, rules, "global batch")
+        return jax.make_array_from_process_local_data(sharding, x, (n,) + x.shape[1:])
+
+    return jax.tree.map(one, local_batch)
+
+
+def _local_batch_shards(mesh: Mesh, rules) -> int:
+    """How many distinct batch blocks this process's devices hold."""
+    idx = batch_sharding(mesh, 1, rules).addressable_devices_indices_map((mesh.devices.size,))
+    return len({i[0].indices(mesh.devices.size)[:2] for i in idx.values()})
+
+
+# -- params created / placed in their sharding -----------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _sharded_init(cfg, mesh: Mesh):
+    from t5vae import config, model, t5
+
+    init = t5.init if isinstance(cfg, config.T5Config) else model.init
+    return jax.jit(init, static_argnums=0, out_shardings=param_shardings(cfg, mesh))
+
+
+def shard_init(cfg, key: jax.Array, mesh: Mesh) -> dict:
+    """``t5.init`` (T5Config) or ``model.init`` (Config) compiled with ``out_shardings``: every leaf is
+    created directly in its sharding, never whole on one device. Same values as the unsharded init."""
+    return _sharded_init(cfg, mesh)(cfg, key)
+
+
+def shard_params(params, specs_or_cfg, mesh: Mesh, rules: Mapping[str, Any] = RULES):
+    """Place an existing params tree into its shardings (``jax.device_put``)."""
+    return jax.device_put(params, param_shardings(specs_or_cfg, mesh, rules))
+
+
+def constrain(x: jax.Array, logical_axes, rules: Mapping[str, Any] = RULES, mesh: Mesh | None = None):
+    """``with_sharding_constraint`` by logical axis names under the current mesh (``jax.set_mesh``) or
+    ``mesh``; a no-op when there is none."""
+    if mesh is None:
+        abstract = jax.sharding.get_abstract_mesh()
+        if abstract.empty:
+            return x
+        spec = logical_to_spec(logical_axes, rules)
+        return jax.lax.with_sharding_constraint(x, spec)
+    return jax.lax.with_sharding_constraint(x, named_sharding(mesh, x.shape, logical_axes, rules))
+
+
+# -- multi-host ------------------------------------------------------------------------------------
+
+_CLUSTER_ENV = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "SLURM_STEP_NUM_TASKS",
+                "OMPI_COMM_WORLD_SIZE")
+
+
+def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> bool:
+    """``jax.distributed.initialize`` when launched as several processes -> whether it did.
+
+    Explicit arguments, or ``JAX_COORDINATOR_ADDRESS`` + ``JAX_NUM_PROCESSES`` + ``JAX_PROCESS_ID``; else a
+    TPU pod slice / SLURM / Open MPI launch is auto-detected by jax. A plain single process does nothing.
+    On CPU, gloo collectives are switched on. Call it before anything else touches jax devices.
+    """
+    if jax.distributed.is_initialized():
+        return True
+    env = os.environ
+    coordinator_address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS")
+    if num_processes is None and env.get("JAX_NUM_PROCESSES"):
+        num_processes = int(env["JAX_NUM_PROCESSES"])
+    if process_id is None and env.get("JAX_PROCESS_ID"):
+        process_id = int(env["JAX_PROCESS_ID"])
+    explicit = coordinator_address is not None and (num_processes or 1) > 1
+    cluster = any(env.get(k) and env.get(k) not in ("1", "") for k in _CLUSTER_ENV)
+    if not explicit and not cluster:
+        return False
+    if "cpu" in env.get("JAX_PLATFORMS", "cpu").split(","):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if explicit:
+        jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    else:
+        jax.distributed.initialize()
+    return True
