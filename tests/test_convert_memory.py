@@ -1,8 +1,9 @@
 """Peak host memory of a conversion, above the process's RSS before converting.
 
 Reading + mapping holds the assembled params (1x) plus one source tensor at a time: under 1.5x. The orbax
-save in ``t5vae.checkpoint.save_t5`` then adds its own write buffers (about 1.1-1.8x measured for 26 leaves),
-so the whole run is bounded at 3.5x; see PARAMS.md for how to bring the save's share down.
+save in ``t5vae.checkpoint.save_t5`` then adds write buffers proportional to the tree (measured ~1.5x of
+the tree for 20-320 MB trees, after the runtime's fixed start-up costs), so the whole run measures ~2.6x and
+is bounded at 3x here; the issue's ~2x is not met by the save step (see PARAMS.md).
 """
 import json
 import subprocess
@@ -39,6 +40,9 @@ MEASURE = textwrap.dedent("""
             if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
 
+    import numpy as np, tempfile
+    jax.devices()  # the XLA runtime and one tiny orbax save: fixed costs, not proportional to the checkpoint
+    checkpoint.save_params(tempfile.mkdtemp() + "/warmup", {"x": np.zeros(4, np.float32)})
     before = status("VmRSS")
     convert(sys.argv[1], sys.argv[2], progress=False)
     print(json.dumps({"before": before, "mapped": mapped["peak"], "peak": status("VmHWM")}))
@@ -62,4 +66,4 @@ def test_peak_memory_under_twice_the_checkpoint(tmp_path):
     print(f"checkpoint {size / 2**20:.0f} MiB; peak above baseline: {mapped:.2f}x until save, {total:.2f}x in all")
     assert size > 50 * 2**20
     assert 0.9 < mapped < 1.5, f"reading + mapping used {mapped:.2f}x the checkpoint size"
-    assert total < 3.5, f"conversion + save used {total:.2f}x the checkpoint size"
+    assert total < 3.0, f"conversion + save used {total:.2f}x the checkpoint size"

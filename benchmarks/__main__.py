@@ -1,0 +1,214 @@
+"""``python -m benchmarks [--quick] [--json PATH]``: t5vae against the Flax reference, side by side.
+
+One run, on whatever devices JAX sees: the machine's matmul ceiling first, then each workload for both
+implementations on identical weights (the reference's random init converted to our tree), alternating
+after warm-up, medians over repeats. Ratios are ours / jitted reference (>1 means we are faster or smaller
+is better where stated). Results go to benchmarks/results/<device>-<date>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import t5vae as tv
+from benchmarks import harness, reference
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def device_name() -> str:
+    d = jax.devices()[0]
+    if d.platform == "cpu":
+        return f"cpu-{os.cpu_count()}core"
+    return d.device_kind.lower().replace(" ", "-")
+
+
+def bench_forward(model, ref_params, params, cfg, batch, repeats):
+    ref_fwd = jax.jit(reference.forward_fn(model))
+    ours_fwd = jax.jit(lambda p, b: tv.t5.apply(p, cfg, b["input_ids"], b["attention_mask"], b["decoder_input_ids"],
+                                                b["decoder_attention_mask"]))
+    diff = np.abs(np.asarray(ours_fwd(params, batch)) - np.asarray(ref_fwd(ref_params, batch))).max()
+    t = harness.alternate({"ours": lambda: ours_fwd(params, batch), "reference_jit": lambda: ref_fwd(ref_params, batch),
+                           "reference_plain": lambda: reference.forward_fn(model)(ref_params, batch)}, repeats)
+    return t, float(diff)
+
+
+def bench_train(model, ref_params, params, cfg, batch, repeats):
+    opt = optax.adamw(1e-4)
+    tcfg = cfg.replace(dropout_rate=0.1)
+    ours_step = harness.make_train_step(
+        lambda p, b, k: tv.t5.apply(p, tcfg, b["input_ids"], b["attention_mask"], b["decoder_input_ids"],
+                                    b["decoder_attention_mask"], dropout_key=k), opt)
+    ref_step = harness.make_train_step(reference.train_loss_fn(model), opt)
+    key = jax.random.key(0)
+    state = {"ours": (jax.tree.map(jnp.copy, params), opt.init(params)),
+             "reference_jit": (jax.tree.map(jnp.copy, ref_params), opt.init(ref_params))}
+    compile_s = {"ours": harness.compile_seconds(ours_step, *state["ours"], batch, key)[0],
+                 "reference_jit": harness.compile_seconds(ref_step, *state["reference_jit"], batch, key)[0]}
+
+    def runner(name, step):
+        def run():
+            p, o, loss = step(*state[name], batch, key)
+            state[name] = (p, o)
+            return loss
+        return run
+
+    t = harness.alternate({"ours": runner("ours", ours_step), "reference_jit": runner("reference_jit", ref_step)},
+                          repeats)
+    return t, compile_s
+
+
+def bench_depth_compile(cfg, batch, layers=(6, 24)):
+    """Our train-step compile time at two depths: flat if the layers are scanned, not unrolled."""
+    out = {}
+    for n in layers:
+        c = cfg.replace(num_layers=n, num_decoder_layers=n, dropout_rate=0.1)
+        p = jax.eval_shape(lambda: tv.t5.init(c, jax.random.key(0)))
+        opt = optax.adamw(1e-4)
+        step = harness.make_train_step(
+            lambda p, b, k, c=c: tv.t5.apply(p, c, b["input_ids"], b["attention_mask"], b["decoder_input_ids"],
+                                             b["decoder_attention_mask"], dropout_key=k), opt)
+        out[n] = harness.compile_seconds(step, p, jax.eval_shape(opt.init, p), batch, jax.random.key(0))[0]
+    return out
+
+
+def bench_generate(model, ref_params, params, cfg, batch, new_tokens, repeats):
+    never = cfg.vocab_size  # an id argmax cannot return: both sides generate exactly new_tokens
+    gcfg = cfg.replace(eos_token_id=never)
+    model.generation_config.eos_token_id = never
+    ref_gen = jax.jit(reference.generate_fn(model, new_tokens))
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    ours = lambda: tv.t5.generate(params, gcfg, ids, mask, max_new_tokens=new_tokens)  # noqa: E731
+    p16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
+    c16 = gcfg.replace(dtype="bfloat16", param_dtype="bfloat16")
+    ours16 = lambda: tv.t5.generate(p16, c16, ids, mask, max_new_tokens=new_tokens)  # noqa: E731
+    same = bool(np.array_equal(np.asarray(ours()), np.asarray(ref_gen(ref_params, ids, mask))[:, 1:]))
+    fns = {"ours": ours, "ours_bf16": ours16, "reference_jit": lambda: ref_gen(ref_params, ids, mask)}
+    t = harness.alternate(fns, repeats)
+    t["reference_plain"] = harness.alternate(
+        {"p": lambda: reference.generate_fn(model, new_tokens)(ref_params, ids, mask)}, max(1, repeats // 3))["p"]
+    return t, same
+
+
+def memory(impl: str, steps: int) -> dict:
+    out = subprocess.run([sys.executable, "-m", "benchmarks.memory", impl, "--steps", str(steps)],
+                         capture_output=True, text=True, check=True, cwd=Path(__file__).parent.parent)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repeats and no 24-layer compile (< 5 min on 2 cores)")
+    ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--repeats", type=int, help="timed rounds per workload (default 10, 3 with --quick)")
+    args = ap.parse_args(argv)
+    repeats = args.repeats or (3 if args.quick else 10)
+    t_start = time.perf_counter()
+    cfg = tv.preset("t5-small", dropout_rate=0.0)
+    B, L, NEW = 8, 64, 32
+    log(f"devices: {jax.devices()}  jax {jax.__version__}  repeats={repeats}")
+
+    f32 = harness.matmul_ceiling(jnp.float32, 1024 if args.quick else 2048, repeats)
+    bf16 = harness.matmul_ceiling(jnp.bfloat16, 1024 if args.quick else 2048, repeats)
+    bw = harness.memory_bandwidth(1 << 28, repeats)
+    log(f"matmul ceiling: float32 {f32 / 1e9:.1f} GFLOP/s, bfloat16 {bf16 / 1e9:.1f} GFLOP/s; read bandwidth "
+        f"{bw / 1e9:.1f} GB/s")
+
+    model, ref_params, params = reference.make_reference(cfg)
+    batch = harness.random_batch(cfg.vocab_size, B, L)
+    tokens = B * L
+
+    log("forward ...")
+    fwd, fwd_diff = bench_forward(model, ref_params, params, cfg, batch, repeats)
+    log("train step ...")
+    train, train_compile = bench_train(model, ref_params, params, cfg, batch, repeats)
+    log("generate ...")
+    gen, gen_same = bench_generate(model, ref_params, params, cfg, batch, NEW, repeats)
+    depth = None if args.quick else bench_depth_compile(cfg, batch)
+    log("peak memory (separate processes) ...")
+    mem = {impl: memory(impl, 3) for impl in ("ours", "reference")}
+
+    train_flops = 3 * harness.t5_forward_flops(cfg, B, L, L)
+    dec_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params["decoder"]["layers"]))
+    dec_bytes += params["shared"]["embedding"].size * 4  # the output projection reads the (tied) embedding
+    bound_s = dec_bytes / bw
+    speed = lambda t, k="reference_jit": t[k]["median_s"] / t["ours"]["median_s"]  # noqa: E731
+    res = {
+        "device": device_name(), "date": datetime.date.today().isoformat(), "jax": jax.__version__,
+        "platform": platform.platform(), "cpu_count": os.cpu_count(), "repeats": repeats, "quick": args.quick,
+        "shapes": {"config": "t5-small", "batch": B, "length": L, "new_tokens": NEW},
+        "matmul_flops_f32": f32, "matmul_flops_bf16": bf16, "read_bandwidth_bytes_s": bw,
+        "forward_speedup": speed(fwd), "forward_speedup_vs_plain": speed(fwd, "reference_plain"),
+        "forward_max_abs_diff": fwd_diff,
+        "train_step_speedup": speed(train),
+        "train_tokens_per_s": {k: tokens / v["median_s"] for k, v in train.items()},
+        "train_mfu": train_flops / train["ours"]["median_s"] / f32,
+        "train_mfu_reference": train_flops / train["reference_jit"]["median_s"] / f32,
+        "train_compile_s": train_compile,
+        "train_compile_time_ratio": train_compile["ours"] / train_compile["reference_jit"],
+        "train_compile_s_by_depth": depth,
+        "generate_speedup": speed(gen), "generate_speedup_bf16": gen["reference_jit"]["median_s"] / gen["ours_bf16"]["median_s"],
+        "generate_speedup_vs_plain": speed(gen, "reference_plain"), "generate_same_tokens": gen_same,
+        "generate_ms_per_token": {k: 1e3 * v["median_s"] / NEW for k, v in gen.items()},
+        "decode_weight_read_bound_ms_per_token": 1e3 * bound_s,
+        "generate_latency_over_bound": gen["ours"]["median_s"] / NEW / bound_s,
+        "peak_memory": mem,
+        "train_peak_memory_ratio": mem["ours"]["training_mb"] / mem["reference"]["training_mb"],
+        "timings": {"forward": fwd, "train": train, "generate": gen},
+        "wall_s": time.perf_counter() - t_start,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    paths = [RESULTS / f"{res['device']}-{res['date']}{'-quick' if args.quick else ''}.json"]
+    if args.json:
+        paths.append(Path(args.json))
+    for p in paths:
+        p.write_text(json.dumps(res, indent=2) + "\n")
+    print_table(res)
+    log(f"wrote {', '.join(map(str, paths))} in {res['wall_s']:.0f} s")
+    return 0
+
+
+def print_table(r: dict) -> None:
+    rows = [
+        ("forward (8x64, ms)", r["timings"]["forward"]["ours"]["median_s"] * 1e3,
+         r["timings"]["forward"]["reference_jit"]["median_s"] * 1e3, f"{r['forward_speedup']:.2f}x"),
+        ("train step (8x64, ms)", r["timings"]["train"]["ours"]["median_s"] * 1e3,
+         r["timings"]["train"]["reference_jit"]["median_s"] * 1e3, f"{r['train_step_speedup']:.2f}x"),
+        ("greedy generate (ms/token)", r["generate_ms_per_token"]["ours"], r["generate_ms_per_token"]["reference_jit"],
+         f"{r['generate_speedup']:.2f}x"),
+        ("  bf16 weights (ms/token)", r["generate_ms_per_token"]["ours_bf16"],
+         r["generate_ms_per_token"]["reference_jit"], f"{r['generate_speedup_bf16']:.2f}x"),
+        ("train compile (s)", r["train_compile_s"]["ours"], r["train_compile_s"]["reference_jit"],
+         f"{r['train_compile_time_ratio']:.2f}x"),
+        ("train peak memory (MB)", r["peak_memory"]["ours"]["training_mb"], r["peak_memory"]["reference"]["training_mb"],
+         f"{r['train_peak_memory_ratio']:.2f}x"),
+    ]
+    print(f"\n{'workload':30s} {'t5vae':>10s} {'Flax (jit)':>11s} {'ratio':>8s}")
+    for name, a, b, ratio in rows:
+        print(f"{name:30s} {a:10.2f} {b:11.2f} {ratio:>8s}")
+    print(f"train MFU: {r['train_mfu']:.1%} of the float32 matmul ceiling (reference {r['train_mfu_reference']:.1%})")
+    print(f"decode: {r['generate_ms_per_token']['ours']:.2f} ms/token vs weight-read bound "
+          f"{r['decode_weight_read_bound_ms_per_token']:.2f} ms ({r['generate_latency_over_bound']:.2f}x); "
+          f"same tokens as reference: {r['generate_same_tokens']}")
+    if r["train_compile_s_by_depth"]:
+        print(f"train compile by depth: {r['train_compile_s_by_depth']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Measurement helpers: alternating timed runs with medians, the machine's matmul and memory ceilings."""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+
+def run_once(fn: Callable) -> float:
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - t0
+
+
+def alternate(fns: dict[str, Callable], repeats: int, warmup: int = 1) -> dict[str, dict]:
+    """Run each zero-arg callable ``warmup`` times, then ``repeats`` rounds taking turns; medians in seconds."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            run_once(fn)
+    times: dict[str, list] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            times[k].append(run_once(fn))
+    return {k: {"median_s": statistics.median(v), "min_s": min(v), "times_s": v} for k, v in times.items()}
+
+
+def compile_seconds(fn: Callable, *args) -> tuple[float, object]:
+    """Time lowering + compiling a jitted function (no persistent cache) -> (seconds, compiled)."""
+    t0 = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    return time.perf_counter() - t0, compiled
+
+
+def matmul_ceiling(dtype, n: int, repeats: int) -> float:
+    """FLOP/s of an n x n x n matmul through jax (the best of ``repeats`` runs)."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dtype)
+    mm = jax.jit(lambda a, b: a @ b)
+    run_once(lambda: mm(a, b))
+    best = min(run_once(lambda: mm(a, b)) for _ in range(repeats))
+    return 2 * n ** 3 / best
+
+
+def memory_bandwidth(n_bytes: int, repeats: int) -> float:
+    """Bytes/s of reading a large float32 array once (a reduction, so nothing is written back)."""
+    x = jnp.ones((n_bytes // 4,), jnp.float32)
+    total = jax.jit(jnp.sum)
+    run_once(lambda: total(x))
+    best = min(run_once(lambda: total(x)) for _ in range(repeats))
+    return n_bytes / best
+
+
+def masked_cross_entropy(logits_BTV: jax.Array, labels_BT: jax.Array, mask_BT: jax.Array) -> jax.Array:
+    """Mean token cross-entropy over non-pad positions — the same loss for both implementations."""
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits_BTV.astype(jnp.float32), labels_BT)
+    return jnp.sum(ce * mask_BT) / jnp.maximum(jnp.sum(mask_BT), 1)
+
+
+def make_train_step(logits_fn: Callable, optimizer) -> Callable:
+    """One jitted step: forward with dropout, cross-entropy, backward, optimizer update (state donated)."""
+    def loss_fn(params, batch, key):
+        return masked_cross_entropy(logits_fn(params, batch, key), batch["labels"], batch["decoder_attention_mask"])
+
+    def step(params, opt_state, batch, key):
+        loss, grads = jax.value_and_grad(loss_fn)(params, batch, key)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def random_batch(vocab: int, batch: int, length: int, seed: int = 0) -> dict:
+    """Token ids in [2, vocab) with some right padding, labels and decoder inputs (shifted right)."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(2, vocab, size=(batch, length)).astype(np.int32)
+    lengths = rng.integers(length // 2, length + 1, size=batch)
+    mask = np.arange(length)[None] < lengths[:, None]
+    labels = np.where(mask, ids, 0).astype(np.int32)
+    dec_in = np.concatenate([np.zeros((batch, 1), np.int32), labels[:, :-1]], 1)
+    return {k: jnp.asarray(v) for k, v in dict(input_ids=labels, attention_mask=mask.astype(np.int32), labels=labels,
+                                                 decoder_input_ids=dec_in,
+                                                 decoder_attention_mask=mask.astype(np.int32)).items()}
+
+
+def t5_forward_flops(cfg, batch: int, src_len: int, tgt_len: int) -> float:
+    """Model FLOPs of one teacher-forced forward pass (matmuls only: 2 x multiply-adds)."""
+    D, F, H, K, V = cfg.d_model, cfg.d_ff, cfg.num_heads, cfg.d_kv, cfg.vocab_size
+    n_wi = 2 if cfg.is_gated else 1
+    proj = D * H * K                               # one of q, k, v, o, per position
+    mlp = (n_wi + 1) * D * F
+    enc = src_len * (4 * proj + mlp) + 2 * src_len * src_len * H * K          # + QK^T and PV
+    dec = (tgt_len * (4 * proj + 2 * proj + mlp)  # self-attention, cross q/o, mlp per target position
+           + src_len * 2 * proj                   # cross-attention k/v from the source positions
+           + 2 * tgt_len * tgt_len * H * K + 2 * tgt_len * src_len * H * K)
+    return 2.0 * batch * (cfg.num_layers * enc + cfg.num_decoder_layers * dec + tgt_len * D * V)

@@ -1,0 +1,59 @@
+"""Peak host memory of a few training steps, one implementation per process.
+
+``python -m benchmarks.memory {ours,reference} --steps 3`` prints one JSON line: the resident set size
+after imports (``baseline_mb``), the peak over the whole process (``peak_mb``) and their difference
+(``training_mb``: params, optimizer state, activations, compiled code).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("impl", choices=["ours", "reference"])
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--length", type=int, default=64)
+    args = ap.parse_args()
+
+    import jax
+    import optax
+
+    import t5vae as tv
+    from benchmarks import harness
+    if args.impl == "reference":
+        from benchmarks import reference
+        reference.load_flax_t5()
+    cfg = tv.preset("t5-small")
+    baseline = rss_mb()
+    if args.impl == "ours":
+        params = tv.t5.init(cfg, jax.random.key(0))
+        step = harness.make_train_step(
+            lambda p, b, k: tv.t5.apply(p, cfg, b["input_ids"], b["attention_mask"], b["decoder_input_ids"],
+                                        b["decoder_attention_mask"], dropout_key=k), optax.adamw(1e-4))
+    else:
+        model = reference.load_flax_t5()(reference.hf_config(cfg), seed=0)
+        params = model.params
+        step = harness.make_train_step(reference.train_loss_fn(model), optax.adamw(1e-4))
+    opt_state = optax.adamw(1e-4).init(params)
+    batch = harness.random_batch(cfg.vocab_size, args.batch, args.length)
+    for i in range(args.steps):
+        params, opt_state, loss = step(params, opt_state, batch, jax.random.key(i))
+    jax.block_until_ready(loss)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"impl": args.impl, "baseline_mb": baseline, "peak_mb": peak, "training_mb": peak - baseline}))
+
+
+if __name__ == "__main__":
+    main()
