@@ -10,8 +10,10 @@ try:  # load the backbone's generator module *before* binding tv.generate, so th
 except ImportError:
     pass
 from t5vae.model import decode, encode, from_t5, generate, init, interpolate, loss  # noqa: E402
+from t5vae import pipeline  # noqa: E402
+from t5vae.pipeline import Model, load  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = ["T5Config", "Config", "PRESETS", "preset", "layers", "t5", "vae", "load_t5", "save_t5",
-           "init", "from_t5", "encode", "decode", "loss", "generate", "interpolate"]
+           "init", "from_t5", "encode", "decode", "loss", "generate", "interpolate", "load", "Model", "pipeline"]

@@ -119,3 +119,62 @@ def load_t5(path: str | os.PathLike, dtype: str | None = None, param_dtype: str 
 def tokenizer_path(path: str | os.PathLike) -> Path | None:
     p = Path(path) / TOKENIZER_FILE
     return p if p.is_file() else None
+
+
+# -- training runs ---------------------------------------------------------------------------------
+# A run directory: config.json (tv.Config), train_config.json, spiece.model, checkpoints/<step>/ (orbax
+# CheckpointManager: every save is written to a temporary directory and committed by rename, so a kill -9
+# mid-save leaves the previous checkpoint as the latest), params/ (final params), metrics.jsonl, eval.*.
+
+CHECKPOINTS_DIR, TRAIN_CONFIG_FILE = "checkpoints", "train_config.json"
+
+
+def checkpoint_manager(run_dir: str | os.PathLike, max_to_keep: int = 2):
+    """An orbax CheckpointManager over ``run_dir/checkpoints`` (async saves, keeps the newest ``max_to_keep``)."""
+    import orbax.checkpoint as ocp
+
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True)
+    return ocp.CheckpointManager(Path(run_dir).absolute() / CHECKPOINTS_DIR, options=options)
+
+
+def save_train_state(manager, step: int, state) -> None:
+    """Save a train state pytree at ``step`` (asynchronously; call ``manager.wait_until_finished()``)."""
+    import orbax.checkpoint as ocp
+
+    if not all(bool(np.all(np.isfinite(np.asarray(x)))) for x in jax.tree.leaves(state)
+               if np.issubdtype(np.asarray(x).dtype, np.floating)):
+        raise FloatingPointError(f"refusing to checkpoint step {step}: the train state holds NaN or inf")
+    manager.save(step, args=ocp.args.StandardSave(state))
+
+
+def restore_train_state(manager, abstract_state, step: int | None = None):
+    """Restore the newest (or the given) step into the structure of ``abstract_state`` -> ``(step, state)``;
+    ``(None, None)`` when there is no checkpoint."""
+    import orbax.checkpoint as ocp
+
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        return None, None
+    abstract_state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(
+        a.shape, a.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])), abstract_state)
+    try:
+        return step, manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"checkpoint {step} in {manager.directory} does not match this model/optimizer "
+                         f"(was the run started with a different config?): {e}") from None
+
+
+def save_params_replacing(path: str | os.PathLike, params) -> None:
+    """Write params next to ``path`` and rename into place (replacing an older copy only once complete)."""
+    path = Path(path).absolute()
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    save_params(tmp, params)
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(path)

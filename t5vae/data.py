@@ -69,13 +69,21 @@ def train_tokenizer(lines: Sequence[str], vocab_size: int) -> Tokenizer:
     if not lines:
         raise ValueError("cannot train a tokenizer on an empty corpus")
     out = io.BytesIO()
+    try:
+        _train_spm(spm, lines, out, vocab_size)
+    except RuntimeError as e:
+        raise ValueError(f"sentencepiece training failed (vocab_size={vocab_size}; byte fallback needs 259 "
+                         f"pieces plus one per distinct character): {e}") from None
+    return Tokenizer(out.getvalue())
+
+
+def _train_spm(spm, lines, out, vocab_size):
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(lines), model_writer=out, vocab_size=vocab_size, model_type="unigram",
         byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
         add_dummy_prefix=False, split_digits=True, allow_whitespace_only_pieces=True, character_coverage=0.9999,
         pad_id=PAD, eos_id=EOS, unk_id=UNK, bos_id=-1, hard_vocab_limit=False,
         max_sentence_length=1 << 16, num_threads=2, minloglevel=2, train_extremely_large_corpus=False)
-    return Tokenizer(out.getvalue())
 
 
 # -- corpora ---------------------------------------------------------------------------------------
@@ -177,8 +185,10 @@ class Corpus:
             raise ValueError(f"the corpus {source} is empty")
         train = [s for s in lines if split_of(s, validation_percent) == "train"]
         val = [s for s in lines if split_of(s, validation_percent) == "validation"]
-        if not val or not train:  # tiny corpora: still give both splits something
-            val, train = lines[:max(1, len(lines) // 50)], lines[max(1, len(lines) // 50):] or lines
+        if (len(val) < 2 or not train) and len(lines) >= 4:  # tiny corpora: at least 2 validation lines
+            by_hash = sorted(lines, key=lambda s: zlib.crc32(s.encode("utf-8")))
+            held = set(by_hash[: max(2, len(lines) // 50)])
+            val, train = [s for s in lines if s in held], [s for s in lines if s not in held]
         return cls(train, val, source)
 
 

@@ -1,0 +1,208 @@
+"""The ``t5vae`` command: train, eval, interpolate, sample, info.
+
+Every field of :class:`t5vae.Config` (``--pooling``, ``--latent-size``…), of the T5 backbone
+(``--t5-d-model``…) and of :class:`t5vae.train.TrainConfig` (``--steps``, ``--learning-rate``…) is a flag;
+``--config FILE`` (JSON, or TOML on Python 3.11+) sets any of them first: a flat object of those names, the
+backbone fields under "t5". Flags win over the file.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_OUT = "t5vae-run"
+
+
+def _fields():
+    from t5vae.config import Config, T5Config
+    from t5vae.train import TrainConfig
+
+    model = [f for f in dataclasses.fields(Config) if f.name != "t5"]
+    return model, list(dataclasses.fields(T5Config)), list(dataclasses.fields(TrainConfig))
+
+
+def _parse_value(text: str, default, type_name: str = ""):
+    if isinstance(default, bool):
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+    if text.lower() in ("none", "null"):
+        return None
+    if isinstance(default, int):
+        return int(text)
+    if isinstance(default, float):
+        return float(text)
+    if "str" in type_name:
+        return text
+    try:  # fields defaulting to None: numbers if they look like numbers
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _add_setting_flags(p: argparse.ArgumentParser):
+    model, t5, train = _fields()
+    from t5vae.config import DEFAULT_T5, Config
+    from t5vae.train import TrainConfig
+
+    for group, fields, prefix, defaults in (("model", model, "", Config()), ("T5 backbone", t5, "t5-", DEFAULT_T5),
+                                            ("training", train, "", TrainConfig())):
+        g = p.add_argument_group(group)
+        for f in fields:
+            default = getattr(defaults, f.name)
+            g.add_argument(f"--{prefix}{f.name.replace('_', '-')}", dest=f"{prefix.replace('-', '.')}{f.name}",
+                           type=lambda s, d=default, t=str(f.type): _parse_value(s, d, t), default=argparse.SUPPRESS,
+                           metavar=type(default).__name__.upper() if default is not None else "VALUE",
+                           help=f"default {default!r}")
+
+
+def _read_config_file(path: str) -> dict:
+    text = Path(path).read_text()
+    if path.endswith(".toml"):
+        import tomllib
+
+        return tomllib.loads(text)
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"error: {path} is not valid JSON: {e}")
+    if not isinstance(d, dict):
+        raise SystemExit(f"error: {path} must hold a JSON object")
+    return d
+
+
+def build_configs(args: argparse.Namespace):
+    """(Config, TrainConfig) from defaults, then ``--config``, then flags."""
+    from t5vae.config import DEFAULT_T5, Config
+    from t5vae.train import TrainConfig
+
+    model_names = {f.name for f in _fields()[0]}
+    train_names = {f.name for f in _fields()[2]}
+    settings = _read_config_file(args.config) if getattr(args, "config", None) else {}
+    t5 = dict(settings.pop("t5", {}) or {})
+    unknown = sorted(set(settings) - model_names - train_names)
+    if unknown:
+        raise SystemExit(f"error: unknown setting(s) {unknown} in {args.config}")
+    for k, v in vars(args).items():
+        if k.startswith("t5."):
+            t5[k[3:]] = v
+        elif k in model_names or k in train_names:
+            settings[k] = v
+    try:
+        cfg = Config(t5=DEFAULT_T5.replace(**t5), **{k: v for k, v in settings.items() if k in model_names})
+        tc = TrainConfig(**{k: v for k, v in settings.items() if k in train_names})
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"error: {e}")
+    return cfg, tc
+
+
+def cmd_train(args) -> int:
+    from t5vae import train
+
+    cfg, tc = build_configs(args)
+    out = args.out or DEFAULT_OUT
+    print(f"run directory: {Path(out).absolute()}")
+    _, results = train.run(cfg, tc, out, init_from=args.init_from, overwrite=args.overwrite)
+    if "example" in results:
+        print("Interpolation between two held-out lines (slerp, 9 interior points):")
+        for i, s in enumerate(results["example"]):
+            print(f"  {i:2d}  {s}")
+    print(f"load it with: t5vae.load({str(out)!r})")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from t5vae import data, evaluate, pipeline
+    from t5vae.train import TrainConfig
+
+    m = pipeline.load(args.dir)
+    tc = TrainConfig.from_dict(json.loads((Path(args.dir) / "train_config.json").read_text()))
+    corpus = data.load_corpus(tc.corpus, tc.validation_percent, tc.min_chars, tc.max_chars)
+    results = evaluate.evaluate(m.params, m.cfg, m.tokenizer, corpus.validation, pairs=args.pairs or tc.eval_pairs,
+                                batch_size=tc.eval_batch_size, seed=tc.seed)
+    print(evaluate.save(results, args.dir))
+    return 0
+
+
+def cmd_interpolate(args) -> int:
+    from t5vae import pipeline
+
+    for i, s in enumerate(pipeline.load(args.dir).interpolate(args.a, args.b, args.steps, args.kind)):
+        print(f"{i:2d}  {s}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from t5vae import pipeline
+
+    for s in pipeline.load(args.dir).sample(args.n, args.seed):
+        print(s)
+    return 0
+
+
+def cmd_info(args) -> int:
+    import jax
+
+    import t5vae
+
+    print(f"t5vae {t5vae.__version__}, jax {jax.__version__}, devices {jax.devices()}")
+    if args.dir:
+        from t5vae import checkpoint, model
+        from t5vae.config import Config
+
+        cfg = Config.load_json(Path(args.dir) / "config.json")
+        n = sum(int(__import__("math").prod(a.shape)) for a in jax.tree.leaves(model.abstract_params(cfg)))
+        print(json.dumps(cfg.to_dict(), indent=2))
+        print(f"parameters: {n:,}")
+        ck = Path(args.dir) / checkpoint.CHECKPOINTS_DIR
+        steps = sorted(int(p.name) for p in ck.iterdir() if p.name.isdigit()) if ck.is_dir() else []
+        print(f"checkpoints: {steps or 'none'}; final params: {(Path(args.dir) / 'params').is_dir()}")
+        if (Path(args.dir) / "eval.md").is_file():
+            print((Path(args.dir) / "eval.md").read_text())
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="t5vae", description="T5-VAE: smooth latent spaces of sentences and code")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train (or resume) a T5-VAE; with no arguments: the default model on the "
+                                     "embedded Python-statement corpus")
+    t.add_argument("--out", help=f"run directory (default ./{DEFAULT_OUT}); an existing run is resumed")
+    t.add_argument("--config", help="JSON/TOML file of settings (flags override it)")
+    t.add_argument("--init-from", help="a converted T5 directory (python -m weights_convert) to start from")
+    t.add_argument("--overwrite", action="store_true", help="delete an existing run in --out and start over")
+    _add_setting_flags(t)
+    t.set_defaults(fn=cmd_train)
+    e = sub.add_parser("eval", help="evaluate a run on its validation split; prints and saves the table")
+    e.add_argument("dir")
+    e.add_argument("--pairs", type=int, help="interpolation pairs (default: the run's eval_pairs)")
+    e.set_defaults(fn=cmd_eval)
+    i = sub.add_parser("interpolate", help="decode an interpolation between two lines")
+    i.add_argument("dir"), i.add_argument("a"), i.add_argument("b")
+    i.add_argument("--steps", type=int, default=9), i.add_argument("--kind", default="slerp", choices=["slerp", "lerp"])
+    i.set_defaults(fn=cmd_interpolate)
+    s = sub.add_parser("sample", help="decode samples from the prior")
+    s.add_argument("dir"), s.add_argument("-n", type=int, default=10), s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_sample)
+    f = sub.add_parser("info", help="versions and devices; with DIR, a run's config, size and checkpoints")
+    f.add_argument("dir", nargs="?")
+    f.set_defaults(fn=cmd_info)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,303 @@
+"""Training: optimizer and schedule, the train state, one jitted train step, and the fit loop (resumable
+orbax checkpoints, progress bar, metrics.jsonl, NaN/inf guard)."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from t5vae import checkpoint, data, model
+from t5vae.config import Config
+
+# Settings that may change when a run is resumed; any other difference is an error.
+RESUMABLE = ("steps", "checkpoint_every", "keep_checkpoints", "log_every", "progress", "max_minutes",
+             "eval_pairs", "eval_batch_size")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything about a training run that is not the model (see :class:`t5vae.Config`)."""
+
+    steps: int = 4000
+    batch_size: int = 64
+    optimizer: str = "adafactor"     # or "adamw"
+    learning_rate: float = 3e-3
+    warmup_steps: int = 200
+    end_lr_fraction: float = 0.05    # cosine decay to learning_rate * end_lr_fraction
+    weight_decay: float = 0.0        # AdamW only
+    clip_norm: float = 1.0
+    seed: int = 0
+    corpus: str | None = None        # None/"stdlib", "tfds:NAME[:FIELD]" or comma-separated text files
+    min_chars: int = 10              # stdlib corpus line length bounds
+    max_chars: int = 40
+    validation_percent: float = 2.0
+    tokenizer: str | None = None     # a spiece.model; None trains one on the corpus
+    vocab_size: int = 1024           # for a trained tokenizer
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    progress: bool = True
+    max_minutes: float | None = None  # stop early (and checkpoint) after this much training time
+    eval_pairs: int = 100
+    eval_batch_size: int = 128
+
+    def __post_init__(self):
+        if self.optimizer not in ("adafactor", "adamw"):
+            raise ValueError(f"TrainConfig.optimizer must be 'adafactor' or 'adamw', got {self.optimizer!r}")
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every", "vocab_size", "keep_checkpoints"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise ValueError(f"TrainConfig.{name} must be a positive int, got {getattr(self, name)!r}")
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s) {unknown}; known: {sorted(names)}")
+        return cls(**d)
+
+
+def schedule(tc: TrainConfig) -> optax.Schedule:
+    """Linear warmup to ``learning_rate`` then cosine decay to ``learning_rate * end_lr_fraction``."""
+    warm = min(tc.warmup_steps, max(tc.steps - 1, 0))
+    return optax.warmup_cosine_decay_schedule(0.0, tc.learning_rate, max(warm, 1), max(tc.steps, warm + 1),
+                                              tc.learning_rate * tc.end_lr_fraction)
+
+
+def make_optimizer(optimizer: str = "adafactor", clip_norm: float = 1.0, weight_decay: float = 0.0):
+    """Global-norm clipping, then Adafactor's factored second moments with update clipping (T5's optimizer)
+    or Adam (+ decoupled weight decay). The result is the update *direction*: the train step multiplies
+    it by ``-lr``, so one compiled step serves every schedule (and a resumed run with more steps)."""
+    if optimizer == "adafactor":
+        tx = optax.chain(optax.scale_by_factored_rms(), optax.clip_by_block_rms(1.0))
+    else:
+        tx = optax.chain(optax.scale_by_adam(b1=0.9, b2=0.98), optax.add_decayed_weights(weight_decay))
+    return optax.chain(optax.clip_by_global_norm(clip_norm), tx)
+
+
+def init_state(cfg: Config, tc: TrainConfig, params: dict) -> dict:
+    opt = make_optimizer(tc.optimizer, tc.clip_norm, tc.weight_decay)
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": opt.init(params)}
+
+
+@functools.lru_cache(maxsize=8)
+def make_train_step(cfg: Config, optimizer: str = "adafactor", clip_norm: float = 1.0, weight_decay: float = 0.0):
+    """``train_step(state, batch, key, lr) -> (state, metrics)``, jitted, the state donated; cached per setting."""
+    opt = make_optimizer(optimizer, clip_norm, weight_decay)
+
+    def train_step(state, batch, key, lr):
+        key = jax.random.fold_in(key, state["step"])
+        grad_fn = jax.value_and_grad(lambda p: model.loss(p, cfg, batch, key, state["step"]), has_aux=True)
+        (_, metrics), grads = grad_fn(state["params"])
+        updates, opt_state = opt.update(grads, state["opt_state"], state["params"])
+        params = jax.tree.map(lambda p, u: (p - lr * u.astype(jnp.float32)).astype(p.dtype), state["params"], updates)
+        metrics = {**metrics, "grad_norm": optax.global_norm(grads), "lr": jnp.asarray(lr, jnp.float32)}
+        return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
+
+    return jax.jit(train_step, donate_argnums=0)
+
+
+def make_eval_step(cfg: Config):
+    return jax.jit(lambda params, batch, step: model.loss(params, cfg, batch, None, step, deterministic=True)[1])
+
+
+class BatchStream:
+    """Batch ``i`` of the run is a pure function of (seed, i): resuming at step i continues the same stream.
+
+    Every epoch has the same number of batches (bucket sizes do not change, only the order), so batch i
+    is batch ``i % n`` of epoch ``i // n``.
+    """
+
+    def __init__(self, enc: data.Encoded, batch_size: int, buckets, seed: int):
+        self.enc, self.bs, self.buckets, self.seed = enc, batch_size, tuple(buckets), seed
+        self._epoch, self._batches = None, []
+        self.per_epoch = len(list(data.batches(enc, batch_size, buckets, seed, 0)))
+        if self.per_epoch == 0:
+            raise ValueError(f"the training set ({len(enc)} lines) does not fill one batch of {batch_size}; "
+                             f"lower batch_size or add data")
+
+    def __call__(self, i: int) -> dict:
+        epoch = i // self.per_epoch
+        if epoch != self._epoch:
+            self._epoch, self._batches = epoch, list(data.batches(self.enc, self.bs, self.buckets, self.seed, epoch))
+        return self._batches[i % self.per_epoch]
+
+
+def _check_same_config(run_dir: Path, cfg: Config, tc: TrainConfig) -> None:
+    old_cfg = Config.load_json(run_dir / checkpoint.CONFIG_FILE)
+    old_tc = TrainConfig.from_dict(json.loads((run_dir / checkpoint.TRAIN_CONFIG_FILE).read_text()))
+    diffs = [f"model.{k}: {v!r} -> {cfg.to_dict()[k]!r}" for k, v in old_cfg.to_dict().items()
+             if cfg.to_dict()[k] != v]
+    diffs += [f"train.{k}: {v!r} -> {getattr(tc, k)!r}" for k, v in old_tc.to_dict().items()
+              if k not in RESUMABLE and getattr(tc, k) != v]
+    if diffs:
+        raise ValueError(f"{run_dir} holds a run with a different config; refusing to resume it "
+                         f"(use another --out, or --overwrite to start over):\n  " + "\n  ".join(diffs))
+
+
+def _is_finite(metrics: dict) -> bool:
+    return all(math.isfinite(float(v)) for v in metrics.values())
+
+
+def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: data.Encoded, params: dict,
+        log=print) -> tuple[dict, dict]:
+    """Train in ``run_dir`` (resuming from its newest checkpoint) -> ``(params, last metrics)``.
+
+    ``run_dir`` must already hold config.json, train_config.json and spiece.model (see t5vae.cli).
+    Raises FloatingPointError on a NaN/inf loss, after which the newest checkpoint is the last good one.
+    """
+    run_dir = Path(run_dir)
+    _check_same_config(run_dir, cfg, tc)
+    state = init_state(cfg, tc, params)
+    mngr = checkpoint.checkpoint_manager(run_dir, tc.keep_checkpoints)
+    start, restored = checkpoint.restore_train_state(mngr, jax.eval_shape(lambda: state))
+    if restored is not None:
+        state = restored
+        log(f"resumed from {run_dir / checkpoint.CHECKPOINTS_DIR}/{start} (step {int(state['step'])})")
+    step = int(state["step"])
+    train_step = make_train_step(cfg, tc.optimizer, tc.clip_norm, tc.weight_decay)
+    lr_at = schedule(tc)
+    stream = BatchStream(enc_train, tc.batch_size, data.buckets_for(cfg.max_length), tc.seed)
+    key = jax.random.key(tc.seed, impl="unsafe_rbg")  # fast counter-based PRNG for dropout and prior samples
+    bar = None
+    if tc.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=tc.steps, initial=step, desc="train", dynamic_ncols=True)
+    t0, last = time.time(), {}
+    metrics_file = open(run_dir / "metrics.jsonl", "a")
+    try:
+        while step < tc.steps:
+            if tc.max_minutes is not None and time.time() - t0 > 60 * tc.max_minutes:
+                log(f"stopping at step {step}: max_minutes={tc.max_minutes} reached")
+                break
+            batch = stream(step)
+            new_state, metrics = train_step(state, batch, key, float(lr_at(step)))
+            metrics = {k: float(v) for k, v in metrics.items()}
+            if not _is_finite(metrics):
+                bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+                mngr.wait_until_finished()
+                raise FloatingPointError(
+                    f"non-finite training metrics at step {step}: {bad}. Stopped; the newest checkpoint "
+                    f"({mngr.latest_step()}) in {run_dir / checkpoint.CHECKPOINTS_DIR} is the last good state. "
+                    f"Try a lower learning_rate or clip_norm.")
+            state, step, last = new_state, step + 1, metrics
+            metrics_file.write(json.dumps({"step": step, "time": round(time.time() - t0, 3), **metrics}) + "\n")
+            if step % tc.log_every == 0 or step == tc.steps:
+                metrics_file.flush()
+                if bar is not None:
+                    bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("loss", "ce", "mmd", "w", "token_acc", "seq_acc")},
+                                    refresh=False)
+            if bar is not None:
+                bar.update(1)
+            if step % tc.checkpoint_every == 0:
+                checkpoint.save_train_state(mngr, step, state)
+        if mngr.latest_step() != step:
+            checkpoint.save_train_state(mngr, step, state)
+        mngr.wait_until_finished()
+    finally:
+        metrics_file.close()
+        if bar is not None:
+            bar.close()
+        mngr.close()
+    return state["params"], last
+
+
+def evaluate_loss(cfg: Config, params: dict, enc: data.Encoded, batch_size: int, step: int) -> dict:
+    """Teacher-forced validation metrics, averaged over batches."""
+    ev = make_eval_step(cfg)
+    rows = [ev(params, b, step) for _, b in data.eval_batches(enc, batch_size, data.buckets_for(cfg.max_length))]
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
+def prepare(cfg: Config, tc: TrainConfig, out: str | os.PathLike, init_from: str | None = None,
+            overwrite: bool = False, log=print):
+    """Set up (or reopen) a run directory -> ``(cfg, tokenizer, corpus, params)``.
+
+    A new run writes config.json, train_config.json and spiece.model first; an existing one is resumed and
+    must have been started with the same settings (only those in ``RESUMABLE`` may change).
+    """
+    import shutil
+
+    out = Path(out)
+    resuming = (out / checkpoint.CONFIG_FILE).is_file()
+    if resuming and overwrite:
+        shutil.rmtree(out)
+        resuming = False
+    elif out.exists() and not resuming and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not a t5vae run directory; choose another --out")
+    corpus = data.load_corpus(tc.corpus, tc.validation_percent, tc.min_chars, tc.max_chars)
+    log(f"corpus {corpus.source}: {len(corpus.train)} train / {len(corpus.validation)} validation lines")
+    t5_params = None
+    if init_from is not None:
+        t5_cfg, t5_params = checkpoint.load_t5(init_from)
+        cfg = cfg.replace(t5=t5_cfg.replace(dropout_rate=cfg.t5.dropout_rate))
+    if resuming:
+        tok = data.Tokenizer.load(out / checkpoint.TOKENIZER_FILE)
+        cfg = cfg if init_from is not None else cfg.replace(t5=cfg.t5.replace(vocab_size=tok.vocab_size))
+        _check_same_config(out, cfg, tc)
+        (out / checkpoint.TRAIN_CONFIG_FILE).write_text(json.dumps(tc.to_dict(), indent=2) + "\n")
+        return cfg, tok, corpus, t5_params
+    if tc.tokenizer is not None:
+        tok = data.Tokenizer.load(tc.tokenizer)
+    elif init_from is not None and checkpoint.tokenizer_path(init_from) is not None:
+        tok = data.Tokenizer.load(checkpoint.tokenizer_path(init_from))
+    else:
+        t0 = time.time()
+        tok = data.train_tokenizer(corpus.train, tc.vocab_size)
+        log(f"trained a {tok.vocab_size}-piece sentencepiece tokenizer in {time.time() - t0:.1f}s")
+    if init_from is None and tc.tokenizer is None:
+        cfg = cfg.replace(t5=cfg.t5.replace(vocab_size=tok.vocab_size))
+    check_vocab(cfg, tok)
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save(out / checkpoint.TOKENIZER_FILE)
+    (out / checkpoint.TRAIN_CONFIG_FILE).write_text(json.dumps(tc.to_dict(), indent=2) + "\n")
+    cfg.save_json(out / checkpoint.CONFIG_FILE)  # written last: its presence marks a resumable run
+    return cfg, tok, corpus, t5_params
+
+
+def check_vocab(cfg: Config, tok: data.Tokenizer) -> None:
+    if tok.vocab_size > cfg.t5.vocab_size:
+        raise ValueError(f"the tokenizer has {tok.vocab_size} pieces but the model's embedding has only "
+                         f"{cfg.t5.vocab_size} rows: tokenizer and checkpoint do not match")
+
+
+def run(cfg: Config, tc: TrainConfig, out: str | os.PathLike, init_from: str | None = None,
+        overwrite: bool = False, log=print) -> tuple[dict, dict]:
+    """Train (or resume) a run in ``out``, save the final params, evaluate -> ``(params, eval results)``."""
+    from t5vae import evaluate
+
+    t_start = time.time()
+    cfg, tok, corpus, t5_params = prepare(cfg, tc, out, init_from, overwrite, log)
+    out = Path(out)
+    enc = data.encode_lines(tok, corpus.train, cfg.max_length)
+    if enc.n_truncated:
+        log(f"warning: {enc.n_truncated} of {len(enc)} training lines are longer than max_length="
+            f"{cfg.max_length} tokens and were truncated")
+    key = jax.random.key(tc.seed)
+    params = model.init(cfg, key) if t5_params is None else model.from_t5(cfg, t5_params, key)
+    params, last = fit(cfg, tc, out, enc, params, log)
+    final = out / checkpoint.PARAMS_DIR
+    checkpoint.save_params_replacing(final, params)
+    log(f"training took {time.time() - t_start:.0f}s; evaluating on {len(corpus.validation)} held-out lines")
+    results = evaluate.evaluate(params, cfg, tok, corpus.validation, pairs=tc.eval_pairs,
+                                batch_size=tc.eval_batch_size, seed=tc.seed)
+    results["train_seconds"] = round(time.time() - t_start, 1)
+    log(evaluate.save(results, out))
+    return params, results

@@ -1,0 +1,162 @@
+"""Training end to end on a tiny model: CLI run directory, resume, config mismatch, NaN guard, tv.load."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import t5vae as tv
+from t5vae import checkpoint, cli, data, train
+
+TINY_FLAGS = ["--t5-d-model", "32", "--t5-d-kv", "8", "--t5-d-ff", "64", "--t5-num-layers", "1",
+              "--t5-num-heads", "2", "--t5-relative-attention-num-buckets", "8", "--n-latent-tokens", "2",
+              "--latent-size", "8", "--max-length", "8", "--batch-size", "4", "--vocab-size", "340",
+              "--eval-pairs", "2", "--eval-batch-size", "8", "--progress", "false", "--log-every", "2"]
+LONG = "very_long_name = " + " + ".join(f"term_{i}" for i in range(30))
+
+
+def _corpus(path):
+    lines = [f"x{i} = f({i}, y{i % 7})" for i in range(40)] + [f"import mod{i}" for i in range(20)]
+    lines += ["return self.value", "\tz = 'tab\there'", "é = ['@', 1]", LONG]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("train")
+    corpus = _corpus(base / "corpus.txt")
+    out = base / "run"
+    argv = ["train", "--out", str(out), "--corpus", str(corpus), "--steps", "6", "--checkpoint-every", "3",
+            *TINY_FLAGS]
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = cli.main(argv)
+    return {"out": out, "corpus": corpus, "argv": argv, "rc": rc, "stdout": buf.getvalue()}
+
+
+def test_cli_train_writes_a_complete_run_directory(run):
+    out = run["out"]
+    assert run["rc"] == 0, run["stdout"]
+    for name in ("config.json", "train_config.json", "spiece.model", "metrics.jsonl", "eval.md", "eval.json"):
+        assert (out / name).is_file(), name
+    assert (out / "params").is_dir()
+    assert sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit()) == [3, 6]
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    assert {"loss", "ce", "mmd", "w", "token_acc", "seq_acc"} <= set(rows[0])
+    cfg = tv.Config.load_json(out / "config.json")
+    assert cfg.t5.d_model == 32 and cfg.latent_size == 8
+    assert cfg.t5.vocab_size == data.Tokenizer.load(out / "spiece.model").vocab_size
+    assert "Interpolation between two held-out lines" in run["stdout"]
+    assert "truncated" in run["stdout"]  # lines longer than max_length=8 tokens
+    results = json.loads((out / "eval.json").read_text())
+    assert results["n_truncated"] + 0 >= 0 and 0.0 <= results["recon_token_acc"] <= 1.0
+    assert len(results["example"]) == 11
+    assert "| greedy reconstruction token accuracy |" in (out / "eval.md").read_text()
+
+
+def test_load_gives_a_text_level_model(run):
+    m = tv.load(run["out"])
+    z = m.encode(["x1 = f(1, y1)", "import mod3"])
+    assert z.shape == (2, 2, 8) and np.all(np.abs(z) < 1)
+    texts = m.decode(z)
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+    path = m.interpolate("x1 = f(1, y1)", "import mod3", steps=3)
+    assert len(path) == 5
+    assert len(m.sample(3)) == 3
+    # the loaded params are the trained ones, not a fresh init
+    fresh = tv.init(m.cfg, jax.random.key(0))
+    assert not np.allclose(m.params["latent_encoder"]["kernel"], fresh["latent_encoder"]["kernel"])
+
+
+def test_resume_continues_and_a_changed_config_is_refused(run, capsys):
+    out = run["out"]
+    argv = [a if a != "6" else "8" for a in run["argv"]]  # --steps 8
+    assert cli.main(argv) == 0
+    assert "resumed from" in capsys.readouterr().out
+    steps = [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    bad = argv + ["--pooling", "first"]
+    assert cli.main(bad) == 1
+    err = capsys.readouterr().err
+    assert "different config" in err and "pooling" in err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
+
+
+def test_nan_loss_stops_with_last_good_checkpoint_intact(run, tmp_path, capsys):
+    argv = ["train", "--out", str(tmp_path / "nan"), "--corpus", str(run["corpus"]), "--steps", "20",
+            "--checkpoint-every", "1", "--learning-rate", "1e30", "--warmup-steps", "1",
+            *TINY_FLAGS]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "non-finite" in err and "last good state" in err
+    cfg = tv.Config.load_json(tmp_path / "nan" / "config.json")
+    tc = train.TrainConfig.from_dict(json.loads((tmp_path / "nan" / "train_config.json").read_text()))
+    mngr = checkpoint.checkpoint_manager(tmp_path / "nan")
+    abstract = jax.eval_shape(lambda: train.init_state(cfg, tc, tv.init(cfg, jax.random.key(0))))
+    step, state = checkpoint.restore_train_state(mngr, abstract)
+    mngr.close()
+    assert step is not None and step < 20
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state["params"]))
+
+
+def test_tokenizer_vocab_larger_than_the_embedding_is_refused(run):
+    m = tv.load(run["out"])
+    small = m.cfg.replace(t5=m.cfg.t5.replace(vocab_size=m.tokenizer.vocab_size - 1))
+    with pytest.raises(ValueError, match="do not match"):
+        tv.pipeline.Model(small, m.params, m.tokenizer)
+
+
+def test_batch_stream_is_a_pure_function_of_the_step():
+    enc = data.Encoded([np.arange(1, 2 + i % 12, dtype=np.int32) for i in range(50)], 0)
+    s1, s2 = train.BatchStream(enc, 8, (8, 16), 3), train.BatchStream(enc, 8, (8, 16), 3)
+    n = s1.per_epoch
+    seq = [s1(i)["input_ids"] for i in range(2 * n + 1)]
+    assert all(np.array_equal(s2(i)["input_ids"], seq[i]) for i in (2 * n, n + 1, 0, n))
+    assert not all(np.array_equal(a, b) for a, b in zip(seq[:n], seq[n:2 * n]) if a.shape == b.shape)
+
+
+def test_config_file_and_flags(tmp_path):
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"steps": 11, "pooling": "attention", "t5": {"d_model": 48}}))
+    args = cli.parser().parse_args(["train", "--config", str(f), "--steps", "12", "--latent-size", "5"])
+    cfg, tc = cli.build_configs(args)
+    assert (tc.steps, cfg.pooling, cfg.t5.d_model, cfg.latent_size) == (12, "attention", 48, 5)
+    f.write_text(json.dumps({"stepz": 1}))
+    with pytest.raises(SystemExit, match="unknown setting"):
+        cli.build_configs(cli.parser().parse_args(["train", "--config", str(f)]))
+
+
+@pytest.mark.slow
+def test_kill_9_mid_run_loses_at_most_one_interval(run, tmp_path):
+    out = tmp_path / "killed"
+    argv = ["train", "--out", str(out), "--corpus", str(run["corpus"]), "--steps", "100000",
+            "--checkpoint-every", "5", *TINY_FLAGS]
+    code = f"import sys; from t5vae import cli; sys.exit(cli.main({argv!r}))"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    ck = out / "checkpoints"
+    while time.time() < deadline and not (ck.is_dir() and len([p for p in ck.iterdir() if p.name.isdigit()]) >= 2):
+        time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    rows = (out / "metrics.jsonl").read_text().splitlines()
+    done = json.loads(rows[-1])["step"] if rows else 0
+    cfg = tv.Config.load_json(out / "config.json")
+    tc = train.TrainConfig.from_dict(json.loads((out / "train_config.json").read_text()))
+    mngr = checkpoint.checkpoint_manager(out)
+    step, _ = checkpoint.restore_train_state(
+        mngr, jax.eval_shape(lambda: train.init_state(cfg, tc, tv.init(cfg, jax.random.key(0)))))
+    mngr.close()
+    assert step is not None and done - step <= 5 + 10  # one interval (+ unflushed metric lines)
