@@ -108,9 +108,12 @@ def init(cfg: T5Config, key: jax.Array) -> dict:
 
 # -- forward ---------------------------------------------------------------------------------------
 
-def _layer_keys(key: jax.Array | None, n: int, per_layer: int):
-    """Dropout keys [n, per_layer] for a scanned stack, or None when deterministic."""
-    return None if key is None else jax.random.split(key, (n, per_layer))
+def _dropout_keys(key: jax.Array | None, cfg: T5Config, n_layers: int):
+    """(key for the embedding/final dropout, keys [n_layers] for the scanned blocks); Nones when deterministic."""
+    if key is None or cfg.dropout_rate == 0.0:
+        return None, None
+    k_outer, k_layers = jax.random.split(key)
+    return k_outer, jax.random.split(k_layers, n_layers)
 
 
 def _embed(params: dict, cfg: T5Config, ids_BL: jax.Array) -> jax.Array:
@@ -121,26 +124,27 @@ def encode(params: dict, cfg: T5Config, input_ids: jax.Array, attention_mask: ja
            dropout_key: jax.Array | None = None) -> jax.Array:
     """Encoder hidden states [B, L, D] (after the final norm) for token ids [B, L] and a 0/1 mask [B, L]."""
     B, L = input_ids.shape
+    D, H, F, rate, eps = cfg.d_model, cfg.num_heads, cfg.d_ff, cfg.dropout_rate, cfg.layer_norm_epsilon
     if attention_mask is None:
         attention_mask = jnp.ones((B, L), bool)
     mask_B11L = attention_mask.astype(bool)[:, None, None, :]
     bias = layers.position_bias(params["encoder"]["relpos_bias"], L, L, True, cfg.relative_attention_max_distance)
-    k_emb, k_layers, k_out = (None,) * 3 if dropout_key is None else jax.random.split(dropout_key, 3)
-    x = layers.dropout(_embed(params, cfg, input_ids), cfg.dropout_rate, k_emb)
-    rate = cfg.dropout_rate
+    k_outer, k_layers = _dropout_keys(dropout_key, cfg, cfg.num_layers)
+    bits_emb, bits_out = layers.dropout_bits(k_outer, (B, L, D), (B, L, D))
+    x = layers.dropout(_embed(params, cfg, input_ids), rate, bits_emb)
 
-    def block(x, lp_keys):
-        lp, ks = lp_keys
-        ks = (None,) * 4 if ks is None else ks
-        h = layers.rms_norm(x, lp["attn_norm"], cfg.layer_norm_epsilon)
-        x = x + layers.dropout(layers.attention(lp["attn"], h, h, bias, mask_B11L, rate, ks[0]), rate, ks[1])
-        h = layers.rms_norm(x, lp["mlp_norm"], cfg.layer_norm_epsilon)
-        x = x + layers.dropout(layers.mlp(lp["mlp"], h, cfg.activation, rate, ks[2]), rate, ks[3])
+    def block(x, lp_key):
+        lp, k = lp_key
+        b_probs, b_attn, b_hidden, b_mlp = layers.dropout_bits(k, (B, H, L, L), (B, L, D), (B, L, F), (B, L, D))
+        h = layers.rms_norm(x, lp["attn_norm"], eps)
+        x = x + layers.dropout(layers.attention(lp["attn"], h, h, bias, mask_B11L, rate, b_probs), rate, b_attn)
+        h = layers.rms_norm(x, lp["mlp_norm"], eps)
+        x = x + layers.dropout(layers.mlp(lp["mlp"], h, cfg.activation, rate, b_hidden), rate, b_mlp)
         return x, None
 
-    x, _ = jax.lax.scan(block, x, (params["encoder"]["layers"], _layer_keys(k_layers, cfg.num_layers, 4)))
-    x = layers.rms_norm(x, params["encoder"]["final_norm"], cfg.layer_norm_epsilon)
-    return layers.dropout(x, rate, k_out)
+    x, _ = jax.lax.scan(block, x, (params["encoder"]["layers"], k_layers))
+    x = layers.rms_norm(x, params["encoder"]["final_norm"], eps)
+    return layers.dropout(x, rate, bits_out)
 
 
 def decoder_hidden(params: dict, cfg: T5Config, decoder_input_ids: jax.Array, encoder_states: jax.Array,
@@ -149,30 +153,33 @@ def decoder_hidden(params: dict, cfg: T5Config, decoder_input_ids: jax.Array, en
     """Decoder hidden states [B, T, D] (after the final norm), causal self-attention + cross-attention."""
     B, T = decoder_input_ids.shape
     S = encoder_states.shape[1]
+    D, H, F, rate, eps = cfg.d_model, cfg.num_heads, cfg.d_ff, cfg.dropout_rate, cfg.layer_norm_epsilon
     causal_11TT = jnp.tril(jnp.ones((T, T), bool))[None, None]
     self_mask = causal_11TT if decoder_attention_mask is None else (
         causal_11TT & decoder_attention_mask.astype(bool)[:, None, None, :])
     cross_mask = None if attention_mask is None else attention_mask.astype(bool)[:, None, None, :]
     bias = layers.position_bias(params["decoder"]["relpos_bias"], T, T, False, cfg.relative_attention_max_distance)
     enc = encoder_states.astype(cfg.dtype)
-    k_emb, k_layers, k_out = (None,) * 3 if dropout_key is None else jax.random.split(dropout_key, 3)
-    x = layers.dropout(_embed(params, cfg, decoder_input_ids), cfg.dropout_rate, k_emb)
-    rate, eps = cfg.dropout_rate, cfg.layer_norm_epsilon
+    k_outer, k_layers = _dropout_keys(dropout_key, cfg, cfg.num_decoder_layers)
+    bits_emb, bits_out = layers.dropout_bits(k_outer, (B, T, D), (B, T, D))
+    x = layers.dropout(_embed(params, cfg, decoder_input_ids), rate, bits_emb)
 
-    def block(x, lp_keys):
-        lp, ks = lp_keys
-        ks = (None,) * 6 if ks is None else ks
+    def block(x, lp_key):
+        lp, k = lp_key
+        b_self, b_self_out, b_cross, b_cross_out, b_hidden, b_mlp = layers.dropout_bits(
+            k, (B, H, T, T), (B, T, D), (B, H, T, S), (B, T, D), (B, T, F), (B, T, D))
         h = layers.rms_norm(x, lp["self_attn_norm"], eps)
-        x = x + layers.dropout(layers.attention(lp["self_attn"], h, h, bias, self_mask, rate, ks[0]), rate, ks[1])
+        x = x + layers.dropout(layers.attention(lp["self_attn"], h, h, bias, self_mask, rate, b_self), rate, b_self_out)
         h = layers.rms_norm(x, lp["cross_attn_norm"], eps)
-        x = x + layers.dropout(layers.attention(lp["cross_attn"], h, enc, None, cross_mask, rate, ks[2]), rate, ks[3])
+        x = x + layers.dropout(layers.attention(lp["cross_attn"], h, enc, None, cross_mask, rate, b_cross), rate,
+                               b_cross_out)
         h = layers.rms_norm(x, lp["mlp_norm"], eps)
-        x = x + layers.dropout(layers.mlp(lp["mlp"], h, cfg.activation, rate, ks[4]), rate, ks[5])
+        x = x + layers.dropout(layers.mlp(lp["mlp"], h, cfg.activation, rate, b_hidden), rate, b_mlp)
         return x, None
 
-    x, _ = jax.lax.scan(block, x, (params["decoder"]["layers"], _layer_keys(k_layers, cfg.num_decoder_layers, 6)))
+    x, _ = jax.lax.scan(block, x, (params["decoder"]["layers"], k_layers))
     x = layers.rms_norm(x, params["decoder"]["final_norm"], eps)
-    return layers.dropout(x, rate, k_out)
+    return layers.dropout(x, rate, bits_out)
 
 
 def logits_from_hidden(params: dict, cfg: T5Config, x_BTD: jax.Array) -> jax.Array:

@@ -113,10 +113,16 @@ def test_cross_attention_has_no_position_bias(hf):
 
 
 def test_dropout_is_inverted_and_keyed():
-    x = jnp.ones((1000,), jnp.float32)
+    x = jnp.ones((20000,), jnp.float32)
     assert layers.dropout(x, 0.3, None) is x
-    y = layers.dropout(x, 0.3, jax.random.key(0))
-    kept = np.asarray(y) != 0
-    assert 0.6 < kept.mean() < 0.8
-    np.testing.assert_allclose(np.asarray(y)[kept], 1 / 0.7, rtol=1e-6)
-    assert not np.array_equal(np.asarray(y), np.asarray(layers.dropout(x, 0.3, jax.random.key(1))))
+    (bits,) = layers.dropout_bits(jax.random.key(0), x.shape)
+    assert bits.dtype == jnp.uint16 and bits.shape == x.shape
+    y = np.asarray(layers.dropout(x, 0.3, bits))
+    kept = y != 0
+    assert abs(kept.mean() - 0.7) < 0.015
+    threshold = round(0.7 * 65536)
+    np.testing.assert_allclose(y[kept], 65536 / threshold, rtol=1e-6)  # keep prob is threshold/2**16: unbiased
+    (other,) = layers.dropout_bits(jax.random.key(1), x.shape)
+    assert not np.array_equal(y, np.asarray(layers.dropout(x, 0.3, other)))
+    a, b = layers.dropout_bits(jax.random.key(0), (3, 4), (5,))  # one draw carved into several shapes
+    assert a.shape == (3, 4) and b.shape == (5,) and layers.dropout_bits(None, (2,)) == [None]
