@@ -20,7 +20,13 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from t5vae.t5 import ParamSpec, is_spec
+
+
+def is_spec(x) -> bool:
+    """A ``t5vae.t5.ParamSpec`` leaf (imported lazily, so t5.py may import this module)."""
+    from t5vae.t5 import is_spec as _is_spec
+
+    return _is_spec(x)
 
 MESH_AXES = ("data", "fsdp", "model")
 
@@ -161,12 +167,12 @@ def param_shardings(specs_or_cfg, mesh: Mesh, rules: Mapping[str, Any] = RULES):
         specs, is_leaf=is_spec)
 
 
-def _param_table(specs) -> dict[tuple[str, ...], ParamSpec]:
+def _param_table(specs) -> dict:
     leaves = jax.tree_util.tree_leaves_with_path(specs, is_leaf=is_spec)
     return {tuple(jax.tree_util.keystr((k,)) for k in path): s for path, s in leaves}
 
 
-def _dropped_axes(shape, spec: ParamSpec):
+def _dropped_axes(shape, spec):
     """Candidate logical axes for a state leaf whose shape is the param's shape with some dims removed."""
     n, k = len(spec.shape), len(shape)
     if k > n:
@@ -186,14 +192,14 @@ def state_shardings(abstract_state, specs_or_cfg, mesh: Mesh, rules: Mapping[str
     Everything else (step counters, Adafactor's unfactored placeholders) is replicated.
     """
     table = _param_table(_spec_tree(specs_or_cfg))
-    replicated = NamedSharding(mesh, P())
+    rep = replicated(mesh)
 
     def one(path, leaf):
         keys = tuple(jax.tree_util.keystr((k,)) for k in path)
         spec = next((table[keys[i:]] for i in range(len(keys)) if keys[i:] in table), None)
         shape = tuple(np.shape(leaf))
         if spec is None:
-            return replicated
+            return rep
         where = f"state {jax.tree_util.keystr(path)}"
         if shape == tuple(spec.shape):
             return named_sharding(mesh, shape, spec.axes, rules, where)
@@ -202,7 +208,7 @@ def state_shardings(abstract_state, specs_or_cfg, mesh: Mesh, rules: Mapping[str
                 return named_sharding(mesh, shape, axes, rules, where)
             except ValueError:
                 continue
-        return replicated
+        return rep
 
     return jax.tree_util.tree_map_with_path(one, abstract_state)
 
@@ -248,6 +254,10 @@ def process_slice(n_examples: int, mesh: Mesh | None = None, rules: Mapping[str,
         raise ValueError(f"this process's devices hold non-contiguous rows {starts} of the batch; "
                          f"order the mesh so each process owns one block")
     return slice(lo, hi)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
 
 
 def global_batch(local_batch, mesh: Mesh, rules: Mapping[str, Any] = RULES):
@@ -306,17 +316,26 @@ def constrain(x: jax.Array, logical_axes, rules: Mapping[str, Any] = RULES, mesh
 
 # -- multi-host ------------------------------------------------------------------------------------
 
-_CLUSTER_ENV = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "SLURM_STEP_NUM_TASKS",
-                "OMPI_COMM_WORLD_SIZE")
+def _launched_as_cluster(env) -> bool:
+    """A multi-process launch that ``jax.distributed.initialize()`` can detect by itself."""
+    def count(name):
+        try:
+            return int(env.get(name, "1"))
+        except ValueError:
+            return 1
+    return (env.get("T5VAE_DISTRIBUTED", "").lower() in ("1", "true", "yes")
+            or "," in env.get("TPU_WORKER_HOSTNAMES", "")            # a multi-host Cloud TPU slice
+            or count("SLURM_STEP_NUM_TASKS") > 1 or count("OMPI_COMM_WORLD_SIZE") > 1)
 
 
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
                            process_id: int | None = None) -> bool:
-    """``jax.distributed.initialize`` when launched as several processes -> whether it did.
+    """``jax.distributed.initialize`` when launched as several processes -> whether it is initialised.
 
     Explicit arguments, or ``JAX_COORDINATOR_ADDRESS`` + ``JAX_NUM_PROCESSES`` + ``JAX_PROCESS_ID``; else a
-    TPU pod slice / SLURM / Open MPI launch is auto-detected by jax. A plain single process does nothing.
-    On CPU, gloo collectives are switched on. Call it before anything else touches jax devices.
+    multi-host TPU slice, SLURM or Open MPI launch (or ``T5VAE_DISTRIBUTED=1``) lets jax detect everything.
+    A plain single process does nothing. On CPU, gloo collectives are switched on. Call it before anything
+    else touches jax devices.
     """
     if jax.distributed.is_initialized():
         return True
@@ -327,8 +346,7 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     if process_id is None and env.get("JAX_PROCESS_ID"):
         process_id = int(env["JAX_PROCESS_ID"])
     explicit = coordinator_address is not None and (num_processes or 1) > 1
-    cluster = any(env.get(k) and env.get(k) not in ("1", "") for k in _CLUSTER_ENV)
-    if not explicit and not cluster:
+    if not explicit and not _launched_as_cluster(env):
         return False
     if "cpu" in env.get("JAX_PLATFORMS", "cpu").split(","):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")

@@ -263,3 +263,17 @@ def test_mmd_over_sharded_batch_is_the_global_one(mesh222):
     # a per-shard MMD (what a pmap-style step would compute) differs: the check above could fail
     per_shard = np.mean([float(f(z[i:i + 4], prior[i:i + 4])) for i in range(0, 16, 4)])
     assert abs(per_shard - ref) > 1e-2 * abs(ref), (per_shard, ref)
+
+
+def test_initialize_distributed_is_a_noop_for_one_process(monkeypatch):
+    for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "T5VAE_DISTRIBUTED",
+              "TPU_WORKER_HOSTNAMES", "SLURM_STEP_NUM_TASKS", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+    assert sh.initialize_distributed() is False
+    assert not jax.distributed.is_initialized() and jax.process_count() == 1
+    assert sh.initialize_distributed("127.0.0.1:1", 1, 0) is False  # one process: nothing to coordinate
+    # what counts as a multi-process launch that jax can detect by itself
+    assert sh._launched_as_cluster({"TPU_WORKER_HOSTNAMES": "10.0.0.2,10.0.0.3"})
+    assert not sh._launched_as_cluster({"TPU_WORKER_HOSTNAMES": "localhost"})
+    assert sh._launched_as_cluster({"SLURM_STEP_NUM_TASKS": "4"}) and not sh._launched_as_cluster({"OMPI_COMM_WORLD_SIZE": "1"})
+    assert sh._launched_as_cluster({"T5VAE_DISTRIBUTED": "1"})
