@@ -108,12 +108,12 @@ def init(cfg: T5Config, key: jax.Array) -> dict:
 
 # -- forward ---------------------------------------------------------------------------------------
 
-def _dropout_keys(key: jax.Array | None, cfg: T5Config, n_layers: int):
-    """(key for the embedding/final dropout, keys [n_layers] for the scanned blocks); Nones when deterministic."""
+def _dropout_seeds(key: jax.Array | None, cfg: T5Config, n_layers: int):
+    """(seed for the embedding/final dropout, seeds [n_layers, 2] for the scanned blocks); Nones if deterministic."""
     if key is None or cfg.dropout_rate == 0.0:
         return None, None
-    k_outer, k_layers = jax.random.split(key)
-    return k_outer, jax.random.split(k_layers, n_layers)
+    seeds = layers.dropout_seeds(key, n_layers + 1)
+    return seeds[0], seeds[1:]
 
 
 def _embed(params: dict, cfg: T5Config, ids_BL: jax.Array) -> jax.Array:
@@ -129,20 +129,20 @@ def encode(params: dict, cfg: T5Config, input_ids: jax.Array, attention_mask: ja
         attention_mask = jnp.ones((B, L), bool)
     mask_B11L = attention_mask.astype(bool)[:, None, None, :]
     bias = layers.position_bias(params["encoder"]["relpos_bias"], L, L, True, cfg.relative_attention_max_distance)
-    k_outer, k_layers = _dropout_keys(dropout_key, cfg, cfg.num_layers)
-    bits_emb, bits_out = layers.dropout_bits(k_outer, (B, L, D), (B, L, D))
+    seed_outer, seed_layers = _dropout_seeds(dropout_key, cfg, cfg.num_layers)
+    bits_emb, bits_out = layers.dropout_bits(seed_outer, (B, L, D), (B, L, D))
     x = layers.dropout(_embed(params, cfg, input_ids), rate, bits_emb)
 
-    def block(x, lp_key):
-        lp, k = lp_key
-        b_probs, b_attn, b_hidden, b_mlp = layers.dropout_bits(k, (B, H, L, L), (B, L, D), (B, L, F), (B, L, D))
+    def block(x, lp_seed):
+        lp, seed = lp_seed
+        b_probs, b_attn, b_hidden, b_mlp = layers.dropout_bits(seed, (B, H, L, L), (B, L, D), (B, L, F), (B, L, D))
         h = layers.rms_norm(x, lp["attn_norm"], eps)
         x = x + layers.dropout(layers.attention(lp["attn"], h, h, bias, mask_B11L, rate, b_probs), rate, b_attn)
         h = layers.rms_norm(x, lp["mlp_norm"], eps)
         x = x + layers.dropout(layers.mlp(lp["mlp"], h, cfg.activation, rate, b_hidden), rate, b_mlp)
         return x, None
 
-    x, _ = jax.lax.scan(block, x, (params["encoder"]["layers"], k_layers))
+    x, _ = jax.lax.scan(block, x, (params["encoder"]["layers"], seed_layers))
     x = layers.rms_norm(x, params["encoder"]["final_norm"], eps)
     return layers.dropout(x, rate, bits_out)
 
@@ -160,14 +160,14 @@ def decoder_hidden(params: dict, cfg: T5Config, decoder_input_ids: jax.Array, en
     cross_mask = None if attention_mask is None else attention_mask.astype(bool)[:, None, None, :]
     bias = layers.position_bias(params["decoder"]["relpos_bias"], T, T, False, cfg.relative_attention_max_distance)
     enc = encoder_states.astype(cfg.dtype)
-    k_outer, k_layers = _dropout_keys(dropout_key, cfg, cfg.num_decoder_layers)
-    bits_emb, bits_out = layers.dropout_bits(k_outer, (B, T, D), (B, T, D))
+    seed_outer, seed_layers = _dropout_seeds(dropout_key, cfg, cfg.num_decoder_layers)
+    bits_emb, bits_out = layers.dropout_bits(seed_outer, (B, T, D), (B, T, D))
     x = layers.dropout(_embed(params, cfg, decoder_input_ids), rate, bits_emb)
 
-    def block(x, lp_key):
-        lp, k = lp_key
+    def block(x, lp_seed):
+        lp, seed = lp_seed
         b_self, b_self_out, b_cross, b_cross_out, b_hidden, b_mlp = layers.dropout_bits(
-            k, (B, H, T, T), (B, T, D), (B, H, T, S), (B, T, D), (B, T, F), (B, T, D))
+            seed, (B, H, T, T), (B, T, D), (B, H, T, S), (B, T, D), (B, T, F), (B, T, D))
         h = layers.rms_norm(x, lp["self_attn_norm"], eps)
         x = x + layers.dropout(layers.attention(lp["self_attn"], h, h, bias, self_mask, rate, b_self), rate, b_self_out)
         h = layers.rms_norm(x, lp["cross_attn_norm"], eps)
@@ -177,7 +177,7 @@ def decoder_hidden(params: dict, cfg: T5Config, decoder_input_ids: jax.Array, en
         x = x + layers.dropout(layers.mlp(lp["mlp"], h, cfg.activation, rate, b_hidden), rate, b_mlp)
         return x, None
 
-    x, _ = jax.lax.scan(block, x, (params["decoder"]["layers"], k_layers))
+    x, _ = jax.lax.scan(block, x, (params["decoder"]["layers"], seed_layers))
     x = layers.rms_norm(x, params["decoder"]["final_norm"], eps)
     return layers.dropout(x, rate, bits_out)
 

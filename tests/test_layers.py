@@ -112,17 +112,32 @@ def test_cross_attention_has_no_position_bias(hf):
     assert rel_err(got, want) < 1e-5
 
 
-def test_dropout_is_inverted_and_keyed():
+def test_dropout_is_inverted_and_seeded():
     x = jnp.ones((20000,), jnp.float32)
     assert layers.dropout(x, 0.3, None) is x
-    (bits,) = layers.dropout_bits(jax.random.key(0), x.shape)
+    seeds = layers.dropout_seeds(jax.random.key(0), 2)
+    assert seeds.shape == (2, 2) and seeds.dtype == jnp.uint32
+    (bits,) = layers.dropout_bits(seeds[0], x.shape)
     assert bits.dtype == jnp.uint16 and bits.shape == x.shape
     y = np.asarray(layers.dropout(x, 0.3, bits))
     kept = y != 0
     assert abs(kept.mean() - 0.7) < 0.015
     threshold = round(0.7 * 65536)
     np.testing.assert_allclose(y[kept], 65536 / threshold, rtol=1e-6)  # keep prob is threshold/2**16: unbiased
-    (other,) = layers.dropout_bits(jax.random.key(1), x.shape)
+    (other,) = layers.dropout_bits(seeds[1], x.shape)
     assert not np.array_equal(y, np.asarray(layers.dropout(x, 0.3, other)))
-    a, b = layers.dropout_bits(jax.random.key(0), (3, 4), (5,))  # one draw carved into several shapes
-    assert a.shape == (3, 4) and b.shape == (5,) and layers.dropout_bits(None, (2,)) == [None]
+    assert layers.dropout_seeds(None, 3) is None and layers.dropout_bits(None, (2,)) == [None]
+
+
+def test_dropout_bits_are_uniform_and_uncorrelated():
+    seed = layers.dropout_seeds(jax.random.key(3), 1)[0]
+    a, b = layers.dropout_bits(seed, (300, 400), (50000,))  # one draw carved into several shapes
+    assert a.shape == (300, 400) and b.shape == (50000,)
+    u = np.asarray(a, np.float64).ravel() / 65536
+    counts = np.histogram(u, bins=16, range=(0, 1))[0]
+    expected = u.size / 16
+    assert ((counts - expected) ** 2 / expected).sum() < 40  # chi-square, 15 dof: p ~ 5e-4
+    assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 0.01  # neighbours (same word's halves sit far apart)
+    flat = np.concatenate([np.asarray(a).ravel(), np.asarray(b)]).astype(np.float64)  # = [low halves, high halves]
+    words = flat.size // 2
+    assert abs(np.corrcoef(flat[:words], flat[words:])[0, 1]) < 0.01  # the two halves of each 32-bit word
