@@ -135,8 +135,8 @@ def preset(name: str, **overrides: Any) -> T5Config:
 POOLINGS = ("mean", "first", "attention")
 
 # The default backbone of `t5vae train`: small enough to train in minutes on a 2-core CPU.
-DEFAULT_T5 = T5Config(vocab_size=1024, d_model=256, d_kv=64, d_ff=1024, num_layers=3, num_heads=4,
-                      relative_attention_num_buckets=32, relative_attention_max_distance=64, dropout_rate=0.05,
+DEFAULT_T5 = T5Config(vocab_size=1024, d_model=128, d_kv=32, d_ff=512, num_layers=2, num_heads=4,
+                      relative_attention_num_buckets=32, relative_attention_max_distance=64, dropout_rate=0.0,
                       feed_forward_proj="gated-gelu", tie_word_embeddings=False)
 
 
@@ -158,7 +158,7 @@ class Config:
     mmd_unbiased: bool = False
     mmd_k: float = 0.0025
     mmd_b: float = 6.25
-    max_length: int = 64
+    max_length: int = 48
 
     def __post_init__(self):
         if isinstance(self.t5, dict):

@@ -31,8 +31,8 @@ class TrainConfig:
     steps: int = 4000
     batch_size: int = 64
     optimizer: str = "adafactor"     # or "adamw"
-    learning_rate: float = 3e-3
-    warmup_steps: int = 200
+    learning_rate: float = 4e-3
+    warmup_steps: int = 100
     end_lr_fraction: float = 0.05    # cosine decay to learning_rate * end_lr_fraction
     weight_decay: float = 0.0        # AdamW only
     clip_norm: float = 1.0
@@ -47,7 +47,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     progress: bool = True
-    max_minutes: float | None = None  # stop early (and checkpoint) after this much training time
+    max_minutes: float | None = 15.0  # training time budget: the lr schedule follows max(step/steps, time
+                                      # used/budget) and training stops (checkpointed) when it is spent
     eval_pairs: int = 100
     eval_batch_size: int = 128
 
@@ -181,6 +182,13 @@ def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: dat
 
         bar = tqdm(total=tc.steps, initial=step, desc="train", dynamic_ncols=True)
     t0, last = time.time(), {}
+
+    def progress(step: int) -> int:
+        """The schedule's position: the step, or further along when the time budget is being used faster."""
+        if tc.max_minutes is None:
+            return step
+        return max(step, int(tc.steps * (time.time() - t0) / (60 * tc.max_minutes)))
+
     metrics_file = open(run_dir / "metrics.jsonl", "a")
     try:
         while step < tc.steps:
@@ -188,7 +196,7 @@ def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: dat
                 log(f"stopping at step {step}: max_minutes={tc.max_minutes} reached")
                 break
             batch = stream(step)
-            new_state, metrics = train_step(state, batch, key, float(lr_at(step)))
+            new_state, metrics = train_step(state, batch, key, float(lr_at(progress(step))))
             metrics = {k: float(v) for k, v in metrics.items()}
             if not _is_finite(metrics):
                 bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}

@@ -111,6 +111,26 @@ def test_nan_loss_stops_with_last_good_checkpoint_intact(run, tmp_path, capsys):
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state["params"]))
 
 
+def test_eval_and_info_commands(run, capsys):
+    assert cli.main(["eval", str(run["out"]), "--pairs", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "| greedy reconstruction exact match |" in out and "3 interpolation pairs" in out
+    assert json.loads((run["out"] / "eval.json").read_text())["interp_pairs"] == 3
+    assert cli.main(["info", str(run["out"])]) == 0
+    out = capsys.readouterr().out
+    assert "parameters:" in out and "final params: True" in out
+
+
+def test_bad_corpora_are_clear_errors_before_anything_is_written(tmp_path, capsys):
+    (tmp_path / "empty.txt").write_text("\n\n")
+    (tmp_path / "blob.bin").write_bytes(bytes(range(256)))
+    for corpus, msg in (("empty.txt", "empty"), ("blob.bin", "not a text file"), ("nope.txt", "no such file")):
+        out = tmp_path / f"run-{corpus}"
+        assert cli.main(["train", "--out", str(out), "--corpus", str(tmp_path / corpus)]) == 1
+        assert msg in capsys.readouterr().err
+        assert not out.exists()
+
+
 def test_tokenizer_vocab_larger_than_the_embedding_is_refused(run):
     m = tv.load(run["out"])
     small = m.cfg.replace(t5=m.cfg.t5.replace(vocab_size=m.tokenizer.vocab_size - 1))
