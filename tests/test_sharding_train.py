@@ -3,7 +3,6 @@
 The fast test runs a local T5 loss + AdamW step (explicit in/out shardings from t5vae.sharding) on one
 mesh; the slow one runs the real ``t5vae.train.make_train_step`` (T5-VAE, CE + MMD, Adafactor) on all four.
 """
-import functools
 
 import jax
 import jax.numpy as jnp
