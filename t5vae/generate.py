@@ -20,51 +20,71 @@ from t5vae.t5 import logits_from_hidden
 METHODS = ("greedy", "sample", "beam")
 
 
-def _cross_kv(params: dict, cfg: T5Config, enc_BSD: jax.Array):
-    """Cross-attention keys and values for every decoder layer: two arrays [Ld, B, S, H, K]."""
-    p = params["decoder"]["layers"]["cross_attn"]
-    enc = enc_BSD.astype(cfg.dtype)
-    k = jnp.einsum("BSD,LDHK->LBSHK", enc, p["k"].astype(cfg.dtype))
-    v = jnp.einsum("BSD,LDHK->LBSHK", enc, p["v"].astype(cfg.dtype))
-    return k, v
+def prepare(params: dict, cfg: T5Config, enc_BSD: jax.Array) -> list[dict]:
+    """Per-layer decoding weights, once per call: 2-D matrices in the compute dtype, and the cross-attention
+    keys/values [B, H, S, K] of the encoder states.
+
+    Inside the loop every operand is then used as it lies: slicing a stacked [L, ...] weight in a ``scan``
+    copies it on every step, which doubles the memory traffic of a memory-bound decode.
+    """
+    D, H, K, dt = cfg.d_model, cfg.num_heads, cfg.d_kv, cfg.dtype
+    stack = params["decoder"]["layers"]
+    enc = enc_BSD.astype(dt)
+    out = []
+    for i in range(cfg.num_decoder_layers):
+        lp = jax.tree.map(lambda a: a[i].astype(dt), stack)
+        sa, ca = lp["self_attn"], lp["cross_attn"]
+        ck, cv = (jnp.einsum("BSD,DHK->BHSK", enc, ca[n]) for n in ("k", "v"))
+        out.append({
+            "self_norm": lp["self_attn_norm"], "cross_norm": lp["cross_attn_norm"], "mlp_norm": lp["mlp_norm"],
+            "qkv": jnp.concatenate([sa[n].reshape(D, H * K) for n in ("q", "k", "v")], axis=1),
+            "o": sa["o"].reshape(H * K, D), "cross_q": ca["q"].reshape(D, H * K), "cross_o": ca["o"].reshape(H * K, D),
+            "cross_k": ck, "cross_v": cv, "mlp": lp["mlp"]})
+    return out
 
 
-def init_cache(cfg: T5Config, batch: int, length: int):
-    """Empty self-attention cache: keys and values [Ld, B, T, H, K] in the compute dtype."""
-    shape = (cfg.num_decoder_layers, batch, length, cfg.num_heads, cfg.d_kv)
-    return jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype)
+def init_cache(cfg: T5Config, batch: int, length: int) -> list:
+    """Empty self-attention cache: per layer, keys and values [B, H, T, K] in the compute dtype."""
+    shape = (batch, cfg.num_heads, length, cfg.d_kv)
+    return [(jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype)) for _ in range(cfg.num_decoder_layers)]
 
 
-def decode_step(params: dict, cfg: T5Config, tok_B: jax.Array, t: jax.Array, cache, cross_kv,
-                cross_mask_B11S: jax.Array | None):
+def _attend_one(q_BHK, k_BHSK, v_BHSK, bias_1HS, mask_B1S):
+    """Attention of one query position over S cached positions -> [B, H*K]; logits in float32, no scaling."""
+    logits = jnp.einsum("BHK,BHSK->BHS", q_BHK, k_BHSK, preferred_element_type=jnp.float32)
+    if bias_1HS is not None:
+        logits = logits + bias_1HS
+    if mask_B1S is not None:
+        logits = jnp.where(mask_B1S, logits, layers.NEG_INF)
+    probs = jax.nn.softmax(logits, axis=-1).astype(q_BHK.dtype)
+    out = jnp.einsum("BHS,BHSK->BHK", probs, v_BHSK)
+    return out.reshape(out.shape[0], -1)
+
+
+def decode_step(params: dict, cfg: T5Config, prepared: list, tok_B: jax.Array, t: jax.Array, cache: list,
+                cross_mask_B1S: jax.Array | None):
     """One decoder position: token ids [B] at position ``t`` -> (float32 logits [B, V], updated cache)."""
-    cache_k, cache_v = cache
-    T = cache_k.shape[2]
-    eps = cfg.layer_norm_epsilon
-    x = jnp.take(params["shared"]["embedding"], tok_B, axis=0).astype(cfg.dtype)[:, None, :]
-    bias_11QT = layers.position_bias(params["decoder"]["relpos_bias"], 1, T, False,
-                                     cfg.relative_attention_max_distance, q_offset=t)
-    self_mask_111T = (jnp.arange(T) <= t)[None, None, None, :]
-
-    def block(x, inp):
-        lp, ck, cv, xk, xv = inp
-        dt = x.dtype
-        a = lp["self_attn"]
-        h = layers.rms_norm(x, lp["self_attn_norm"], eps)
-        q = jnp.einsum("BQD,DHK->BQHK", h, a["q"].astype(dt))
-        ck = jax.lax.dynamic_update_slice_in_dim(ck, jnp.einsum("BQD,DHK->BQHK", h, a["k"].astype(dt)), t, axis=1)
-        cv = jax.lax.dynamic_update_slice_in_dim(cv, jnp.einsum("BQD,DHK->BQHK", h, a["v"].astype(dt)), t, axis=1)
-        x = x + layers.attend(a["o"], q, ck, cv, bias_11QT, self_mask_111T)
-        h = layers.rms_norm(x, lp["cross_attn_norm"], eps)
-        q = jnp.einsum("BQD,DHK->BQHK", h, lp["cross_attn"]["q"].astype(dt))
-        x = x + layers.attend(lp["cross_attn"]["o"], q, xk, xv, None, cross_mask_B11S)
+    B, H, K, eps = tok_B.shape[0], cfg.num_heads, cfg.d_kv, cfg.layer_norm_epsilon
+    T = cache[0][0].shape[2]
+    x = jnp.take(params["shared"]["embedding"], tok_B, axis=0).astype(cfg.dtype)  # [B, D]
+    bias_1HT = layers.position_bias(params["decoder"]["relpos_bias"], 1, T, False,
+                                    cfg.relative_attention_max_distance, q_offset=t)[:, :, 0, :]
+    self_mask_11T = (jnp.arange(T) <= t)[None, None, :]
+    new_cache = []
+    for lp, (ck, cv) in zip(prepared, cache):
+        h = layers.rms_norm(x, lp["self_norm"], eps)
+        q, k, v = jnp.split((h @ lp["qkv"]).reshape(B, 3 * H, K), 3, axis=1)
+        ck = jax.lax.dynamic_update_slice_in_dim(ck, k[:, :, None, :], t, axis=2)
+        cv = jax.lax.dynamic_update_slice_in_dim(cv, v[:, :, None, :], t, axis=2)
+        new_cache.append((ck, cv))
+        x = x + _attend_one(q, ck, cv, bias_1HT, self_mask_11T) @ lp["o"]
+        h = layers.rms_norm(x, lp["cross_norm"], eps)
+        q = (h @ lp["cross_q"]).reshape(B, H, K)
+        x = x + _attend_one(q, lp["cross_k"], lp["cross_v"], None, cross_mask_B1S) @ lp["cross_o"]
         h = layers.rms_norm(x, lp["mlp_norm"], eps)
-        x = x + layers.mlp(lp["mlp"], h, cfg.activation)
-        return x, (ck, cv)
-
-    x, cache = jax.lax.scan(block, x, (params["decoder"]["layers"], cache_k, cache_v, *cross_kv))
+        x = x + layers.mlp(lp["mlp"], h[:, None, :], cfg.activation)[:, 0]
     x = layers.rms_norm(x, params["decoder"]["final_norm"], eps)
-    return logits_from_hidden(params, cfg, x)[:, 0], cache
+    return logits_from_hidden(params, cfg, x[:, None, :])[:, 0], new_cache
 
 
 def _filter_logits(logits_BV: jax.Array, temperature, top_k: int, top_p) -> jax.Array:
@@ -84,8 +104,8 @@ def _filter_logits(logits_BV: jax.Array, temperature, top_k: int, top_p) -> jax.
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "method", "top_k"))
 def _sample_loop(params, cfg, enc, enc_mask, max_new_tokens, method, key, temperature, top_k, top_p):
     B = enc.shape[0]
-    cross_mask = None if enc_mask is None else enc_mask.astype(bool)[:, None, None, :]
-    cross_kv = _cross_kv(params, cfg, enc)
+    cross_mask = None if enc_mask is None else enc_mask.astype(bool)[:, None, :]
+    prepared = prepare(params, cfg, enc)
     out = jnp.full((B, max_new_tokens), cfg.pad_token_id, jnp.int32)
     tok = jnp.full((B,), cfg.decoder_start_token_id, jnp.int32)
     state = (jnp.int32(0), tok, out, init_cache(cfg, B, max_new_tokens), jnp.zeros((B,), bool), key)
@@ -96,7 +116,7 @@ def _sample_loop(params, cfg, enc, enc_mask, max_new_tokens, method, key, temper
 
     def body(s):
         t, tok, out, cache, done, key = s
-        logits, cache = decode_step(params, cfg, tok, t, cache, cross_kv, cross_mask)
+        logits, cache = decode_step(params, cfg, prepared, tok, t, cache, cross_mask)
         if method == "greedy":
             nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)
         else:
@@ -116,8 +136,8 @@ def _beam_loop(params, cfg, enc, enc_mask, max_new_tokens, num_beams, length_pen
     B, W, T, V = enc.shape[0], num_beams, max_new_tokens, cfg.vocab_size
     rep = lambda x: None if x is None else jnp.repeat(x, W, axis=0)  # noqa: E731  [B*W, ...]
     enc_mask = rep(enc_mask)
-    cross_mask = None if enc_mask is None else enc_mask.astype(bool)[:, None, None, :]
-    cross_kv = _cross_kv(params, cfg, rep(enc))
+    cross_mask = None if enc_mask is None else enc_mask.astype(bool)[:, None, :]
+    prepared = prepare(params, cfg, rep(enc))
     # only the first beam is live at the start, so the W beams do not all pick the same token
     logp = jnp.tile(jnp.where(jnp.arange(W) == 0, 0.0, -jnp.inf), (B, 1))
     state = (jnp.int32(0), jnp.full((B * W,), cfg.decoder_start_token_id, jnp.int32),
@@ -132,7 +152,7 @@ def _beam_loop(params, cfg, enc, enc_mask, max_new_tokens, num_beams, length_pen
 
     def body(s):
         t, tok, seqs, cache, logp, done, length = s
-        logits, cache = decode_step(params, cfg, tok, t, cache, cross_kv, cross_mask)
+        logits, cache = decode_step(params, cfg, prepared, tok, t, cache, cross_mask)
         lp_BWV = jax.nn.log_softmax(logits, axis=-1).reshape(B, W, V)
         # a finished beam may only "emit" pad, at no cost; a live one may emit anything
         pad_only = jnp.where(jnp.arange(V) == cfg.pad_token_id, 0.0, -jnp.inf)
@@ -146,7 +166,7 @@ def _beam_loop(params, cfg, enc, enc_mask, max_new_tokens, num_beams, length_pen
         seqs = jnp.take_along_axis(seqs, beam[..., None], axis=1)
         seqs = jax.lax.dynamic_update_slice_in_dim(seqs, nxt[..., None], t, axis=2)
         flat = (beam + jnp.arange(B)[:, None] * W).reshape(-1)
-        cache = jax.tree.map(lambda c: jnp.take(c, flat, axis=1), cache)
+        cache = jax.tree.map(lambda c: jnp.take(c, flat, axis=0), cache)
         length = jnp.where(was_done, gather(length), t + 1)
         done = was_done | (nxt == cfg.eos_token_id)
         return t + 1, nxt.reshape(-1), seqs, cache, new_logp, done, length
