@@ -180,3 +180,25 @@ def test_kill_9_mid_run_loses_at_most_one_interval(run, tmp_path):
         mngr, jax.eval_shape(lambda: train.init_state(cfg, tc, tv.init(cfg, jax.random.key(0)))))
     mngr.close()
     assert step is not None and done - step <= 5 + 10  # one interval (+ unflushed metric lines)
+
+
+@pytest.mark.slow
+def test_init_from_a_converted_t5(run, tmp_path, capsys):
+    tok = data.Tokenizer.load(run["out"] / "spiece.model")
+    t5cfg = tv.preset("tiny", vocab_size=tok.vocab_size + 20, num_layers=1)
+    t5p = tv.t5.init(t5cfg, jax.random.key(3))
+    tv.save_t5(tmp_path / "t5", t5cfg, t5p, tokenizer=run["out"] / "spiece.model")
+    out = tmp_path / "from-t5"
+    argv = ["train", "--out", str(out), "--corpus", str(run["corpus"]), "--init-from", str(tmp_path / "t5"),
+            "--steps", "2", "--max-length", "8", "--batch-size", "4", "--eval-pairs", "1", "--progress", "false"]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    m = tv.load(out)
+    assert m.cfg.t5.d_model == t5cfg.d_model and m.cfg.t5.vocab_size == t5cfg.vocab_size
+    assert m.tokenizer.proto == tok.proto
+    # a T5 whose embedding is smaller than the tokenizer's vocabulary is refused
+    small = tv.preset("tiny", vocab_size=tok.vocab_size - 10, num_layers=1)
+    tv.save_t5(tmp_path / "t5small", small, tv.t5.init(small, jax.random.key(3)), tokenizer=run["out"] / "spiece.model")
+    argv[argv.index(str(tmp_path / "t5"))] = str(tmp_path / "t5small")
+    argv[argv.index(str(out))] = str(tmp_path / "from-small")
+    assert cli.main(argv) == 1
+    assert "do not match" in capsys.readouterr().err
