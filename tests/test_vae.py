@@ -10,6 +10,10 @@ from t5vae import vae
 T5 = tv.preset("tiny")
 
 
+def _bottleneck(cfg, seed=0):
+    return tv.t5.init_from_specs(vae.param_specs(cfg), jax.random.key(seed), "float32")
+
+
 def _cfg(pooling, **kw):
     return tv.Config(t5=T5, n_latent_tokens=3, latent_size=8, pooling=pooling, **kw)
 
@@ -30,7 +34,7 @@ def test_segment_weights_match_numpy_reference():
 @pytest.mark.parametrize("pooling", ["mean", "attention"])
 def test_pooling_ignores_padding(pooling):
     cfg = _cfg(pooling)
-    p = tv.init(cfg, jax.random.key(0))
+    p = _bottleneck(cfg)
     h = jax.random.normal(jax.random.key(1), (2, 6, T5.d_model))
     mask = jnp.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], bool)
     h2 = h.at[0, 4:].set(100.0)  # garbage in the padded positions
@@ -45,7 +49,7 @@ def test_pooling_ignores_padding(pooling):
 
 def test_first_pooling_takes_first_positions():
     cfg = _cfg("first")
-    p = tv.init(cfg, jax.random.key(0))["latent_encoder"]
+    p = _bottleneck(cfg)["latent_encoder"]
     h = jax.random.normal(jax.random.key(1), (2, 6, T5.d_model))
     z = vae.latent_encode(p, cfg, h, None)
     want = np.tanh(np.asarray(h[:, :3]) @ np.asarray(p["kernel"]) + np.asarray(p["bias"]))
@@ -56,7 +60,7 @@ def test_first_pooling_takes_first_positions():
 
 def test_latent_decoder_is_dense_then_rms_norm():
     cfg = _cfg("mean")
-    p = tv.init(cfg, jax.random.key(0))["latent_decoder"]
+    p = _bottleneck(cfg)["latent_decoder"]
     p = {**p, "norm": jnp.linspace(0.5, 1.5, T5.d_model)}
     z = jax.random.uniform(jax.random.key(2), (2, 3, 8), minval=-1, maxval=1)
     x = np.asarray(z) @ np.asarray(p["kernel"]) + np.asarray(p["bias"])
