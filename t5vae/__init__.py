@@ -1,7 +1,7 @@
 """t5vae: a pure-JAX T5 with a variational bottleneck."""
 import importlib as _importlib
 
-from t5vae import layers, t5, vae, model
+from t5vae import layers, model, sharding, t5, vae
 from t5vae.checkpoint import load_t5, save_t5
 from t5vae.config import PRESETS, Config, T5Config, preset
 
@@ -15,5 +15,5 @@ from t5vae.pipeline import Model, load  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["T5Config", "Config", "PRESETS", "preset", "layers", "t5", "vae", "model", "load_t5", "save_t5",
+__all__ = ["T5Config", "Config", "PRESETS", "preset", "layers", "t5", "vae", "model", "sharding", "load_t5", "save_t5",
            "init", "from_t5", "encode", "decode", "loss", "generate", "interpolate", "load", "Model", "pipeline"]

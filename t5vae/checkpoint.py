@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from t5vae import t5
@@ -93,9 +94,13 @@ def restore_params(path: str | os.PathLike, abstract, what: str | None = None):
     ckpt = _checkpointer()
     stored = ckpt.metadata(path).item_metadata.tree
     check_tree(stored, abstract, what or str(path))
-    abstract = jax.tree.map(lambda a: a if getattr(a, "sharding", None) is not None else jax.ShapeDtypeStruct(
+    return ckpt.restore(path, _placed(abstract))
+
+
+def _placed(abstract):
+    """Keep each leaf's sharding; a leaf without one is restored onto the first device."""
+    return jax.tree.map(lambda a: a if getattr(a, "sharding", None) is not None else jax.ShapeDtypeStruct(
         a.shape, a.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])), abstract)
-    return ckpt.restore(path, abstract)
 
 
 def load_t5(path: str | os.PathLike, dtype: str | None = None, param_dtype: str | None = None,
@@ -141,8 +146,9 @@ def save_train_state(manager, step: int, state) -> None:
     """Save a train state pytree at ``step`` (asynchronously; call ``manager.wait_until_finished()``)."""
     import orbax.checkpoint as ocp
 
-    if not all(bool(np.all(np.isfinite(np.asarray(x)))) for x in jax.tree.leaves(state)
-               if np.issubdtype(np.asarray(x).dtype, np.floating)):
+    floats = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)]
+    # one jitted reduction: works on arrays sharded over several processes, where np.asarray cannot
+    if not bool(jax.jit(lambda xs: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs])))(floats)):
         raise FloatingPointError(f"refusing to checkpoint step {step}: the train state holds NaN or inf")
     manager.save(step, args=ocp.args.StandardSave(state))
 
@@ -155,10 +161,8 @@ def restore_train_state(manager, abstract_state, step: int | None = None):
     step = manager.latest_step() if step is None else step
     if step is None:
         return None, None
-    abstract_state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(
-        a.shape, a.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])), abstract_state)
     try:
-        return step, manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+        return step, manager.restore(step, args=ocp.args.StandardRestore(_placed(abstract_state)))
     except (ValueError, KeyError) as e:
         raise ValueError(f"checkpoint {step} in {manager.directory} does not match this model/optimizer "
                          f"(was the run started with a different config?): {e}") from None

@@ -102,12 +102,14 @@ def build_configs(args: argparse.Namespace):
 
 
 def cmd_train(args) -> int:
-    from t5vae import train
+    from t5vae import sharding, train
 
+    sharding.initialize_distributed()  # a no-op unless launched as several processes
+    mesh = sharding.make_mesh(args.mesh) if args.mesh else None
     cfg, tc = build_configs(args)
     out = args.out or DEFAULT_OUT
-    print(f"run directory: {Path(out).absolute()}")
-    _, results = train.run(cfg, tc, out, init_from=args.init_from, overwrite=args.overwrite)
+    print(f"run directory: {Path(out).absolute()}" + (f"; mesh {dict(mesh.shape)}" if mesh is not None else ""))
+    _, results = train.run(cfg, tc, out, init_from=args.init_from, overwrite=args.overwrite, mesh=mesh)
     if "example" in results:
         print("Interpolation between two held-out lines (slerp, 9 interior points):")
         for i, s in enumerate(results["example"]):
@@ -176,6 +178,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="JSON/TOML file of settings (flags override it)")
     t.add_argument("--init-from", help="a converted T5 directory (python -m weights_convert) to start from")
     t.add_argument("--overwrite", action="store_true", help="delete an existing run in --out and start over")
+    t.add_argument("--mesh", help="device mesh, e.g. data=2,model=4 or fsdp=-1 (axes data, fsdp, model; -1 = the "
+                                  "remaining devices); default: one device")
     _add_setting_flags(t)
     t.set_defaults(fn=cmd_train)
     e = sub.add_parser("eval", help="evaluate a run on its validation split; prints and saves the table")

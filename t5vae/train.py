@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from t5vae import checkpoint, data, model
+from t5vae import checkpoint, data, model, sharding
 from t5vae.config import Config
 
 # Settings that may change when a run is resumed; any other difference is an error.
@@ -98,8 +98,12 @@ def init_state(cfg: Config, tc: TrainConfig, params: dict) -> dict:
 
 
 @functools.lru_cache(maxsize=8)
-def make_train_step(cfg: Config, optimizer: str = "adafactor", clip_norm: float = 1.0, weight_decay: float = 0.0):
-    """``train_step(state, batch, key, lr) -> (state, metrics)``, jitted, the state donated; cached per setting."""
+def make_train_step(cfg: Config, optimizer: str = "adafactor", clip_norm: float = 1.0, weight_decay: float = 0.0,
+                    mesh=None):
+    """``train_step(state, batch, key, lr) -> (state, metrics)``, jitted, the state donated; cached per setting.
+
+    With a ``mesh`` the state keeps the sharding the rules give it and the batch is split over data x fsdp;
+    the step is one program over global arrays, so the loss (and its MMD) sees the whole global batch."""
     opt = make_optimizer(optimizer, clip_norm, weight_decay)
 
     def train_step(state, batch, key, lr):
@@ -111,7 +115,17 @@ def make_train_step(cfg: Config, optimizer: str = "adafactor", clip_norm: float 
         metrics = {**metrics, "grad_norm": optax.global_norm(grads), "lr": jnp.asarray(lr, jnp.float32)}
         return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
 
-    return jax.jit(train_step, donate_argnums=0)
+    if mesh is None:
+        return jax.jit(train_step, donate_argnums=0)
+    state_sh, rep = _state_shardings(cfg, opt, mesh), sharding.replicated(mesh)
+    return jax.jit(train_step, in_shardings=(state_sh, sharding.batch_sharding(mesh, 1), rep, rep),
+                   out_shardings=(state_sh, rep), donate_argnums=0)
+
+
+def _state_shardings(cfg: Config, opt, mesh):
+    abstract = jax.eval_shape(lambda p: {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": opt.init(p)},
+                              model.abstract_params(cfg))
+    return sharding.state_shardings(abstract, cfg, mesh)
 
 
 def make_eval_step(cfg: Config):
@@ -157,7 +171,7 @@ def _is_finite(metrics: dict) -> bool:
 
 
 def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: data.Encoded, params: dict,
-        log=print) -> tuple[dict, dict]:
+        log=print, mesh=None) -> tuple[dict, dict]:
     """Train in ``run_dir`` (resuming from its newest checkpoint) -> ``(params, last metrics)``.
 
     ``run_dir`` must already hold config.json, train_config.json and spiece.model (see t5vae.cli).
@@ -165,19 +179,24 @@ def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: dat
     """
     run_dir = Path(run_dir)
     _check_same_config(run_dir, cfg, tc)
-    state = init_state(cfg, tc, params)
+    if mesh is None:
+        state = init_state(cfg, tc, params)
+    else:  # created directly in the rules' shardings
+        opt = make_optimizer(tc.optimizer, tc.clip_norm, tc.weight_decay)
+        state = jax.jit(lambda p: init_state(cfg, tc, p), out_shardings=_state_shardings(cfg, opt, mesh))(params)
     mngr = checkpoint.checkpoint_manager(run_dir, tc.keep_checkpoints)
     start, restored = checkpoint.restore_train_state(mngr, jax.eval_shape(lambda: state))
     if restored is not None:
         state = restored
         log(f"resumed from {run_dir / checkpoint.CHECKPOINTS_DIR}/{start} (step {int(state['step'])})")
     step = int(state["step"])
-    train_step = make_train_step(cfg, tc.optimizer, tc.clip_norm, tc.weight_decay)
+    train_step = make_train_step(cfg, tc.optimizer, tc.clip_norm, tc.weight_decay, mesh)
+    chief = jax.process_index() == 0  # one process writes metrics and shows progress
     lr_at = schedule(tc)
     stream = BatchStream(enc_train, tc.batch_size, data.buckets_for(cfg.max_length), tc.seed)
     key = jax.random.key(tc.seed, impl="unsafe_rbg")  # fast counter-based PRNG for dropout and prior samples
     bar = None
-    if tc.progress:
+    if tc.progress and chief:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=tc.steps, initial=step, desc="train", dynamic_ncols=True)
@@ -196,6 +215,9 @@ def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: dat
                 log(f"stopping at step {step}: max_minutes={tc.max_minutes} reached")
                 break
             batch = stream(step)
+            if mesh is not None:  # every process draws the same batch and keeps only its own rows
+                rows = sharding.process_slice(len(batch["input_ids"]), mesh)
+                batch = sharding.global_batch({k: v[rows] for k, v in batch.items()}, mesh)
             new_state, metrics = train_step(state, batch, key, float(lr_at(progress(step))))
             metrics = {k: float(v) for k, v in metrics.items()}
             if not _is_finite(metrics):
@@ -206,7 +228,8 @@ def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: dat
                     f"({mngr.latest_step()}) in {run_dir / checkpoint.CHECKPOINTS_DIR} is the last good state. "
                     f"Try a lower learning_rate or clip_norm.")
             state, step, last = new_state, step + 1, metrics
-            metrics_file.write(json.dumps({"step": step, "time": round(time.time() - t0, 3), **metrics}) + "\n")
+            if chief:
+                metrics_file.write(json.dumps({"step": step, "time": round(time.time() - t0, 3), **metrics}) + "\n")
             if step % tc.log_every == 0 or step == tc.steps:
                 metrics_file.flush()
                 if bar is not None:
@@ -287,7 +310,7 @@ def check_vocab(cfg: Config, tok: data.Tokenizer) -> None:
 
 
 def run(cfg: Config, tc: TrainConfig, out: str | os.PathLike, init_from: str | None = None,
-        overwrite: bool = False, log=print) -> tuple[dict, dict]:
+        overwrite: bool = False, log=print, mesh=None) -> tuple[dict, dict]:
     """Train (or resume) a run in ``out``, save the final params, evaluate -> ``(params, eval results)``."""
     from t5vae import evaluate
 
@@ -299,8 +322,12 @@ def run(cfg: Config, tc: TrainConfig, out: str | os.PathLike, init_from: str | N
         log(f"warning: {enc.n_truncated} of {len(enc)} training lines are longer than max_length="
             f"{cfg.max_length} tokens and were truncated")
     key = jax.random.key(tc.seed)
-    params = model.init(cfg, key) if t5_params is None else model.from_t5(cfg, t5_params, key)
-    params, last = fit(cfg, tc, out, enc, params, log)
+    if mesh is None:
+        params = model.init(cfg, key) if t5_params is None else model.from_t5(cfg, t5_params, key)
+    else:
+        params = (sharding.shard_init(cfg, key, mesh) if t5_params is None
+                  else sharding.shard_params(model.from_t5(cfg, t5_params, key), cfg, mesh))
+    params, last = fit(cfg, tc, out, enc, params, log, mesh)
     final = out / checkpoint.PARAMS_DIR
     checkpoint.save_params_replacing(final, params)
     log(f"training took {time.time() - t_start:.0f}s; evaluating on {len(corpus.validation)} held-out lines")
