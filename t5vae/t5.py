@@ -26,7 +26,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from t5vae import layers
+from t5vae import layers, sharding
 from t5vae.config import T5Config
 
 ParamSpec = namedtuple("ParamSpec", "shape axes init")
@@ -116,6 +116,11 @@ def _dropout_seeds(key: jax.Array | None, cfg: T5Config, n_layers: int):
     return seeds[0], seeds[1:]
 
 
+def _constrain(x_BLD: jax.Array) -> jax.Array:
+    """Keep the residual stream split over the batch under a mesh (``jax.set_mesh``); a no-op without one."""
+    return sharding.constrain(x_BLD, ("batch", "length", None))
+
+
 def _embed(params: dict, cfg: T5Config, ids_BL: jax.Array) -> jax.Array:
     return jnp.take(params["shared"]["embedding"], ids_BL, axis=0).astype(cfg.dtype)
 
@@ -131,7 +136,7 @@ def encode(params: dict, cfg: T5Config, input_ids: jax.Array, attention_mask: ja
     bias = layers.position_bias(params["encoder"]["relpos_bias"], L, L, True, cfg.relative_attention_max_distance)
     seed_outer, seed_layers = _dropout_seeds(dropout_key, cfg, cfg.num_layers)
     bits_emb, bits_out = layers.dropout_bits(seed_outer, (B, L, D), (B, L, D))
-    x = layers.dropout(_embed(params, cfg, input_ids), rate, bits_emb)
+    x = _constrain(layers.dropout(_embed(params, cfg, input_ids), rate, bits_emb))
 
     def block(x, lp_seed):
         lp, seed = lp_seed
@@ -140,7 +145,7 @@ def encode(params: dict, cfg: T5Config, input_ids: jax.Array, attention_mask: ja
         x = x + layers.dropout(layers.attention(lp["attn"], h, h, bias, mask_B11L, rate, b_probs), rate, b_attn)
         h = layers.rms_norm(x, lp["mlp_norm"], eps)
         x = x + layers.dropout(layers.mlp(lp["mlp"], h, cfg.activation, rate, b_hidden), rate, b_mlp)
-        return x, None
+        return _constrain(x), None
 
     x, _ = jax.lax.scan(block, x, (params["encoder"]["layers"], seed_layers))
     x = layers.rms_norm(x, params["encoder"]["final_norm"], eps)
@@ -162,7 +167,7 @@ def decoder_hidden(params: dict, cfg: T5Config, decoder_input_ids: jax.Array, en
     enc = encoder_states.astype(cfg.dtype)
     seed_outer, seed_layers = _dropout_seeds(dropout_key, cfg, cfg.num_decoder_layers)
     bits_emb, bits_out = layers.dropout_bits(seed_outer, (B, T, D), (B, T, D))
-    x = layers.dropout(_embed(params, cfg, decoder_input_ids), rate, bits_emb)
+    x = _constrain(layers.dropout(_embed(params, cfg, decoder_input_ids), rate, bits_emb))
 
     def block(x, lp_seed):
         lp, seed = lp_seed
@@ -175,7 +180,7 @@ def decoder_hidden(params: dict, cfg: T5Config, decoder_input_ids: jax.Array, en
                                b_cross_out)
         h = layers.rms_norm(x, lp["mlp_norm"], eps)
         x = x + layers.dropout(layers.mlp(lp["mlp"], h, cfg.activation, rate, b_hidden), rate, b_mlp)
-        return x, None
+        return _constrain(x), None
 
     x, _ = jax.lax.scan(block, x, (params["decoder"]["layers"], seed_layers))
     x = layers.rms_norm(x, params["decoder"]["final_norm"], eps)

@@ -118,7 +118,12 @@ def make_train_step(cfg: Config, optimizer: str = "adafactor", clip_norm: float 
     if mesh is None:
         return jax.jit(train_step, donate_argnums=0)
     state_sh, rep = _state_shardings(cfg, opt, mesh), sharding.replicated(mesh)
-    return jax.jit(train_step, in_shardings=(state_sh, sharding.batch_sharding(mesh, 1), rep, rep),
+
+    def traced_under_mesh(*args):  # so the activation constraints in t5.py see the mesh
+        with jax.set_mesh(mesh):
+            return train_step(*args)
+
+    return jax.jit(traced_under_mesh, in_shardings=(state_sh, sharding.batch_sharding(mesh, 1), rep, rep),
                    out_shardings=(state_sh, rep), donate_argnums=0)
 
 
