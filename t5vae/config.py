@@ -9,6 +9,18 @@ from typing import Any
 _ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu")
 
 
+def read_json_object(path: str | os.PathLike) -> dict:
+    """A JSON file that must hold an object; errors name the file."""
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(d).__name__}")
+    return d
+
+
 @dataclasses.dataclass(frozen=True)
 class T5Config:
     """A T5 encoder-decoder. Field names follow Hugging Face's ``T5Config``; hashable, so jit can close over it.
@@ -93,14 +105,7 @@ class T5Config:
 
     @classmethod
     def load_json(cls, path: str | os.PathLike, **overrides: Any) -> "T5Config":
-        try:
-            with open(path) as f:
-                d = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from None
-        if not isinstance(d, dict):
-            raise ValueError(f"{path} must hold a JSON object, got {type(d).__name__}")
-        return cls.from_hf_dict(d, **overrides)
+        return cls.from_hf_dict(read_json_object(path), **overrides)
 
 
 PRESETS: dict[str, T5Config] = {
@@ -208,11 +213,4 @@ class Config:
 
     @classmethod
     def load_json(cls, path: str | os.PathLike, **overrides: Any) -> "Config":
-        try:
-            with open(path) as f:
-                d = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from None
-        if not isinstance(d, dict):
-            raise ValueError(f"{path} must hold a JSON object, got {type(d).__name__}")
-        return cls.from_dict(d, **overrides)
+        return cls.from_dict(read_json_object(path), **overrides)
