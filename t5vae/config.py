@@ -21,6 +21,13 @@ def read_json_object(path: str | os.PathLike) -> dict:
     return d
 
 
+def write_json_object(path: str | os.PathLike, d: dict) -> None:
+    """The inverse of :func:`read_json_object`: indented, keys sorted, a final newline."""
+    with open(path, "w") as f:
+        json.dump(d, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
 @dataclasses.dataclass(frozen=True)
 class T5Config:
     """A T5 encoder-decoder. Field names follow Hugging Face's ``T5Config``; hashable, so jit can close over it.
@@ -99,9 +106,7 @@ class T5Config:
         return cls(**kwargs)
 
     def save_json(self, path: str | os.PathLike) -> None:
-        with open(path, "w") as f:
-            json.dump(self.to_hf_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
+        write_json_object(path, self.to_hf_dict())
 
     @classmethod
     def load_json(cls, path: str | os.PathLike, **overrides: Any) -> "T5Config":
@@ -207,9 +212,7 @@ class Config:
         return cls(**{**d, "t5": t5})
 
     def save_json(self, path: str | os.PathLike) -> None:
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
+        write_json_object(path, self.to_dict())
 
     @classmethod
     def load_json(cls, path: str | os.PathLike, **overrides: Any) -> "Config":

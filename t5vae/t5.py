@@ -121,6 +121,17 @@ def _constrain(x_BLD: jax.Array) -> jax.Array:
     return sharding.constrain(x_BLD, ("batch", "length", None))
 
 
+def _residual(x_BLD: jax.Array, scale_D: jax.Array, eps: float, rate: float, bits, sublayer) -> jax.Array:
+    """T5's pre-norm residual: ``x + dropout(sublayer(rms_norm(x)))``."""
+    return x_BLD + layers.dropout(sublayer(layers.rms_norm(x_BLD, scale_D, eps)), rate, bits)
+
+
+def _run_stack(stack: dict, block, x_BLD: jax.Array, seed_layers, eps: float, rate: float, bits_out) -> jax.Array:
+    """Scan ``block`` over a stack's layers, then its final norm and dropout."""
+    x_BLD, _ = jax.lax.scan(block, x_BLD, (stack["layers"], seed_layers))
+    return layers.dropout(layers.rms_norm(x_BLD, stack["final_norm"], eps), rate, bits_out)
+
+
 def _embed(params: dict, cfg: T5Config, ids_BL: jax.Array) -> jax.Array:
     return jnp.take(params["shared"]["embedding"], ids_BL, axis=0).astype(cfg.dtype)
 
@@ -141,15 +152,13 @@ def encode(params: dict, cfg: T5Config, input_ids: jax.Array, attention_mask: ja
     def block(x, lp_seed):
         lp, seed = lp_seed
         b_probs, b_attn, b_hidden, b_mlp = layers.dropout_bits(seed, (B, H, L, L), (B, L, D), (B, L, F), (B, L, D))
-        h = layers.rms_norm(x, lp["attn_norm"], eps)
-        x = x + layers.dropout(layers.attention(lp["attn"], h, h, bias, mask_B11L, rate, b_probs), rate, b_attn)
-        h = layers.rms_norm(x, lp["mlp_norm"], eps)
-        x = x + layers.dropout(layers.mlp(lp["mlp"], h, cfg.activation, rate, b_hidden), rate, b_mlp)
+        x = _residual(x, lp["attn_norm"], eps, rate, b_attn,
+                      lambda h: layers.attention(lp["attn"], h, h, bias, mask_B11L, rate, b_probs))
+        x = _residual(x, lp["mlp_norm"], eps, rate, b_mlp,
+                      lambda h: layers.mlp(lp["mlp"], h, cfg.activation, rate, b_hidden))
         return _constrain(x), None
 
-    x, _ = jax.lax.scan(block, x, (params["encoder"]["layers"], seed_layers))
-    x = layers.rms_norm(x, params["encoder"]["final_norm"], eps)
-    return layers.dropout(x, rate, bits_out)
+    return _run_stack(params["encoder"], block, x, seed_layers, eps, rate, bits_out)
 
 
 def decoder_hidden(params: dict, cfg: T5Config, decoder_input_ids: jax.Array, encoder_states: jax.Array,
@@ -173,18 +182,15 @@ def decoder_hidden(params: dict, cfg: T5Config, decoder_input_ids: jax.Array, en
         lp, seed = lp_seed
         b_self, b_self_out, b_cross, b_cross_out, b_hidden, b_mlp = layers.dropout_bits(
             seed, (B, H, T, T), (B, T, D), (B, H, T, S), (B, T, D), (B, T, F), (B, T, D))
-        h = layers.rms_norm(x, lp["self_attn_norm"], eps)
-        x = x + layers.dropout(layers.attention(lp["self_attn"], h, h, bias, self_mask, rate, b_self), rate, b_self_out)
-        h = layers.rms_norm(x, lp["cross_attn_norm"], eps)
-        x = x + layers.dropout(layers.attention(lp["cross_attn"], h, enc, None, cross_mask, rate, b_cross), rate,
-                               b_cross_out)
-        h = layers.rms_norm(x, lp["mlp_norm"], eps)
-        x = x + layers.dropout(layers.mlp(lp["mlp"], h, cfg.activation, rate, b_hidden), rate, b_mlp)
+        x = _residual(x, lp["self_attn_norm"], eps, rate, b_self_out,
+                      lambda h: layers.attention(lp["self_attn"], h, h, bias, self_mask, rate, b_self))
+        x = _residual(x, lp["cross_attn_norm"], eps, rate, b_cross_out,
+                      lambda h: layers.attention(lp["cross_attn"], h, enc, None, cross_mask, rate, b_cross))
+        x = _residual(x, lp["mlp_norm"], eps, rate, b_mlp,
+                      lambda h: layers.mlp(lp["mlp"], h, cfg.activation, rate, b_hidden))
         return _constrain(x), None
 
-    x, _ = jax.lax.scan(block, x, (params["decoder"]["layers"], seed_layers))
-    x = layers.rms_norm(x, params["decoder"]["final_norm"], eps)
-    return layers.dropout(x, rate, bits_out)
+    return _run_stack(params["decoder"], block, x, seed_layers, eps, rate, bits_out)
 
 
 def logits_from_hidden(params: dict, cfg: T5Config, x_BTD: jax.Array) -> jax.Array:

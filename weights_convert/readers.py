@@ -7,7 +7,6 @@ Formats: Hugging Face ``model.safetensors`` (sharded too), ``pytorch_model.bin``
 from __future__ import annotations
 
 import json
-import os
 import re
 import struct
 from pathlib import Path
