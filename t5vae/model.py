@@ -75,16 +75,16 @@ def loss(params: dict, cfg: Config, batch: dict, key: jax.Array | None, step, *,
     if deterministic:
         k_enc = k_dec = None
     z = encode(params, cfg, ids, mask, dropout_key=k_enc)
-    logits = decode(params, cfg, z, t5.shift_right(labels, cfg.t5), dropout_key=k_dec)
+    x = t5.decoder_hidden(params["t5"], cfg.t5, t5.shift_right(labels, cfg.t5), latent_states(params, cfg, z),
+                          dropout_key=k_dec)
     safe = jnp.where(valid, labels, 0)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    nll = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
+    nll, pred = t5.token_nll(params["t5"], cfg.t5, x, safe)
     n_tok = jnp.maximum(jnp.sum(valid), 1)
     ce = jnp.sum(jnp.where(valid, nll, 0.0)) / n_tok
     m = vae.latent_mmd(cfg, z, k_mmd)
     w = vae.mmd_weight(cfg, step)
     total = ce + w * m
-    correct = (jnp.argmax(logits, -1) == safe) | ~valid
+    correct = (pred == safe) | ~valid
     metrics = {"loss": total, "ce": ce, "mmd": m, "w": w,
                "token_acc": jnp.sum(correct & valid) / n_tok,
                "seq_acc": jnp.mean(jnp.all(correct, axis=-1).astype(jnp.float32))}

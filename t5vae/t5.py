@@ -193,14 +193,24 @@ def decoder_hidden(params: dict, cfg: T5Config, decoder_input_ids: jax.Array, en
     return _run_stack(params["decoder"], block, x, seed_layers, eps, rate, bits_out)
 
 
-def logits_from_hidden(params: dict, cfg: T5Config, x_BTD: jax.Array) -> jax.Array:
-    """LM head -> float32 logits [B, T, V]. v1.0 (tied) scales by d_model**-0.5 and reuses the embedding."""
+def _lm_head(params: dict, cfg: T5Config, x_BTD: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(scaled hidden states, LM-head weights [D, V]). v1.0 (tied) scales by d_model**-0.5 and reuses the embedding."""
     if cfg.tie_word_embeddings:
-        x_BTD = x_BTD * (cfg.d_model ** -0.5)
-        return jnp.einsum("BTD,VD->BTV", x_BTD, params["shared"]["embedding"].astype(x_BTD.dtype),
-                          preferred_element_type=jnp.float32)
-    return jnp.einsum("BTD,DV->BTV", x_BTD, params["lm_head"].astype(x_BTD.dtype),
-                      preferred_element_type=jnp.float32)
+        return x_BTD * (cfg.d_model ** -0.5), params["shared"]["embedding"].T
+    return x_BTD, params["lm_head"]
+
+
+def logits_from_hidden(params: dict, cfg: T5Config, x_BTD: jax.Array) -> jax.Array:
+    """LM head -> float32 logits [B, T, V]."""
+    x_BTD, w_DV = _lm_head(params, cfg, x_BTD)
+    return jnp.einsum("BTD,DV->BTV", x_BTD, w_DV.astype(x_BTD.dtype), preferred_element_type=jnp.float32)
+
+
+def token_nll(params: dict, cfg: T5Config, x_BTD: jax.Array, labels_BT: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-token negative log-likelihood [B, T] (float32) of ``labels`` and the greedy prediction [B, T] from
+    decoder hidden states, without materialising the logits' gradient graph (see ``layers.lm_head_xent``)."""
+    x_BTD, w_DV = _lm_head(params, cfg, x_BTD)
+    return layers.lm_head_xent(x_BTD, w_DV, labels_BT)
 
 
 def decode(params: dict, cfg: T5Config, decoder_input_ids: jax.Array, encoder_states: jax.Array,
