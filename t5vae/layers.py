@@ -101,11 +101,19 @@ def position_bias(table_RH: jax.Array, q_len: int, k_len: int, bidirectional: bo
 
 def attention(p: dict, x_BQD: jax.Array, kv_BSD: jax.Array, bias_B1QS: jax.Array | None,
               mask_B1QS: jax.Array | None, dropout_rate: float = 0.0, bits: jax.Array | None = None) -> jax.Array:
-    """Multi-head attention with weights q,k,v [D,H,K] and o [H,K,D]; logits in float32, no scaling."""
-    dt = x_BQD.dtype
-    q = jnp.einsum("BQD,DHK->BQHK", x_BQD, p["q"].astype(dt))
-    k = jnp.einsum("BSD,DHK->BSHK", kv_BSD, p["k"].astype(dt))
-    v = jnp.einsum("BSD,DHK->BSHK", kv_BSD, p["v"].astype(dt))
+    """Multi-head attention with weights q,k,v [D,H,K] and o [H,K,D]; logits in float32, no scaling.
+
+    Projections run as 2-D dots on [B*L, D] rows with q|k|v fused (XLA's CPU backend lays out the backward
+    pass of 4-D einsums with slow transposing copies; 2-D dots cut the default train step by ~20 %)."""
+    dt, (B, Q, D), S = x_BQD.dtype, x_BQD.shape, kv_BSD.shape[1]
+    _, H, K = p["q"].shape
+    w = lambda *names: jnp.concatenate([p[n].astype(dt).reshape(D, H * K) for n in names], axis=1)
+    if kv_BSD is x_BQD:  # self-attention: one [B*Q, D] x [D, 3*H*K] dot
+        q, k, v = jnp.split(x_BQD.reshape(B * Q, D) @ w("q", "k", "v"), 3, axis=1)
+    else:
+        q = x_BQD.reshape(B * Q, D) @ w("q")
+        k, v = jnp.split(kv_BSD.reshape(B * S, D) @ w("k", "v"), 2, axis=1)
+    q, k, v = q.reshape(B, Q, H, K), k.reshape(B, S, H, K), v.reshape(B, S, H, K)
     return attend(p["o"], q, k, v, bias_B1QS, mask_B1QS, dropout_rate, bits)
 
 
@@ -121,7 +129,8 @@ def attend(o_HKD: jax.Array, q_BQHK: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.A
         logits = jnp.where(mask_B1QS, logits, NEG_INF)
     probs = dropout(jax.nn.softmax(logits, axis=-1).astype(dt), dropout_rate, bits_BHQS)
     out = jnp.einsum("BHQS,BSHK->BQHK", probs, v_BSHK)
-    return jnp.einsum("BQHK,HKD->BQD", out, o_HKD.astype(dt))
+    B, Q, H, K = out.shape
+    return (out.reshape(B * Q, H * K) @ o_HKD.astype(dt).reshape(H * K, -1)).reshape(B, Q, -1)
 
 
 _ACT = {
