@@ -131,19 +131,40 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _show(text: str) -> str:
+    """A decoded line as it reads in a table: tabs, newlines and other control characters escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def print_table(rows, first: str) -> None:
+    """``first | text | valid?`` rows (valid: parses with ast.parse) and a count of the valid ones."""
+    from t5vae.evaluate import parses
+
+    rows = [(k, _show(t), parses(t)) for k, t in rows]
+    width = max([len(t) for _, t, _ in rows] + [4])
+    print(f"{first:>6}  {'text':<{width}}  valid")
+    for k, t, ok in rows:
+        print(f"{k:>6}  {t:<{width}}  {'yes' if ok else 'no'}")
+    print(f"{sum(ok for *_, ok in rows)} of {len(rows)} parse with ast.parse")
+
+
 def cmd_interpolate(args) -> int:
+    import numpy as np
+
     from t5vae import pipeline
 
-    for i, s in enumerate(pipeline.load(args.dir).interpolate(args.a, args.b, args.steps, args.kind)):
-        print(f"{i:2d}  {s}")
+    texts = pipeline.load(args.dir).interpolate(args.a, args.b, args.steps, args.kind,
+                                                max_new_tokens=args.max_new_tokens)
+    print_table(zip((f"{r:.3f}" for r in np.linspace(0.0, 1.0, args.steps)), texts), "ratio")
     return 0
 
 
 def cmd_sample(args) -> int:
     from t5vae import pipeline
 
-    for s in pipeline.load(args.dir).sample(args.n, args.seed):
-        print(s)
+    prior = {"prior": args.prior} if args.prior else {}  # default: t5vae.latent.DEFAULT_PRIOR
+    texts = pipeline.load(args.dir).sample(args.n, seed=args.seed, max_new_tokens=args.max_new_tokens, **prior)
+    print_table(enumerate(texts), "#")
     return 0
 
 
@@ -186,12 +207,20 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("dir")
     e.add_argument("--pairs", type=int, help="interpolation pairs (default: the run's eval_pairs)")
     e.set_defaults(fn=cmd_eval)
-    i = sub.add_parser("interpolate", help="decode an interpolation between two lines")
+    i = sub.add_parser("interpolate", help="decode the path between two lines' codes: a table of ratio, text, "
+                                           "and whether it parses")
     i.add_argument("dir"), i.add_argument("a"), i.add_argument("b")
-    i.add_argument("--steps", type=int, default=9), i.add_argument("--kind", default="slerp", choices=["slerp", "lerp"])
+    i.add_argument("--steps", type=int, default=9, help="points on the path, both endpoints included (default 9)")
+    i.add_argument("--kind", default="slerp", choices=["slerp", "slerp_flat", "lerp"],
+                   help="slerp per latent token (default), slerp of the whole flattened code, or lerp")
+    i.add_argument("--max-new-tokens", type=int, help="tokens decoded per point (default: the model's max_length)")
     i.set_defaults(fn=cmd_interpolate)
-    s = sub.add_parser("sample", help="decode samples from the prior")
+    s = sub.add_parser("sample", help="decode codes drawn from a prior: a table of text and whether it parses")
     s.add_argument("dir"), s.add_argument("-n", type=int, default=10), s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--prior", choices=["aggregate", "gaussian", "tanh"],
+                   help="aggregate (default): a Gaussian fitted to the training codes (computed on first use and saved "
+                        "in DIR); gaussian: N(0, I) clipped to the tanh range; tanh: tanh of N(0, I)")
+    s.add_argument("--max-new-tokens", type=int, help="tokens decoded per sample (default: the model's max_length)")
     s.set_defaults(fn=cmd_sample)
     f = sub.add_parser("info", help="versions and devices; with DIR, a run's config, size and checkpoints")
     f.add_argument("dir", nargs="?")

@@ -84,7 +84,7 @@ def interpolation_quality(params, cfg: Config, tok, lines, z, pairs, batch_size,
     if len(lines) < 2 or pairs <= 0:
         return {"interp_pairs": 0}
     idx = np.stack([rng.choice(len(lines), 2, replace=False) for _ in range(pairs)])
-    paths = np.stack([np.asarray(model.interpolate(z[a], z[b], steps, "slerp"))[1:-1] for a, b in idx])
+    paths = np.stack([np.asarray(model.interpolate(z[a], z[b], steps + 2, "slerp"))[1:-1] for a, b in idx])
     texts = [tok.decode(t) for t in decode_codes(params, cfg, paths.reshape((-1,) + z.shape[1:]), batch_size)]
     texts = np.array(texts, dtype=object).reshape(pairs, steps)
     valid = np.vectorize(parses, otypes=[bool])(texts)

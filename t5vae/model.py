@@ -6,6 +6,8 @@ itself (``labels`` may be given explicitly; pad and -100 labels are ignored).
 """
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 
@@ -128,7 +130,8 @@ def greedy_uncached(t5_params: dict, cfg, states_BSD: jax.Array, max_new_tokens:
 
 
 def slerp(a: jax.Array, b: jax.Array, t: jax.Array) -> jax.Array:
-    """Spherical interpolation along the last axis; falls back to lerp where a and b are (anti)parallel."""
+    """Spherical interpolation along the last axis (a, b, t broadcast); lerp where a and b are (anti)parallel.
+    The weights multiply the unnormalised vectors, so the path runs from a to b exactly."""
     na = a / jnp.maximum(jnp.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
     nb = b / jnp.maximum(jnp.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
     omega = jnp.arccos(jnp.clip(jnp.sum(na * nb, -1, keepdims=True), -1.0, 1.0))
@@ -140,17 +143,37 @@ def slerp(a: jax.Array, b: jax.Array, t: jax.Array) -> jax.Array:
     return s * a + e * b
 
 
-def interpolate(z_a: jax.Array, z_b: jax.Array, steps: int = 9, kind: str = "slerp") -> jax.Array:
-    """``steps`` interior points between two codes of equal shape, endpoints included -> [steps + 2, *shape].
+INTERPOLATIONS = ("slerp", "slerp_flat", "lerp")
 
-    slerp acts on each latent token's Z-vector separately.
+
+def interpolate(z_a: jax.Array, z_b: jax.Array, steps: int = 9, kind: str = "slerp") -> jax.Array:
+    """``steps`` points from z_a to z_b, both endpoints included -> [steps, *shape] (ratios linspace(0, 1, steps)).
+
+    Codes are [..., N, Z] (one code [N, Z] or a batch [B, N, Z]; leading axes are batch axes). "slerp" acts
+    on each latent token's Z-vector separately; "slerp_flat" on the whole flattened [N * Z] code of each
+    item; "lerp" is the straight line.
     """
-    if kind not in ("slerp", "lerp"):
-        raise ValueError(f"kind must be 'slerp' or 'lerp', got {kind!r}")
+    if kind not in INTERPOLATIONS:
+        raise ValueError(f"kind must be one of {INTERPOLATIONS}, got {kind!r}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, jnp.integer)) or steps < 2:
+        raise ValueError(f"steps is the number of points including both endpoints and must be an integer >= 2, "
+                         f"got {steps!r}")
     z_a, z_b = jnp.asarray(z_a, jnp.float32), jnp.asarray(z_b, jnp.float32)
     if z_a.shape != z_b.shape:
-        raise ValueError(f"interpolate needs codes of equal shape, got {z_a.shape} and {z_b.shape}")
-    t = jnp.linspace(0.0, 1.0, steps + 2).reshape((-1,) + (1,) * z_a.ndim)
+        raise ValueError(f"interpolate needs codes of equal shape, got z_a {z_a.shape} and z_b {z_b.shape}")
+    if z_a.ndim == 0:
+        raise ValueError("interpolate needs codes with at least one axis, got scalars")
+    return _path(z_a, z_b, int(steps), kind)
+
+
+@partial(jax.jit, static_argnums=(2, 3))
+def _path(z_a: jax.Array, z_b: jax.Array, steps: int, kind: str) -> jax.Array:
+    """interpolate's path [steps, *shape], compiled once per shape (eagerly, each op compiles on its own)."""
+    t = jnp.linspace(0.0, 1.0, steps).reshape((-1,) + (1,) * z_a.ndim)
     if kind == "lerp":
         return (1.0 - t) * z_a[None] + t * z_b[None]
+    if kind == "slerp_flat" and z_a.ndim >= 2:
+        flat = z_a.shape[:-2] + (-1,)
+        path = slerp(z_a.reshape(flat)[None], z_b.reshape(flat)[None], t[..., 0])
+        return path.reshape((steps,) + z_a.shape)
     return slerp(z_a[None], z_b[None], t)

@@ -106,20 +106,22 @@ def test_greedy_generate_is_consistent_with_teacher_forcing(params):
 def test_interpolate_endpoints_and_kinds():
     a = jax.random.normal(jax.random.key(0), (3, 8))
     b = jax.random.normal(jax.random.key(1), (3, 8))
-    for kind in ("slerp", "lerp"):
-        zs = tv.interpolate(a, b, steps=9, kind=kind)
-        assert zs.shape == (11, 3, 8)
+    for kind in ("slerp", "slerp_flat", "lerp"):
+        zs = tv.interpolate(a, b, steps=9, kind=kind)  # 9 points, endpoints included
+        assert zs.shape == (9, 3, 8)
         np.testing.assert_allclose(zs[0], a, atol=1e-5)
         np.testing.assert_allclose(zs[-1], b, atol=1e-5)
-    lerp = tv.interpolate(a, b, steps=1, kind="lerp")
+    lerp = tv.interpolate(a, b, steps=3, kind="lerp")
     np.testing.assert_allclose(lerp[1], (a + b) / 2, atol=1e-6)
     # slerp between unit vectors stays on the sphere; lerp does not
     ua, ub = a / jnp.linalg.norm(a, axis=-1, keepdims=True), b / jnp.linalg.norm(b, axis=-1, keepdims=True)
     norms = np.linalg.norm(tv.interpolate(ua, ub, 9, "slerp"), axis=-1)
     np.testing.assert_allclose(norms, 1.0, atol=1e-5)
-    assert np.linalg.norm(tv.interpolate(ua, ub, 9, "lerp")[5], axis=-1).min() < 0.999
-    with pytest.raises(ValueError):
+    assert np.linalg.norm(tv.interpolate(ua, ub, 9, "lerp")[4], axis=-1).min() < 0.999
+    with pytest.raises(ValueError, match="kind"):
         tv.interpolate(a, b, kind="cubic")
+    with pytest.raises(ValueError, match="steps"):
+        tv.interpolate(a, b, steps=1)
 
 
 def test_sampling_and_beam_methods_reach_the_backbone_generator(params):

@@ -66,12 +66,14 @@ def test_cli_train_writes_a_complete_run_directory(run):
 
 def test_load_gives_a_text_level_model(run):
     m = tv.load(run["out"])
-    z = m.encode(["x1 = f(1, y1)", "import mod3"])
+    with pytest.warns(UserWarning, match="truncated to max_length=8"):  # both are longer than 8 tokens
+        z = m.encode(["x1 = f(1, y1)", "import mod3"], truncate=True)
     assert z.shape == (2, 2, 8) and np.all(np.abs(z) < 1)
     texts = m.decode(z)
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
-    path = m.interpolate("x1 = f(1, y1)", "import mod3", steps=3)
-    assert len(path) == 5
+    with pytest.warns(UserWarning, match="truncated"):
+        path = m.interpolate("x1 = f(1, y1)", "import mod3", steps=3, truncate=True)
+    assert len(path) == 3  # endpoints included
     assert len(m.sample(3)) == 3
     # the loaded params are the trained ones, not a fresh init
     fresh = tv.init(m.cfg, jax.random.key(0))
