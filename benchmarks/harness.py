@@ -61,11 +61,31 @@ def masked_cross_entropy(logits_BTV: jax.Array, labels_BT: jax.Array, mask_BT: j
     return jnp.sum(ce * mask_BT) / jnp.maximum(jnp.sum(mask_BT), 1)
 
 
-def make_train_step(logits_fn: Callable, optimizer) -> Callable:
-    """One jitted step: forward with dropout, cross-entropy, backward, optimizer update (state donated)."""
-    def loss_fn(params, batch, key):
-        return masked_cross_entropy(logits_fn(params, batch, key), batch["labels"], batch["decoder_attention_mask"])
+def logits_loss(logits_fn: Callable) -> Callable:
+    """``loss(params, batch, key)`` from a ``logits(params, batch, key)`` function (the reference's way)."""
+    return lambda params, batch, key: masked_cross_entropy(logits_fn(params, batch, key), batch["labels"],
+                                                           batch["decoder_attention_mask"])
 
+
+def t5vae_loss(cfg) -> Callable:
+    """The same masked mean cross-entropy through t5vae's own path: encoder, decoder, then ``token_nll``
+    (the LM head fused with the cross-entropy and its hand-written backward)."""
+    import t5vae as tv
+
+    def loss(params, batch, key):
+        k_enc, k_dec = jax.random.split(key)
+        h = tv.t5.encode(params, cfg, batch["input_ids"], batch["attention_mask"], dropout_key=k_enc)
+        x = tv.t5.decoder_hidden(params, cfg, batch["decoder_input_ids"], h, batch["attention_mask"],
+                                 batch["decoder_attention_mask"], dropout_key=k_dec)
+        mask = batch["decoder_attention_mask"]
+        nll, _ = tv.t5.token_nll(params, cfg, x, jnp.where(mask > 0, batch["labels"], 0))
+        return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1)
+    return loss
+
+
+def make_train_step(loss_fn: Callable, optimizer) -> Callable:
+    """One jitted step: ``loss_fn(params, batch, key)`` (forward with dropout + cross-entropy), backward,
+    optimizer update (state donated)."""
     def step(params, opt_state, batch, key):
         loss, grads = jax.value_and_grad(loss_fn)(params, batch, key)
         updates, opt_state = optimizer.update(grads, opt_state, params)

@@ -39,13 +39,11 @@ def main() -> None:
     baseline = status_mb("VmRSS")
     if args.impl == "ours":
         params = tv.t5.init(cfg, jax.random.key(0))
-        step = harness.make_train_step(
-            lambda p, b, k: tv.t5.apply(p, cfg, b["input_ids"], b["attention_mask"], b["decoder_input_ids"],
-                                        b["decoder_attention_mask"], dropout_key=k), optax.adamw(1e-4))
+        step = harness.make_train_step(harness.t5vae_loss(cfg), optax.adamw(1e-4))
     else:
         model = reference.load_flax_t5()(reference.hf_config(cfg), seed=0)
         params = model.params
-        step = harness.make_train_step(reference.train_loss_fn(model), optax.adamw(1e-4))
+        step = harness.make_train_step(harness.logits_loss(reference.train_loss_fn(model)), optax.adamw(1e-4))
     opt_state = optax.adamw(1e-4).init(params)
     batch = harness.random_batch(cfg.vocab_size, args.batch, args.length)
     for i in range(args.steps):
