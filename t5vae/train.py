@@ -171,6 +171,35 @@ def _check_same_config(run_dir: Path, cfg: Config, tc: TrainConfig) -> None:
                          f"(use another --out, or --overwrite to start over):\n  " + "\n  ".join(diffs))
 
 
+class TensorBoard:
+    """Scalars as TensorBoard event files in ``run_dir/tensorboard`` when the ``tensorboard`` package is
+    installed (its own event writer: no TensorFlow needed); :meth:`open` returns None otherwise."""
+
+    def __init__(self, logdir: Path):
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        self._writer = EventFileWriter(str(logdir))
+
+    @classmethod
+    def open(cls, run_dir: Path) -> "TensorBoard | None":
+        import importlib.util
+
+        return cls(run_dir / "tensorboard") if importlib.util.find_spec("tensorboard") else None
+
+    def write(self, step: int, metrics: dict) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        values = [Summary.Value(tag=f"train/{k}", simple_value=float(v)) for k, v in metrics.items()]
+        self._writer.add_event(Event(wall_time=time.time(), step=step, summary=Summary(value=values)))
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
 def _is_finite(metrics: dict) -> bool:
     return all(math.isfinite(float(v)) for v in metrics.values())
 
@@ -214,6 +243,7 @@ def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: dat
         return max(step, int(tc.steps * (time.time() - t0) / (60 * tc.max_minutes)))
 
     metrics_file = open(run_dir / "metrics.jsonl", "a")
+    tensorboard = TensorBoard.open(run_dir) if chief else None
     try:
         while step < tc.steps:
             if tc.max_minutes is not None and time.time() - t0 > 60 * tc.max_minutes:
@@ -235,8 +265,12 @@ def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: dat
             state, step, last = new_state, step + 1, metrics
             if chief:
                 metrics_file.write(json.dumps({"step": step, "time": round(time.time() - t0, 3), **metrics}) + "\n")
+                if tensorboard is not None:
+                    tensorboard.write(step, metrics)
             if step % tc.log_every == 0 or step == tc.steps:
                 metrics_file.flush()
+                if tensorboard is not None:
+                    tensorboard.flush()
                 if bar is not None:
                     bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("loss", "ce", "mmd", "w", "token_acc", "seq_acc")},
                                     refresh=False)
@@ -249,6 +283,8 @@ def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: dat
         mngr.wait_until_finished()
     finally:
         metrics_file.close()
+        if tensorboard is not None:
+            tensorboard.close()
         if bar is not None:
             bar.close()
         mngr.close()

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import t5vae as tv
+from conftest import require
 from t5vae import checkpoint, cli, data, train
 
 TINY_FLAGS = ["--t5-d-model", "32", "--t5-d-kv", "8", "--t5-d-ff", "64", "--t5-num-layers", "1",
@@ -62,6 +63,19 @@ def test_cli_train_writes_a_complete_run_directory(run):
     assert results["n_truncated"] + 0 >= 0 and 0.0 <= results["recon_token_acc"] <= 1.0
     assert len(results["example"]) == 11
     assert "| greedy reconstruction token accuracy |" in (out / "eval.md").read_text()
+
+
+def test_metrics_also_go_to_tensorboard(run):
+    require("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run["out"] / "tensorboard"))
+    acc.Reload()
+    rows = [json.loads(l) for l in (run["out"] / "metrics.jsonl").read_text().splitlines()]
+    events = acc.Scalars("train/loss")
+    assert [e.step for e in events] == [r["step"] for r in rows]
+    np.testing.assert_allclose([e.value for e in events], [r["loss"] for r in rows], rtol=1e-6)
+    assert {"train/ce", "train/mmd", "train/w", "train/token_acc", "train/seq_acc"} <= set(acc.Tags()["scalars"])
 
 
 def test_load_gives_a_text_level_model(run):
