@@ -63,7 +63,7 @@ def _rng(seed) -> np.random.Generator:
     return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
 
-def sample_prior(kind: str, n: int, cfg: Config, seed=0, aggregate: "FittedGaussian | None" = None) -> np.ndarray:
+def sample_prior(kind: str, n: int, cfg: Config, seed=0, aggregate: FittedGaussian | None = None) -> np.ndarray:
     """``n`` codes [n, N, Z] from a prior, clipped into (-CLIP, CLIP).
 
     "gaussian": N(0, I), the distribution the MMD loss pulls the codes toward (about 32 % of its
@@ -119,7 +119,7 @@ class FittedGaussian:
     fingerprint: str = ""
 
     @classmethod
-    def fit(cls, codes, ridge: float = 1e-3, fingerprint: str = "") -> "FittedGaussian":
+    def fit(cls, codes, ridge: float = 1e-3, fingerprint: str = "") -> FittedGaussian:
         """Fit to codes [n, N, Z] (n >= 2); ``ridge`` times the mean variance is added to the diagonal."""
         codes = np.asarray(codes, np.float64)
         if codes.ndim != 3 or len(codes) < 2:
@@ -151,7 +151,7 @@ class FittedGaussian:
             raise
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "FittedGaussian":
+    def load(cls, path: str | os.PathLike) -> FittedGaussian:
         try:
             with np.load(path, allow_pickle=False) as f:
                 g = cls(f["mean"], f["cov"], tuple(int(s) for s in f["shape"]), int(f["n_codes"]), str(f["fingerprint"]))

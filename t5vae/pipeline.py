@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -221,7 +221,7 @@ def load(path: str | os.PathLike) -> Model:
         abstract = jax.eval_shape(lambda: train.init_state(cfg, tc, model.init(cfg, jax.random.key(0))))
         mngr = checkpoint.checkpoint_manager(path, tc.keep_checkpoints)
         try:
-            step, state = checkpoint.restore_train_state(mngr, abstract)
+            _, state = checkpoint.restore_train_state(mngr, abstract)
         finally:
             mngr.close()
         if state is None:

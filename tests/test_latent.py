@@ -135,14 +135,18 @@ def test_priors_shapes_ranges_and_statistics(cfg):
             latent.sample_prior("tanh", n, cfg)
 
 
-def test_fitted_gaussian_recovers_mean_and_covariance(cfg, tmp_path):
+def rel(x, y):
+    """Relative Frobenius distance of x from y."""
+    return np.linalg.norm(x - y) / np.linalg.norm(y)
+
+
+def test_fitted_gaussian_recovers_mean_and_covariance(cfg):
     rng = np.random.default_rng(0)
     mix = rng.standard_normal((24, 24)) * 0.05
     mean = rng.uniform(-0.3, 0.3, 24)
     codes = (mean + rng.standard_normal((20000, 24)) @ mix.T).reshape(-1, 3, 8)
     g = tv.FittedGaussian.fit(codes, ridge=0.0, fingerprint="abc")
     assert g.shape == (3, 8) and g.n_codes == 20000
-    rel = lambda x, y: np.linalg.norm(x - y) / np.linalg.norm(y)  # noqa: E731
     np.testing.assert_allclose(g.mean, mean, atol=0.01)
     assert rel(g.cov, mix @ mix.T) < 0.03
     s = g.sample(20000, seed=1).reshape(20000, -1)
