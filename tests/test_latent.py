@@ -310,6 +310,21 @@ def test_aggregate_needs_training_lines(m, cfg, tok, tmp_path):
         nowhere.aggregate_posterior()
 
 
+def test_aggregate_in_a_read_only_run_is_kept_in_memory(m, cfg, tok, tmp_path, monkeypatch):
+    (tmp_path / "corpus.txt").write_text("\n".join(LINES) + "\n")
+    (tmp_path / "train_config.json").write_text(json.dumps({"corpus": str(tmp_path / "corpus.txt")}))
+
+    def read_only(self, path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(tv.FittedGaussian, "save", read_only)
+    ro = tv.Model(cfg, m.params, tok, str(tmp_path))
+    with pytest.warns(UserWarning, match="could not write .*aggregate_posterior.npz.*in memory only"):
+        g = ro.aggregate_posterior()
+    assert not (tmp_path / latent.AGGREGATE_FILE).exists()
+    assert ro.aggregate_posterior() is g  # no second fit, no second warning
+
+
 # -- the CLI tables ------------------------------------------------------------------------------------
 
 def _cli(argv):
