@@ -154,20 +154,13 @@ def read_text_lines(paths: Sequence[str | os.PathLike]) -> list[str]:
     return lines
 
 
-def tfds_lines(name: str, split: str, field: str = "text", limit: int | None = None) -> list[str]:
-    """Lines from a TFDS catalog dataset already prepared on this machine, read TF-free via
-    ``tfds.data_source`` (array_record); ``field`` names the text feature."""
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError:
-        raise ImportError("named TFDS datasets need `pip install tensorflow-datasets array_record`") from None
-    src = tfds.data_source(name, split=split)
-    n = len(src) if limit is None else min(limit, len(src))
-    out = []
-    for i in range(n):
-        v = src[i][field]
-        out.append(v.decode("utf-8") if isinstance(v, bytes) else str(v))
-    return out
+def tfds_lines(name: str, split: str, field: str = "text", limit: int | None = None,
+               data_dir: str | None = None) -> list[str]:
+    """Lines of a TFDS dataset read TF-free via ``as_data_source`` (array_record): ``python_statements`` (built
+    on first use) or a catalog dataset already prepared in ``data_dir``; ``field`` names the text feature."""
+    from . import tfds_data  # raises an ImportError naming the pip install when tensorflow-datasets is missing
+
+    return tfds_data.read_split(tfds_data.get_builder(name, data_dir), split, field, limit)
 
 
 @dataclasses.dataclass
@@ -194,14 +187,18 @@ class Corpus:
 
 def load_corpus(spec: str | None = None, validation_percent: float = 2.0, min_chars: int = 10,
                 max_chars: int = 40) -> Corpus:
-    """``None``/"stdlib": the embedded corpus; "tfds:NAME[:FIELD]": a TFDS catalog dataset (train/validation
-    splits as published); otherwise a comma-separated list of text files."""
+    """``None``/"stdlib": the embedded corpus; "tfds:NAME[/CONFIG][:VERSION][:FIELD]": a TFDS dataset read
+    TF-free (``tfds:python_statements`` is the embedded corpus as a TFDS builder, the same split; a catalog
+    dataset must be prepared as array_record in ``$TFDS_DATA_DIR``, see ``tfds_data``); otherwise a
+    comma-separated list of text files."""
     if spec in (None, "", "stdlib"):
         return Corpus.from_lines(stdlib_lines(min_chars, max_chars), "stdlib", validation_percent)
     if spec.startswith("tfds:"):
-        name, _, field = spec[5:].partition(":")
-        field = field or "text"
-        return Corpus(tfds_lines(name, "train", field), tfds_lines(name, "validation", field), spec)
+        from . import tfds_data  # raises an ImportError naming the pip install when tensorflow-datasets is missing
+
+        name, field = tfds_data.parse_spec(spec)
+        return tfds_data.load_tfds_corpus(name, field=field, validation_percent=validation_percent,
+                                          min_chars=min_chars, max_chars=max_chars)
     return Corpus.from_lines(read_text_lines(spec.split(",")), spec, validation_percent)
 
 
