@@ -15,32 +15,60 @@ import jax.numpy as jnp
 
 from t5vae import layers
 from t5vae.config import T5Config
-from t5vae.t5 import logits_from_hidden
 
 METHODS = ("greedy", "sample", "beam")
 
 
-def prepare(params: dict, cfg: T5Config, enc_BSD: jax.Array) -> list[dict]:
-    """Per-layer decoding weights, once per call: 2-D matrices in the compute dtype, and the cross-attention
-    keys/values [B, H, S, K] of the encoder states.
+def prepare(params: dict, cfg: T5Config, enc_BSD: jax.Array) -> dict:
+    """Decoding weights, once per call: per layer 2-D matrices in the compute dtype stored output-major
+    ([out, in], so each step computes ``W @ h.T``), the cross-attention keys/values [B, H, S, K] of the
+    encoder states, and the LM head as [V, D].
 
     Inside the loop every operand is then used as it lies: slicing a stacked [L, ...] weight in a ``scan``
-    copies it on every step, which doubles the memory traffic of a memory-bound decode.
+    copies it on every step, which doubles the memory traffic of a memory-bound decode. And with a few
+    rows, ``W[out, in] @ h.T`` streams the weights 1.3-4x faster on XLA's CPU backend than ``h @ W[in, out]``
+    (t5-small shapes, batch 8; benchmarks/NOTES.md).
     """
     D, H, K, dt = cfg.d_model, cfg.num_heads, cfg.d_kv, cfg.dtype
     stack = params["decoder"]["layers"]
     enc = enc_BSD.astype(dt)
-    out = []
+    t = lambda w_IO: w_IO.T  # noqa: E731  [in, out] -> output-major [out, in]
+    layers_out = []
     for i in range(cfg.num_decoder_layers):
         lp = jax.tree.map(lambda a: a[i].astype(dt), stack)
-        sa, ca = lp["self_attn"], lp["cross_attn"]
+        sa, ca, mlp = lp["self_attn"], lp["cross_attn"], lp["mlp"]
         ck, cv = (jnp.einsum("BSD,DHK->BHSK", enc, ca[n]) for n in ("k", "v"))
-        out.append({
+        wi = [mlp["wi"]] if "wi" in mlp else [mlp["wi_0"], mlp["wi_1"]]
+        layers_out.append({
             "self_norm": lp["self_attn_norm"], "cross_norm": lp["cross_attn_norm"], "mlp_norm": lp["mlp_norm"],
-            "qkv": jnp.concatenate([sa[n].reshape(D, H * K) for n in ("q", "k", "v")], axis=1),
-            "o": sa["o"].reshape(H * K, D), "cross_q": ca["q"].reshape(D, H * K), "cross_o": ca["o"].reshape(H * K, D),
-            "cross_k": ck, "cross_v": cv, "mlp": lp["mlp"]})
-    return out
+            "qkv": t(jnp.concatenate([sa[n].reshape(D, H * K) for n in ("q", "k", "v")], axis=1)),
+            "o": t(sa["o"].reshape(H * K, D)), "cross_q": t(ca["q"].reshape(D, H * K)),
+            "cross_o": t(ca["o"].reshape(H * K, D)), "cross_k": ck, "cross_v": cv,
+            "wi": t(jnp.concatenate(wi, axis=1)), "wo": t(mlp["wo"])})
+    if cfg.tie_word_embeddings:  # v1.0: the embedding [V, D] is already output-major; fold in d_model**-0.5
+        head, head_scale = params["shared"]["embedding"].astype(dt), cfg.d_model ** -0.5
+    else:
+        head, head_scale = t(params["lm_head"].astype(dt)), 1.0
+    return {"layers": layers_out, "head": head, "head_scale": head_scale}
+
+
+def _mv(h_BI: jax.Array, w_OI: jax.Array) -> jax.Array:
+    """``h @ w.T`` for a few rows h [B, in] and an output-major weight [out, in] -> [B, out].
+
+    Computed as ``w @ h.T`` -> [out, B]; the barrier stops XLA from folding the final (tiny) transpose into
+    the dot, which would turn it back into the slow ``h @ w.T`` form."""
+    return jax.lax.optimization_barrier(w_OI @ h_BI.T).T
+
+
+def _mlp_one(lp: dict, h_BD: jax.Array, activation: str) -> jax.Array:
+    """The T5 feed-forward for single positions with output-major weights (wi_0|wi_1 fused when gated)."""
+    a = _mv(h_BD, lp["wi"])
+    if lp["wi"].shape[0] == 2 * lp["wo"].shape[1]:  # gated: [wi_0 x | wi_1 x]
+        a0, a1 = jnp.split(a, 2, axis=1)
+        a = layers._ACT[activation](a0) * a1
+    else:
+        a = layers._ACT[activation](a)
+    return _mv(a, lp["wo"])
 
 
 def init_cache(cfg: T5Config, batch: int, length: int) -> list:
@@ -61,7 +89,7 @@ def _attend_one(q_BHK, k_BHSK, v_BHSK, bias_1HS, mask_B1S):
     return out.reshape(out.shape[0], -1)
 
 
-def decode_step(params: dict, cfg: T5Config, prepared: list, tok_B: jax.Array, t: jax.Array, cache: list,
+def decode_step(params: dict, cfg: T5Config, prepared: dict, tok_B: jax.Array, t: jax.Array, cache: list,
                 cross_mask_B1S: jax.Array | None):
     """One decoder position: token ids [B] at position ``t`` -> (float32 logits [B, V], updated cache)."""
     B, H, K, eps = tok_B.shape[0], cfg.num_heads, cfg.d_kv, cfg.layer_norm_epsilon
@@ -71,20 +99,21 @@ def decode_step(params: dict, cfg: T5Config, prepared: list, tok_B: jax.Array, t
                                     cfg.relative_attention_max_distance, q_offset=t)[:, :, 0, :]
     self_mask_11T = (jnp.arange(T) <= t)[None, None, :]
     new_cache = []
-    for lp, (ck, cv) in zip(prepared, cache):
+    for lp, (ck, cv) in zip(prepared["layers"], cache):
         h = layers.rms_norm(x, lp["self_norm"], eps)
-        q, k, v = jnp.split((h @ lp["qkv"]).reshape(B, 3 * H, K), 3, axis=1)
+        q, k, v = jnp.split(_mv(h, lp["qkv"]).reshape(B, 3 * H, K), 3, axis=1)
         ck = jax.lax.dynamic_update_slice_in_dim(ck, k[:, :, None, :], t, axis=2)
         cv = jax.lax.dynamic_update_slice_in_dim(cv, v[:, :, None, :], t, axis=2)
         new_cache.append((ck, cv))
-        x = x + _attend_one(q, ck, cv, bias_1HT, self_mask_11T) @ lp["o"]
+        x = x + _mv(_attend_one(q, ck, cv, bias_1HT, self_mask_11T), lp["o"])
         h = layers.rms_norm(x, lp["cross_norm"], eps)
-        q = (h @ lp["cross_q"]).reshape(B, H, K)
-        x = x + _attend_one(q, lp["cross_k"], lp["cross_v"], None, cross_mask_B1S) @ lp["cross_o"]
+        q = _mv(h, lp["cross_q"]).reshape(B, H, K)
+        x = x + _mv(_attend_one(q, lp["cross_k"], lp["cross_v"], None, cross_mask_B1S), lp["cross_o"])
         h = layers.rms_norm(x, lp["mlp_norm"], eps)
-        x = x + layers.mlp(lp["mlp"], h[:, None, :], cfg.activation)[:, 0]
+        x = x + _mlp_one(lp, h, cfg.activation)
     x = layers.rms_norm(x, params["decoder"]["final_norm"], eps)
-    return logits_from_hidden(params, cfg, x[:, None, :])[:, 0], new_cache
+    logits_VB = jnp.dot(prepared["head"], (x * prepared["head_scale"]).T, preferred_element_type=jnp.float32)
+    return jax.lax.optimization_barrier(logits_VB).T, new_cache
 
 
 def _filter_logits(logits_BV: jax.Array, temperature, top_k: int, top_p) -> jax.Array:
