@@ -200,6 +200,31 @@ class TensorBoard:
         self._writer.close()
 
 
+def _metric_rows(path: Path, upto: int) -> list[dict]:
+    """The rows of metrics.jsonl with step <= ``upto`` (a line cut short by a crash is skipped)."""
+    rows = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("step", upto + 1) <= upto:
+            rows.append(row)
+    return rows
+
+
+def _resume_metrics(path: Path, step: int, write: bool) -> float:
+    """The training time recorded at the restored ``step`` (so a resumed run's time budget continues rather
+    than starting over); with ``write``, rows past it are dropped (those steps run again). The file is
+    replaced atomically, so a process reading it meanwhile sees the same rows up to ``step`` either way."""
+    rows = _metric_rows(path, step)
+    if write and path.is_file():
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, path)
+    return float(rows[-1].get("time", 0.0)) if rows else 0.0
+
+
 def _is_finite(metrics: dict) -> bool:
     return all(math.isfinite(float(v)) for v in metrics.values())
 
@@ -234,7 +259,10 @@ def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: dat
         from tqdm.auto import tqdm
 
         bar = tqdm(total=tc.steps, initial=step, desc="train", dynamic_ncols=True)
-    t0, last = time.time(), {}
+    elapsed = _resume_metrics(run_dir / "metrics.jsonl", step, write=chief) if restored is not None else 0.0
+    if elapsed:
+        log(f"{elapsed / 60:.1f} min of training time already used before the resume")
+    t0, last = time.time() - elapsed, {}
 
     def progress(step: int) -> int:
         """The schedule's position: the step, or further along when the time budget is being used faster."""

@@ -99,8 +99,10 @@ def test_resume_continues_and_a_changed_config_is_refused(run, capsys):
     argv = [a if a != "6" else "8" for a in run["argv"]]  # --steps 8
     assert cli.main(argv) == 0
     assert "resumed from" in capsys.readouterr().out
-    steps = [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 9))
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    times = [r["time"] for r in rows]
+    assert times == sorted(times)  # the time budget continues across the resume instead of restarting
     before = sorted(p.name for p in (out / "checkpoints").iterdir())
     bad = argv + ["--pooling", "first"]
     assert cli.main(bad) == 1
@@ -195,6 +197,11 @@ def test_kill_9_mid_run_loses_at_most_one_interval(run, tmp_path):
         mngr, jax.eval_shape(lambda: train.init_state(cfg, tc, tv.init(cfg, jax.random.key(0)))))
     mngr.close()
     assert step is not None and done - step <= 5 + 10  # one interval (+ unflushed metric lines)
+    # resuming drops the metric rows of the lost steps (they run again) and continues the clock
+    assert cli.main([a if a != "100000" else str(step + 2) for a in argv]) == 0
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, step + 3))
+    assert [r["time"] for r in rows] == sorted(r["time"] for r in rows)
 
 
 @pytest.mark.slow
