@@ -28,7 +28,7 @@ RESUMABLE = ("steps", "checkpoint_every", "keep_checkpoints", "log_every", "prog
 class TrainConfig:
     """Everything about a training run that is not the model (see :class:`t5vae.Config`)."""
 
-    steps: int = 4000
+    steps: int = 20000
     batch_size: int = 64
     optimizer: str = "adamw"         # or "adafactor" (T5's); AdamW measured far better here (see the issue note)
     learning_rate: float = 2e-3
@@ -47,7 +47,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     progress: bool = True
-    max_minutes: float | None = 15.0  # training time budget: the lr schedule follows max(step/steps, time
+    max_minutes: float | None = 18.0  # training time budget: the lr schedule follows max(step/steps, time
                                       # used/budget) and training stops (checkpointed) when it is spent
     eval_pairs: int = 100
     eval_batch_size: int = 128
