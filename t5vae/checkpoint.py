@@ -49,6 +49,20 @@ def atomic_directory(out: str | os.PathLike, overwrite: bool = False):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "wb"):
+    """Yield a file opened in ``mode`` that replaces ``path`` (``os.replace``) only if the block finishes
+    without error; otherwise the temporary file is removed and ``path`` is untouched."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 def _swap_into_place(tmp: Path, out: Path) -> None:
     """Rename a finished ``tmp`` to ``out``; an existing ``out`` is moved aside first and deleted last."""
     if out.exists():

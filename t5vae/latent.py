@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 import zipfile
 import zlib
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -141,16 +139,11 @@ class FittedGaussian:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write an .npz atomically: a temporary file in the same directory, then ``os.replace``."""
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, mean=self.mean, cov=self.cov, shape=np.asarray(self.shape), n_codes=self.n_codes,
-                         fingerprint=np.asarray(self.fingerprint))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        from t5vae.checkpoint import atomic_file
+
+        with atomic_file(path, "wb") as f:
+            np.savez(f, mean=self.mean, cov=self.cov, shape=np.asarray(self.shape), n_codes=self.n_codes,
+                     fingerprint=np.asarray(self.fingerprint))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FittedGaussian:
