@@ -73,10 +73,8 @@ def t5vae_loss(cfg) -> Callable:
     import t5vae as tv
 
     def loss(params, batch, key):
-        k_enc, k_dec = jax.random.split(key)
-        h = tv.t5.encode(params, cfg, batch["input_ids"], batch["attention_mask"], dropout_key=k_enc)
-        x = tv.t5.decoder_hidden(params, cfg, batch["decoder_input_ids"], h, batch["attention_mask"],
-                                 batch["decoder_attention_mask"], dropout_key=k_dec)
+        x = tv.t5.apply_hidden(params, cfg, batch["input_ids"], batch["attention_mask"], batch["decoder_input_ids"],
+                               batch["decoder_attention_mask"], dropout_key=key)
         mask = batch["decoder_attention_mask"]
         nll, _ = tv.t5.token_nll(params, cfg, x, jnp.where(mask > 0, batch["labels"], 0))
         return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1)

@@ -60,15 +60,11 @@ def _mv(h_BI: jax.Array, w_OI: jax.Array) -> jax.Array:
     return jax.lax.optimization_barrier(w_OI @ h_BI.T).T
 
 
-def _mlp_one(lp: dict, h_BD: jax.Array, activation: str) -> jax.Array:
+def _mlp_one(lp: dict, cfg: T5Config, h_BD: jax.Array) -> jax.Array:
     """The T5 feed-forward for single positions with output-major weights (wi_0|wi_1 fused when gated)."""
     a = _mv(h_BD, lp["wi"])
-    if lp["wi"].shape[0] == 2 * lp["wo"].shape[1]:  # gated: [wi_0 x | wi_1 x]
-        a0, a1 = jnp.split(a, 2, axis=1)
-        a = layers._ACT[activation](a0) * a1
-    else:
-        a = layers._ACT[activation](a)
-    return _mv(a, lp["wo"])
+    a, b = jnp.split(a, 2, axis=1) if cfg.is_gated else (a, None)
+    return _mv(layers._mlp_hidden(cfg.activation, 0.0, a, b, None), lp["wo"])
 
 
 def init_cache(cfg: T5Config, batch: int, length: int) -> list:
@@ -110,7 +106,7 @@ def decode_step(params: dict, cfg: T5Config, prepared: dict, tok_B: jax.Array, t
         q = _mv(h, lp["cross_q"]).reshape(B, H, K)
         x = x + _mv(_attend_one(q, lp["cross_k"], lp["cross_v"], None, cross_mask_B1S), lp["cross_o"])
         h = layers.rms_norm(x, lp["mlp_norm"], eps)
-        x = x + _mlp_one(lp, h, cfg.activation)
+        x = x + _mlp_one(lp, cfg, h)
     x = layers.rms_norm(x, params["decoder"]["final_norm"], eps)
     logits_VB = jnp.dot(prepared["head"], (x * prepared["head_scale"]).T, preferred_element_type=jnp.float32)
     return jax.lax.optimization_barrier(logits_VB).T, new_cache

@@ -165,9 +165,7 @@ def _mlp_hidden(activation: str, rate: float, a_NF, b_NF, bits_NF):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _mlp_2d(activation: str, rate: float, x_ND, wi_DF, wi1_DF, wo_FD, bits_NF):
-    a = x_ND @ wi_DF
-    b = None if wi1_DF is None else x_ND @ wi1_DF
-    return _mlp_hidden(activation, rate, a, b, bits_NF) @ wo_FD
+    return _mlp_2d_fwd(activation, rate, x_ND, wi_DF, wi1_DF, wo_FD, bits_NF)[0]
 
 
 def _mlp_2d_fwd(activation, rate, x_ND, wi_DF, wi1_DF, wo_FD, bits_NF):

@@ -222,13 +222,22 @@ def decode(params: dict, cfg: T5Config, decoder_input_ids: jax.Array, encoder_st
     return logits_from_hidden(params, cfg, x)
 
 
+def apply_hidden(params: dict, cfg: T5Config, input_ids: jax.Array, attention_mask: jax.Array | None,
+                 decoder_input_ids: jax.Array, decoder_attention_mask: jax.Array | None = None, *,
+                 dropout_key: jax.Array | None = None) -> jax.Array:
+    """Encoder + decoder: decoder hidden states [B, T, D] (for :func:`token_nll` or :func:`logits_from_hidden`)."""
+    k_enc, k_dec = (None, None) if dropout_key is None else jax.random.split(dropout_key)
+    h = encode(params, cfg, input_ids, attention_mask, dropout_key=k_enc)
+    return decoder_hidden(params, cfg, decoder_input_ids, h, attention_mask, decoder_attention_mask,
+                          dropout_key=k_dec)
+
+
 def apply(params: dict, cfg: T5Config, input_ids: jax.Array, attention_mask: jax.Array | None,
           decoder_input_ids: jax.Array, decoder_attention_mask: jax.Array | None = None, *,
           dropout_key: jax.Array | None = None) -> jax.Array:
     """Encoder + decoder: logits [B, T, V]."""
-    k_enc, k_dec = (None, None) if dropout_key is None else jax.random.split(dropout_key)
-    h = encode(params, cfg, input_ids, attention_mask, dropout_key=k_enc)
-    return decode(params, cfg, decoder_input_ids, h, attention_mask, decoder_attention_mask, dropout_key=k_dec)
+    return logits_from_hidden(params, cfg, apply_hidden(params, cfg, input_ids, attention_mask, decoder_input_ids,
+                                                        decoder_attention_mask, dropout_key=dropout_key))
 
 
 def shift_right(labels: jax.Array, cfg: T5Config) -> jax.Array:

@@ -176,9 +176,11 @@ class TensorBoard:
     installed (its own event writer: no TensorFlow needed); :meth:`open` returns None otherwise."""
 
     def __init__(self, logdir: Path):
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.summary_pb2 import Summary
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-        self._writer = EventFileWriter(str(logdir))
+        self._writer, self._event, self._summary = EventFileWriter(str(logdir)), Event, Summary
 
     @classmethod
     def open(cls, run_dir: Path) -> "TensorBoard | None":
@@ -187,11 +189,8 @@ class TensorBoard:
         return cls(run_dir / "tensorboard") if importlib.util.find_spec("tensorboard") else None
 
     def write(self, step: int, metrics: dict) -> None:
-        from tensorboard.compat.proto.event_pb2 import Event
-        from tensorboard.compat.proto.summary_pb2 import Summary
-
-        values = [Summary.Value(tag=f"train/{k}", simple_value=float(v)) for k, v in metrics.items()]
-        self._writer.add_event(Event(wall_time=time.time(), step=step, summary=Summary(value=values)))
+        values = [self._summary.Value(tag=f"train/{k}", simple_value=float(v)) for k, v in metrics.items()]
+        self._writer.add_event(self._event(wall_time=time.time(), step=step, summary=self._summary(value=values)))
 
     def flush(self) -> None:
         self._writer.flush()
@@ -200,28 +199,23 @@ class TensorBoard:
         self._writer.close()
 
 
-def _metric_rows(path: Path, upto: int) -> list[dict]:
-    """The rows of metrics.jsonl with step <= ``upto`` (a line cut short by a crash is skipped)."""
-    rows = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if row.get("step", upto + 1) <= upto:
-            rows.append(row)
-    return rows
-
-
 def _resume_metrics(path: Path, step: int, write: bool) -> float:
     """The training time recorded at the restored ``step`` (so a resumed run's time budget continues rather
     than starting over); with ``write``, rows past it are dropped (those steps run again). The file is
     replaced atomically, so a process reading it meanwhile sees the same rows up to ``step`` either way."""
-    rows = _metric_rows(path, step)
-    if write and path.is_file():
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        os.replace(tmp, path)
+    if not path.is_file():
+        return 0.0
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a crash
+            continue
+        if row.get("step", step + 1) <= step:
+            rows.append(row)
+    if write:
+        with checkpoint.atomic_file(path, "w") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in rows))
     return float(rows[-1].get("time", 0.0)) if rows else 0.0
 
 
