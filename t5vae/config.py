@@ -158,6 +158,9 @@ class Config:
     "attention" (N learned queries). MMD uses the RBF kernel ``exp(-||x - y||^2 / mmd_bandwidth)``;
     ``mmd_bandwidth=None`` means ``latent_size**2``, as in the original T5-VAE-Flax. The MMD weight is
     ``sigmoid(mmd_k * step - mmd_b)``; ``max_length`` bounds tokenized lines (EOS included).
+    ``latent_noise`` is the standard deviation of Gaussian noise added, in training only, to the codes the
+    decoder reconstructs from (the MMD sees the clean codes): the decoder must then decode a neighbourhood
+    of each code, not a point, which is what makes the space between codes decodable.
     """
 
     t5: T5Config = DEFAULT_T5
@@ -168,6 +171,7 @@ class Config:
     mmd_unbiased: bool = False
     mmd_k: float = 0.0025
     mmd_b: float = 6.25
+    latent_noise: float = 0.0
     max_length: int = 48
 
     def __post_init__(self):
@@ -179,6 +183,8 @@ class Config:
                 raise ValueError(f"Config.{name} must be a positive int, got {value!r}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"Config.pooling must be one of {list(POOLINGS)}, got {self.pooling!r}")
+        if not (isinstance(self.latent_noise, (int, float)) and 0.0 <= self.latent_noise < float("inf")):
+            raise ValueError(f"Config.latent_noise must be a finite number >= 0, got {self.latent_noise!r}")
         if self.mmd_bandwidth is not None and not self.mmd_bandwidth > 0:
             raise ValueError(f"Config.mmd_bandwidth must be positive (or None), got {self.mmd_bandwidth!r}")
 

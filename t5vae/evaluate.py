@@ -55,7 +55,7 @@ def parses(s: str) -> bool:
 
 
 def evaluate(params, cfg: Config, tok: data.Tokenizer, lines: Sequence[str], *, pairs: int = 100,
-             batch_size: int = 128, seed: int = 0, steps: int = 9) -> dict:
+             batch_size: int = 128, seed: int = 0, steps: int = 9, kind: str = "slerp") -> dict:
     """All held-out metrics as a flat dict (see the module docstring); ``examples`` holds one interpolation."""
     enc = data.encode_lines(tok, lines, cfg.max_length)
     z = encode_lines(params, cfg, enc, batch_size)
@@ -75,16 +75,17 @@ def evaluate(params, cfg: Config, tok: data.Tokenizer, lines: Sequence[str], *, 
     results = {"n_lines": len(lines), "n_truncated": enc.n_truncated,
                "recon_token_acc": n_ok / max(n_tok, 1), "recon_exact_match": n_exact / max(len(lines), 1),
                "heldout_mmd": held_mmd, "active_units": int(np.sum(unit_var > 0.01)), "latent_units": unit_var.size}
-    results.update(interpolation_quality(params, cfg, tok, lines, z, pairs, batch_size, rng, steps))
+    results.update(interpolation_quality(params, cfg, tok, lines, z, pairs, batch_size, rng, steps, kind))
     return results
 
 
-def interpolation_quality(params, cfg: Config, tok, lines, z, pairs, batch_size, rng, steps=9) -> dict:
-    """For ``pairs`` random pairs of distinct lines: decode ``steps`` interior slerp points of their codes."""
+def interpolation_quality(params, cfg: Config, tok, lines, z, pairs, batch_size, rng, steps=9, kind="slerp") -> dict:
+    """For ``pairs`` random pairs of distinct lines: decode ``steps`` interior points of their codes' path
+    (``kind`` as in :func:`t5vae.interpolate`)."""
     if len(lines) < 2 or pairs <= 0:
         return {"interp_pairs": 0}
     idx = np.stack([rng.choice(len(lines), 2, replace=False) for _ in range(pairs)])
-    paths = np.stack([np.asarray(model.interpolate(z[a], z[b], steps + 2, "slerp"))[1:-1] for a, b in idx])
+    paths = np.stack([np.asarray(model.interpolate(z[a], z[b], steps + 2, kind))[1:-1] for a, b in idx])
     texts = [tok.decode(t) for t in decode_codes(params, cfg, paths.reshape((-1,) + z.shape[1:]), batch_size)]
     texts = np.array(texts, dtype=object).reshape(pairs, steps)
     valid = np.vectorize(parses, otypes=[bool])(texts)

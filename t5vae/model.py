@@ -64,7 +64,8 @@ def loss(params: dict, cfg: Config, batch: dict, key: jax.Array | None, step, *,
          deterministic: bool = False) -> tuple[jax.Array, dict]:
     """``CE + w(step) * MMD`` and metrics {loss, ce, mmd, w, token_acc, seq_acc} (all scalars).
 
-    ``key`` drives dropout and the prior samples; ``deterministic=True`` (or key None) turns dropout off.
+    ``key`` drives dropout, the latent noise (``cfg.latent_noise``) and the prior samples;
+    ``deterministic=True`` (or key None) turns dropout and latent noise off.
     """
     ids, mask = batch["input_ids"], batch.get("attention_mask")
     if mask is None:
@@ -73,11 +74,14 @@ def loss(params: dict, cfg: Config, batch: dict, key: jax.Array | None, step, *,
     valid = (labels != -100) & (labels != cfg.t5.pad_token_id) if "labels" in batch else labels != -100
     if key is None:
         key, deterministic = jax.random.key(0), True
-    k_enc, k_dec, k_mmd = jax.random.split(key, 3)
+    k_enc, k_dec, k_mmd, k_noise = jax.random.split(key, 4)
     if deterministic:
         k_enc = k_dec = None
     z = encode(params, cfg, ids, mask, dropout_key=k_enc)
-    x = t5.decoder_hidden(params["t5"], cfg.t5, t5.shift_right(labels, cfg.t5), latent_states(params, cfg, z),
+    z_dec = z
+    if cfg.latent_noise > 0 and not deterministic:
+        z_dec = z + cfg.latent_noise * jax.random.normal(k_noise, z.shape, z.dtype)
+    x = t5.decoder_hidden(params["t5"], cfg.t5, t5.shift_right(labels, cfg.t5), latent_states(params, cfg, z_dec),
                           dropout_key=k_dec)
     safe = jnp.where(valid, labels, 0)
     nll, pred = t5.token_nll(params["t5"], cfg.t5, x, safe)

@@ -88,6 +88,24 @@ def test_dropout_changes_loss_only_when_training(params):
     assert float(f(jax.random.key(1), False)) != float(f(jax.random.key(2), False))
 
 
+def test_latent_noise_perturbs_the_decoded_code_only_in_training(params):
+    cfg = CFG.replace(latent_noise=0.5, t5=CFG.t5.replace(dropout_rate=0.0))  # the noise alone
+    f = jax.jit(lambda k, det: tv.loss(params, cfg, BATCH, k, 0, deterministic=det)[1], static_argnums=1)
+    clean = tv.loss(params, CFG, BATCH, None, 0)[1]
+    np.testing.assert_allclose(f(jax.random.key(1), True)["ce"], clean["ce"], rtol=1e-6)
+    noisy = f(jax.random.key(1), False)
+    assert abs(float(noisy["ce"]) - float(clean["ce"])) > 1e-4
+    # the CE is that of decoding the clean code plus noise; the MMD sees the clean code
+    z = tv.encode(params, cfg, IDS)
+    _, _, k_mmd, k_noise = jax.random.split(jax.random.key(1), 4)
+    logits = tv.decode(params, cfg, z + 0.5 * jax.random.normal(k_noise, z.shape), tv.t5.shift_right(IDS, cfg.t5))
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), IDS[..., None], -1)[..., 0]
+    np.testing.assert_allclose(noisy["ce"], nll[IDS != 0].mean(), rtol=1e-4)
+    np.testing.assert_allclose(noisy["mmd"], tv.vae.latent_mmd(cfg, z, k_mmd), rtol=1e-5)
+    with pytest.raises(ValueError, match="latent_noise"):
+        CFG.replace(latent_noise=-0.1)
+
+
 def test_greedy_generate_is_consistent_with_teacher_forcing(params):
     z = tv.encode(params, CFG, IDS)
     toks = np.asarray(tv.generate(params, CFG, z, 6))
