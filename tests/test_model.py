@@ -97,7 +97,8 @@ def test_latent_noise_perturbs_the_decoded_code_only_in_training(params):
     assert abs(float(noisy["ce"]) - float(clean["ce"])) > 1e-4
     # the CE is that of decoding the clean code plus noise; the MMD sees the clean code
     z = tv.encode(params, cfg, IDS)
-    _, _, k_mmd, k_noise = jax.random.split(jax.random.key(1), 4)
+    _, _, k_mmd = jax.random.split(jax.random.key(1), 3)
+    k_noise = jax.random.fold_in(jax.random.key(1), 1)
     logits = tv.decode(params, cfg, z + 0.5 * jax.random.normal(k_noise, z.shape), tv.t5.shift_right(IDS, cfg.t5))
     nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), IDS[..., None], -1)[..., 0]
     np.testing.assert_allclose(noisy["ce"], nll[IDS != 0].mean(), rtol=1e-4)
