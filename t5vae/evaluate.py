@@ -29,7 +29,7 @@ def _greedy(params, cfg: Config, z, max_new_tokens: int):
 def encode_lines(params, cfg: Config, enc: data.Encoded, batch_size: int) -> np.ndarray:
     """Latent codes [n, N, Z] of every encoded line (deterministic encoder)."""
     out = np.zeros((len(enc), cfg.n_latent_tokens, cfg.latent_size), np.float32)
-    for idx, b in data.eval_batches(enc, batch_size, data.buckets_for(cfg.max_length)):
+    for idx, b in data.eval_batches(enc, batch_size, data.length_buckets(cfg)):
         z = np.asarray(_encode(params, cfg, b["input_ids"], b["attention_mask"]))
         out[idx] = z[: len(idx)]
     return out
@@ -95,6 +95,9 @@ def interpolation_quality(params, cfg: Config, tok, lines, z, pairs, batch_size,
             "interp_valid_and_distinct": float((valid & distinct).mean()),
             "example": [lines[a]] + list(texts[0]) + [lines[b]]}
 
+
+# What the learning curve records (t5vae.train.fit's ``curve``).
+CURVE_KEYS = ("recon_token_acc", "recon_exact_match", "interp_valid", "interp_distinct", "heldout_mmd")
 
 ROWS = [("recon_token_acc", "greedy reconstruction token accuracy", "{:.3f}"),
         ("recon_exact_match", "greedy reconstruction exact match", "{:.3f}"),

@@ -21,7 +21,12 @@ from t5vae.config import Config
 
 # Settings that may change when a run is resumed; any other difference is an error.
 RESUMABLE = ("steps", "checkpoint_every", "keep_checkpoints", "log_every", "progress", "max_minutes",
-             "eval_pairs", "eval_batch_size")
+             "eval_pairs", "eval_batch_size", "eval_every")
+
+# The learning curve (``eval_every``): greedy reconstruction and interpolation on this many held-out lines
+# and pairs, a few seconds each time on the default model.
+CURVE_LINES, CURVE_PAIRS = 256, 50
+CURVE_FILE = "eval_curve.jsonl"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +56,7 @@ class TrainConfig:
                                       # used/budget) and training stops (checkpointed) when it is spent
     eval_pairs: int = 400             # 9 interior points each; 100 pairs left ±0.03 between seeds
     eval_batch_size: int = 128
+    eval_every: int = 2000            # steps between learning-curve evaluations (eval_curve.jsonl); 0: none
 
     def __post_init__(self):
         if self.optimizer not in ("adafactor", "adamw"):
@@ -58,6 +64,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "checkpoint_every", "log_every", "vocab_size", "keep_checkpoints"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                 raise ValueError(f"TrainConfig.{name} must be a positive int, got {getattr(self, name)!r}")
+        if not isinstance(self.eval_every, int) or self.eval_every < 0:
+            raise ValueError(f"TrainConfig.eval_every must be an int >= 0 (0: no learning curve), got {self.eval_every!r}")
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -188,8 +196,8 @@ class TensorBoard:
 
         return cls(run_dir / "tensorboard") if importlib.util.find_spec("tensorboard") else None
 
-    def write(self, step: int, metrics: dict) -> None:
-        values = [self._summary.Value(tag=f"train/{k}", simple_value=float(v)) for k, v in metrics.items()]
+    def write(self, step: int, metrics: dict, group: str = "train") -> None:
+        values = [self._summary.Value(tag=f"{group}/{k}", simple_value=float(v)) for k, v in metrics.items()]
         self._writer.add_event(self._event(wall_time=time.time(), step=step, summary=self._summary(value=values)))
 
     def flush(self) -> None:
@@ -202,7 +210,10 @@ class TensorBoard:
 def _resume_metrics(path: Path, step: int, write: bool) -> float:
     """The training time recorded at the restored ``step`` (so a resumed run's time budget continues rather
     than starting over); with ``write``, rows past it are dropped (those steps run again). The file is
-    replaced atomically, so a process reading it meanwhile sees the same rows up to ``step`` either way."""
+    replaced atomically, so a process reading it meanwhile sees the same rows up to ``step`` either way.
+    The learning curve beside it (``eval_curve.jsonl``) loses its rows past ``step`` the same way."""
+    if write and path.name != CURVE_FILE:
+        _resume_metrics(path.with_name(CURVE_FILE), step, write)
     if not path.is_file():
         return 0.0
     rows = []
@@ -224,11 +235,13 @@ def _is_finite(metrics: dict) -> bool:
 
 
 def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: data.Encoded, params: dict,
-        log=print, mesh=None) -> tuple[dict, dict]:
+        log=print, mesh=None, curve=None) -> tuple[dict, dict]:
     """Train in ``run_dir`` (resuming from its newest checkpoint) -> ``(params, last metrics)``.
 
     ``run_dir`` must already hold config.json, train_config.json and spiece.model (see t5vae.cli).
     Raises FloatingPointError on a NaN/inf loss, after which the newest checkpoint is the last good one.
+    ``curve(params) -> dict`` of held-out metrics, if given, runs every ``tc.eval_every`` steps; its rows go
+    to ``eval_curve.jsonl`` (and TensorBoard). Its time counts against ``max_minutes``.
     """
     run_dir = Path(run_dir)
     _check_same_config(run_dir, cfg, tc)
@@ -246,7 +259,7 @@ def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: dat
     train_step = make_train_step(cfg, tc.optimizer, tc.clip_norm, tc.weight_decay, mesh)
     chief = jax.process_index() == 0  # one process writes metrics and shows progress
     lr_at = schedule(tc)
-    stream = BatchStream(enc_train, tc.batch_size, data.buckets_for(cfg.max_length), tc.seed)
+    stream = BatchStream(enc_train, tc.batch_size, data.length_buckets(cfg), tc.seed)
     key = jax.random.key(tc.seed, impl="unsafe_rbg")  # fast counter-based PRNG for dropout and prior samples
     bar = None
     if tc.progress and chief:
@@ -265,7 +278,48 @@ def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: dat
         return max(step, int(tc.steps * (time.time() - t0) / (60 * tc.max_minutes)))
 
     metrics_file = open(run_dir / "metrics.jsonl", "a")
+    write = bar.write if bar is not None else log
+
+    def record_curve(step: int) -> None:
+        t = time.time()
+        row = {k: round(float(v), 4) for k, v in curve(state["params"]).items()}
+        if chief:
+            with open(run_dir / CURVE_FILE, "a") as f:
+                f.write(json.dumps({"step": step, "time": round(t - t0, 3), **row}) + "\n")
+            if tensorboard is not None:
+                tensorboard.write(step, row, "eval")
+            write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()) + f" ({time.time() - t:.1f}s)")
+
     tensorboard = TensorBoard.open(run_dir) if chief else None
+
+    def record(n: int, metrics: dict) -> dict:
+        """Read step ``n``'s metrics off the device: stop on NaN/inf, write the row, advance the bar."""
+        metrics = {k: float(v) for k, v in metrics.items()}
+        if not _is_finite(metrics):
+            bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+            mngr.wait_until_finished()
+            raise FloatingPointError(
+                f"non-finite training metrics at step {n - 1}: {bad}. Stopped; the newest checkpoint "
+                f"({mngr.latest_step()}) in {run_dir / checkpoint.CHECKPOINTS_DIR} is the last good state. "
+                f"Try a lower learning_rate or clip_norm.")
+        if chief:
+            metrics_file.write(json.dumps({"step": n, "time": round(time.time() - t0, 3), **metrics}) + "\n")
+            if tensorboard is not None:
+                tensorboard.write(n, metrics)
+        if n % tc.log_every == 0 or n == tc.steps:
+            metrics_file.flush()
+            if tensorboard is not None:
+                tensorboard.flush()
+            if bar is not None:
+                bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("loss", "ce", "mmd", "w", "token_acc", "seq_acc")},
+                                refresh=False)
+        if bar is not None:
+            bar.update(1)
+        return metrics
+
+    # Step n's metrics are read after step n + 1 is dispatched, so the device never waits on the host; a
+    # state is checkpointed or evaluated only after its own metrics have been read and found finite.
+    pending = None
     try:
         while step < tc.steps:
             if tc.max_minutes is not None and time.time() - t0 > 60 * tc.max_minutes:
@@ -275,31 +329,20 @@ def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: dat
             if mesh is not None:  # every process draws the same batch and keeps only its own rows
                 rows = sharding.process_slice(len(batch["input_ids"]), mesh)
                 batch = sharding.global_batch({k: v[rows] for k, v in batch.items()}, mesh)
-            new_state, metrics = train_step(state, batch, key, float(lr_at(progress(step))))
-            metrics = {k: float(v) for k, v in metrics.items()}
-            if not _is_finite(metrics):
-                bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
-                mngr.wait_until_finished()
-                raise FloatingPointError(
-                    f"non-finite training metrics at step {step}: {bad}. Stopped; the newest checkpoint "
-                    f"({mngr.latest_step()}) in {run_dir / checkpoint.CHECKPOINTS_DIR} is the last good state. "
-                    f"Try a lower learning_rate or clip_norm.")
-            state, step, last = new_state, step + 1, metrics
-            if chief:
-                metrics_file.write(json.dumps({"step": step, "time": round(time.time() - t0, 3), **metrics}) + "\n")
-                if tensorboard is not None:
-                    tensorboard.write(step, metrics)
-            if step % tc.log_every == 0 or step == tc.steps:
-                metrics_file.flush()
-                if tensorboard is not None:
-                    tensorboard.flush()
-                if bar is not None:
-                    bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("loss", "ce", "mmd", "w", "token_acc", "seq_acc")},
-                                    refresh=False)
-            if bar is not None:
-                bar.update(1)
-            if step % tc.checkpoint_every == 0:
-                checkpoint.save_train_state(mngr, step, state)
+            state, metrics = train_step(state, batch, key, float(lr_at(progress(step))))
+            step += 1
+            if pending is not None:
+                last = record(*pending)
+            pending = (step, metrics)
+            evaluate_now = curve is not None and tc.eval_every and step % tc.eval_every == 0
+            if step % tc.checkpoint_every == 0 or evaluate_now:
+                last, pending = record(*pending), None
+                if step % tc.checkpoint_every == 0:
+                    checkpoint.save_train_state(mngr, step, state)
+                if evaluate_now:
+                    record_curve(step)
+        if pending is not None:
+            last, pending = record(*pending), None
         if mngr.latest_step() != step:
             checkpoint.save_train_state(mngr, step, state)
         mngr.wait_until_finished()
@@ -316,7 +359,7 @@ def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: dat
 def evaluate_loss(cfg: Config, params: dict, enc: data.Encoded, batch_size: int, step: int) -> dict:
     """Teacher-forced validation metrics, averaged over batches."""
     ev = make_eval_step(cfg)
-    rows = [ev(params, b, step) for _, b in data.eval_batches(enc, batch_size, data.buckets_for(cfg.max_length))]
+    rows = [ev(params, b, step) for _, b in data.eval_batches(enc, batch_size, data.length_buckets(cfg))]
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
@@ -390,7 +433,14 @@ def run(cfg: Config, tc: TrainConfig, out: str | os.PathLike, init_from: str | N
     else:
         params = (sharding.shard_init(cfg, key, mesh) if t5_params is None
                   else sharding.shard_params(model.from_t5(cfg, t5_params, key), cfg, mesh))
-    params, last = fit(cfg, tc, out, enc, params, log, mesh)
+    curve_lines = corpus.validation[:CURVE_LINES]
+
+    def curve(params):
+        r = evaluate.evaluate(params, cfg, tok, curve_lines, pairs=CURVE_PAIRS, batch_size=tc.eval_batch_size,
+                              seed=tc.seed)
+        return {k: r[k] for k in evaluate.CURVE_KEYS if k in r}
+
+    params, last = fit(cfg, tc, out, enc, params, log, mesh, curve if curve_lines else None)
     final = out / checkpoint.PARAMS_DIR
     checkpoint.save_params_replacing(final, params)
     log(f"training took {time.time() - t_start:.0f}s; evaluating on {len(corpus.validation)} held-out lines")

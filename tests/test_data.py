@@ -4,6 +4,7 @@ import ast
 import numpy as np
 import pytest
 
+import t5vae as tv
 from t5vae import data
 
 TRICKY = ["x = 1", "\tdef  f(a):\t@dec é 中文 ∑", "  two  spaces  ", "@property", "s = '\\x00'  # ok", "🙂 = 3"]
@@ -90,7 +91,10 @@ def test_truncation_is_counted_and_keeps_eos(tok):
 def test_batches_use_fixed_bucket_shapes_and_cover_the_epoch(tok, corpus):
     enc = data.encode_lines(tok, corpus.train[:500], 32)
     buckets = data.buckets_for(32)
-    assert buckets == (8, 16, 24, 32)
+    assert buckets == (8, 12, 16, 24, 28, 32)
+    assert data.buckets_for(48) == (8, 12, 16, 20, 24, 32, 40, 48)
+    assert data.buckets_for(48, min_length=12)[0] == 12  # "first" pooling reads n_latent_tokens positions
+    assert data.length_buckets(tv.Config(max_length=48, pooling="first", n_latent_tokens=10))[0] == 10
     seen, shapes = 0, set()
     for b in data.batches(enc, 16, buckets, seed=0):
         shapes.add(b["input_ids"].shape)

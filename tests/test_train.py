@@ -12,7 +12,7 @@ import pytest
 
 import t5vae as tv
 from conftest import require
-from t5vae import checkpoint, cli, data, train
+from t5vae import checkpoint, cli, data, evaluate, train
 
 TINY_FLAGS = ["--t5-d-model", "32", "--t5-d-kv", "8", "--t5-d-ff", "64", "--t5-num-layers", "1",
               "--t5-num-heads", "2", "--t5-relative-attention-num-buckets", "8", "--n-latent-tokens", "2",
@@ -34,7 +34,7 @@ def run(tmp_path_factory):
     corpus = _corpus(base / "corpus.txt")
     out = base / "run"
     argv = ["train", "--out", str(out), "--corpus", str(corpus), "--steps", "6", "--checkpoint-every", "3",
-            *TINY_FLAGS]
+            "--eval-every", "3", *TINY_FLAGS]
     import contextlib
     import io
 
@@ -54,6 +54,10 @@ def test_cli_train_writes_a_complete_run_directory(run):
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 7))
     assert {"loss", "ce", "mmd", "w", "token_acc", "seq_acc"} <= set(rows[0])
+    curve = [json.loads(l) for l in (out / train.CURVE_FILE).read_text().splitlines()]
+    assert [r["step"] for r in curve] == [3, 6]  # --eval-every 3: the learning curve
+    assert set(evaluate.CURVE_KEYS) <= set(curve[0]) and 0.0 <= curve[1]["recon_token_acc"] <= 1.0
+    assert "step 6: recon_token_acc" in run["stdout"]
     cfg = tv.Config.load_json(out / "config.json")
     assert cfg.t5.d_model == 32 and cfg.latent_size == 8
     assert cfg.t5.vocab_size == data.Tokenizer.load(out / "spiece.model").vocab_size
@@ -76,6 +80,7 @@ def test_metrics_also_go_to_tensorboard(run):
     assert [e.step for e in events] == [r["step"] for r in rows]
     np.testing.assert_allclose([e.value for e in events], [r["loss"] for r in rows], rtol=1e-6)
     assert {"train/ce", "train/mmd", "train/w", "train/token_acc", "train/seq_acc"} <= set(acc.Tags()["scalars"])
+    assert [e.step for e in acc.Scalars("eval/interp_valid")] == [3, 6]
 
 
 def test_load_gives_a_text_level_model(run):
@@ -97,12 +102,16 @@ def test_load_gives_a_text_level_model(run):
 def test_resume_continues_and_a_changed_config_is_refused(run, capsys):
     out = run["out"]
     argv = [a if a != "6" else "8" for a in run["argv"]]  # --steps 8
+    with open(out / train.CURVE_FILE, "a") as f:  # as if a crash came after step 7's (never saved) evaluation
+        f.write(json.dumps({"step": 7, "recon_token_acc": 0.5}) + "\n")
     assert cli.main(argv) == 0
     assert "resumed from" in capsys.readouterr().out
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 9))
     times = [r["time"] for r in rows]
     assert times == sorted(times)  # the time budget continues across the resume instead of restarting
+    curve = [json.loads(l) for l in (out / train.CURVE_FILE).read_text().splitlines()]
+    assert [r["step"] for r in curve] == [3, 6]  # step 7 ran again from the step-6 checkpoint
     before = sorted(p.name for p in (out / "checkpoints").iterdir())
     bad = argv + ["--pooling", "first"]
     assert cli.main(bad) == 1
