@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 from t5vae import checkpoint, data, model, sharding
+from t5vae.runlog import CURVE_FILE, METRICS_FILE, TensorBoard, resume_logs
 from t5vae.config import Config
 
 # Settings that may change when a run is resumed; any other difference is an error.
@@ -26,7 +27,6 @@ RESUMABLE = ("steps", "checkpoint_every", "keep_checkpoints", "log_every", "prog
 # The learning curve (``eval_every``): greedy reconstruction and interpolation on this many held-out lines
 # and pairs, a few seconds each time on the default model.
 CURVE_LINES, CURVE_PAIRS = 256, 50
-CURVE_FILE = "eval_curve.jsonl"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,57 +179,6 @@ def _check_same_config(run_dir: Path, cfg: Config, tc: TrainConfig) -> None:
                          f"(use another --out, or --overwrite to start over):\n  " + "\n  ".join(diffs))
 
 
-class TensorBoard:
-    """Scalars as TensorBoard event files in ``run_dir/tensorboard`` when the ``tensorboard`` package is
-    installed (its own event writer: no TensorFlow needed); :meth:`open` returns None otherwise."""
-
-    def __init__(self, logdir: Path):
-        from tensorboard.compat.proto.event_pb2 import Event
-        from tensorboard.compat.proto.summary_pb2 import Summary
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter
-
-        self._writer, self._event, self._summary = EventFileWriter(str(logdir)), Event, Summary
-
-    @classmethod
-    def open(cls, run_dir: Path) -> "TensorBoard | None":
-        import importlib.util
-
-        return cls(run_dir / "tensorboard") if importlib.util.find_spec("tensorboard") else None
-
-    def write(self, step: int, metrics: dict, group: str = "train") -> None:
-        values = [self._summary.Value(tag=f"{group}/{k}", simple_value=float(v)) for k, v in metrics.items()]
-        self._writer.add_event(self._event(wall_time=time.time(), step=step, summary=self._summary(value=values)))
-
-    def flush(self) -> None:
-        self._writer.flush()
-
-    def close(self) -> None:
-        self._writer.close()
-
-
-def _resume_metrics(path: Path, step: int, write: bool) -> float:
-    """The training time recorded at the restored ``step`` (so a resumed run's time budget continues rather
-    than starting over); with ``write``, rows past it are dropped (those steps run again). The file is
-    replaced atomically, so a process reading it meanwhile sees the same rows up to ``step`` either way.
-    The learning curve beside it (``eval_curve.jsonl``) loses its rows past ``step`` the same way."""
-    if write and path.name != CURVE_FILE:
-        _resume_metrics(path.with_name(CURVE_FILE), step, write)
-    if not path.is_file():
-        return 0.0
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by a crash
-            continue
-        if row.get("step", step + 1) <= step:
-            rows.append(row)
-    if write:
-        with checkpoint.atomic_file(path, "w") as f:
-            f.write("".join(json.dumps(r) + "\n" for r in rows))
-    return float(rows[-1].get("time", 0.0)) if rows else 0.0
-
-
 def _is_finite(metrics: dict) -> bool:
     return all(math.isfinite(float(v)) for v in metrics.values())
 
@@ -266,7 +215,7 @@ def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: dat
         from tqdm.auto import tqdm
 
         bar = tqdm(total=tc.steps, initial=step, desc="train", dynamic_ncols=True)
-    elapsed = _resume_metrics(run_dir / "metrics.jsonl", step, write=chief) if restored is not None else 0.0
+    elapsed = resume_logs(run_dir, step, write=chief) if restored is not None else 0.0
     if elapsed:
         log(f"{elapsed / 60:.1f} min of training time already used before the resume")
     t0, last = time.time() - elapsed, {}
@@ -277,7 +226,7 @@ def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: dat
             return step
         return max(step, int(tc.steps * (time.time() - t0) / (60 * tc.max_minutes)))
 
-    metrics_file = open(run_dir / "metrics.jsonl", "a")
+    metrics_file = open(run_dir / METRICS_FILE, "a")
     write = bar.write if bar is not None else log
 
     def record_curve(step: int) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 import t5vae as tv
 from conftest import require
-from t5vae import checkpoint, cli, data, evaluate, train
+from t5vae import checkpoint, cli, data, evaluate, runlog, train
 
 TINY_FLAGS = ["--t5-d-model", "32", "--t5-d-kv", "8", "--t5-d-ff", "64", "--t5-num-layers", "1",
               "--t5-num-heads", "2", "--t5-relative-attention-num-buckets", "8", "--n-latent-tokens", "2",
@@ -54,7 +54,7 @@ def test_cli_train_writes_a_complete_run_directory(run):
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 7))
     assert {"loss", "ce", "mmd", "w", "token_acc", "seq_acc"} <= set(rows[0])
-    curve = [json.loads(l) for l in (out / train.CURVE_FILE).read_text().splitlines()]
+    curve = [json.loads(l) for l in (out / runlog.CURVE_FILE).read_text().splitlines()]
     assert [r["step"] for r in curve] == [3, 6]  # --eval-every 3: the learning curve
     assert set(evaluate.CURVE_KEYS) <= set(curve[0]) and 0.0 <= curve[1]["recon_token_acc"] <= 1.0
     assert "step 6: recon_token_acc" in run["stdout"]
@@ -102,7 +102,7 @@ def test_load_gives_a_text_level_model(run):
 def test_resume_continues_and_a_changed_config_is_refused(run, capsys):
     out = run["out"]
     argv = [a if a != "6" else "8" for a in run["argv"]]  # --steps 8
-    with open(out / train.CURVE_FILE, "a") as f:  # as if a crash came after step 7's (never saved) evaluation
+    with open(out / runlog.CURVE_FILE, "a") as f:  # as if a crash came after step 7's (never saved) evaluation
         f.write(json.dumps({"step": 7, "recon_token_acc": 0.5}) + "\n")
     assert cli.main(argv) == 0
     assert "resumed from" in capsys.readouterr().out
@@ -110,7 +110,7 @@ def test_resume_continues_and_a_changed_config_is_refused(run, capsys):
     assert [r["step"] for r in rows] == list(range(1, 9))
     times = [r["time"] for r in rows]
     assert times == sorted(times)  # the time budget continues across the resume instead of restarting
-    curve = [json.loads(l) for l in (out / train.CURVE_FILE).read_text().splitlines()]
+    curve = [json.loads(l) for l in (out / runlog.CURVE_FILE).read_text().splitlines()]
     assert [r["step"] for r in curve] == [3, 6]  # step 7 ran again from the step-6 checkpoint
     before = sorted(p.name for p in (out / "checkpoints").iterdir())
     bad = argv + ["--pooling", "first"]
