@@ -126,7 +126,7 @@ def cmd_eval(args) -> int:
     tc = TrainConfig.from_dict(json.loads((Path(args.dir) / "train_config.json").read_text()))
     corpus = data.load_corpus(tc.corpus, tc.validation_percent, tc.min_chars, tc.max_chars)
     results = evaluate.evaluate(m.params, m.cfg, m.tokenizer, corpus.validation, pairs=args.pairs or tc.eval_pairs,
-                                batch_size=tc.eval_batch_size, seed=tc.seed)
+                                batch_size=tc.eval_batch_size, seed=tc.seed, kind=args.kind, method=args.method)
     print(evaluate.save(results, args.dir))
     return 0
 
@@ -154,7 +154,7 @@ def cmd_interpolate(args) -> int:
     from t5vae import pipeline
 
     texts = pipeline.load(args.dir).interpolate(args.a, args.b, args.steps, args.kind,
-                                                max_new_tokens=args.max_new_tokens)
+                                                max_new_tokens=args.max_new_tokens, method=args.method)
     print_table(zip((f"{r:.3f}" for r in np.linspace(0.0, 1.0, args.steps)), texts), "ratio")
     return 0
 
@@ -206,6 +206,9 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a run on its validation split; prints and saves the table")
     e.add_argument("dir")
     e.add_argument("--pairs", type=int, help="interpolation pairs (default: the run's eval_pairs)")
+    e.add_argument("--kind", default="slerp", choices=["slerp", "slerp_flat", "lerp"], help="interpolation path")
+    e.add_argument("--method", default="greedy", choices=["greedy", "beam"],
+                   help="how the interpolation paths are decoded (reconstruction is always greedy; beam: 4 beams)")
     e.set_defaults(fn=cmd_eval)
     i = sub.add_parser("interpolate", help="decode the path between two lines' codes: a table of ratio, text, "
                                            "and whether it parses")
@@ -214,6 +217,7 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--kind", default="slerp", choices=["slerp", "slerp_flat", "lerp"],
                    help="slerp per latent token (default), slerp of the whole flattened code, or lerp")
     i.add_argument("--max-new-tokens", type=int, help="tokens decoded per point (default: the model's max_length)")
+    i.add_argument("--method", default="greedy", choices=["greedy", "beam"], help="decoding (beam: 4 beams)")
     i.set_defaults(fn=cmd_interpolate)
     s = sub.add_parser("sample", help="decode codes drawn from a prior: a table of text and whether it parses")
     s.add_argument("dir"), s.add_argument("-n", type=int, default=10), s.add_argument("--seed", type=int, default=0)

@@ -164,7 +164,7 @@ class Config:
     """
 
     t5: T5Config = DEFAULT_T5
-    n_latent_tokens: int = 12
+    n_latent_tokens: int = 8
     latent_size: int = 32
     pooling: str = "mean"
     mmd_bandwidth: float | None = None

@@ -26,6 +26,14 @@ def _greedy(params, cfg: Config, z, max_new_tokens: int):
     return model.generate(params, cfg, z, max_new_tokens, method="greedy")
 
 
+@partial(jax.jit, static_argnums=(1, 3, 4))
+def _beam(params, cfg: Config, z, max_new_tokens: int, num_beams: int):
+    return model.generate(params, cfg, z, max_new_tokens, method="beam", num_beams=num_beams)
+
+
+DECODERS = ("greedy", "beam")  # how evaluation decodes the interpolation paths ("beam": 4 beams)
+
+
 def encode_lines(params, cfg: Config, enc: data.Encoded, batch_size: int) -> np.ndarray:
     """Latent codes [n, N, Z] of every encoded line (deterministic encoder)."""
     out = np.zeros((len(enc), cfg.n_latent_tokens, cfg.latent_size), np.float32)
@@ -35,14 +43,18 @@ def encode_lines(params, cfg: Config, enc: data.Encoded, batch_size: int) -> np.
     return out
 
 
-def decode_codes(params, cfg: Config, z: np.ndarray, batch_size: int) -> np.ndarray:
-    """Greedy token ids [n, max_length] for codes [n, N, Z], in fixed-size batches (one compile)."""
+def decode_codes(params, cfg: Config, z: np.ndarray, batch_size: int, method: str = "greedy") -> np.ndarray:
+    """Token ids [n, max_length] for codes [n, N, Z], greedy or by beam search (4 beams), in fixed-size batches
+    (one compile)."""
+    if method not in DECODERS:
+        raise ValueError(f"method must be one of {DECODERS}, got {method!r}")
+    decode = _greedy if method == "greedy" else partial(_beam, num_beams=4)
     n = len(z)
     out = np.zeros((n, cfg.max_length), np.int32)
     for s in range(0, n, batch_size):
         part = z[s: s + batch_size]
         padded = np.concatenate([part, np.zeros((batch_size - len(part),) + part.shape[1:], part.dtype)])
-        out[s: s + len(part)] = np.asarray(_greedy(params, cfg, jnp.asarray(padded), cfg.max_length))[: len(part)]
+        out[s: s + len(part)] = np.asarray(decode(params, cfg, jnp.asarray(padded), cfg.max_length))[: len(part)]
     return out
 
 
@@ -55,8 +67,10 @@ def parses(s: str) -> bool:
 
 
 def evaluate(params, cfg: Config, tok: data.Tokenizer, lines: Sequence[str], *, pairs: int = 100,
-             batch_size: int = 128, seed: int = 0, steps: int = 9, kind: str = "slerp") -> dict:
-    """All held-out metrics as a flat dict (see the module docstring); ``examples`` holds one interpolation."""
+             batch_size: int = 128, seed: int = 0, steps: int = 9, kind: str = "slerp",
+             method: str = "greedy") -> dict:
+    """All held-out metrics as a flat dict (see the module docstring); ``examples`` holds one interpolation.
+    Reconstruction is always greedy; ``method`` decodes the interpolation paths ("greedy" or "beam")."""
     enc = data.encode_lines(tok, lines, cfg.max_length)
     z = encode_lines(params, cfg, enc, batch_size)
     toks = decode_codes(params, cfg, z, batch_size)
@@ -75,23 +89,24 @@ def evaluate(params, cfg: Config, tok: data.Tokenizer, lines: Sequence[str], *, 
     results = {"n_lines": len(lines), "n_truncated": enc.n_truncated,
                "recon_token_acc": n_ok / max(n_tok, 1), "recon_exact_match": n_exact / max(len(lines), 1),
                "heldout_mmd": held_mmd, "active_units": int(np.sum(unit_var > 0.01)), "latent_units": unit_var.size}
-    results.update(interpolation_quality(params, cfg, tok, lines, z, pairs, batch_size, rng, steps, kind))
+    results.update(interpolation_quality(params, cfg, tok, lines, z, pairs, batch_size, rng, steps, kind, method))
     return results
 
 
-def interpolation_quality(params, cfg: Config, tok, lines, z, pairs, batch_size, rng, steps=9, kind="slerp") -> dict:
-    """For ``pairs`` random pairs of distinct lines: decode ``steps`` interior points of their codes' path
-    (``kind`` as in :func:`t5vae.interpolate`)."""
+def interpolation_quality(params, cfg: Config, tok, lines, z, pairs, batch_size, rng, steps=9, kind="slerp",
+                          method="greedy") -> dict:
+    """For ``pairs`` random pairs of distinct lines: decode (``method``) ``steps`` interior points of their
+    codes' path (``kind`` as in :func:`t5vae.interpolate`)."""
     if len(lines) < 2 or pairs <= 0:
         return {"interp_pairs": 0}
     idx = np.stack([rng.choice(len(lines), 2, replace=False) for _ in range(pairs)])
     paths = np.stack([np.asarray(model.interpolate(z[a], z[b], steps + 2, kind))[1:-1] for a, b in idx])
-    texts = [tok.decode(t) for t in decode_codes(params, cfg, paths.reshape((-1,) + z.shape[1:]), batch_size)]
+    texts = [tok.decode(t) for t in decode_codes(params, cfg, paths.reshape((-1,) + z.shape[1:]), batch_size, method)]
     texts = np.array(texts, dtype=object).reshape(pairs, steps)
     valid = np.vectorize(parses, otypes=[bool])(texts)
     distinct = np.array([[t != lines[a] and t != lines[b] for t in row] for (a, b), row in zip(idx, texts)])
     a, b = idx[0]
-    return {"interp_pairs": int(pairs), "interp_valid": float(valid.mean()), "interp_distinct": float(distinct.mean()),
+    return {"interp_pairs": int(pairs), "interp_kind": kind, "interp_method": method, "interp_valid": float(valid.mean()), "interp_distinct": float(distinct.mean()),
             "interp_valid_and_distinct": float((valid & distinct).mean()),
             "example": [lines[a]] + list(texts[0]) + [lines[b]]}
 
@@ -110,8 +125,9 @@ ROWS = [("recon_token_acc", "greedy reconstruction token accuracy", "{:.3f}"),
 
 def table(results: dict) -> str:
     """A Markdown table of the results."""
+    how = f" ({results['interp_kind']}, {results['interp_method']})" if "interp_kind" in results else ""
     lines = [f"Validation: {results['n_lines']} lines ({results['n_truncated']} truncated), "
-             f"{results.get('interp_pairs', 0)} interpolation pairs x 9 interior slerp points", "",
+             f"{results.get('interp_pairs', 0)} interpolation pairs x 9 interior points{how}", "",
              "| metric | value |", "|---|---|"]
     for key, name, fmt in ROWS:
         if key in results:

@@ -346,6 +346,9 @@ def test_cli_interpolate_prints_ratio_text_valid(run_dir):
         valid = "yes" if _parses(text) else "no"
         assert row.rstrip().endswith(valid) and cli._show(text).strip() in row
     assert lines[5] == f"{sum(_parses(t) for t in texts)} of 4 parse with ast.parse"
+    rc, out, _ = _cli(["interpolate", str(run_dir), "x1 = f(1, y1)", "import mod3", "--steps", "3", "--method", "beam"])
+    beam = tv.load(run_dir).interpolate("x1 = f(1, y1)", "import mod3", 3, method="beam", num_beams=4)
+    assert rc == 0 and [cli._show(t).strip() in row for t, row in zip(beam, out.splitlines()[1:4])] == [True] * 3
     rc, _, err = _cli(["interpolate", str(run_dir), "x = 1", "y = 2", "--steps", "1"])
     assert rc == 1 and "steps" in err and ">= 2" in err
     rc, _, err = _cli(["interpolate", str(run_dir), "", "y = 2"])

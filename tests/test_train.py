@@ -142,6 +142,12 @@ def test_eval_and_info_commands(run, capsys):
     out = capsys.readouterr().out
     assert "| greedy reconstruction exact match |" in out and "3 interpolation pairs" in out
     assert json.loads((run["out"] / "eval.json").read_text())["interp_pairs"] == 3
+    assert cli.main(["eval", str(run["out"]), "--pairs", "2", "--method", "beam", "--kind", "lerp"]) == 0
+    assert "2 interpolation pairs x 9 interior points (lerp, beam)" in capsys.readouterr().out
+    results = json.loads((run["out"] / "eval.json").read_text())
+    assert (results["interp_method"], results["interp_kind"]) == ("beam", "lerp")
+    with pytest.raises(ValueError, match="method must be one of"):
+        evaluate.decode_codes(None, None, np.zeros((1, 2, 8), np.float32), 1, method="sampled")
     assert cli.main(["info", str(run["out"])]) == 0
     out = capsys.readouterr().out
     assert "parameters:" in out and "final params: True" in out
