@@ -161,6 +161,8 @@ class Config:
     ``latent_noise`` is the standard deviation of Gaussian noise added, in training only, to the codes the
     decoder reconstructs from (the MMD sees the clean codes): the decoder must then decode a neighbourhood
     of each code, not a point, which is what makes the space between codes decodable.
+    ``latent_dropout`` is the probability, in training only, that the decoder's cross-attention loses each
+    latent token (at least one is kept): the decoder must then fill in the missing part of a line itself.
     """
 
     t5: T5Config = DEFAULT_T5
@@ -172,6 +174,7 @@ class Config:
     mmd_k: float = 0.0025
     mmd_b: float = 6.25
     latent_noise: float = 0.0
+    latent_dropout: float = 0.0
     max_length: int = 48
 
     def __post_init__(self):
@@ -185,6 +188,8 @@ class Config:
             raise ValueError(f"Config.pooling must be one of {list(POOLINGS)}, got {self.pooling!r}")
         if not (isinstance(self.latent_noise, (int, float)) and 0.0 <= self.latent_noise < float("inf")):
             raise ValueError(f"Config.latent_noise must be a finite number >= 0, got {self.latent_noise!r}")
+        if not (isinstance(self.latent_dropout, (int, float)) and 0.0 <= self.latent_dropout < 1.0):
+            raise ValueError(f"Config.latent_dropout must be a probability in [0, 1), got {self.latent_dropout!r}")
         if self.mmd_bandwidth is not None and not self.mmd_bandwidth > 0:
             raise ValueError(f"Config.mmd_bandwidth must be positive (or None), got {self.mmd_bandwidth!r}")
 

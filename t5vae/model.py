@@ -64,8 +64,8 @@ def loss(params: dict, cfg: Config, batch: dict, key: jax.Array | None, step, *,
          deterministic: bool = False) -> tuple[jax.Array, dict]:
     """``CE + w(step) * MMD`` and metrics {loss, ce, mmd, w, token_acc, seq_acc} (all scalars).
 
-    ``key`` drives dropout, the latent noise (``cfg.latent_noise``) and the prior samples;
-    ``deterministic=True`` (or key None) turns dropout and latent noise off.
+    ``key`` drives dropout, the latent noise and latent-token dropout (``cfg.latent_noise``,
+    ``cfg.latent_dropout``) and the prior samples; ``deterministic=True`` (or key None) turns all three off.
     """
     ids, mask = batch["input_ids"], batch.get("attention_mask")
     if mask is None:
@@ -82,8 +82,12 @@ def loss(params: dict, cfg: Config, batch: dict, key: jax.Array | None, step, *,
     z_dec = z
     if cfg.latent_noise > 0 and not deterministic:
         z_dec = z + cfg.latent_noise * jax.random.normal(k_noise, z.shape, z.dtype)
+    keep_BN = None
+    if cfg.latent_dropout > 0 and not deterministic:
+        keep_BN = jax.random.bernoulli(jax.random.fold_in(key, 2), 1.0 - cfg.latent_dropout, z.shape[:2])
+        keep_BN = keep_BN.at[:, 0].set(keep_BN[:, 0] | ~jnp.any(keep_BN, axis=1))  # never all dropped
     x = t5.decoder_hidden(params["t5"], cfg.t5, t5.shift_right(labels, cfg.t5), latent_states(params, cfg, z_dec),
-                          dropout_key=k_dec)
+                          keep_BN, dropout_key=k_dec)
     safe = jnp.where(valid, labels, 0)
     nll, pred = t5.token_nll(params["t5"], cfg.t5, x, safe)
     n_tok = jnp.maximum(jnp.sum(valid), 1)

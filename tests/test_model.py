@@ -107,6 +107,27 @@ def test_latent_noise_perturbs_the_decoded_code_only_in_training(params):
         CFG.replace(latent_noise=-0.1)
 
 
+def test_latent_dropout_hides_latent_tokens_from_cross_attention_only_in_training(params):
+    cfg = CFG.replace(latent_dropout=0.5, t5=CFG.t5.replace(dropout_rate=0.0))
+    f = jax.jit(lambda k, det: tv.loss(params, cfg, BATCH, k, 0, deterministic=det)[1], static_argnums=1)
+    clean = tv.loss(params, CFG, BATCH, None, 0)[1]
+    np.testing.assert_allclose(f(jax.random.key(1), True)["ce"], clean["ce"], rtol=1e-6)
+    dropped = f(jax.random.key(1), False)
+    # the CE is that of decoding with the kept latent tokens only (the decoder's cross-attention mask)
+    keep = jax.random.bernoulli(jax.random.fold_in(jax.random.key(1), 2), 0.5, (3, 3))
+    keep = keep.at[:, 0].set(keep[:, 0] | ~jnp.any(keep, axis=1))
+    assert not bool(jnp.all(keep)) and bool(jnp.all(jnp.any(keep, axis=1)))
+    z = tv.encode(params, cfg, IDS)
+    states = tv.model.latent_states(params, cfg, z)
+    logits = tv.t5.decode(params["t5"], cfg.t5, tv.t5.shift_right(IDS, cfg.t5), states, keep)
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), IDS[..., None], -1)[..., 0]
+    np.testing.assert_allclose(dropped["ce"], nll[IDS != 0].mean(), rtol=1e-4)
+    assert abs(float(dropped["ce"]) - float(clean["ce"])) > 1e-4
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="latent_dropout"):
+            CFG.replace(latent_dropout=bad)
+
+
 def test_greedy_generate_is_consistent_with_teacher_forcing(params):
     z = tv.encode(params, CFG, IDS)
     toks = np.asarray(tv.generate(params, CFG, z, 6))
