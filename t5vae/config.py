@@ -174,7 +174,7 @@ class Config:
     mmd_k: float = 0.0025
     mmd_b: float = 6.25
     latent_noise: float = 0.0
-    latent_dropout: float = 0.0
+    latent_dropout: float = 0.1
     max_length: int = 48
 
     def __post_init__(self):
