@@ -179,8 +179,11 @@ def test_real_train_step_sharded_equals_single_device(vae_setup, spec):
     assert_sharded_like_rules(state, s_sh)
     worst = {}
     for i, (m, m0) in enumerate(zip(metrics, ref["metrics"])):
-        for k in ("loss", "ce", "mmd", "grad_norm"):
+        for k in ("loss", "ce", "grad_norm"):
             worst[f"{k}[{i}]"] = rel_diff(m[k], m0[k])
+        # the MMD (about 0.05 here) is a difference of kernel means in [0, 1] that largely cancel: its
+        # rounding is measured against those terms, i.e. absolutely (relative to itself it reached 2.5e-5)
+        worst[f"mmd[{i}]"] = abs(float(m["mmd"]) - float(m0["mmd"]))
     worst["grad_fn loss"] = rel_diff(loss, ref["loss_grads"][0])
     worst["grads"], gpath = tree_rel_diff(grads, ref["loss_grads"][1])
     # Adafactor normalises every element by its own gradient history (step 1 is sign(g)), so an element
