@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 DEFAULT_OUT = "t5vae-run"
+# t5vae.model.INTERPOLATIONS and t5vae.evaluate.DECODERS, spelled out so building the parser imports no jax
+KINDS, METHODS = ("slerp", "slerp_flat", "lerp"), ("greedy", "beam")
 
 
 def _fields():
@@ -206,18 +208,18 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a run on its validation split; prints and saves the table")
     e.add_argument("dir")
     e.add_argument("--pairs", type=int, help="interpolation pairs (default: the run's eval_pairs)")
-    e.add_argument("--kind", default="slerp", choices=["slerp", "slerp_flat", "lerp"], help="interpolation path")
-    e.add_argument("--method", default="greedy", choices=["greedy", "beam"],
+    e.add_argument("--kind", default="slerp", choices=KINDS, help="interpolation path")
+    e.add_argument("--method", default="greedy", choices=METHODS,
                    help="how the interpolation paths are decoded (reconstruction is always greedy; beam: 4 beams)")
     e.set_defaults(fn=cmd_eval)
     i = sub.add_parser("interpolate", help="decode the path between two lines' codes: a table of ratio, text, "
                                            "and whether it parses")
     i.add_argument("dir"), i.add_argument("a"), i.add_argument("b")
     i.add_argument("--steps", type=int, default=9, help="points on the path, both endpoints included (default 9)")
-    i.add_argument("--kind", default="slerp", choices=["slerp", "slerp_flat", "lerp"],
+    i.add_argument("--kind", default="slerp", choices=KINDS,
                    help="slerp per latent token (default), slerp of the whole flattened code, or lerp")
     i.add_argument("--max-new-tokens", type=int, help="tokens decoded per point (default: the model's max_length)")
-    i.add_argument("--method", default="greedy", choices=["greedy", "beam"], help="decoding (beam: 4 beams)")
+    i.add_argument("--method", default="greedy", choices=METHODS, help="decoding (beam: 4 beams)")
     i.set_defaults(fn=cmd_interpolate)
     s = sub.add_parser("sample", help="decode codes drawn from a prior: a table of text and whether it parses")
     s.add_argument("dir"), s.add_argument("-n", type=int, default=10), s.add_argument("--seed", type=int, default=0)

@@ -106,7 +106,8 @@ def interpolation_quality(params, cfg: Config, tok, lines, z, pairs, batch_size,
     valid = np.vectorize(parses, otypes=[bool])(texts)
     distinct = np.array([[t != lines[a] and t != lines[b] for t in row] for (a, b), row in zip(idx, texts)])
     a, b = idx[0]
-    return {"interp_pairs": int(pairs), "interp_kind": kind, "interp_method": method, "interp_valid": float(valid.mean()), "interp_distinct": float(distinct.mean()),
+    return {"interp_pairs": int(pairs), "interp_kind": kind, "interp_method": method,
+            "interp_valid": float(valid.mean()), "interp_distinct": float(distinct.mean()),
             "interp_valid_and_distinct": float((valid & distinct).mean()),
             "example": [lines[a]] + list(texts[0]) + [lines[b]]}
 

@@ -16,10 +16,9 @@ The default prior is "aggregate", chosen by measurement on the default model (``
     aggregate   0.430 / 0.480        0.995 / 1.000                       200 / 200
 
 (without latent-token dropout: 0.130 / 0.145, 0.165 / 0.145, 0.265 / 0.225; the earlier 12 x 32
-default: 0.125 / 0.145, 0.120 / 0.100, 0.300 / 0.250). Its codes have mean variance 0.065 per coordinate,
-far tighter than N(0, I)
-clipped (0.52) or tanh(N(0, I)) (0.39): both fixed priors spread their samples far wider than the codes
-the decoder learnt from.
+default: 0.125 / 0.145, 0.120 / 0.100, 0.300 / 0.250). Its codes have mean variance 0.065 per
+coordinate, far tighter than N(0, I) clipped (0.52) or tanh(N(0, I)) (0.39): both fixed priors spread
+their samples far wider than the codes the decoder learnt from.
 """
 from __future__ import annotations
 

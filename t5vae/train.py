@@ -65,7 +65,8 @@ class TrainConfig:
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                 raise ValueError(f"TrainConfig.{name} must be a positive int, got {getattr(self, name)!r}")
         if not isinstance(self.eval_every, int) or self.eval_every < 0:
-            raise ValueError(f"TrainConfig.eval_every must be an int >= 0 (0: no learning curve), got {self.eval_every!r}")
+            raise ValueError(f"TrainConfig.eval_every must be an int >= 0 (0: no learning curve), "
+                             f"got {self.eval_every!r}")
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)

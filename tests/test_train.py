@@ -146,6 +146,7 @@ def test_eval_and_info_commands(run, capsys):
     assert "2 interpolation pairs x 9 interior points (lerp, beam)" in capsys.readouterr().out
     results = json.loads((run["out"] / "eval.json").read_text())
     assert (results["interp_method"], results["interp_kind"]) == ("beam", "lerp")
+    assert (cli.KINDS, cli.METHODS) == (tv.model.INTERPOLATIONS, evaluate.DECODERS)  # the parser's copies
     with pytest.raises(ValueError, match="method must be one of"):
         evaluate.decode_codes(None, None, np.zeros((1, 2, 8), np.float32), 1, method="sampled")
     assert cli.main(["info", str(run["out"])]) == 0
