@@ -54,7 +54,8 @@ def bench_train(model, ref_params, params, cfg, batch, repeats):
     opt = optax.adamw(1e-4)
     tcfg = cfg.replace(dropout_rate=0.1)
     ours_step = harness.make_train_step(harness.t5vae_loss(tcfg), opt)
-    ref_step = harness.make_train_step(harness.logits_loss(reference.train_loss_fn(model)), opt)
+    ref_step = harness.make_train_step(
+        harness.logits_loss(reference.train_loss_fn(reference.with_dropout(model, tcfg.dropout_rate))), opt)
     key = jax.random.key(0)
     # the two losses agree without dropout (same weights, same batch): the steps optimise the same function
     loss_ours = jax.jit(harness.t5vae_loss(cfg))(params, batch, key)
@@ -82,7 +83,8 @@ def bench_compile(model, cfg, batch, rounds):
     tcfg = cfg.replace(dropout_rate=0.1)
     key = jax.random.key(0)
     sides = {"ours": (lambda: harness.t5vae_loss(tcfg), lambda: jax.eval_shape(lambda: tv.t5.init(tcfg, key))),
-             "reference_jit": (lambda: harness.logits_loss(reference.train_loss_fn(model)),
+             "reference_jit": (lambda: harness.logits_loss(
+                 reference.train_loss_fn(reference.with_dropout(model, tcfg.dropout_rate))),
                                lambda: jax.eval_shape(lambda: model.params))}
     times: dict[str, list] = {k: [] for k in sides}
     for _ in range(rounds + 1):  # the first round is a warm-up of jax itself and is dropped

@@ -6,6 +6,7 @@ namespace (not in jax, not in our library).
 """
 from __future__ import annotations
 
+import copy
 import types
 
 import jax
@@ -48,6 +49,17 @@ def make_reference(cfg: tv.T5Config, seed: int = 0):
     table = rules.hf_flax(cfg)
     ours = rules.convert_flat(flat, table, cfg)
     return model, jax.tree.map(jnp.asarray, model.params), jax.tree.map(jnp.asarray, ours)
+
+
+def with_dropout(model, rate: float):
+    """The same Flax model with another dropout rate, sharing nothing but the config (pass params explicitly).
+
+    The Flax modules read ``config.dropout_rate`` when they are built, so the rate is a property of the model
+    object: a model made from a dropout-free config trains without dropout even with ``train=True``.
+    """
+    config = copy.deepcopy(model.config)
+    config.dropout_rate = rate
+    return type(model)(config, dtype=model.dtype, _do_init=False)
 
 
 def forward_fn(model):

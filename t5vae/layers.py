@@ -6,6 +6,7 @@ F d_ff, V vocab. Attention logits are *not* scaled by 1/sqrt(d_kv): T5 folds tha
 from __future__ import annotations
 
 import functools
+import dataclasses
 import math
 
 import jax
@@ -36,33 +37,61 @@ def _mix32(x: jax.Array) -> jax.Array:
     return x ^ (x >> 16)
 
 
-def dropout_bits(seed: jax.Array | None, *shapes: tuple) -> list:
-    """Random uint16 arrays of the given shapes from a counter hash of one seed (uint32 [2]); Nones if None.
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["seed"], meta_fields=["offset", "shape"])
+@dataclasses.dataclass(frozen=True)
+class DropoutBits:
+    """One dropout site's random stream: the layer's seed (uint32 [2], traced), the site's first counter value
+    and the shape it was declared with (static: a site of N elements owns counters ``offset .. offset + N - 1``)."""
+    seed: jax.Array
+    offset: int
+    shape: tuple
 
-    Dropout only needs cheap, well-spread bits: hashing a counter costs a handful of integer ops per two
-    draws and compiles to a few HLO ops, where a threefry call site costs ~1 s of CPU compile time and
-    ~10x the arithmetic. Seeds come from the real PRNG (:func:`dropout_seeds`), one per layer.
+
+def dropout_bits(seed: jax.Array | None, *shapes: tuple) -> list:
+    """One :class:`DropoutBits` per shape, on disjoint counter ranges of one seed (uint32 [2]); Nones if None.
+
+    Dropout only needs cheap, well-spread bits: a counter hash costs a handful of integer ops per element and
+    is computed inside the fusion that applies the mask (and again in the backward pass), so no random array
+    is ever written to memory. A threefry call site costs ~1 s of CPU compile time and ~10x the arithmetic.
+    Seeds come from the real PRNG (:func:`dropout_seeds`), one per layer.
     """
     if seed is None:
         return [None] * len(shapes)
-    sizes = [math.prod(s) for s in shapes]
-    total = sum(sizes)
-    words = _mix32(_mix32(jnp.arange((total + 1) // 2, dtype=jnp.uint32) ^ seed[0]) + seed[1])
-    flat = jnp.concatenate([words & 0xFFFF, words >> 16]).astype(jnp.uint16)
-    offsets = np.cumsum([0] + sizes)
-    return [flat[a:b].reshape(s) for a, b, s in zip(offsets[:-1], offsets[1:], shapes)]
+    offsets = np.cumsum([0] + [math.prod(s) for s in shapes])
+    if offsets[-1] >= 2 ** 32:
+        raise ValueError(f"dropout sites {shapes} need {offsets[-1]} counters; one seed has 2**32")
+    return [DropoutBits(seed, int(o), tuple(s)) for o, s in zip(offsets[:-1], shapes)]
 
 
-def dropout(x: jax.Array, rate: float, bits: jax.Array | None) -> jax.Array:
-    """Inverted dropout from uint16 random ``bits`` (same shape as x); identity when bits is None or rate 0.
+def random_bits(bits: DropoutBits, shape: tuple) -> jax.Array:
+    """Uniform uint32 bits of ``shape`` (same size as the site's declared shape): hash(seed, counter)."""
+    n = math.prod(shape)
+    if n != math.prod(bits.shape):
+        raise ValueError(f"dropout site declared with shape {bits.shape} was applied to shape {tuple(shape)}")
+    counter = jax.lax.iota(jnp.uint32, n).reshape(shape) + jnp.uint32(bits.offset)
+    return _mix32(_mix32(counter ^ bits.seed[0]) + bits.seed[1])
 
-    An element is kept when bits < t, t = round((1 - rate) * 2**16), and scaled by 2**16 / t, so the
-    expectation is exactly x and the keep probability is within 2**-17 of 1 - rate.
+
+def keep_threshold(rate: float) -> int:
+    """Keep an element when its uint32 bits are below this: round((1 - rate) * 2**32), in [1, 2**32 - 1]."""
+    return min(max(round((1.0 - rate) * 2 ** 32), 1), 2 ** 32 - 1)
+
+
+def keep_mask(rate: float, bits: DropoutBits, shape: tuple) -> jax.Array:
+    """Boolean keep mask of ``shape`` for dropout at ``rate`` (keep probability within 2**-33 of 1 - rate)."""
+    return random_bits(bits, shape) < jnp.uint32(keep_threshold(rate))
+
+
+def dropout(x: jax.Array, rate: float, bits: DropoutBits | None) -> jax.Array:
+    """Inverted dropout with a site's :class:`DropoutBits`; identity when bits is None or rate 0.
+
+    An element is kept when its bits are below t = :func:`keep_threshold` and scaled by 2**32 / t, so the
+    expectation is exactly x.
     """
     if bits is None or rate == 0.0:
         return x
-    threshold = round((1.0 - rate) * 65536)
-    return jnp.where(bits < threshold, x * (65536 / threshold), 0).astype(x.dtype)
+    scale = 2 ** 32 / keep_threshold(rate)
+    return jnp.where(keep_mask(rate, bits, x.shape), x * scale, 0).astype(x.dtype)
 
 
 def relative_position_bucket(relative_position, bidirectional: bool, num_buckets: int, max_distance: int):
@@ -100,7 +129,7 @@ def position_bias(table_RH: jax.Array, q_len: int, k_len: int, bidirectional: bo
 
 
 def attention(p: dict, x_BQD: jax.Array, kv_BSD: jax.Array, bias_B1QS: jax.Array | None,
-              mask_B1QS: jax.Array | None, dropout_rate: float = 0.0, bits: jax.Array | None = None) -> jax.Array:
+              mask_B1QS: jax.Array | None, dropout_rate: float = 0.0, bits: DropoutBits | None = None) -> jax.Array:
     """Multi-head attention with weights q,k,v [D,H,K] and o [H,K,D]; logits in float32, no scaling.
 
     Projections run as 2-D dots on [B*L, D] rows with q|k|v fused (XLA's CPU backend lays out the backward
@@ -119,7 +148,7 @@ def attention(p: dict, x_BQD: jax.Array, kv_BSD: jax.Array, bias_B1QS: jax.Array
 
 def attend(o_HKD: jax.Array, q_BQHK: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.Array,
            bias_B1QS: jax.Array | None, mask_B1QS: jax.Array | None, dropout_rate: float = 0.0,
-           bits_BHQS: jax.Array | None = None) -> jax.Array:
+           bits_BHQS: DropoutBits | None = None) -> jax.Array:
     """Softmax attention over projected q/k/v and the output projection -> [B, Q, D]."""
     dt = q_BQHK.dtype
     logits = jnp.einsum("BQHK,BSHK->BHQS", q_BQHK, k_BSHK, preferred_element_type=jnp.float32)
@@ -164,23 +193,24 @@ def _mlp_hidden(activation: str, rate: float, a_NF, b_NF, bits_NF):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _mlp_2d(activation: str, rate: float, x_ND, wi_DF, wi1_DF, wo_FD, bits_NF):
-    return _mlp_2d_fwd(activation, rate, x_ND, wi_DF, wi1_DF, wo_FD, bits_NF)[0]
+def _mlp_2d(activation: str, rate: float, x_ND, wi_DF, wi1_DF, wo_FD, bits):
+    return _mlp_2d_fwd(activation, rate, x_ND, wi_DF, wi1_DF, wo_FD, bits)[0]
 
 
-def _mlp_2d_fwd(activation, rate, x_ND, wi_DF, wi1_DF, wo_FD, bits_NF):
+def _mlp_2d_fwd(activation, rate, x_ND, wi_DF, wi1_DF, wo_FD, bits):
     a = x_ND @ wi_DF
     b = None if wi1_DF is None else x_ND @ wi1_DF
-    y = _mlp_hidden(activation, rate, a, b, bits_NF) @ wo_FD
-    return y, (x_ND, wi_DF, wi1_DF, wo_FD, bits_NF, a, b)
+    y = _mlp_hidden(activation, rate, a, b, bits) @ wo_FD
+    return y, (x_ND, wi_DF, wi1_DF, wo_FD, bits, a, b)
 
 
 def _mlp_2d_bwd(activation, rate, res, g_ND):
-    """Hand-written backward: only x and the pre-activations are kept; act(a) and act'(a) are recomputed
-    in one elementwise pass, and every weight gradient is one plain 2-D dot (XLA's CPU backend otherwise
-    fuses autodiff's chain of saved intermediates into slow transposing copies: 3.7x on the whole MLP)."""
+    """Hand-written backward: only x and the pre-activations are kept (the dropout mask is re-hashed from its
+    seed); act(a) and act'(a) are recomputed in one elementwise pass, and every weight gradient is one plain
+    2-D dot (XLA's CPU backend otherwise fuses autodiff's chain of saved intermediates into slow transposing
+    copies: 3.7x on the whole MLP)."""
     x, wi, wi1, wo, bits, a, b = res
-    keep = None if bits is None or rate == 0.0 else dropout(jnp.ones((), g_ND.dtype), rate, bits)
+    keep = None if bits is None or rate == 0.0 else dropout(jnp.ones(a.shape, g_ND.dtype), rate, bits)
     act = _ACT[activation](a)
     h = act if b is None else act * b
     d_wo = (h if keep is None else h * keep).T @ g_ND
@@ -200,21 +230,22 @@ def _mlp_2d_bwd(activation, rate, res, g_ND):
 _mlp_2d.defvjp(_mlp_2d_fwd, _mlp_2d_bwd)
 
 
-def mlp(p: dict, x_BLD: jax.Array, activation: str, dropout_rate: float = 0.0, bits_BLF: jax.Array | None = None):
-    """T5 feed-forward: ``wo(act(wi x))`` or, gated, ``wo(act(wi_0 x) * wi_1 x)``; wi* [D,F], wo [F,D].
+def mlp(p: dict, x_BLD: jax.Array, activation: str, dropout_rate: float = 0.0, bits: DropoutBits | None = None):
+    """T5 feed-forward: ``wo(act(wi x))`` or, gated, ``wo(act(wi_0 x) * wi_1 x)``; wi* [D,F], wo [F,D]; dropout
+    on the hidden activations [B, L, F] from ``bits``.
 
     Runs on [B*L, D] rows with a hand-written VJP (see :func:`_mlp_2d_bwd`); tested against autodiff.
     """
     dt, (B, L, D) = x_BLD.dtype, x_BLD.shape
     wi, wi1 = (p["wi"], None) if "wi" in p else (p["wi_0"], p["wi_1"])
-    bits = None if bits_BLF is None or dropout_rate == 0.0 else bits_BLF.reshape(B * L, -1)
-    y = _mlp_2d(activation, float(dropout_rate) if bits is not None else 0.0, x_BLD.reshape(B * L, D),
-                wi.astype(dt), None if wi1 is None else wi1.astype(dt), p["wo"].astype(dt), bits)
+    on = bits is not None and dropout_rate > 0.0
+    y = _mlp_2d(activation, float(dropout_rate) if on else 0.0, x_BLD.reshape(B * L, D), wi.astype(dt),
+                None if wi1 is None else wi1.astype(dt), p["wo"].astype(dt), bits if on else None)
     return y.reshape(B, L, -1)
 
 
 def mlp_reference(p: dict, x_BLD: jax.Array, activation: str, dropout_rate: float = 0.0,
-                  bits_BLF: jax.Array | None = None):
+                  bits: DropoutBits | None = None):
     """:func:`mlp` written plainly with autodiff's backward (the tests' reference for the custom VJP)."""
     dt = x_BLD.dtype
     if "wi" in p:
@@ -222,7 +253,7 @@ def mlp_reference(p: dict, x_BLD: jax.Array, activation: str, dropout_rate: floa
     else:
         h = (_ACT[activation](jnp.einsum("BLD,DF->BLF", x_BLD, p["wi_0"].astype(dt)))
              * jnp.einsum("BLD,DF->BLF", x_BLD, p["wi_1"].astype(dt)))
-    h = dropout(h, dropout_rate, bits_BLF)
+    h = dropout(h, dropout_rate, bits)
     return jnp.einsum("BLF,FD->BLD", h, p["wo"].astype(dt))
 
 

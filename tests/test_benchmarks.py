@@ -5,6 +5,7 @@ import jax.numpy as jnp
 
 import t5vae as tv
 from benchmarks import harness
+from conftest import require
 
 
 def test_t5vae_loss_equals_logits_cross_entropy():
@@ -19,3 +20,22 @@ def test_t5vae_loss_equals_logits_cross_entropy():
     assert abs(float(l1) - float(l2)) < 1e-5 * abs(float(l2))
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
         assert float(jnp.max(jnp.abs(a - b))) <= 1e-5 * max(float(jnp.max(jnp.abs(b))), 1e-6)
+
+
+def test_both_train_losses_drop_out():
+    """Both timed train steps run dropout at the configured rate: the loss depends on the key, and the
+    reference's dropout-free model gets it back through ``reference.with_dropout`` (a model built from a
+    config with dropout_rate 0 ignores ``train=True``)."""
+    require("flax")
+    from benchmarks import reference
+
+    cfg = tv.preset("tiny", dropout_rate=0.0)
+    model, ref_params, params = reference.make_reference(cfg)
+    batch = harness.random_batch(cfg.vocab_size, 3, 9, seed=1)
+    k1, k2 = jax.random.key(1), jax.random.key(2)
+    ref_off = harness.logits_loss(reference.train_loss_fn(model))
+    assert float(ref_off(ref_params, batch, k1)) == float(ref_off(ref_params, batch, k2))
+    ref_on = harness.logits_loss(reference.train_loss_fn(reference.with_dropout(model, 0.1)))
+    ours_on = harness.t5vae_loss(cfg.replace(dropout_rate=0.1))
+    for loss, p in ((ref_on, ref_params), (ours_on, params)):
+        assert float(loss(p, batch, k1)) != float(loss(p, batch, k2))

@@ -118,29 +118,35 @@ def test_dropout_is_inverted_and_seeded():
     seeds = layers.dropout_seeds(jax.random.key(0), 2)
     assert seeds.shape == (2, 2) and seeds.dtype == jnp.uint32
     (bits,) = layers.dropout_bits(seeds[0], x.shape)
-    assert bits.dtype == jnp.uint16 and bits.shape == x.shape
     y = np.asarray(layers.dropout(x, 0.3, bits))
     kept = y != 0
     assert abs(kept.mean() - 0.7) < 0.015
-    threshold = round(0.7 * 65536)
-    np.testing.assert_allclose(y[kept], 65536 / threshold, rtol=1e-6)  # keep prob is threshold/2**16: unbiased
+    threshold = layers.keep_threshold(0.3)
+    assert threshold == round(0.7 * 2 ** 32)
+    np.testing.assert_allclose(y[kept], 2 ** 32 / threshold, rtol=1e-6)  # keep prob is threshold/2**32: unbiased
+    np.testing.assert_array_equal(y, np.asarray(jax.jit(layers.dropout, static_argnums=1)(x, 0.3, bits)))
     (other,) = layers.dropout_bits(seeds[1], x.shape)
     assert not np.array_equal(y, np.asarray(layers.dropout(x, 0.3, other)))
     assert layers.dropout_seeds(None, 3) is None and layers.dropout_bits(None, (2,)) == [None]
+    # a site applies to any array of its declared size (the MLP reshapes [B, L, F] to rows), no other
+    np.testing.assert_array_equal(np.asarray(layers.dropout(x.reshape(100, 200), 0.3, bits)).ravel(), y)
+    with pytest.raises(ValueError, match=r"declared with shape \(20000,\) was applied to shape \(3, 4\)"):
+        layers.dropout(jnp.ones((3, 4)), 0.3, bits)
 
 
 def test_dropout_bits_are_uniform_and_uncorrelated():
     seed = layers.dropout_seeds(jax.random.key(3), 1)[0]
-    a, b = layers.dropout_bits(seed, (300, 400), (50000,))  # one draw carved into several shapes
-    assert a.shape == (300, 400) and b.shape == (50000,)
-    u = np.asarray(a, np.float64).ravel() / 65536
-    counts = np.histogram(u, bins=16, range=(0, 1))[0]
-    expected = u.size / 16
+    a, b = layers.dropout_bits(seed, (300, 400), (50000,))  # sites on disjoint counter ranges of one seed
+    ua, ub = (np.asarray(layers.random_bits(s, s.shape), np.float64).ravel() / 2 ** 32 for s in (a, b))
+    assert ua.size == 120000 and ub.size == 50000
+    counts = np.histogram(ua, bins=16, range=(0, 1))[0]
+    expected = ua.size / 16
     assert ((counts - expected) ** 2 / expected).sum() < 40  # chi-square, 15 dof: p ~ 5e-4
-    assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 0.01  # neighbours (same word's halves sit far apart)
-    flat = np.concatenate([np.asarray(a).ravel(), np.asarray(b)]).astype(np.float64)  # = [low halves, high halves]
-    words = flat.size // 2
-    assert abs(np.corrcoef(flat[:words], flat[words:])[0, 1]) < 0.01  # the two halves of each 32-bit word
+    assert abs(np.corrcoef(ua[:-1], ua[1:])[0, 1]) < 0.01  # neighbouring counters
+    assert abs(np.corrcoef(ua[:50000], ub)[0, 1]) < 0.02  # two sites of one layer
+    words = np.asarray(layers.random_bits(a, a.shape)).ravel()
+    ones = np.array([((words >> i) & 1).mean() for i in range(32)])
+    assert np.all(np.abs(ones - 0.5) < 0.01), ones  # every bit balanced, low ones included
 
 
 def _rel(a, b):
@@ -159,7 +165,7 @@ def test_mlp_custom_vjp_matches_autodiff(gated, activation):
         p.update(wi_0=jax.random.normal(k[1], (D, F)), wi_1=jax.random.normal(k[2], (D, F)))
     else:
         p["wi"] = jax.random.normal(k[1], (D, F))
-    bits = jax.random.bits(k[4], (B, L, F), jnp.uint16)
+    (bits,) = layers.dropout_bits(layers.dropout_seeds(k[4], 1)[0], (B, L, F))
     for rate, b in ((0.0, None), (0.3, bits)):
         def f(fn):
             return lambda p, x: jnp.sum(jnp.sin(fn(p, x, activation, rate, b)))
