@@ -143,7 +143,7 @@ def _sample_loop(params, cfg, enc, enc_mask, max_new_tokens, method, key, temper
         t, tok, out, cache, done, key = s
         logits, cache = decode_step(params, cfg, prepared, tok, t, cache, cross_mask)
         if method == "greedy":
-            nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+            nxt = layers.argmax(logits)
         else:
             key, sub = jax.random.split(key)
             nxt = jax.random.categorical(sub, _filter_logits(logits, temperature, top_k, top_p)).astype(jnp.int32)

@@ -257,6 +257,17 @@ def mlp_reference(p: dict, x_BLD: jax.Array, activation: str, dropout_rate: floa
     return jnp.einsum("BLF,FD->BLD", h, p["wo"].astype(dt))
 
 
+def argmax(x_BV: jax.Array) -> jax.Array:
+    """``jnp.argmax(x, axis=-1)`` as int32 (first index of the maximum; the first NaN if any) for decoding's
+    few rows, as two plain reductions: XLA's CPU backend runs argmax's variadic (value, index) reduce 3-6x
+    slower on [8, 32128] (0.65-1.1 vs 0.2 ms, of a ~10 ms t5-small decoding step). Not for many rows: on
+    [512, 32128] the two passes over memory cost more (49 vs 35 ms)."""
+    V = x_BV.shape[-1]
+    m = jnp.max(x_BV, axis=-1, keepdims=True)
+    hit = (x_BV == m) | jnp.isnan(x_BV)
+    return jnp.min(jnp.where(hit, jnp.arange(V, dtype=jnp.int32), V), axis=-1)
+
+
 @jax.custom_vjp
 def _xent_2d(x_ND, w_DV, labels_N):
     return _xent_2d_fwd(x_ND, w_DV, labels_N)[0]

@@ -11,7 +11,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from t5vae import t5, vae
+from t5vae import layers, t5, vae
 from t5vae.config import Config
 from t5vae.t5 import init_from_specs, is_spec
 
@@ -128,7 +128,7 @@ def greedy_uncached(t5_params: dict, cfg, states_BSD: jax.Array, max_new_tokens:
         out, done = carry
         dec_in = jnp.concatenate([jnp.full((B, 1), cfg.decoder_start_token_id, jnp.int32), out[:, :-1]], axis=1)
         logits = t5.decode(t5_params, cfg, dec_in, states_BSD)
-        tok = jnp.argmax(jax.lax.dynamic_index_in_dim(logits, t, axis=1, keepdims=False), -1).astype(jnp.int32)
+        tok = layers.argmax(jax.lax.dynamic_index_in_dim(logits, t, axis=1, keepdims=False))
         tok = jnp.where(done, cfg.pad_token_id, tok)
         out = out.at[:, t].set(tok)
         return (out, done | (tok == cfg.eos_token_id)), None

@@ -196,3 +196,14 @@ def test_lm_head_xent_matches_log_softmax():
     assert _rel(g1[0], g2[0]) < 1e-5 and _rel(g1[1], g2[1]) < 1e-5
     _, pred = layers.lm_head_xent(x, w, labels)
     np.testing.assert_array_equal(pred, jnp.argmax(jnp.einsum("BTD,DV->BTV", x, w), -1))
+
+
+def test_argmax_matches_jnp_argmax_ties_and_nan():
+    x = jax.random.normal(jax.random.key(0), (6, 50))
+    x = x.at[1, 7].set(9.0).at[1, 30].set(9.0)  # a tie: the first index wins
+    x = x.at[2, 11].set(jnp.nan).at[2, 40].set(jnp.nan)  # NaN wins, the first one
+    x = x.at[3].set(-jnp.inf).at[4].set(jnp.inf)
+    got = layers.argmax(x)
+    assert got.dtype == jnp.int32
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(jnp.argmax(x, axis=-1)))
+    assert int(got[1]) == 7 and int(got[2]) == 11
