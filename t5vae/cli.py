@@ -228,15 +228,29 @@ def parser() -> argparse.ArgumentParser:
                         "in DIR); gaussian: N(0, I) clipped to the tanh range; tanh: tanh of N(0, I)")
     s.add_argument("--max-new-tokens", type=int, help="tokens decoded per sample (default: the model's max_length)")
     s.set_defaults(fn=cmd_sample)
+    sub.add_parser("bench", add_help=False, help="benchmarks against the Flax reference (python -m benchmarks; "
+                   "needs the bench extra): its arguments pass through, e.g. t5vae bench --quick")
     f = sub.add_parser("info", help="versions and devices; with DIR, a run's config, size and checkpoints")
     f.add_argument("dir", nargs="?")
     f.set_defaults(fn=cmd_info)
     return p
 
 
-def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+def cmd_bench(bench_args: list) -> int:
     try:
+        from benchmarks.__main__ import main as bench_main
+    except ImportError as e:
+        raise ValueError(f"t5vae bench needs the benchmarks package of a t5vae checkout and the Flax reference "
+                         f"(pip install -e '.[bench]'): {e}") from e
+    return bench_main(bench_args)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if argv[:1] == ["bench"]:  # everything after it is the benchmark's own command line
+            return cmd_bench(argv[1:])
+        args = parser().parse_args(argv)
         return args.fn(args)
     except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -39,3 +39,14 @@ def test_both_train_losses_drop_out():
     ours_on = harness.t5vae_loss(cfg.replace(dropout_rate=0.1))
     for loss, p in ((ref_on, ref_params), (ours_on, params)):
         assert float(loss(p, batch, k1)) != float(loss(p, batch, k2))
+
+
+def test_t5vae_bench_passes_its_arguments_to_the_benchmarks(capsys):
+    import pytest
+
+    from t5vae import cli
+    with pytest.raises(SystemExit) as e:
+        cli.main(["bench", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m benchmarks") and "--quick" in out
