@@ -65,8 +65,8 @@ def bench_train(model, ref_params, params, cfg, batch, repeats):
     loss_ours = jax.jit(harness.t5vae_loss(cfg))(params, batch, key)
     loss_ref = jax.jit(harness.logits_loss(lambda p, b, k: reference.forward_fn(model)(p, b)))(ref_params, batch, key)
     loss_diff = abs(float(loss_ours) - float(loss_ref))
-    state = {name: (jax.tree.map(jnp.copy, params if name == "ours" else ref_params),
-                    opt.init(params if name == "ours" else ref_params)) for name in steps}
+    start = {name: params if name == "ours" else ref_params for name in steps}
+    state = {name: (jax.tree.map(jnp.copy, p), opt.init(p)) for name, p in start.items()}
 
     def runner(name):
         def run():

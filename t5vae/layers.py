@@ -5,8 +5,8 @@ F d_ff, V vocab. Attention logits are *not* scaled by 1/sqrt(d_kv): T5 folds tha
 """
 from __future__ import annotations
 
-import functools
 import dataclasses
+import functools
 import math
 
 import jax
