@@ -150,12 +150,20 @@ def memory(impl: str, steps: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+WORKLOADS = ("forward", "train", "compile", "generate", "memory")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats and no 24-layer compile (< 5 min on 2 cores)")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--repeats", type=int, help="timed rounds per workload (default 10, 3 with --quick)")
+    ap.add_argument("--only", help=f"comma-separated subset of {','.join(WORKLOADS)} (default: all)")
     args = ap.parse_args(argv)
+    only = WORKLOADS if not args.only else tuple(w.strip() for w in args.only.split(","))
+    unknown = sorted(set(only) - set(WORKLOADS))
+    if unknown:
+        ap.error(f"--only: unknown workload(s) {unknown}; choose from {list(WORKLOADS)}")
     repeats = args.repeats or (3 if args.quick else 10)
     t_start = time.perf_counter()
     cfg = tv.preset("t5-small", dropout_rate=0.0)
@@ -174,87 +182,114 @@ def main(argv=None) -> int:
     model, ref_params, params = reference.make_reference(cfg)
     batch = harness.random_batch(cfg.vocab_size, B, L)
     tokens = B * L
-
-    log("forward ...")
-    fwd, fwd_diff = bench_forward(model, ref_params, params, cfg, batch, repeats)
-    log("train step ...")
-    train, train_loss_diff = bench_train(model, ref_params, params, cfg, batch, repeats)
-    log("train-step compile ...")
-    train_compile = bench_compile(model, cfg, batch, 1 if args.quick else 3)
-    log("generate ...")
-    gen, gen_same = bench_generate(model, ref_params, params, cfg, batch, NEW, repeats)
-    depth = None if args.quick else bench_depth_compile(cfg, batch)
-    log("peak memory (separate processes) ...")
-    mem = {impl: memory(impl, 3) for impl in ("ours", "reference")}
-
-    train_flops = 3 * harness.t5_forward_flops(cfg, B, L, L)
-    dec_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params["decoder"]["layers"]))
-    dec_bytes += params["shared"]["embedding"].size * 4  # the output projection reads the (tied) embedding
-    bound_s = dec_bytes / bw
     speed = lambda t, k="reference_jit": t[k]["median_s"] / t["ours"]["median_s"]  # noqa: E731
     res = {
         "device": device_name(), "date": datetime.date.today().isoformat(), "jax": jax.__version__,
         "commit": git_commit(), "device_kind": jax.devices()[0].device_kind,
         "platform": platform.platform(), "cpu_count": os.cpu_count(), "repeats": repeats, "quick": args.quick,
+        "workloads": list(only), "complete": False,
         "shapes": {"config": "t5-small", "batch": B, "length": L, "new_tokens": NEW},
         "matmul_flops_f32": f32, "matmul_flops_bf16": bf16, "read_bandwidth_bytes_s": bw,
-        "forward_speedup": speed(fwd), "forward_speedup_vs_plain": speed(fwd, "reference_plain"),
-        "forward_max_abs_diff": fwd_diff,
-        "train_step_speedup": speed(train), "train_loss_abs_diff_no_dropout": train_loss_diff,
-        "train_step_speedup_vs_reference_without_dropout": speed(train, "reference_jit_no_dropout"),
-        "train_tokens_per_s": {k: tokens / v["median_s"] for k, v in train.items()},
-        "train_mfu": train_flops / train["ours"]["median_s"] / f32,
-        "train_mfu_reference": train_flops / train["reference_jit"]["median_s"] / f32,
-        "train_compile_s": {k: v["median_s"] for k, v in train_compile.items()},
-        "train_compile_time_ratio": train_compile["ours"]["median_s"] / train_compile["reference_jit"]["median_s"],
-        "train_compile_s_by_depth": depth,
-        "generate_speedup": speed(gen), "generate_speedup_bf16": gen["reference_jit"]["median_s"] / gen["ours_bf16"]["median_s"],
-        "generate_speedup_vs_plain": speed(gen, "reference_plain"), "generate_same_tokens": gen_same,
-        "generate_ms_per_token": {k: 1e3 * v["median_s"] / NEW for k, v in gen.items()},
-        "decode_weight_read_bound_ms_per_token": 1e3 * bound_s,
-        "generate_latency_over_bound": gen["ours"]["median_s"] / NEW / bound_s,
-        "peak_memory": mem,
-        "train_peak_memory_ratio": mem["ours"]["training_mb"] / mem["reference"]["training_mb"],
-        "timings": {"forward": fwd, "train": train, "generate": gen, "train_compile": train_compile},
-        "wall_s": time.perf_counter() - t_start,
+        "timings": {}, "phase_s": {},
     }
     RESULTS.mkdir(exist_ok=True)
-    paths = [RESULTS / f"{res['device']}-{res['date']}{'-quick' if args.quick else ''}.json"]
-    if args.json:
-        paths.append(Path(args.json))
-    for p in paths:
-        p.write_text(json.dumps(res, indent=2) + "\n")
+    suffix = ("-quick" if args.quick else "") + ("" if only == WORKLOADS else "-" + "-".join(only))
+    paths = [RESULTS / f"{res['device']}-{res['date']}{suffix}.json"] + ([Path(args.json)] if args.json else [])
+
+    def save():  # after every workload, so an interrupted run keeps what it measured
+        res["wall_s"] = time.perf_counter() - t_start
+        for p in paths:
+            p.write_text(json.dumps(res, indent=2) + "\n")
+
+    def phase(name, what):
+        log(f"{what} ...")
+        t0 = time.perf_counter()
+        yield
+        res["phase_s"][name] = time.perf_counter() - t0
+        log(f"{what}: {res['phase_s'][name]:.0f} s")
+        save()
+
+    if "forward" in only:
+        for _ in phase("forward", "forward"):
+            fwd, fwd_diff = bench_forward(model, ref_params, params, cfg, batch, repeats)
+            res.update(forward_speedup=speed(fwd), forward_speedup_vs_plain=speed(fwd, "reference_plain"),
+                       forward_max_abs_diff=fwd_diff)
+            res["timings"]["forward"] = fwd
+    if "train" in only:
+        for _ in phase("train", "train step"):
+            train, train_loss_diff = bench_train(model, ref_params, params, cfg, batch, repeats)
+            train_flops = 3 * harness.t5_forward_flops(cfg, B, L, L)
+            res.update(train_step_speedup=speed(train), train_loss_abs_diff_no_dropout=train_loss_diff,
+                       train_step_speedup_vs_reference_without_dropout=speed(train, "reference_jit_no_dropout"),
+                       train_tokens_per_s={k: tokens / v["median_s"] for k, v in train.items()},
+                       train_mfu=train_flops / train["ours"]["median_s"] / f32,
+                       train_mfu_reference=train_flops / train["reference_jit"]["median_s"] / f32)
+            res["timings"]["train"] = train
+    if "compile" in only:
+        for _ in phase("compile", "train-step compile"):
+            train_compile = bench_compile(model, cfg, batch, 1 if args.quick else 3)
+            res.update(train_compile_s={k: v["median_s"] for k, v in train_compile.items()},
+                       train_compile_time_ratio=train_compile["ours"]["median_s"]
+                       / train_compile["reference_jit"]["median_s"],
+                       train_compile_s_by_depth=None if args.quick else bench_depth_compile(cfg, batch))
+            res["timings"]["train_compile"] = train_compile
+    if "generate" in only:
+        for _ in phase("generate", "generate"):
+            gen, gen_same = bench_generate(model, ref_params, params, cfg, batch, NEW, repeats)
+            dec_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params["decoder"]["layers"]))
+            dec_bytes += params["shared"]["embedding"].size * 4  # the output projection reads the (tied) embedding
+            bound_s = dec_bytes / bw
+            res.update(generate_speedup=speed(gen),
+                       generate_speedup_bf16=gen["reference_jit"]["median_s"] / gen["ours_bf16"]["median_s"],
+                       generate_speedup_vs_plain=speed(gen, "reference_plain"), generate_same_tokens=gen_same,
+                       generate_ms_per_token={k: 1e3 * v["median_s"] / NEW for k, v in gen.items()},
+                       decode_weight_read_bound_ms_per_token=1e3 * bound_s,
+                       generate_latency_over_bound=gen["ours"]["median_s"] / NEW / bound_s)
+            res["timings"]["generate"] = gen
+    if "memory" in only:
+        for _ in phase("memory", "peak memory (separate processes)"):
+            mem = {impl: memory(impl, 3) for impl in ("ours", "reference")}
+            res.update(peak_memory=mem,
+                       train_peak_memory_ratio=mem["ours"]["training_mb"] / mem["reference"]["training_mb"])
+    res["complete"] = True
+    save()
     print_table(res)
     log(f"wrote {', '.join(map(str, paths))} in {res['wall_s']:.0f} s")
     return 0
 
 
 def print_table(r: dict) -> None:
-    rows = [
-        ("forward (8x64, ms)", r["timings"]["forward"]["ours"]["median_s"] * 1e3,
-         r["timings"]["forward"]["reference_jit"]["median_s"] * 1e3, f"{r['forward_speedup']:.2f}x"),
-        ("train step (8x64, ms)", r["timings"]["train"]["ours"]["median_s"] * 1e3,
-         r["timings"]["train"]["reference_jit"]["median_s"] * 1e3, f"{r['train_step_speedup']:.2f}x"),
-        ("  reference without dropout", r["timings"]["train"]["ours"]["median_s"] * 1e3,
-         r["timings"]["train"]["reference_jit_no_dropout"]["median_s"] * 1e3,
-         f"{r['train_step_speedup_vs_reference_without_dropout']:.2f}x"),
-        ("greedy generate (ms/token)", r["generate_ms_per_token"]["ours"], r["generate_ms_per_token"]["reference_jit"],
-         f"{r['generate_speedup']:.2f}x"),
-        ("  bf16 weights (ms/token)", r["generate_ms_per_token"]["ours_bf16"],
-         r["generate_ms_per_token"]["reference_jit"], f"{r['generate_speedup_bf16']:.2f}x"),
-        ("train compile (s)", r["train_compile_s"]["ours"], r["train_compile_s"]["reference_jit"],
-         f"{r['train_compile_time_ratio']:.2f}x"),
-        ("train peak memory (MB)", r["peak_memory"]["ours"]["training_mb"], r["peak_memory"]["reference"]["training_mb"],
-         f"{r['train_peak_memory_ratio']:.2f}x"),
-    ]
+    """The table of whichever workloads the run measured."""
+    t, ms = r["timings"], lambda side, k: t[side][k]["median_s"] * 1e3  # noqa: E731
+    rows = []
+    if "forward" in t:
+        rows.append(("forward (8x64, ms)", ms("forward", "ours"), ms("forward", "reference_jit"),
+                     r["forward_speedup"]))
+    if "train" in t:
+        rows += [("train step (8x64, ms)", ms("train", "ours"), ms("train", "reference_jit"), r["train_step_speedup"]),
+                 ("  reference without dropout", ms("train", "ours"), ms("train", "reference_jit_no_dropout"),
+                  r["train_step_speedup_vs_reference_without_dropout"])]
+    if "generate" in t:
+        g = r["generate_ms_per_token"]
+        rows += [("greedy generate (ms/token)", g["ours"], g["reference_jit"], r["generate_speedup"]),
+                 ("  bf16 weights (ms/token)", g["ours_bf16"], g["reference_jit"], r["generate_speedup_bf16"])]
+    if "train_compile" in t:
+        rows.append(("train compile (s)", r["train_compile_s"]["ours"], r["train_compile_s"]["reference_jit"],
+                     r["train_compile_time_ratio"]))
+    if "peak_memory" in r:
+        m = r["peak_memory"]
+        rows.append(("train peak memory (MB)", m["ours"]["training_mb"], m["reference"]["training_mb"],
+                     r["train_peak_memory_ratio"]))
     print(f"\n{'workload':30s} {'t5vae':>10s} {'Flax (jit)':>11s} {'ratio':>8s}")
     for name, a, b, ratio in rows:
-        print(f"{name:30s} {a:10.2f} {b:11.2f} {ratio:>8s}")
-    print(f"train MFU: {r['train_mfu']:.1%} of the float32 matmul ceiling (reference {r['train_mfu_reference']:.1%})")
-    print(f"decode: {r['generate_ms_per_token']['ours']:.2f} ms/token vs weight-read bound "
-          f"{r['decode_weight_read_bound_ms_per_token']:.2f} ms ({r['generate_latency_over_bound']:.2f}x); "
-          f"same tokens as reference: {r['generate_same_tokens']}")
-    if r["train_compile_s_by_depth"]:
+        print(f"{name:30s} {a:10.2f} {b:11.2f} {ratio:7.2f}x")
+    if "train" in t:
+        print(f"train MFU: {r['train_mfu']:.1%} of the float32 matmul ceiling (reference {r['train_mfu_reference']:.1%})")
+    if "generate" in t:
+        print(f"decode: {r['generate_ms_per_token']['ours']:.2f} ms/token vs weight-read bound "
+              f"{r['decode_weight_read_bound_ms_per_token']:.2f} ms ({r['generate_latency_over_bound']:.2f}x); "
+              f"same tokens as reference: {r['generate_same_tokens']}")
+    if r.get("train_compile_s_by_depth"):
         print(f"train compile by depth: {r['train_compile_s_by_depth']}")
 
 
