@@ -126,8 +126,16 @@ def _residual(x_BLD: jax.Array, scale_D: jax.Array, eps: float, rate: float, bit
     return x_BLD + layers.dropout(sublayer(layers.rms_norm(x_BLD, scale_D, eps)), rate, bits)
 
 
-def _run_stack(stack: dict, block, x_BLD: jax.Array, seed_layers, eps: float, rate: float, bits_out) -> jax.Array:
-    """Scan ``block`` over a stack's layers, then its final norm and dropout."""
+_REMAT_POLICY = {"dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+                 "full": jax.checkpoint_policies.nothing_saveable}
+
+
+def _run_stack(stack: dict, block, x_BLD: jax.Array, seed_layers, eps: float, rate: float, bits_out,
+               remat: str) -> jax.Array:
+    """Scan ``block`` over a stack's layers (rematerialised per ``T5Config.remat``), then its final norm and
+    dropout."""
+    if remat != "none":  # prevent_cse=False: the scan already keeps XLA from merging the recomputation away
+        block = jax.checkpoint(block, policy=_REMAT_POLICY[remat], prevent_cse=False)
     x_BLD, _ = jax.lax.scan(block, x_BLD, (stack["layers"], seed_layers))
     return layers.dropout(layers.rms_norm(x_BLD, stack["final_norm"], eps), rate, bits_out)
 
@@ -158,7 +166,7 @@ def encode(params: dict, cfg: T5Config, input_ids: jax.Array, attention_mask: ja
                       lambda h: layers.mlp(lp["mlp"], h, cfg.activation, rate, b_hidden))
         return _constrain(x), None
 
-    return _run_stack(params["encoder"], block, x, seed_layers, eps, rate, bits_out)
+    return _run_stack(params["encoder"], block, x, seed_layers, eps, rate, bits_out, cfg.remat)
 
 
 def decoder_hidden(params: dict, cfg: T5Config, decoder_input_ids: jax.Array, encoder_states: jax.Array,
@@ -190,7 +198,7 @@ def decoder_hidden(params: dict, cfg: T5Config, decoder_input_ids: jax.Array, en
                       lambda h: layers.mlp(lp["mlp"], h, cfg.activation, rate, b_hidden))
         return _constrain(x), None
 
-    return _run_stack(params["decoder"], block, x, seed_layers, eps, rate, bits_out)
+    return _run_stack(params["decoder"], block, x, seed_layers, eps, rate, bits_out, cfg.remat)
 
 
 def _lm_head(params: dict, cfg: T5Config, x_BTD: jax.Array) -> tuple[jax.Array, jax.Array]:

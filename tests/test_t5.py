@@ -87,6 +87,32 @@ def test_dropout_changes_output_only_with_a_key(model):
 
 
 
+def test_remat_changes_memory_not_numbers(model):
+    """Each ``T5Config.remat`` policy gives autodiff's loss and gradients (dropout on: the recomputed masks
+    must be the same draws), and keeps less of the forward for the backward than "none"."""
+    cfg, params = model
+    ids, mask = batch(cfg)
+
+    def loss(p, c):
+        x = tv.t5.apply_hidden(p, c, ids, mask, ids, mask, dropout_key=jax.random.key(3))
+        return jnp.sum(tv.t5.token_nll(p, c, x, ids)[0] * mask)
+
+    results, temps = {}, {}
+    for remat in tv.config.REMAT:
+        c = cfg.replace(dropout_rate=0.2, remat=remat)
+        grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+        results[remat] = grad(params, c)
+        temps[remat] = grad.lower(params, c).compile().memory_analysis().temp_size_in_bytes
+    for remat in ("dots", "full"):
+        np.testing.assert_allclose(results[remat][0], results["none"][0], rtol=1e-6)
+        for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(results[remat][1]),
+                                jax.tree.leaves(results["none"][1])):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"{remat}: {jax.tree_util.keystr(path)}")
+    assert temps["full"] < temps["none"], temps
+    with pytest.raises(ValueError, match="remat"):
+        cfg.replace(remat="some")
+
+
 def uncached_greedy(params, cfg, ids, mask, T):
     """Greedy decoding by re-running the full decoder on the whole prefix each step (no cache)."""
     h = _encode(params, cfg, ids, mask)
@@ -183,7 +209,8 @@ def test_generate_rejects_bad_arguments(model):
 
 
 def test_config_round_trips_through_hf_json(tmp_path):
-    V11.save_json(tmp_path / "config.json")
+    V11.replace(remat="full").save_json(tmp_path / "config.json")
+    assert "remat" not in (tmp_path / "config.json").read_text()  # a run-time choice, like dtype
     assert tv.T5Config.load_json(tmp_path / "config.json") == V11
     assert V11.activation == "gelu_new" and V10.activation == "relu"
     with pytest.raises(ValueError, match="feed_forward_proj"):
