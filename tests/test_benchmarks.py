@@ -50,3 +50,13 @@ def test_t5vae_bench_passes_its_arguments_to_the_benchmarks(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: python -m benchmarks") and "--quick" in out
+
+
+def test_only_rejects_an_unknown_workload_by_name(capsys):
+    import pytest
+
+    from benchmarks.__main__ import main
+    with pytest.raises(SystemExit) as e:
+        main(["--only", "train,fwd"])
+    assert e.value.code == 2
+    assert "unknown workload(s) ['fwd']" in capsys.readouterr().err
