@@ -8,6 +8,7 @@ is better where stated). Results go to benchmarks/results/<device>-<date>.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -201,6 +202,7 @@ def main(argv=None) -> int:
         for p in paths:
             p.write_text(json.dumps(res, indent=2) + "\n")
 
+    @contextlib.contextmanager
     def phase(name, what):
         log(f"{what} ...")
         t0 = time.perf_counter()
@@ -210,13 +212,13 @@ def main(argv=None) -> int:
         save()
 
     if "forward" in only:
-        for _ in phase("forward", "forward"):
+        with phase("forward", "forward"):
             fwd, fwd_diff = bench_forward(model, ref_params, params, cfg, batch, repeats)
             res.update(forward_speedup=speed(fwd), forward_speedup_vs_plain=speed(fwd, "reference_plain"),
                        forward_max_abs_diff=fwd_diff)
             res["timings"]["forward"] = fwd
     if "train" in only:
-        for _ in phase("train", "train step"):
+        with phase("train", "train step"):
             train, train_loss_diff = bench_train(model, ref_params, params, cfg, batch, repeats)
             train_flops = 3 * harness.t5_forward_flops(cfg, B, L, L)
             res.update(train_step_speedup=speed(train), train_loss_abs_diff_no_dropout=train_loss_diff,
@@ -226,7 +228,7 @@ def main(argv=None) -> int:
                        train_mfu_reference=train_flops / train["reference_jit"]["median_s"] / f32)
             res["timings"]["train"] = train
     if "compile" in only:
-        for _ in phase("compile", "train-step compile"):
+        with phase("compile", "train-step compile"):
             train_compile = bench_compile(model, cfg, batch, 1 if args.quick else 3)
             res.update(train_compile_s={k: v["median_s"] for k, v in train_compile.items()},
                        train_compile_time_ratio=train_compile["ours"]["median_s"]
@@ -234,7 +236,7 @@ def main(argv=None) -> int:
                        train_compile_s_by_depth=None if args.quick else bench_depth_compile(cfg, batch))
             res["timings"]["train_compile"] = train_compile
     if "generate" in only:
-        for _ in phase("generate", "generate"):
+        with phase("generate", "generate"):
             gen, gen_same = bench_generate(model, ref_params, params, cfg, batch, NEW, repeats)
             dec_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params["decoder"]["layers"]))
             dec_bytes += params["shared"]["embedding"].size * 4  # the output projection reads the (tied) embedding
@@ -247,7 +249,7 @@ def main(argv=None) -> int:
                        generate_latency_over_bound=gen["ours"]["median_s"] / NEW / bound_s)
             res["timings"]["generate"] = gen
     if "memory" in only:
-        for _ in phase("memory", "peak memory (separate processes)"):
+        with phase("memory", "peak memory (separate processes)"):
             mem = {impl: memory(impl, 3) for impl in ("ours", "reference")}
             res.update(peak_memory=mem,
                        train_peak_memory_ratio=mem["ours"]["training_mb"] / mem["reference"]["training_mb"])
