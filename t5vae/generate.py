@@ -1,13 +1,14 @@
 """Autoregressive decoding with a KV cache, as one compiled ``lax.while_loop``.
 
 ``generate`` works from encoder states (a T5 encoder's, or the T5-VAE's decoded latent tokens): the
-cross-attention keys/values are projected once, each step runs one token through the decoder stack
-(``scan`` over layers) and writes its self-attention keys/values into a fixed-size cache. The loop stops
-early once every row (every beam) has produced EOS. Output: int32 tokens [B, max_new_tokens], without the
+cross-attention keys/values are projected once per call, each step runs one token through the decoder
+layers (unrolled, on per-layer weights: :class:`DecoderWeights`) and writes its self-attention keys/values
+into a fixed-size cache. The loop stops early once every row (every beam) has produced EOS. Output: int32 tokens [B, max_new_tokens], without the
 decoder start token, pad (``cfg.pad_token_id``) after EOS.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -19,52 +20,92 @@ from t5vae.config import T5Config
 METHODS = ("greedy", "sample", "beam")
 
 
-def prepare(params: dict, cfg: T5Config, enc_BSD: jax.Array) -> dict:
-    """Decoding weights, once per call: per layer 2-D matrices in the compute dtype stored output-major
-    ([out, in], so each step computes ``W @ h.T``), the cross-attention keys/values [B, H, S, K] of the
-    encoder states, and the LM head as [V, D].
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class DecoderWeights:
+    """The decoder's weights laid out for decoding, in the compute dtype: one [in, out] matrix per layer and
+    projection instead of the params' stacked [L, ...] leaves (q|k|v and wi_0|wi_1 fused), every layer's
+    cross-attention k|v in one [D, L*2*H*K] matrix, and the LM head as [D, V] (for tied v1.0 weights, a
+    transposed copy of the embedding). Build it once with :func:`decoder_weights` and pass it to
+    :func:`generate` in place of the params when decoding repeatedly; it holds a second copy of the
+    decoder's weights (and of the tied embedding).
 
-    Inside the loop every operand is then used as it lies: slicing a stacked [L, ...] weight in a ``scan``
-    copies it on every step, which doubles the memory traffic of a memory-bound decode. And with a few
-    rows, ``W[out, in] @ h.T`` streams the weights 1.3-4x faster on XLA's CPU backend than ``h @ W[in, out]``
-    (t5-small shapes, batch 8; benchmarks/NOTES.md).
+    Why: a decode step multiplies a few rows by every weight, so it is bound by reading them. Per-layer
+    weights cut from the stacked leaves inside the compiled loop are fresh temporaries on every call (on
+    XLA's CPU backend ~26k page faults, ~30 ms per call for t5-small), and the [D, V] head reads faster
+    than the [V, D] embedding (benchmarks/NOTES.md).
     """
+    layers: tuple            # per layer: norms and matrices, see _layout
+    cross_kv: jax.Array      # [D, L * 2 * H * K]: per layer, cross-attention k then v
+    embedding: jax.Array     # [V, D], for the input tokens
+    relpos_bias: jax.Array   # [R, H]
+    final_norm: jax.Array    # [D]
+    lm_head: jax.Array       # [D, V]
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _layout(params: dict, cfg: T5Config) -> tuple:
+    """(per-layer weights, fused cross-attention k|v, the tied head transposed or None)."""
     D, H, K, dt = cfg.d_model, cfg.num_heads, cfg.d_kv, cfg.dtype
     stack = params["decoder"]["layers"]
-    enc = enc_BSD.astype(dt)
-    t = lambda w_IO: w_IO.T  # noqa: E731  [in, out] -> output-major [out, in]
-    layers_out = []
+    out, cross = [], []
     for i in range(cfg.num_decoder_layers):
         lp = jax.tree.map(lambda a: a[i].astype(dt), stack)
         sa, ca, mlp = lp["self_attn"], lp["cross_attn"], lp["mlp"]
-        ck, cv = (jnp.einsum("BSD,DHK->BHSK", enc, ca[n]) for n in ("k", "v"))
+        cross += [ca["k"].reshape(D, H * K), ca["v"].reshape(D, H * K)]
         wi = [mlp["wi"]] if "wi" in mlp else [mlp["wi_0"], mlp["wi_1"]]
-        layers_out.append({
-            "self_norm": lp["self_attn_norm"], "cross_norm": lp["cross_attn_norm"], "mlp_norm": lp["mlp_norm"],
-            "qkv": t(jnp.concatenate([sa[n].reshape(D, H * K) for n in ("q", "k", "v")], axis=1)),
-            "o": t(sa["o"].reshape(H * K, D)), "cross_q": t(ca["q"].reshape(D, H * K)),
-            "cross_o": t(ca["o"].reshape(H * K, D)), "cross_k": ck, "cross_v": cv,
-            "wi": t(jnp.concatenate(wi, axis=1)), "wo": t(mlp["wo"])})
-    if cfg.tie_word_embeddings:  # v1.0: the embedding [V, D] is already output-major; fold in d_model**-0.5
-        head, head_scale = params["shared"]["embedding"].astype(dt), cfg.d_model ** -0.5
-    else:
-        head, head_scale = t(params["lm_head"].astype(dt)), 1.0
-    return {"layers": layers_out, "head": head, "head_scale": head_scale}
+        out.append({"self_norm": lp["self_attn_norm"], "cross_norm": lp["cross_attn_norm"],
+                    "mlp_norm": lp["mlp_norm"],
+                    "qkv": jnp.concatenate([sa[n].reshape(D, H * K) for n in ("q", "k", "v")], axis=1),
+                    "o": sa["o"].reshape(H * K, D), "cross_q": ca["q"].reshape(D, H * K),
+                    "cross_o": ca["o"].reshape(H * K, D), "wi": jnp.concatenate(wi, axis=1), "wo": mlp["wo"]})
+    head = params["shared"]["embedding"].T.astype(dt) if cfg.tie_word_embeddings else None
+    return tuple(out), jnp.concatenate(cross, axis=1), head
 
 
-def _mv(h_BI: jax.Array, w_OI: jax.Array) -> jax.Array:
-    """``h @ w.T`` for a few rows h [B, in] and an output-major weight [out, in] -> [B, out].
+def decoder_weights(params: dict, cfg: T5Config) -> DecoderWeights:
+    """T5 params -> :class:`DecoderWeights` (one compiled call; the embedding, bias table, final norm and
+    untied LM head are the params' own arrays when already in the compute dtype). Given DecoderWeights,
+    returns them."""
+    if isinstance(params, DecoderWeights):
+        return params
+    as_dt = lambda a: a if a.dtype == jnp.dtype(cfg.dtype) else a.astype(cfg.dtype)  # noqa: E731
+    layers_out, cross_kv, tied_head = _layout(params, cfg)
+    dec = params["decoder"]
+    head = tied_head if cfg.tie_word_embeddings else as_dt(params["lm_head"])
+    return DecoderWeights(layers_out, cross_kv, as_dt(params["shared"]["embedding"]), dec["relpos_bias"],
+                          dec["final_norm"], head)
 
-    Computed as ``w @ h.T`` -> [out, B]; the barrier stops XLA from folding the final (tiny) transpose into
-    the dot, which would turn it back into the slow ``h @ w.T`` form."""
-    return jax.lax.optimization_barrier(w_OI @ h_BI.T).T
+
+def _check_weights(w: DecoderWeights, cfg: T5Config) -> DecoderWeights:
+    """Decoder weights made for another config are an error that names the mismatch, not a shape error."""
+    D, HK, dt = cfg.d_model, cfg.num_heads * cfg.d_kv, jnp.dtype(cfg.dtype)
+    want = {"layers": cfg.num_decoder_layers, "cross_kv": (D, cfg.num_decoder_layers * 2 * HK),
+            "embedding": (cfg.vocab_size, D), "lm_head": (D, cfg.vocab_size)}
+    got = {"layers": len(w.layers), "cross_kv": tuple(w.cross_kv.shape), "embedding": tuple(w.embedding.shape),
+           "lm_head": tuple(w.lm_head.shape)}
+    bad = [f"{k}: {got[k]} (config wants {want[k]})" for k in want if got[k] != want[k]]
+    if w.cross_kv.dtype != dt:
+        bad.append(f"dtype: {w.cross_kv.dtype} (config's compute dtype is {dt})")
+    if bad:
+        raise ValueError("DecoderWeights do not match the config: " + "; ".join(bad)
+                         + " (build them with decoder_weights(params, cfg) for this config)")
+    return w
+
+
+def _cross_kv(w: DecoderWeights, cfg: T5Config, enc_BSD: jax.Array) -> list:
+    """Per layer, the cross-attention keys and values [B, H, S, K] of the encoder states (one matmul)."""
+    B, S, _ = enc_BSD.shape
+    kv = (enc_BSD.astype(cfg.dtype) @ w.cross_kv).reshape(B, S, cfg.num_decoder_layers, 2, cfg.num_heads, cfg.d_kv)
+    kv = jnp.transpose(kv, (2, 3, 0, 4, 1, 5))  # [L, 2, B, H, S, K]
+    return [(kv[i, 0], kv[i, 1]) for i in range(cfg.num_decoder_layers)]
 
 
 def _mlp_one(lp: dict, cfg: T5Config, h_BD: jax.Array) -> jax.Array:
-    """The T5 feed-forward for single positions with output-major weights (wi_0|wi_1 fused when gated)."""
-    a = _mv(h_BD, lp["wi"])
+    """The T5 feed-forward for single positions (wi_0|wi_1 fused when gated)."""
+    a = h_BD @ lp["wi"]
     a, b = jnp.split(a, 2, axis=1) if cfg.is_gated else (a, None)
-    return _mv(layers._mlp_hidden(cfg.activation, 0.0, a, b, None), lp["wo"])
+    return layers._mlp_hidden(cfg.activation, 0.0, a, b, None) @ lp["wo"]
 
 
 def init_cache(cfg: T5Config, batch: int, length: int) -> list:
@@ -85,31 +126,32 @@ def _attend_one(q_BHK, k_BHSK, v_BHSK, bias_1HS, mask_B1S):
     return out.reshape(out.shape[0], -1)
 
 
-def decode_step(params: dict, cfg: T5Config, prepared: dict, tok_B: jax.Array, t: jax.Array, cache: list,
+def decode_step(w: DecoderWeights, cfg: T5Config, cross_kv: list, tok_B: jax.Array, t: jax.Array, cache: list,
                 cross_mask_B1S: jax.Array | None):
     """One decoder position: token ids [B] at position ``t`` -> (float32 logits [B, V], updated cache)."""
     B, H, K, eps = tok_B.shape[0], cfg.num_heads, cfg.d_kv, cfg.layer_norm_epsilon
     T = cache[0][0].shape[2]
-    x = jnp.take(params["shared"]["embedding"], tok_B, axis=0).astype(cfg.dtype)  # [B, D]
-    bias_1HT = layers.position_bias(params["decoder"]["relpos_bias"], 1, T, False,
-                                    cfg.relative_attention_max_distance, q_offset=t)[:, :, 0, :]
+    x = jnp.take(w.embedding, tok_B, axis=0)  # [B, D]
+    bias_1HT = layers.position_bias(w.relpos_bias, 1, T, False, cfg.relative_attention_max_distance,
+                                    q_offset=t)[:, :, 0, :]
     self_mask_11T = (jnp.arange(T) <= t)[None, None, :]
     new_cache = []
-    for lp, (ck, cv) in zip(prepared["layers"], cache):
+    for lp, (ck, cv), (xk, xv) in zip(w.layers, cache, cross_kv):
         h = layers.rms_norm(x, lp["self_norm"], eps)
-        q, k, v = jnp.split(_mv(h, lp["qkv"]).reshape(B, 3 * H, K), 3, axis=1)
+        q, k, v = jnp.split((h @ lp["qkv"]).reshape(B, 3 * H, K), 3, axis=1)
         ck = jax.lax.dynamic_update_slice_in_dim(ck, k[:, :, None, :], t, axis=2)
         cv = jax.lax.dynamic_update_slice_in_dim(cv, v[:, :, None, :], t, axis=2)
         new_cache.append((ck, cv))
-        x = x + _mv(_attend_one(q, ck, cv, bias_1HT, self_mask_11T), lp["o"])
+        x = x + _attend_one(q, ck, cv, bias_1HT, self_mask_11T) @ lp["o"]
         h = layers.rms_norm(x, lp["cross_norm"], eps)
-        q = _mv(h, lp["cross_q"]).reshape(B, H, K)
-        x = x + _mv(_attend_one(q, lp["cross_k"], lp["cross_v"], None, cross_mask_B1S), lp["cross_o"])
+        q = (h @ lp["cross_q"]).reshape(B, H, K)
+        x = x + _attend_one(q, xk, xv, None, cross_mask_B1S) @ lp["cross_o"]
         h = layers.rms_norm(x, lp["mlp_norm"], eps)
         x = x + _mlp_one(lp, cfg, h)
-    x = layers.rms_norm(x, params["decoder"]["final_norm"], eps)
-    logits_VB = jnp.dot(prepared["head"], (x * prepared["head_scale"]).T, preferred_element_type=jnp.float32)
-    return jax.lax.optimization_barrier(logits_VB).T, new_cache
+    x = layers.rms_norm(x, w.final_norm, eps)
+    if cfg.tie_word_embeddings:  # v1.0 scales the hidden states before the tied head
+        x = x * cfg.d_model ** -0.5
+    return jnp.dot(x, w.lm_head, preferred_element_type=jnp.float32), new_cache
 
 
 def _filter_logits(logits_BV: jax.Array, temperature, top_k: int, top_p) -> jax.Array:
@@ -127,10 +169,10 @@ def _filter_logits(logits_BV: jax.Array, temperature, top_k: int, top_p) -> jax.
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "method", "top_k"))
-def _sample_loop(params, cfg, enc, enc_mask, max_new_tokens, method, key, temperature, top_k, top_p):
+def _sample_loop(w, cfg, enc, enc_mask, max_new_tokens, method, key, temperature, top_k, top_p):
     B = enc.shape[0]
     cross_mask = None if enc_mask is None else enc_mask.astype(bool)[:, None, :]
-    prepared = prepare(params, cfg, enc)
+    cross_kv = _cross_kv(w, cfg, enc)
     out = jnp.full((B, max_new_tokens), cfg.pad_token_id, jnp.int32)
     tok = jnp.full((B,), cfg.decoder_start_token_id, jnp.int32)
     state = (jnp.int32(0), tok, out, init_cache(cfg, B, max_new_tokens), jnp.zeros((B,), bool), key)
@@ -141,7 +183,7 @@ def _sample_loop(params, cfg, enc, enc_mask, max_new_tokens, method, key, temper
 
     def body(s):
         t, tok, out, cache, done, key = s
-        logits, cache = decode_step(params, cfg, prepared, tok, t, cache, cross_mask)
+        logits, cache = decode_step(w, cfg, cross_kv, tok, t, cache, cross_mask)
         if method == "greedy":
             nxt = layers.argmax(logits)
         else:
@@ -155,14 +197,14 @@ def _sample_loop(params, cfg, enc, enc_mask, max_new_tokens, method, key, temper
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "num_beams"))
-def _beam_loop(params, cfg, enc, enc_mask, max_new_tokens, num_beams, length_penalty):
+def _beam_loop(w, cfg, enc, enc_mask, max_new_tokens, num_beams, length_penalty):
     """Beam search. Hypotheses are ranked by sum log p / length**length_penalty (the Hugging Face rule);
     a finished beam keeps its score and competes with the live ones until the loop ends."""
     B, W, T, V = enc.shape[0], num_beams, max_new_tokens, cfg.vocab_size
     rep = lambda x: None if x is None else jnp.repeat(x, W, axis=0)  # noqa: E731  [B*W, ...]
     enc_mask = rep(enc_mask)
     cross_mask = None if enc_mask is None else enc_mask.astype(bool)[:, None, :]
-    prepared = prepare(params, cfg, rep(enc))
+    cross_kv = _cross_kv(w, cfg, rep(enc))
     # only the first beam is live at the start, so the W beams do not all pick the same token
     logp = jnp.tile(jnp.where(jnp.arange(W) == 0, 0.0, -jnp.inf), (B, 1))
     state = (jnp.int32(0), jnp.full((B * W,), cfg.decoder_start_token_id, jnp.int32),
@@ -177,7 +219,7 @@ def _beam_loop(params, cfg, enc, enc_mask, max_new_tokens, num_beams, length_pen
 
     def body(s):
         t, tok, seqs, cache, logp, done, length = s
-        logits, cache = decode_step(params, cfg, prepared, tok, t, cache, cross_mask)
+        logits, cache = decode_step(w, cfg, cross_kv, tok, t, cache, cross_mask)
         lp_BWV = jax.nn.log_softmax(logits, axis=-1).reshape(B, W, V)
         # a finished beam may only "emit" pad, at no cost; a live one may emit anything
         pad_only = jnp.where(jnp.arange(V) == cfg.pad_token_id, 0.0, -jnp.inf)
@@ -201,10 +243,14 @@ def _beam_loop(params, cfg, enc, enc_mask, max_new_tokens, num_beams, length_pen
     return jnp.take_along_axis(seqs, best[:, None, None], axis=1)[:, 0]
 
 
-def generate(params: dict, cfg: T5Config, encoder_states: jax.Array, encoder_mask: jax.Array | None,
-             max_new_tokens: int, method: str = "greedy", key: jax.Array | None = None, temperature: float = 1.0,
-             top_k: int = 0, top_p: float = 1.0, num_beams: int = 4, length_penalty: float = 1.0) -> jax.Array:
-    """Decode from encoder states [B, S, D] (mask [B, S] or None) -> int32 tokens [B, max_new_tokens]."""
+def generate(params: dict | DecoderWeights, cfg: T5Config, encoder_states: jax.Array,
+             encoder_mask: jax.Array | None, max_new_tokens: int, method: str = "greedy", key: jax.Array | None = None,
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, num_beams: int = 4,
+             length_penalty: float = 1.0) -> jax.Array:
+    """Decode from encoder states [B, S, D] (mask [B, S] or None) -> int32 tokens [B, max_new_tokens].
+
+    ``params`` is the T5 params tree, or its :func:`decoder_weights` when decoding many times with the same
+    weights (the same tokens, without re-laying-out the decoder on every call)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
@@ -215,10 +261,11 @@ def generate(params: dict, cfg: T5Config, encoder_states: jax.Array, encoder_mas
     if encoder_mask is not None and tuple(encoder_mask.shape) != tuple(encoder_states.shape[:2]):
         raise ValueError(f"encoder_mask shape {tuple(encoder_mask.shape)} does not match encoder_states "
                          f"{tuple(encoder_states.shape[:2])}")
+    w = _check_weights(decoder_weights(params, cfg), cfg)
     if method == "beam":
         if num_beams < 1:
             raise ValueError(f"num_beams must be >= 1, got {num_beams}")
-        return _beam_loop(params, cfg, encoder_states, encoder_mask, max_new_tokens, num_beams, length_penalty)
+        return _beam_loop(w, cfg, encoder_states, encoder_mask, max_new_tokens, num_beams, length_penalty)
     if method == "sample":
         if key is None:
             raise ValueError("method='sample' needs a PRNG key (key=jax.random.key(seed))")
@@ -226,5 +273,5 @@ def generate(params: dict, cfg: T5Config, encoder_states: jax.Array, encoder_mas
             raise ValueError(f"need temperature > 0, 0 < top_p <= 1, top_k >= 0; got {temperature}, {top_p}, {top_k}")
     else:
         key = jax.random.key(0)  # unused by greedy; keeps one signature for the compiled loop
-    return _sample_loop(params, cfg, encoder_states, encoder_mask, max_new_tokens, method, key,
+    return _sample_loop(w, cfg, encoder_states, encoder_mask, max_new_tokens, method, key,
                         temperature, top_k, top_p)

@@ -256,9 +256,13 @@ def shift_right(labels: jax.Array, cfg: T5Config) -> jax.Array:
 
 
 def generate(params: dict, cfg: T5Config, input_ids: jax.Array, attention_mask: jax.Array | None = None,
-             max_new_tokens: int = 32, **kwargs) -> jax.Array:
-    """Seq2seq generation with a KV cache -> int32 [B, max_new_tokens] (see ``t5vae.generate.generate``)."""
+             max_new_tokens: int = 32, *, decoder_weights=None, **kwargs) -> jax.Array:
+    """Seq2seq generation with a KV cache -> int32 [B, max_new_tokens] (see ``t5vae.generate.generate``).
+
+    ``decoder_weights``: ``t5vae.generate.decoder_weights(params, cfg)``, built once, for repeated calls;
+    without it the decoder's weights are laid out for decoding on every call."""
     from t5vae.generate import generate as _generate
 
     h = jax.jit(encode, static_argnums=1)(params, cfg, input_ids, attention_mask)
-    return _generate(params, cfg, h, attention_mask, max_new_tokens, **kwargs)
+    return _generate(params if decoder_weights is None else decoder_weights, cfg, h, attention_mask,
+                     max_new_tokens, **kwargs)

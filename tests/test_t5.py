@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 import t5vae as tv
-from t5vae.generate import generate
+from t5vae.generate import decoder_weights, generate
 
 V10 = tv.T5Config(vocab_size=7, d_model=16, d_kv=6, d_ff=24, num_layers=2, num_decoder_layers=3, num_heads=3,
                   relative_attention_num_buckets=8, relative_attention_max_distance=12, dropout_rate=0.0)
@@ -158,6 +158,28 @@ def test_sampling_and_beam_reduce_to_greedy(model):
     hot = tv.t5.generate(params, cfg, ids, mask, max_new_tokens=6, method="sample", key=jax.random.key(3),
                          temperature=5.0)
     assert not np.array_equal(hot, greedy)
+
+
+def test_decoder_weights_built_once_give_the_same_tokens(model):
+    cfg, params = model
+    ids, mask = batch(cfg)
+    w = decoder_weights(params, cfg)
+    assert decoder_weights(w, cfg) is w
+    for kw in ({}, {"method": "beam", "num_beams": 2}, {"method": "sample", "key": jax.random.key(3)}):
+        np.testing.assert_array_equal(tv.t5.generate(params, cfg, ids, mask, 6, decoder_weights=w, **kw),
+                                      tv.t5.generate(params, cfg, ids, mask, 6, **kw), err_msg=str(kw))
+
+
+def test_decoder_weights_for_another_config_are_named():
+    p10, p11 = tv.t5.init(V10, jax.random.key(0)), tv.t5.init(V11, jax.random.key(0))
+    h = jnp.zeros((2, 3, V10.d_model))
+    with pytest.raises(ValueError, match=r"DecoderWeights do not match the config: .*lm_head: \(16, 7\) "
+                                         r"\(config wants \(16, 11\)\)"):
+        generate(decoder_weights(p10, V10), V11, h, None, 4)
+    with pytest.raises(ValueError, match=r"layers: 3 \(config wants 2\)"):
+        generate(decoder_weights(p11, V11), V11.replace(num_decoder_layers=2), h, None, 4)
+    with pytest.raises(ValueError, match=r"dtype: float32 \(config's compute dtype is bfloat16\)"):
+        generate(decoder_weights(p10, V10), V10.replace(dtype="bfloat16"), h, None, 4)
 
 
 def test_top_p_keeps_the_smallest_nucleus():
