@@ -257,15 +257,27 @@ def mlp_reference(p: dict, x_BLD: jax.Array, activation: str, dropout_rate: floa
     return jnp.einsum("BLF,FD->BLD", h, p["wo"].astype(dt))
 
 
-def argmax(x_BV: jax.Array) -> jax.Array:
-    """``jnp.argmax(x, axis=-1)`` as int32 (first index of the maximum; the first NaN if any) for decoding's
-    few rows, as two plain reductions: XLA's CPU backend runs argmax's variadic (value, index) reduce 3-6x
-    slower on [8, 32128] (0.65-1.1 vs 0.2 ms, of a ~10 ms t5-small decoding step). Not for many rows: on
-    [512, 32128] the two passes over memory cost more (49 vs 35 ms)."""
-    V = x_BV.shape[-1]
-    m = jnp.max(x_BV, axis=-1, keepdims=True)
-    hit = (x_BV == m) | jnp.isnan(x_BV)
-    return jnp.min(jnp.where(hit, jnp.arange(V, dtype=jnp.int32), V), axis=-1)
+def argmax(x_BV: jax.Array, block: int = 128) -> jax.Array:
+    """``jnp.argmax(x, axis=-1)`` as int32 (first index of the maximum; the first NaN if any) of float logits,
+    for decoding's few rows, without argmax's variadic (value, index) reduce, which XLA's CPU backend runs
+    3-6x slower on [8, 32128] (0.65-1.1 vs 0.2 ms of a ~10 ms t5-small step).
+
+    In blocks of ``block``: each block's max, the first block holding the row's max (or a NaN), then the
+    first hit inside that block; the comparison pass reads one block per row instead of the whole row
+    (8-14 ms less per 32-token t5-small generate call than a max pass plus a full compare pass). The row
+    is padded with -inf to whole blocks (t5's 32128 needs none). Not for many rows: on [512, 32128]
+    two passes over memory cost more than the variadic reduce (49 vs 35 ms)."""
+    *lead, V = x_BV.shape
+    nb = -(-V // block)
+    if nb * block != V:
+        x_BV = jnp.pad(x_BV, [(0, 0)] * len(lead) + [(0, nb * block - V)], constant_values=-jnp.inf)
+    x_BNK = x_BV.reshape(*lead, nb, block)
+    first = lambda hit, n: jnp.min(jnp.where(hit, jnp.arange(n, dtype=jnp.int32), n), axis=-1)  # noqa: E731
+    max_BN = jnp.max(x_BNK, axis=-1)  # NaN where the block holds one
+    m_B1 = jnp.max(max_BN, axis=-1, keepdims=True)
+    blk_B = first((max_BN == m_B1) | jnp.isnan(max_BN), nb)
+    row_BK = jnp.take_along_axis(x_BNK, blk_B[..., None, None], axis=-2)[..., 0, :]
+    return blk_B * block + first((row_BK == m_B1) | jnp.isnan(row_BK), block)
 
 
 @jax.custom_vjp

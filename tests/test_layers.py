@@ -198,12 +198,15 @@ def test_lm_head_xent_matches_log_softmax():
     np.testing.assert_array_equal(pred, jnp.argmax(jnp.einsum("BTD,DV->BTV", x, w), -1))
 
 
-def test_argmax_matches_jnp_argmax_ties_and_nan():
-    x = jax.random.normal(jax.random.key(0), (6, 50))
-    x = x.at[1, 7].set(9.0).at[1, 30].set(9.0)  # a tie: the first index wins
-    x = x.at[2, 11].set(jnp.nan).at[2, 40].set(jnp.nan)  # NaN wins, the first one
+@pytest.mark.parametrize("V", [50, 300, 384])  # one padded block; padded blocks; whole blocks
+def test_argmax_matches_jnp_argmax_ties_and_nan(V):
+    x = jax.random.normal(jax.random.key(0), (8, V))
+    x = x.at[1, 7].set(9.0).at[1, V - 3].set(9.0)  # a tie across blocks: the first index wins
+    x = x.at[2, V - 9].set(jnp.nan).at[2, V - 1].set(jnp.nan)  # NaN wins, the first one
     x = x.at[3].set(-jnp.inf).at[4].set(jnp.inf)
-    got = layers.argmax(x)
+    x = x.at[5, V - 2].set(7.0).at[5, V - 1].set(7.0)  # a tie in the last block
+    x = x.at[6, 130 % V].set(8.0).at[6, 129 % V].set(8.0)  # a tie inside one block
+    got = layers.argmax(x, block=128)
     assert got.dtype == jnp.int32
     np.testing.assert_array_equal(np.asarray(got), np.asarray(jnp.argmax(x, axis=-1)))
-    assert int(got[1]) == 7 and int(got[2]) == 11
+    assert int(got[1]) == 7 and int(got[2]) == V - 9 and int(got[5]) == V - 2
