@@ -102,12 +102,13 @@ def loss(params: dict, cfg: Config, batch: dict, key: jax.Array | None, step, *,
     return total, metrics
 
 
-def generate(params: dict, cfg: Config, z_BNZ: jax.Array, max_new_tokens: int, method: str = "greedy",
-             **kwargs) -> jax.Array:
+def generate(params: dict, cfg: Config, z_BNZ: jax.Array, max_new_tokens: int, method: str = "greedy", *,
+             decoder_weights=None, **kwargs) -> jax.Array:
     """Decode latent codes [B, N, Z] to token ids [B, max_new_tokens] (pad after EOS).
 
     ``method`` is "greedy", "sample" or "beam"; ``kwargs`` (key, temperature, top_k, top_p, num_beams,
-    length_penalty) go to :func:`t5vae.generate.generate`.
+    length_penalty) go to :func:`t5vae.generate.generate`. ``decoder_weights``: the backbone's
+    ``t5vae.generate.decoder_weights(params["t5"], cfg.t5)``, built once for repeated decoding.
     """
     states = latent_states(params, cfg, z_BNZ)
     try:
@@ -116,7 +117,8 @@ def generate(params: dict, cfg: Config, z_BNZ: jax.Array, max_new_tokens: int, m
         if method != "greedy":
             raise NotImplementedError(f"method={method!r} needs t5vae.generate") from None
         return greedy_uncached(params["t5"], cfg.t5, states, max_new_tokens)
-    return t5_generate(params["t5"], cfg.t5, states, None, max_new_tokens, method=method, **kwargs)
+    return t5_generate(params["t5"] if decoder_weights is None else decoder_weights, cfg.t5, states, None,
+                       max_new_tokens, method=method, **kwargs)
 
 
 def greedy_uncached(t5_params: dict, cfg, states_BSD: jax.Array, max_new_tokens: int) -> jax.Array:

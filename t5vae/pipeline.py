@@ -56,6 +56,7 @@ class Model:
 
         check_vocab(cfg, tokenizer)
         self.cfg, self.params, self.tokenizer, self.path = cfg, params, tokenizer, path
+        self._decoder_weights = (None, None)  # (the params they were built from, the decoder laid out for decoding)
         self._aggregate: latent.FittedGaussian | None = None
 
     def __repr__(self):
@@ -103,9 +104,22 @@ class Model:
             padded = np.concatenate([part, np.zeros((bs - len(part),) + part.shape[1:], np.float32)])
             if method == "sample":
                 kwargs["key"] = jax.random.fold_in(key, s)
-            toks = np.asarray(model.generate(self.params, self.cfg, jnp.asarray(padded), T, method=method, **kwargs))
+            toks = np.asarray(model.generate(self.params, self.cfg, jnp.asarray(padded), T, method=method,
+                                             decoder_weights=self.decoder_weights(), **kwargs))
             out += [self.tokenizer.decode(t) for t in toks[: len(part)]]
         return out
+
+    def decoder_weights(self):
+        """The backbone's decoder laid out for decoding (``t5vae.generate.DecoderWeights``), built on first use
+        and kept while ``self.params`` stays the same object: every later decode skips re-laying out the weights,
+        for a second copy of the decoder's."""
+        built_from, w = self._decoder_weights
+        if built_from is not self.params:
+            from t5vae.generate import decoder_weights
+
+            w = decoder_weights(self.params["t5"], self.cfg.t5)
+            self._decoder_weights = (self.params, w)
+        return w
 
     # -- latent-space operations -------------------------------------------------------------------
 

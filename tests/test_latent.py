@@ -219,6 +219,11 @@ def test_encode_decode_match_the_functional_api(m, cfg, tok):
     assert m.decode(z[2]) == texts[2:3]  # one code [N, Z]; batch padding does not change a row
     assert m.decode(z, max_new_tokens=2) == [tok.decode(t) for t in toks[:, :2]]
     assert m.decode(np.zeros((0, 3, 8))) == []
+    w = m.decoder_weights()
+    assert m.decoder_weights() is w  # built on the first decode, reused by every later one
+    other = tv.Model(cfg, m.params, tok)
+    other.params = jax.tree.map(np.copy, m.params)  # new params: the laid-out decoder is built again from them
+    assert other.decoder_weights() is not w and other.decode(z) == texts
 
 
 def test_bad_text_input_is_a_clear_error(m):
