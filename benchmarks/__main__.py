@@ -43,12 +43,14 @@ def device_name() -> str:
 
 
 def git_commit() -> str | None:
-    """The checkout's commit (with ``+dirty`` for uncommitted changes), so a result names the code it timed."""
+    """The checkout's commit (with ``+dirty`` for uncommitted changes outside ``benchmarks/results``, which a
+    re-run overwrites), so a result names the code it timed."""
     root = Path(__file__).parent.parent
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)benchmarks/results"], cwd=root,
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
