@@ -171,6 +171,46 @@ def test_tokenizer_vocab_larger_than_the_embedding_is_refused(run):
         tv.pipeline.Model(small, m.params, m.tokenizer)
 
 
+def test_train_restarts_with_hugepage_malloc_only_where_it_applies():
+    thp, linux = "always [madvise] never\n", ("Linux", ("glibc", "2.36"))
+    env = {"PATH": "/bin"}
+    got = cli.hugepage_env(env, *linux, thp)
+    assert got == {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+    other = cli.hugepage_env({"GLIBC_TUNABLES": "glibc.cpu.x86_shstk=off"}, *linux, thp)
+    assert other["GLIBC_TUNABLES"] == "glibc.cpu.x86_shstk=off:glibc.malloc.hugetlb=1"  # kept, appended to
+    for args in [(got, *linux, thp),  # already restarted: never twice
+                 ({"T5VAE_HUGEPAGES": "0"}, *linux, thp),  # opted out
+                 (env, "Darwin", ("", ""), thp), (env, "Linux", ("", ""), thp),  # no glibc (musl)
+                 (env, "Linux", ("glibc", "2.31"), thp),  # no glibc.malloc.hugetlb before 2.35
+                 (env, *linux, "always madvise [never]\n"), (env, *linux, None)]:  # THP off, or no setting
+        assert cli.hugepage_env(*args) is None, args
+
+
+def test_only_the_train_command_restarts_itself(monkeypatch, tmp_path):
+    calls = []
+
+    def execve(path, args, env):
+        calls.append((path, args, env))
+        raise SystemExit(0)
+
+    setting = tmp_path / "enabled"
+    setting.write_text("always [madvise] never\n")
+    monkeypatch.setattr(os, "execve", execve)
+    monkeypatch.setattr(cli, "THP_SETTING", setting)
+    monkeypatch.setattr(cli.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(cli.platform, "libc_ver", lambda: ("glibc", "2.36"))
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.delenv("T5VAE_HUGEPAGES", raising=False)
+    monkeypatch.setattr(sys, "argv", ["t5vae", "train", "--steps", "3"])
+    with pytest.raises(SystemExit):
+        cli.main()
+    assert calls == [(sys.executable, [sys.executable, "-m", "t5vae.cli", "train", "--steps", "3"],
+                      {**os.environ, "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"})]
+    assert cli.main(["info", str(tmp_path / "missing")]) == 1  # an explicit argv never restarts
+    monkeypatch.setattr(sys, "argv", ["t5vae", "info", str(tmp_path / "missing")])
+    assert cli.main() == 1 and len(calls) == 1  # nor does any other command
+
+
 def test_batch_stream_is_a_pure_function_of_the_step():
     enc = data.Encoded([np.arange(1, 2 + i % 12, dtype=np.int32) for i in range(50)], 0)
     s1, s2 = train.BatchStream(enc, 8, (8, 16), 3), train.BatchStream(enc, 8, (8, 16), 3)
