@@ -3,8 +3,8 @@
 ``generate`` works from encoder states (a T5 encoder's, or the T5-VAE's decoded latent tokens): the
 cross-attention keys/values are projected once per call, each step runs one token through the decoder
 layers (unrolled, on per-layer weights: :class:`DecoderWeights`) and writes its self-attention keys/values
-into a fixed-size cache. The loop stops early once every row (every beam) has produced EOS. Output: int32 tokens [B, max_new_tokens], without the
-decoder start token, pad (``cfg.pad_token_id``) after EOS.
+into a fixed-size cache. The loop stops early once every row (every beam) has produced EOS. Output: int32
+tokens [B, max_new_tokens], without the decoder start token, pad (``cfg.pad_token_id``) after EOS.
 """
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ class DecoderWeights:
 
     Why: a decode step multiplies a few rows by every weight, so it is bound by reading them. Per-layer
     weights cut from the stacked leaves inside the compiled loop are fresh temporaries on every call (on
-    XLA's CPU backend ~26k page faults, ~30 ms per call for t5-small), and the [D, V] head reads faster
-    than the [V, D] embedding (benchmarks/NOTES.md).
+    XLA's CPU backend, ~100 MB of page faults per t5-small call), and the [D, V] head reads faster than the
+    [V, D] embedding (benchmarks/NOTES.md).
     """
     layers: tuple            # per layer: norms and matrices, see _layout
     cross_kv: jax.Array      # [D, L * 2 * H * K]: per layer, cross-attention k then v
@@ -69,6 +69,10 @@ def decoder_weights(params: dict, cfg: T5Config) -> DecoderWeights:
     returns them."""
     if isinstance(params, DecoderWeights):
         return params
+    if not isinstance(params, dict) or not {"shared", "decoder"} <= params.keys():
+        got = sorted(params) if isinstance(params, dict) else type(params).__name__
+        raise ValueError(f"decoder_weights needs a T5 params tree (keys 'shared', 'decoder', ...), got {got}"
+                         + (" (a T5-VAE's tree? pass its params['t5'])" if "t5" in got else ""))
     as_dt = lambda a: a if a.dtype == jnp.dtype(cfg.dtype) else a.astype(cfg.dtype)  # noqa: E731
     layers_out, cross_kv, tied_head = _layout(params, cfg)
     dec = params["decoder"]

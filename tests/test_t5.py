@@ -180,6 +180,9 @@ def test_decoder_weights_for_another_config_are_named():
         generate(decoder_weights(p11, V11), V11.replace(num_decoder_layers=2), h, None, 4)
     with pytest.raises(ValueError, match=r"dtype: float32 \(config's compute dtype is bfloat16\)"):
         generate(decoder_weights(p10, V10), V10.replace(dtype="bfloat16"), h, None, 4)
+    with pytest.raises(ValueError, match=r"needs a T5 params tree .* got \['t5'\] \(a T5-VAE's tree\? pass its "
+                                         r"params\['t5'\]\)"):
+        generate({"t5": p10}, V10, h, None, 4)
 
 
 def test_top_p_keeps_the_smallest_nucleus():
