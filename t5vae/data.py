@@ -11,6 +11,7 @@ import dataclasses
 import io
 import os
 import sysconfig
+import warnings
 import zlib
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -93,10 +94,21 @@ def split_of(line: str, validation_percent: float) -> str:
     return "validation" if zlib.crc32(line.encode("utf-8")) % 10_000 < validation_percent * 100 else "train"
 
 
+def parse_quietly(s: str) -> ast.Module | None:
+    """``ast.parse(s)``, or None if ``s`` does not parse. Python's warnings for odd but valid source
+    (``1if x else y``, ``"\\d"``) are not printed: generated text is full of them, and they said
+    nothing a person reading the training log needed."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return ast.parse(s)
+        except (SyntaxError, ValueError):
+            return None
+
+
 def _is_statement(s: str) -> bool:
-    try:
-        tree = ast.parse(s)
-    except (SyntaxError, ValueError):
+    tree = parse_quietly(s)
+    if tree is None:
         return False
     if len(tree.body) != 1:
         return False

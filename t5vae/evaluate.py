@@ -2,7 +2,6 @@
 interpolation quality (slerp between random pairs: how many interior points parse, how many are new)."""
 from __future__ import annotations
 
-import ast
 import json
 from functools import partial
 from pathlib import Path
@@ -59,11 +58,8 @@ def decode_codes(params, cfg: Config, z: np.ndarray, batch_size: int, method: st
 
 
 def parses(s: str) -> bool:
-    try:
-        ast.parse(s)
-        return True
-    except (SyntaxError, ValueError):
-        return False
+    """Whether ``s`` parses with ``ast.parse`` (without printing Python's warnings about it)."""
+    return data.parse_quietly(s) is not None
 
 
 def evaluate(params, cfg: Config, tok: data.Tokenizer, lines: Sequence[str], *, pairs: int = 100,

@@ -110,3 +110,12 @@ def test_batches_use_fixed_bucket_shapes_and_cover_the_epoch(tok, corpus):
     assert not all(a.shape == b.shape and np.array_equal(a, b) for a, b in zip(first, other))
     idx = sorted(i for part, _ in data.eval_batches(enc, 16, buckets) for i in part)
     assert idx == list(range(500))
+
+
+def test_parse_check_is_quiet_about_odd_but_valid_source(recwarn):
+    from t5vae.evaluate import parses
+
+    assert parses("x = 0in y") and parses('x = "\\d"')  # valid, but Python warns about both
+    assert not parses("x = (") and not parses("x = 1\x00")  # a syntax error; a null byte (ValueError)
+    assert data.parse_quietly("y = 1if x else 2") is not None
+    assert not [w for w in recwarn if issubclass(w.category, (SyntaxWarning, DeprecationWarning))]
