@@ -227,6 +227,21 @@ def test_sharded_restore_puts_every_leaf_in_its_sharding(tmp_path, mesh222):
 
 # -- batches, constrain, MMD -----------------------------------------------------------------------
 
+def test_sharded_decoding_gives_the_single_device_tokens(mesh222):
+    from t5vae.generate import decoder_weights
+
+    cfg = T5_TINY.replace(eos_token_id=T5_TINY.vocab_size)  # never emitted: every step is compared
+    params = t5.init(cfg, jax.random.key(5))
+    ids = jnp.asarray(np.random.default_rng(0).integers(2, cfg.vocab_size, (8, 6)))
+    want = np.asarray(t5.generate(params, cfg, ids, ids > 0, 5))
+    sharded = sh.shard_params(params, cfg, mesh222)
+    w = decoder_weights(sharded, cfg)
+    assert w.layers[0]["qkv"].sharding.spec == P("fsdp", "model")  # laid out in the params' sharding
+    with jax.set_mesh(mesh222):
+        np.testing.assert_array_equal(t5.generate(sharded, cfg, ids, ids > 0, 5, decoder_weights=w), want)
+        np.testing.assert_array_equal(t5.generate(sharded, cfg, ids, ids > 0, 5), want)
+
+
 def test_global_batch_single_process(mesh222):
     batch = {"input_ids": np.arange(32, dtype=np.int32).reshape(8, 4), "w": np.arange(8.0)}
     assert sh.process_slice(8, mesh222) == slice(0, 8) and sh.process_slice(10) == slice(0, 10)
