@@ -279,10 +279,13 @@ def _restart_with_hugepages(argv: list[str]) -> None:
     except OSError:
         thp = None
     env = hugepage_env(dict(os.environ), platform.system(), platform.libc_ver(), thp)
-    if env is not None:
+    if env is not None and sys.executable:
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execve(sys.executable, [sys.executable, "-m", "t5vae.cli", *argv], env)
+        try:
+            os.execve(sys.executable, [sys.executable, "-m", "t5vae.cli", *argv], env)
+        except OSError as e:  # could not restart: train as we are, only slower
+            print(f"note: not restarted with huge-page malloc ({e}); T5VAE_HUGEPAGES=0 skips trying", file=sys.stderr)
 
 
 def main(argv=None) -> int:

@@ -210,6 +210,13 @@ def test_only_the_train_command_restarts_itself(monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "argv", ["t5vae", "info", str(tmp_path / "missing")])
     assert cli.main() == 1 and len(calls) == 1  # nor does any other command
 
+    def failing_execve(path, args, env):
+        raise PermissionError("exec refused")
+
+    monkeypatch.setattr(os, "execve", failing_execve)  # a failed restart trains on, only slower
+    monkeypatch.setattr(sys, "argv", ["t5vae", "train", "--corpus", str(tmp_path / "missing.txt")])
+    assert cli.main() == 1  # reached the command itself: the corpus error
+
 
 def test_batch_stream_is_a_pure_function_of_the_step():
     enc = data.Encoded([np.arange(1, 2 + i % 12, dtype=np.int32) for i in range(50)], 0)
