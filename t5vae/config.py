@@ -15,6 +15,7 @@ _ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu")
 #   "full": only each layer's input (one more forward of every layer: least memory).
 #   "none": everything autodiff saves.
 REMAT = ("dots", "full", "none")
+FLOAT_DTYPES = ("float32", "bfloat16", "float16")  # compute and storage dtypes a T5Config accepts
 _RUNTIME_FIELDS = ("dtype", "param_dtype", "remat")
 
 
@@ -78,7 +79,7 @@ class T5Config:
             raise ValueError(f"T5Config.dropout_rate must be in [0, 1), got {self.dropout_rate!r}")
         self.activation  # validates feed_forward_proj
         for name in ("dtype", "param_dtype"):
-            if getattr(self, name) not in ("float32", "bfloat16", "float16"):
+            if getattr(self, name) not in FLOAT_DTYPES:
                 raise ValueError(f"T5Config.{name} must be float32, bfloat16 or float16, got {getattr(self, name)!r}")
         if self.remat not in REMAT:
             raise ValueError(f"T5Config.remat must be one of {list(REMAT)}, got {self.remat!r}")
@@ -114,7 +115,7 @@ class T5Config:
             raise ValueError(f"config.json has model_type={d.get('model_type')!r}; only T5 and mT5 are supported")
         names = {f.name for f in dataclasses.fields(cls)} - set(_RUNTIME_FIELDS)
         kwargs = {k: v for k, v in d.items() if k in names}
-        if d.get("torch_dtype") in ("float32", "bfloat16", "float16"):
+        if d.get("torch_dtype") in FLOAT_DTYPES:
             kwargs["param_dtype"] = d["torch_dtype"]
         kwargs.update(overrides)
         return cls(**kwargs)

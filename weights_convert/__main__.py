@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from t5vae import checkpoint, t5
-from t5vae.config import PRESETS, T5Config, preset
+from t5vae.config import FLOAT_DTYPES, PRESETS, T5Config, preset
 from weights_convert import readers, rules
 from weights_convert.rules import ConversionError
 
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("src", help="HF directory (model.safetensors / pytorch_model.bin / flax_model.msgpack + config.json), "
                                "T5X checkpoint_N directory, or Mesh-TF model.ckpt-N prefix/index/directory")
     p.add_argument("out", help="output directory (written atomically)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="stored param dtype (default: the "
+    p.add_argument("--dtype", choices=FLOAT_DTYPES, help="stored param dtype (default: the "
                    "source config's torch_dtype, else float32)")
     p.add_argument("--config", help="config.json path or preset name, for sources without config.json")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
