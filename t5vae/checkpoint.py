@@ -23,6 +23,7 @@ import numpy as np
 
 from t5vae import t5
 from t5vae.config import T5Config
+from t5vae.specs import check_tree
 
 CONFIG_FILE, PARAMS_DIR, TOKENIZER_FILE = "config.json", "params", "spiece.model"
 
@@ -79,18 +80,6 @@ def save_params(path: str | os.PathLike, params) -> None:
     ckpt = _checkpointer()
     ckpt.save(Path(path).absolute(), params)
     ckpt.wait_until_finished()
-
-
-def check_tree(params, abstract, what: str) -> None:
-    """Raise naming every leaf whose presence, shape or dtype differs between ``params`` and ``abstract``."""
-    got = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(params)}
-    want = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(abstract)}
-    problems = [f"missing {k} {tuple(want[k].shape)}" for k in sorted(want.keys() - got.keys())]
-    problems += [f"unexpected {k} {tuple(np.shape(got[k]))}" for k in sorted(got.keys() - want.keys())]
-    problems += [f"{k}: shape {tuple(np.shape(got[k]))}, expected {tuple(want[k].shape)}"
-                 for k in sorted(want.keys() & got.keys()) if tuple(np.shape(got[k])) != tuple(want[k].shape)]
-    if problems:
-        raise ValueError(f"{what} does not match the expected params tree:\n  " + "\n  ".join(problems))
 
 
 def save_t5(out: str | os.PathLike, cfg: T5Config, params, tokenizer: str | os.PathLike | None = None,

@@ -10,20 +10,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
+import math
 import sys
 from pathlib import Path
 
+from t5vae import hugepages
+from t5vae.config import DEFAULT_T5, Config, T5Config, TrainConfig
+
 DEFAULT_OUT = "t5vae-run"
-# t5vae.model.INTERPOLATIONS and t5vae.evaluate.DECODERS, spelled out so building the parser imports no jax
+# t5vae.latent.INTERPOLATIONS and t5vae.evaluate.DECODERS, spelled out so building the parser imports no jax
 KINDS, METHODS = ("slerp", "slerp_flat", "lerp"), ("greedy", "beam")
 
 
 def _fields():
-    from t5vae.config import Config, T5Config
-    from t5vae.train import TrainConfig
-
     model = [f for f in dataclasses.fields(Config) if f.name != "t5"]
     return model, list(dataclasses.fields(T5Config)), list(dataclasses.fields(TrainConfig))
 
@@ -51,9 +50,6 @@ def _parse_value(text: str, default, type_name: str = ""):
 
 def _add_setting_flags(p: argparse.ArgumentParser):
     model, t5, train = _fields()
-    from t5vae.config import DEFAULT_T5, Config
-    from t5vae.train import TrainConfig
-
     for group, fields, prefix, defaults in (("model", model, "", Config()), ("T5 backbone", t5, "t5-", DEFAULT_T5),
                                             ("training", train, "", TrainConfig())):
         g = p.add_argument_group(group)
@@ -82,9 +78,6 @@ def _read_config_file(path: str) -> dict:
 
 def build_configs(args: argparse.Namespace):
     """(Config, TrainConfig) from defaults, then ``--config``, then flags."""
-    from t5vae.config import DEFAULT_T5, Config
-    from t5vae.train import TrainConfig
-
     model_names = {f.name for f in _fields()[0]}
     train_names = {f.name for f in _fields()[2]}
     settings = _read_config_file(args.config) if getattr(args, "config", None) else {}
@@ -98,7 +91,8 @@ def build_configs(args: argparse.Namespace):
         elif k in model_names or k in train_names:
             settings[k] = v
     try:
-        cfg = Config(t5=DEFAULT_T5.replace(**t5), **{k: v for k, v in settings.items() if k in model_names})
+        cfg = Config(t5=T5Config.from_dict({**DEFAULT_T5.to_dict(), **t5}),
+                     **{k: v for k, v in settings.items() if k in model_names})
         tc = TrainConfig(**{k: v for k, v in settings.items() if k in train_names})
     except (TypeError, ValueError) as e:
         raise SystemExit(f"error: {e}")
@@ -123,11 +117,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from t5vae import data, evaluate, pipeline
-    from t5vae.train import TrainConfig
+    from t5vae import checkpoint, data, evaluate, text
 
-    m = pipeline.load(args.dir)
-    tc = TrainConfig.from_dict(json.loads((Path(args.dir) / "train_config.json").read_text()))
+    m = text.load(args.dir)
+    tc = TrainConfig.load_json(Path(args.dir) / checkpoint.TRAIN_CONFIG_FILE)
     corpus = data.load_corpus(tc.corpus, tc.validation_percent, tc.min_chars, tc.max_chars)
     results = evaluate.evaluate(m.params, m.cfg, m.tokenizer, corpus.validation, pairs=args.pairs or tc.eval_pairs,
                                 batch_size=tc.eval_batch_size, seed=tc.seed, kind=args.kind, method=args.method)
@@ -155,19 +148,19 @@ def print_table(rows, first: str) -> None:
 def cmd_interpolate(args) -> int:
     import numpy as np
 
-    from t5vae import pipeline
+    from t5vae import text
 
-    texts = pipeline.load(args.dir).interpolate(args.a, args.b, args.steps, args.kind,
+    texts = text.load(args.dir).interpolate(args.a, args.b, args.steps, args.kind,
                                                 max_new_tokens=args.max_new_tokens, method=args.method)
     print_table(zip((f"{r:.3f}" for r in np.linspace(0.0, 1.0, args.steps)), texts), "ratio")
     return 0
 
 
 def cmd_sample(args) -> int:
-    from t5vae import pipeline
+    from t5vae import text
 
     prior = {"prior": args.prior} if args.prior else {}  # default: t5vae.latent.DEFAULT_PRIOR
-    texts = pipeline.load(args.dir).sample(args.n, seed=args.seed, max_new_tokens=args.max_new_tokens, **prior)
+    texts = text.load(args.dir).sample(args.n, seed=args.seed, max_new_tokens=args.max_new_tokens, **prior)
     print_table(enumerate(texts), "#")
     return 0
 
@@ -179,11 +172,10 @@ def cmd_info(args) -> int:
 
     print(f"t5vae {t5vae.__version__}, jax {jax.__version__}, devices {jax.devices()}")
     if args.dir:
-        from t5vae import checkpoint, model
-        from t5vae.config import Config
+        from t5vae import checkpoint, vae
 
-        cfg = Config.load_json(Path(args.dir) / "config.json")
-        n = sum(int(__import__("math").prod(a.shape)) for a in jax.tree.leaves(model.abstract_params(cfg)))
+        cfg = Config.load_json(Path(args.dir) / checkpoint.CONFIG_FILE)
+        n = sum(math.prod(a.shape) for a in jax.tree.leaves(vae.abstract_params(cfg)))
         print(json.dumps(cfg.to_dict(), indent=2))
         print(f"parameters: {n:,}")
         ck = Path(args.dir) / checkpoint.CHECKPOINTS_DIR
@@ -232,10 +224,27 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_sample)
     sub.add_parser("bench", add_help=False, help="benchmarks against the Flax reference (python -m benchmarks; "
                    "needs the bench extra): its arguments pass through, e.g. t5vae bench --quick")
+    d = sub.add_parser("demo", help="serve the interpolation page for a run directory (pip install -e '.[demo]')")
+    _add_demo_arguments(d)
     f = sub.add_parser("info", help="versions and devices; with DIR, a run's config, size and checkpoints")
     f.add_argument("dir", nargs="?")
     f.set_defaults(fn=cmd_info)
     return p
+
+
+def _add_demo_arguments(p: argparse.ArgumentParser) -> None:
+    try:
+        from t5vae import demo
+    except ImportError as e:  # the demo extra is not installed: say so when the command runs
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(fn=lambda args: _missing_demo(e))
+        return
+    demo.add_arguments(p)
+    p.set_defaults(fn=demo.cmd_demo)
+
+
+def _missing_demo(e: ImportError) -> int:
+    raise ValueError(f"t5vae demo needs the demo extra (pip install -e '.[demo]'): {e}")
 
 
 def cmd_bench(bench_args: list) -> int:
@@ -247,52 +256,11 @@ def cmd_bench(bench_args: list) -> int:
     return bench_main(bench_args)
 
 
-HUGEPAGE_TUNABLE = "glibc.malloc.hugetlb=1"
-THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-
-
-def hugepage_env(env: dict, system: str, libc: tuple[str, str], thp: str | None) -> dict | None:
-    """The environment to restart ``t5vae train`` in so that glibc's malloc backs large allocations with
-    transparent huge pages, or None where that does not apply: not Linux with glibc >= 2.35, THP off
-    (``thp``: the kernel's setting, None if unreadable), already set, or ``T5VAE_HUGEPAGES=0``.
-
-    Why: XLA's CPU runtime allocates each step's temporaries afresh, and in 4 KiB pages every step faults
-    them all in again (~115k page faults per t5-small train step). With huge pages the default T5-VAE's
-    train step runs ~15 % faster (benchmarks/NOTES.md). glibc reads GLIBC_TUNABLES only at start-up."""
-    tunables = env.get("GLIBC_TUNABLES", "")
-    if env.get("T5VAE_HUGEPAGES", "1") == "0" or "glibc.malloc.hugetlb" in tunables:
-        return None
-    name, version = libc
-    try:
-        new_enough = tuple(int(v) for v in version.split(".")[:2]) >= (2, 35)
-    except ValueError:
-        new_enough = False
-    if system != "Linux" or name != "glibc" or not new_enough or thp is None or "[never]" in thp:
-        return None
-    return dict(env, GLIBC_TUNABLES=f"{tunables}:{HUGEPAGE_TUNABLE}" if tunables else HUGEPAGE_TUNABLE)
-
-
-def _restart_with_hugepages(argv: list[str]) -> None:
-    """Replace this process by ``python -m t5vae.cli ARGV`` under :func:`hugepage_env`, when it applies."""
-    try:
-        thp = THP_SETTING.read_text()
-    except OSError:
-        thp = None
-    env = hugepage_env(dict(os.environ), platform.system(), platform.libc_ver(), thp)
-    if env is not None and sys.executable:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        try:
-            os.execve(sys.executable, [sys.executable, "-m", "t5vae.cli", *argv], env)
-        except OSError as e:  # could not restart: train as we are, only slower
-            print(f"note: not restarted with huge-page malloc ({e}); T5VAE_HUGEPAGES=0 skips trying", file=sys.stderr)
-
-
 def main(argv=None) -> int:
     """The command line. Run as the ``t5vae`` command (``argv`` None), ``train`` first restarts itself with
     huge-page malloc (:func:`hugepage_env`); called with an explicit ``argv`` it never does."""
     if argv is None and sys.argv[1:2] == ["train"]:
-        _restart_with_hugepages(sys.argv[1:])
+        hugepages.restart_with_hugepages(sys.argv[1:])
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         if argv[:1] == ["bench"]:  # everything after it is the benchmark's own command line

@@ -9,14 +9,16 @@ from typing import Any
 _ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu")
 
 # What the backward pass keeps of each scanned layer (jax.checkpoint's policy); the rest is recomputed.
-#   "dots": the outputs of the 2-D projection dots (q|k|v, o, the MLP's); norms, softmax, dropout and the
-#           small batched attention dots are recomputed. On t5-small's train step: 642 -> 449 MiB of
-#           temporaries and 5-7 % faster than keeping everything (less written and read back).
-#   "full": only each layer's input (one more forward of every layer: least memory).
-#   "none": everything autodiff saves.
+#   "dots": the outputs of the 2-D projection dots; norms, softmax, dropout and the small batched
+#           attention dots are recomputed. "full": only each layer's input (least memory). "none":
+#           everything autodiff saves.
 REMAT = ("dots", "full", "none")
 FLOAT_DTYPES = ("float32", "bfloat16", "float16")  # compute and storage dtypes a T5Config accepts
-_RUNTIME_FIELDS = ("dtype", "param_dtype", "remat")
+# The platform switch (t5vae.kernels): "auto" (what was measured faster on the running backend), "plain"
+# (the model as written in layers.py), "cpu" (every fast path), or FAST_PATHS names joined by "+".
+KERNELS = ("auto", "plain", "cpu")
+FAST_PATHS = ("dropout", "mlp", "xent", "argmax", "decoder_layout")
+_RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "kernels")
 
 
 def read_json_object(path: str | os.PathLike) -> dict:
@@ -38,13 +40,39 @@ def write_json_object(path: str | os.PathLike, d: dict) -> None:
         f.write("\n")
 
 
+class _Settings:
+    """What the three configs share: ``replace``, and JSON read/write through ``to_dict`` / ``from_dict``."""
+
+    def replace(self, **changes: Any):
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save_json(self, path: str | os.PathLike) -> None:
+        write_json_object(path, self.to_dict())
+
+    @classmethod
+    def load_json(cls, path: str | os.PathLike, **overrides: Any):
+        return cls.from_dict(read_json_object(path), **overrides)
+
+
+def _check_fields(cls, d: dict) -> None:
+    """A key of ``d`` that is not a field of ``cls`` raises, naming it."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; known: {sorted(names)}")
+
+
 @dataclasses.dataclass(frozen=True)
-class T5Config:
+class T5Config(_Settings):
     """A T5 encoder-decoder. Field names follow Hugging Face's ``T5Config``; hashable, so jit can close over it.
 
     ``dtype`` is the compute dtype, ``param_dtype`` the storage dtype of the parameters. ``remat`` is what the
-    backward pass keeps of each scanned layer's forward (see ``REMAT``); it changes memory and speed, not the
-    numbers. These three are run-time choices: they are not written to a Hugging Face ``config.json``.
+    backward pass keeps of each scanned layer's forward (see ``REMAT``), ``kernels`` which fast paths run
+    (see ``KERNELS``, t5vae.kernels); both change memory and speed, not the numbers. These four are run-time
+    choices: they are not written to a Hugging Face ``config.json``.
     """
 
     vocab_size: int = 32128
@@ -66,6 +94,7 @@ class T5Config:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: str = "dots"
+    kernels: str = "auto"
 
     def __post_init__(self):
         if self.num_decoder_layers is None:
@@ -83,6 +112,10 @@ class T5Config:
                 raise ValueError(f"T5Config.{name} must be float32, bfloat16 or float16, got {getattr(self, name)!r}")
         if self.remat not in REMAT:
             raise ValueError(f"T5Config.remat must be one of {list(REMAT)}, got {self.remat!r}")
+        if self.kernels not in KERNELS and not (
+                isinstance(self.kernels, str) and set(self.kernels.split("+")) <= set(FAST_PATHS)):
+            raise ValueError(f"T5Config.kernels must be one of {list(KERNELS)} or fast paths from "
+                             f"{list(FAST_PATHS)} joined by '+', got {self.kernels!r}")
 
     @property
     def activation(self) -> str:
@@ -98,9 +131,6 @@ class T5Config:
     def is_gated(self) -> bool:
         return self.feed_forward_proj.startswith("gated-")
 
-    def replace(self, **changes: Any) -> "T5Config":
-        return dataclasses.replace(self, **changes)
-
     # -- Hugging Face config.json ------------------------------------------------------------------
     def to_hf_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _RUNTIME_FIELDS}
@@ -109,23 +139,34 @@ class T5Config:
         return d
 
     @classmethod
-    def from_hf_dict(cls, d: dict, **overrides: Any) -> "T5Config":
-        """Read a Hugging Face T5/mT5 ``config.json`` dict; unknown keys are ignored, missing ones defaulted."""
-        if d.get("model_type", "t5") not in ("t5", "mt5", "umt5"):
-            raise ValueError(f"config.json has model_type={d.get('model_type')!r}; only T5 and mT5 are supported")
-        names = {f.name for f in dataclasses.fields(cls)} - set(_RUNTIME_FIELDS)
-        kwargs = {k: v for k, v in d.items() if k in names}
-        if d.get("torch_dtype") in FLOAT_DTYPES:
-            kwargs["param_dtype"] = d["torch_dtype"]
-        kwargs.update(overrides)
-        return cls(**kwargs)
+    def from_dict(cls, d: dict, *, hf: bool = False, **overrides: Any) -> "T5Config":
+        """The one way from a dict to a T5Config; ``overrides`` win over ``d``.
+
+        The project's own files (``hf=False``): every key must be a field, so a typo raises naming it. A
+        Hugging Face ``config.json`` (``hf=True``) carries keys T5 has no use for (``architectures``,
+        ``task_specific_params``, ...): those are ignored, its ``torch_dtype`` becomes ``param_dtype``, and
+        the run-time fields are never read from it.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        if hf:
+            if d.get("model_type", "t5") not in ("t5", "mt5", "umt5"):
+                raise ValueError(f"config.json has model_type={d.get('model_type')!r}; only T5 and mT5 are supported")
+            kwargs = {k: v for k, v in d.items() if k in names - set(_RUNTIME_FIELDS)}
+            if d.get("torch_dtype") in FLOAT_DTYPES:
+                kwargs["param_dtype"] = d["torch_dtype"]
+        else:
+            _check_fields(cls, d)
+            kwargs = dict(d)
+        return cls(**{**kwargs, **overrides})
 
     def save_json(self, path: str | os.PathLike) -> None:
+        """A Hugging Face style ``config.json`` (what ``python -m weights_convert`` writes)."""
         write_json_object(path, self.to_hf_dict())
 
     @classmethod
     def load_json(cls, path: str | os.PathLike, **overrides: Any) -> "T5Config":
-        return cls.from_hf_dict(read_json_object(path), **overrides)
+        """Read a Hugging Face style ``config.json`` (``from_dict(..., hf=True)``)."""
+        return cls.from_dict(read_json_object(path), hf=True, **overrides)
 
 
 PRESETS: dict[str, T5Config] = {
@@ -166,7 +207,7 @@ DEFAULT_T5 = T5Config(vocab_size=1024, d_model=128, d_kv=32, d_ff=512, num_layer
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(_Settings):
     """A T5-VAE: a T5 backbone plus the bottleneck between its encoder and decoder (hashable, jit-static).
 
     ``pooling``: "mean" (masked average of N contiguous segments), "first" (first N positions) or
@@ -194,7 +235,7 @@ class Config:
 
     def __post_init__(self):
         if isinstance(self.t5, dict):
-            object.__setattr__(self, "t5", T5Config.from_hf_dict(self.t5))
+            object.__setattr__(self, "t5", T5Config.from_dict(self.t5))
         for name in ("n_latent_tokens", "latent_size", "max_length"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -212,34 +253,60 @@ class Config:
     def bandwidth(self) -> float:
         return float(self.mmd_bandwidth if self.mmd_bandwidth is not None else self.latent_size ** 2)
 
-    def replace(self, **changes: Any) -> "Config":
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "t5"}
-        d["t5"] = dataclasses.asdict(self.t5)
-        return d
-
     @classmethod
     def from_dict(cls, d: dict, **overrides: Any) -> "Config":
-        """Inverse of :meth:`to_dict`; unknown keys raise, so a typo in a config file is never silent."""
+        """Inverse of :meth:`to_dict`; unknown keys raise (here and in "t5"), so a typo is never silent."""
         d = {**d, **overrides}
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown Config field(s) {unknown}; known: {sorted(names)}")
+        _check_fields(cls, d)
         t5 = d.get("t5", DEFAULT_T5)
-        if isinstance(t5, dict):
-            t5_names = {f.name for f in dataclasses.fields(T5Config)}
-            bad = sorted(set(t5) - t5_names)
-            if bad:
-                raise ValueError(f"unknown T5Config field(s) {bad}")
-            t5 = T5Config(**t5)
-        return cls(**{**d, "t5": t5})
+        return cls(**{**d, "t5": T5Config.from_dict(t5) if isinstance(t5, dict) else t5})
 
-    def save_json(self, path: str | os.PathLike) -> None:
-        write_json_object(path, self.to_dict())
+
+OPTIMIZERS = ("adamw", "adafactor")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(_Settings):
+    """Everything about a training run that is not the model (see :class:`Config`)."""
+
+    steps: int = 20000
+    batch_size: int = 64
+    optimizer: str = "adamw"         # or "adafactor" (T5's); benchmarks/NOTES.md compares them
+    learning_rate: float = 2e-3
+    warmup_steps: int = 100
+    end_lr_fraction: float = 0.05    # cosine decay to learning_rate * end_lr_fraction
+    weight_decay: float = 0.0        # AdamW only
+    clip_norm: float = 1.0
+    seed: int = 0
+    corpus: str | None = None        # None/"stdlib", "tfds:NAME[:FIELD]" or comma-separated text files
+    min_chars: int = 10              # stdlib corpus line length bounds
+    max_chars: int = 40
+    validation_percent: float = 2.0
+    tokenizer: str | None = None     # a spiece.model; None trains one on the corpus
+    vocab_size: int = 1024           # for a trained tokenizer
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    progress: bool = True
+    max_minutes: float | None = 18.0  # training time budget: the lr schedule follows max(step/steps, time
+                                      # used/budget) and training stops (checkpointed) when it is spent
+    eval_pairs: int = 400             # interpolation pairs of the final evaluation, 9 interior points each
+    eval_batch_size: int = 128
+    eval_every: int = 2000            # steps between learning-curve evaluations (eval_curve.jsonl); 0: none
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"TrainConfig.optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every", "vocab_size", "keep_checkpoints"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise ValueError(f"TrainConfig.{name} must be a positive int, got {getattr(self, name)!r}")
+        if not isinstance(self.eval_every, int) or self.eval_every < 0:
+            raise ValueError(f"TrainConfig.eval_every must be an int >= 0 (0: no learning curve), "
+                             f"got {self.eval_every!r}")
 
     @classmethod
-    def load_json(cls, path: str | os.PathLike, **overrides: Any) -> "Config":
-        return cls.from_dict(read_json_object(path), **overrides)
+    def from_dict(cls, d: dict, **overrides: Any) -> "TrainConfig":
+        """Inverse of :meth:`to_dict`; unknown keys raise."""
+        d = {**d, **overrides}
+        _check_fields(cls, d)
+        return cls(**d)

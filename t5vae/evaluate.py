@@ -11,23 +11,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5vae import data, model, vae
+from t5vae import bottleneck, corpus, data, latent, vae
 from t5vae.config import Config
 
 
 @partial(jax.jit, static_argnums=(1,))
 def _encode(params, cfg: Config, ids, mask):
-    return model.encode(params, cfg, ids, mask)
+    return vae.encode(params, cfg, ids, mask)
 
 
 @partial(jax.jit, static_argnums=(1, 3))
 def _greedy(params, cfg: Config, z, max_new_tokens: int):
-    return model.generate(params, cfg, z, max_new_tokens, method="greedy")
+    return vae.generate(params, cfg, z, max_new_tokens, method="greedy")
 
 
 @partial(jax.jit, static_argnums=(1, 3, 4))
 def _beam(params, cfg: Config, z, max_new_tokens: int, num_beams: int):
-    return model.generate(params, cfg, z, max_new_tokens, method="beam", num_beams=num_beams)
+    return vae.generate(params, cfg, z, max_new_tokens, method="beam", num_beams=num_beams)
 
 
 DECODERS = ("greedy", "beam")  # how evaluation decodes the interpolation paths ("beam": 4 beams)
@@ -48,18 +48,23 @@ def decode_codes(params, cfg: Config, z: np.ndarray, batch_size: int, method: st
     if method not in DECODERS:
         raise ValueError(f"method must be one of {DECODERS}, got {method!r}")
     decode = _greedy if method == "greedy" else partial(_beam, num_beams=4)
-    n = len(z)
-    out = np.zeros((n, cfg.max_length), np.int32)
-    for s in range(0, n, batch_size):
-        part = z[s: s + batch_size]
-        padded = np.concatenate([part, np.zeros((batch_size - len(part),) + part.shape[1:], part.dtype)])
-        out[s: s + len(part)] = np.asarray(decode(params, cfg, jnp.asarray(padded), cfg.max_length))[: len(part)]
+    out = np.zeros((len(z), cfg.max_length), np.int32)
+    for s, padded, n in padded_batches(z, batch_size):
+        out[s: s + n] = np.asarray(decode(params, cfg, jnp.asarray(padded), cfg.max_length))[:n]
     return out
+
+
+def padded_batches(x: np.ndarray, batch_size: int):
+    """``(start, rows [batch_size, ...], n real rows)`` over ``x`` in order; the last batch is zero-padded, so
+    every call sees one shape."""
+    for s in range(0, len(x), batch_size):
+        part = x[s: s + batch_size]
+        yield s, np.concatenate([part, np.zeros((batch_size - len(part),) + part.shape[1:], part.dtype)]), len(part)
 
 
 def parses(s: str) -> bool:
     """Whether ``s`` parses with ``ast.parse`` (without printing Python's warnings about it)."""
-    return data.parse_quietly(s) is not None
+    return corpus.parse_quietly(s) is not None
 
 
 def evaluate(params, cfg: Config, tok: data.Tokenizer, lines: Sequence[str], *, pairs: int = 100,
@@ -80,7 +85,7 @@ def evaluate(params, cfg: Config, tok: data.Tokenizer, lines: Sequence[str], *, 
     rng = np.random.default_rng(seed)
     sub = flat[rng.permutation(len(flat))[:2048]]
     prior = rng.standard_normal(sub.shape).astype(np.float32)
-    held_mmd = float(vae.mmd(jnp.asarray(sub), jnp.asarray(prior), cfg.bandwidth, unbiased=True))
+    held_mmd = float(bottleneck.mmd(jnp.asarray(sub), jnp.asarray(prior), cfg.bandwidth, unbiased=True))
     unit_var = z.reshape(len(z), -1).var(axis=0)
     results = {"n_lines": len(lines), "n_truncated": enc.n_truncated,
                "recon_token_acc": n_ok / max(n_tok, 1), "recon_exact_match": n_exact / max(len(lines), 1),
@@ -96,7 +101,7 @@ def interpolation_quality(params, cfg: Config, tok, lines, z, pairs, batch_size,
     if len(lines) < 2 or pairs <= 0:
         return {"interp_pairs": 0}
     idx = np.stack([rng.choice(len(lines), 2, replace=False) for _ in range(pairs)])
-    paths = np.stack([np.asarray(model.interpolate(z[a], z[b], steps + 2, kind))[1:-1] for a, b in idx])
+    paths = np.stack([np.asarray(latent.interpolate(z[a], z[b], steps + 2, kind))[1:-1] for a, b in idx])
     texts = [tok.decode(t) for t in decode_codes(params, cfg, paths.reshape((-1,) + z.shape[1:]), batch_size, method)]
     texts = np.array(texts, dtype=object).reshape(pairs, steps)
     valid = np.vectorize(parses, otypes=[bool])(texts)

@@ -1,4 +1,4 @@
-"""Latent-space operations on T5-VAE codes [n, N, Z]: shape checks, priors to sample codes from, a Gaussian
+"""Latent-space operations on T5-VAE codes [n, N, Z]: interpolation, shape checks, priors to sample codes from, a Gaussian
 fitted to the aggregate posterior (the training set's codes), and latent arithmetic ``a + (b - c)``.
 
 Codes are tanh outputs, so every code the encoder produces lies in the open cube (-1, 1)^(N*Z). The MMD
@@ -6,19 +6,8 @@ loss pulls the codes toward N(0, I), but a tanh-squashed code can never be Gauss
 was trained on are described better by a Gaussian fitted to them ("aggregate"). Samples from every prior
 are put into (-CLIP, CLIP).
 
-The default prior is "aggregate", chosen by measurement on the default model (``t5vae train``, 18 min,
-8 x 32 codes, latent-token dropout 0.1, 34,854 training lines; 200 greedy samples per prior;
-``python examples/compare_priors.py RUN -n 200 --seed S``):
-
-    prior       parse (seed 0 / 1)   distinct from every training line   different strings
-    gaussian    0.310 / 0.275        1.000 / 1.000                       200 / 200
-    tanh        0.285 / 0.260        1.000 / 1.000                       200 / 200
-    aggregate   0.430 / 0.480        0.995 / 1.000                       200 / 200
-
-(without latent-token dropout: 0.130 / 0.145, 0.165 / 0.145, 0.265 / 0.225; the earlier 12 x 32
-default: 0.125 / 0.145, 0.120 / 0.100, 0.300 / 0.250). Its codes have mean variance 0.065 per
-coordinate, far tighter than N(0, I) clipped (0.52) or tanh(N(0, I)) (0.39): both fixed priors spread
-their samples far wider than the codes the decoder learnt from.
+The default prior is "aggregate": on the default model its samples parse most often (benchmarks/NOTES.md).
+Interpolation paths between codes: slerp per latent token, slerp of the whole code, or lerp.
 """
 from __future__ import annotations
 
@@ -26,16 +15,69 @@ import dataclasses
 import os
 import zipfile
 import zlib
+from functools import partial
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from t5vae.checkpoint import atomic_file
 from t5vae.config import Config
 
 PRIORS = ("gaussian", "tanh", "aggregate")
 DEFAULT_PRIOR = "aggregate"
 AGGREGATE_FILE = "aggregate_posterior.npz"
 CLIP = 0.999  # tanh(3.8): sampled codes are clipped into (-CLIP, CLIP), inside the tanh range
+
+
+def slerp(a: jax.Array, b: jax.Array, t: jax.Array) -> jax.Array:
+    """Spherical interpolation along the last axis (a, b, t broadcast); lerp where a and b are (anti)parallel.
+    The weights multiply the unnormalised vectors, so the path runs from a to b exactly."""
+    na = a / jnp.maximum(jnp.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+    nb = b / jnp.maximum(jnp.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
+    omega = jnp.arccos(jnp.clip(jnp.sum(na * nb, -1, keepdims=True), -1.0, 1.0))
+    so = jnp.sin(omega)
+    safe = so > 1e-6
+    so = jnp.where(safe, so, 1.0)
+    s = jnp.where(safe, jnp.sin((1.0 - t) * omega) / so, 1.0 - t)
+    e = jnp.where(safe, jnp.sin(t * omega) / so, t)
+    return s * a + e * b
+
+
+INTERPOLATIONS = ("slerp", "slerp_flat", "lerp")
+
+
+def interpolate(z_a: jax.Array, z_b: jax.Array, steps: int = 9, kind: str = "slerp") -> jax.Array:
+    """``steps`` points from z_a to z_b, both endpoints included -> [steps, *shape] (ratios linspace(0, 1, steps)).
+
+    Codes are [..., N, Z] (one code [N, Z] or a batch [B, N, Z]; leading axes are batch axes). "slerp" acts
+    on each latent token's Z-vector separately; "slerp_flat" on the whole flattened [N * Z] code of each
+    item; "lerp" is the straight line.
+    """
+    if kind not in INTERPOLATIONS:
+        raise ValueError(f"kind must be one of {INTERPOLATIONS}, got {kind!r}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, jnp.integer)) or steps < 2:
+        raise ValueError(f"steps is the number of points including both endpoints and must be an integer >= 2, "
+                         f"got {steps!r}")
+    z_a, z_b = jnp.asarray(z_a, jnp.float32), jnp.asarray(z_b, jnp.float32)
+    if z_a.shape != z_b.shape:
+        raise ValueError(f"interpolate needs codes of equal shape, got z_a {z_a.shape} and z_b {z_b.shape}")
+    if z_a.ndim == 0:
+        raise ValueError("interpolate needs codes with at least one axis, got scalars")
+    return _path(z_a, z_b, int(steps), kind)
+
+
+@partial(jax.jit, static_argnums=(2, 3))
+def _path(z_a: jax.Array, z_b: jax.Array, steps: int, kind: str) -> jax.Array:
+    """interpolate's path [steps, *shape], compiled once per shape (eagerly, each op compiles on its own)."""
+    t = jnp.linspace(0.0, 1.0, steps).reshape((-1,) + (1,) * z_a.ndim)
+    if kind == "lerp":
+        return (1.0 - t) * z_a[None] + t * z_b[None]
+    if kind == "slerp_flat" and z_a.ndim >= 2:
+        flat = z_a.shape[:-2] + (-1,)
+        path = slerp(z_a.reshape(flat)[None], z_b.reshape(flat)[None], t[..., 0])
+        return path.reshape((steps,) + z_a.shape)
+    return slerp(z_a[None], z_b[None], t)
 
 
 def check_codes(z, cfg: Config, name: str = "z") -> np.ndarray:
@@ -140,8 +182,6 @@ class FittedGaussian:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write an .npz atomically: a temporary file in the same directory, then ``os.replace``."""
-        from t5vae.checkpoint import atomic_file
-
         with atomic_file(path, "wb") as f:
             np.savez(f, mean=self.mean, cov=self.cov, shape=np.asarray(self.shape), n_codes=self.n_codes,
                      fingerprint=np.asarray(self.fingerprint))

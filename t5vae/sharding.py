@@ -1,4 +1,4 @@
-"""Sharding over a ("data", "fsdp", "model") device mesh: one logical-axis rules table, and everything asks it.
+"""Sharding over a ("data", "fsdp", "model") device mesh, by the logical-axis rules of t5vae.specs.
 
     mesh = make_mesh("data=2,fsdp=2,model=2")           # -1 = whatever devices are left
     shardings = param_shardings(cfg, mesh)               # T5Config, Config or any ParamSpec tree
@@ -12,6 +12,7 @@ Multi-host: call :func:`initialize_distributed` first in every process; each pro
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import os
 from typing import Any, Mapping
@@ -20,21 +21,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-
-
-def is_spec(x) -> bool:
-    """A ``t5vae.t5.ParamSpec`` leaf (imported lazily, so t5.py may import this module)."""
-    from t5vae.t5 import is_spec as _is_spec
-
-    return _is_spec(x)
-
-MESH_AXES = ("data", "fsdp", "model")
-
-# Logical axis name -> mesh axis (or tuple of mesh axes, or None = replicated). The only such table.
-RULES: dict[str, Any] = {
-    "batch": ("data", "fsdp"), "vocab": "model", "heads": "model", "mlp": "model", "embed": "fsdp",
-    "kv": None, "layers": None, "relpos_buckets": None, "latent": None, "latent_tokens": None, "length": None,
-}
+from t5vae import t5, vae
+from t5vae.config import Config, T5Config
+from t5vae.specs import MESH_AXES, RULES, abstract, is_spec, logical_to_spec, mesh_axes
 
 
 # -- meshes ----------------------------------------------------------------------------------------
@@ -97,34 +86,12 @@ def mesh_sizes(mesh: Mesh) -> dict[str, int]:
     return dict(zip(mesh.axis_names, mesh.devices.shape))
 
 
-# -- logical axes -> PartitionSpec ---------------------------------------------------------------
-
-def _mesh_axes(logical: str | None, rules: Mapping[str, Any]) -> tuple[str, ...]:
-    if logical is None:
-        return ()
-    if logical not in rules:
-        raise KeyError(f"logical axis {logical!r} has no sharding rule; known: {sorted(rules)}")
-    target = rules[logical]
-    return () if target is None else (target,) if isinstance(target, str) else tuple(target)
-
-
-def logical_to_spec(axes, rules: Mapping[str, Any] = RULES) -> P:
-    """Logical axis names (one per dimension, None = replicated) -> ``PartitionSpec`` via ``rules``."""
-    out, used = [], set()
-    for name in axes:
-        mesh_axes = _mesh_axes(name, rules)
-        dup = used.intersection(mesh_axes)
-        if dup:
-            raise ValueError(f"logical axes {tuple(axes)} map mesh axis {sorted(dup)} to two dimensions")
-        used.update(mesh_axes)
-        out.append(None if not mesh_axes else mesh_axes[0] if len(mesh_axes) == 1 else mesh_axes)
-    return P(*out)
-
+# -- logical axes -> shardings ---------------------------------------------------------------------
 
 def _check_divisible(shape, axes, mesh: Mesh, rules, where: str) -> None:
     sizes = mesh_sizes(mesh)
     for dim, (size, name) in enumerate(zip(shape, axes)):
-        mesh_axes = _mesh_axes(name, rules)
+        mesh_axes = mesh_axes(name, rules)
         missing = [a for a in mesh_axes if a not in sizes]
         if missing:
             raise ValueError(f"{where}: logical axis {name!r} maps to mesh axis {missing}, which the mesh "
@@ -137,14 +104,11 @@ def _check_divisible(shape, axes, mesh: Mesh, rules, where: str) -> None:
 
 
 def _spec_tree(specs_or_cfg):
-    from t5vae import config
-
-    if isinstance(specs_or_cfg, config.T5Config):
-        from t5vae import t5
+    """The spec tree of a T5Config or Config; any other argument is taken to be a spec tree."""
+    if isinstance(specs_or_cfg, T5Config):
         return t5.param_specs(specs_or_cfg)
-    if isinstance(specs_or_cfg, config.Config):
-        from t5vae import model
-        return model.param_specs(specs_or_cfg)
+    if isinstance(specs_or_cfg, Config):
+        return vae.param_specs(specs_or_cfg)
     return specs_or_cfg
 
 
@@ -177,8 +141,6 @@ def _dropped_axes(shape, spec):
     n, k = len(spec.shape), len(shape)
     if k > n:
         return
-    import itertools
-
     for keep in itertools.combinations(range(n), k):
         if tuple(spec.shape[i] for i in keep) == tuple(shape):
             yield tuple(spec.axes[i] for i in keep)
@@ -215,9 +177,8 @@ def state_shardings(abstract_state, specs_or_cfg, mesh: Mesh, rules: Mapping[str
 
 def opt_state_shardings(optimizer, specs_or_cfg, mesh: Mesh, rules: Mapping[str, Any] = RULES):
     """Shardings of ``optimizer.init(params)`` for the params of a spec tree (or cfg), derived from theirs."""
-    specs = _spec_tree(specs_or_cfg)
-    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, np.float32), specs, is_leaf=is_spec)
-    return state_shardings(jax.eval_shape(optimizer.init, abstract), specs, mesh, rules)
+    tree = _spec_tree(specs_or_cfg)
+    return state_shardings(jax.eval_shape(optimizer.init, abstract(tree, np.float32)), tree, mesh, rules)
 
 
 # -- batches ---------------------------------------------------------------------------------------
@@ -263,7 +224,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def global_batch(local_batch, mesh: Mesh, rules: Mapping[str, Any] = RULES):
     """One global array per leaf from each process's rows (see :func:`process_slice`); batch dim sharded."""
     sizes = mesh_sizes(mesh)
-    parts = math.prod(sizes[a] for a in _mesh_axes("batch", rules))
+    parts = math.prod(sizes[a] for a in mesh_axes("batch", rules))
 
     def one(x):
         x = np.asarray(x)
@@ -285,14 +246,12 @@ def _local_batch_shards(mesh: Mesh, rules) -> int:
 
 @functools.lru_cache(maxsize=None)
 def _sharded_init(cfg, mesh: Mesh):
-    from t5vae import config, model, t5
-
-    init = t5.init if isinstance(cfg, config.T5Config) else model.init
+    init = t5.init if isinstance(cfg, T5Config) else vae.init
     return jax.jit(init, static_argnums=0, out_shardings=param_shardings(cfg, mesh))
 
 
 def shard_init(cfg, key: jax.Array, mesh: Mesh) -> dict:
-    """``t5.init`` (T5Config) or ``model.init`` (Config) compiled with ``out_shardings``: every leaf is
+    """``t5.init`` (T5Config) or ``vae.init`` (Config) compiled with ``out_shardings``: every leaf is
     created directly in its sharding, never whole on one device. Same values as the unsharded init."""
     return _sharded_init(cfg, mesh)(cfg, key)
 
@@ -300,18 +259,6 @@ def shard_init(cfg, key: jax.Array, mesh: Mesh) -> dict:
 def shard_params(params, specs_or_cfg, mesh: Mesh, rules: Mapping[str, Any] = RULES):
     """Place an existing params tree into its shardings (``jax.device_put``)."""
     return jax.device_put(params, param_shardings(specs_or_cfg, mesh, rules))
-
-
-def constrain(x: jax.Array, logical_axes, rules: Mapping[str, Any] = RULES, mesh: Mesh | None = None):
-    """``with_sharding_constraint`` by logical axis names under the current mesh (``jax.set_mesh``) or
-    ``mesh``; a no-op when there is none."""
-    if mesh is None:
-        abstract = jax.sharding.get_abstract_mesh()
-        if abstract.empty:
-            return x
-        spec = logical_to_spec(logical_axes, rules)
-        return jax.lax.with_sharding_constraint(x, spec)
-    return jax.lax.with_sharding_constraint(x, named_sharding(mesh, x.shape, logical_axes, rules))
 
 
 # -- multi-host ------------------------------------------------------------------------------------

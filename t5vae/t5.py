@@ -20,24 +20,13 @@ Params tree (L = num_layers, Ld = num_decoder_layers; layers stacked on a leadin
 from __future__ import annotations
 
 import functools
-from collections import namedtuple
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
-from t5vae import layers, sharding
+from t5vae import decoding, kernels, layers, specs
 from t5vae.config import T5Config
-
-ParamSpec = namedtuple("ParamSpec", "shape axes init")
-
-
-def normal(std: float) -> Callable:
-    return lambda key, shape, dtype: (std * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
-
-
-def ones(key, shape, dtype):
-    return jnp.ones(shape, dtype)
+from t5vae.specs import ParamSpec, normal, ones
 
 
 def _attn_specs(cfg: T5Config, n: int) -> dict:
@@ -83,61 +72,61 @@ def param_specs(cfg: T5Config) -> dict:
     return specs
 
 
-def is_spec(x) -> bool:
-    return isinstance(x, ParamSpec)
-
-
-def init_from_specs(specs, key: jax.Array, dtype) -> dict:
-    """Initialise every leaf of a spec tree; each leaf gets its own key, in tree-flatten order."""
-    leaves, treedef = jax.tree.flatten(specs, is_leaf=is_spec)
-    keys = jax.random.split(key, len(leaves))
-    return jax.tree.unflatten(treedef, [s.init(k, s.shape, jnp.dtype(dtype)) for s, k in zip(leaves, keys)])
-
-
 def abstract_params(cfg: T5Config) -> dict:
     """``jax.ShapeDtypeStruct`` per leaf: what a checkpoint must contain."""
-    dt = jnp.dtype(cfg.param_dtype)
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, dt), param_specs(cfg), is_leaf=is_spec)
+    return specs.abstract(param_specs(cfg), cfg.param_dtype)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def init(cfg: T5Config, key: jax.Array) -> dict:
     """Random parameters in ``cfg.param_dtype`` with T5's initializer scales (one compiled program)."""
-    return init_from_specs(param_specs(cfg), key, cfg.param_dtype)
+    return specs.init(param_specs(cfg), key, cfg.param_dtype)
 
 
 # -- forward ---------------------------------------------------------------------------------------
 
-def _dropout_seeds(key: jax.Array | None, cfg: T5Config, n_layers: int):
-    """(seed for the embedding/final dropout, seeds [n_layers, 2] for the scanned blocks); Nones if deterministic."""
+def _dropout_keys(key: jax.Array | None, cfg: T5Config, n_layers: int):
+    """(key of the embedding and final dropouts, keys [n_layers] of the scanned blocks); Nones if deterministic."""
     if key is None or cfg.dropout_rate == 0.0:
         return None, None
-    seeds = layers.dropout_seeds(key, n_layers + 1)
-    return seeds[0], seeds[1:]
+    keys = jax.random.split(key, n_layers + 1)
+    return keys[0], keys[1:]
+
+
+def _split(key: jax.Array | None, n: int) -> list:
+    """``n`` keys for a block's dropout sites (Nones when deterministic)."""
+    return [None] * n if key is None else list(jax.random.split(key, n))
 
 
 def _constrain(x_BLD: jax.Array) -> jax.Array:
     """Keep the residual stream split over the batch under a mesh (``jax.set_mesh``); a no-op without one."""
-    return sharding.constrain(x_BLD, ("batch", "length", None))
+    return specs.constrain(x_BLD, ("batch", "length", None))
 
 
-def _residual(x_BLD: jax.Array, scale_D: jax.Array, eps: float, rate: float, bits, sublayer) -> jax.Array:
+def _drop(ops: kernels.Ops, rate: float, key):
+    """The dropout of one site as an array -> array function (None when off)."""
+    return None if key is None or rate == 0.0 else functools.partial(ops.dropout, rate=rate, key=key)
+
+
+def _residual(ops: kernels.Ops, x_BLD: jax.Array, scale_D: jax.Array, eps: float, rate: float, key, sublayer):
     """T5's pre-norm residual: ``x + dropout(sublayer(rms_norm(x)))``."""
-    return x_BLD + layers.dropout(sublayer(layers.rms_norm(x_BLD, scale_D, eps)), rate, bits)
+    return x_BLD + ops.dropout(sublayer(layers.rms_norm(x_BLD, scale_D, eps)), rate, key)
 
 
 _REMAT_POLICY = {"dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
                  "full": jax.checkpoint_policies.nothing_saveable}
 
 
-def _run_stack(stack: dict, block, x_BLD: jax.Array, seed_layers, eps: float, rate: float, bits_out,
-               remat: str) -> jax.Array:
-    """Scan ``block`` over a stack's layers (rematerialised per ``T5Config.remat``), then its final norm and
-    dropout."""
+def _run_stack(ops: kernels.Ops, stack: dict, block, x_BLD: jax.Array, key_outer, key_layers, eps: float,
+               rate: float, remat: str) -> jax.Array:
+    """Embedding dropout, ``block`` scanned over a stack's layers (rematerialised per ``T5Config.remat``),
+    then its final norm and dropout."""
+    k_emb, k_out = _split(key_outer, 2)
+    x_BLD = _constrain(ops.dropout(x_BLD, rate, k_emb))
     if remat != "none":  # prevent_cse=False: the scan already keeps XLA from merging the recomputation away
         block = jax.checkpoint(block, policy=_REMAT_POLICY[remat], prevent_cse=False)
-    x_BLD, _ = jax.lax.scan(block, x_BLD, (stack["layers"], seed_layers))
-    return layers.dropout(layers.rms_norm(x_BLD, stack["final_norm"], eps), rate, bits_out)
+    x_BLD, _ = jax.lax.scan(block, x_BLD, (stack["layers"], key_layers))
+    return ops.dropout(layers.rms_norm(x_BLD, stack["final_norm"], eps), rate, k_out)
 
 
 def _embed(params: dict, cfg: T5Config, ids_BL: jax.Array) -> jax.Array:
@@ -148,57 +137,53 @@ def encode(params: dict, cfg: T5Config, input_ids: jax.Array, attention_mask: ja
            dropout_key: jax.Array | None = None) -> jax.Array:
     """Encoder hidden states [B, L, D] (after the final norm) for token ids [B, L] and a 0/1 mask [B, L]."""
     B, L = input_ids.shape
-    D, H, F, rate, eps = cfg.d_model, cfg.num_heads, cfg.d_ff, cfg.dropout_rate, cfg.layer_norm_epsilon
+    ops, rate, eps = kernels.ops(cfg), cfg.dropout_rate, cfg.layer_norm_epsilon
     if attention_mask is None:
         attention_mask = jnp.ones((B, L), bool)
     mask_B11L = attention_mask.astype(bool)[:, None, None, :]
     bias = layers.position_bias(params["encoder"]["relpos_bias"], L, L, True, cfg.relative_attention_max_distance)
-    seed_outer, seed_layers = _dropout_seeds(dropout_key, cfg, cfg.num_layers)
-    bits_emb, bits_out = layers.dropout_bits(seed_outer, (B, L, D), (B, L, D))
-    x = _constrain(layers.dropout(_embed(params, cfg, input_ids), rate, bits_emb))
+    key_outer, key_layers = _dropout_keys(dropout_key, cfg, cfg.num_layers)
 
-    def block(x, lp_seed):
-        lp, seed = lp_seed
-        b_probs, b_attn, b_hidden, b_mlp = layers.dropout_bits(seed, (B, H, L, L), (B, L, D), (B, L, F), (B, L, D))
-        x = _residual(x, lp["attn_norm"], eps, rate, b_attn,
-                      lambda h: layers.attention(lp["attn"], h, h, bias, mask_B11L, rate, b_probs))
-        x = _residual(x, lp["mlp_norm"], eps, rate, b_mlp,
-                      lambda h: layers.mlp(lp["mlp"], h, cfg.activation, rate, b_hidden))
+    def block(x, lp_key):
+        lp, key = lp_key
+        k_probs, k_attn, k_hidden, k_mlp = _split(key, 4)
+        x = _residual(ops, x, lp["attn_norm"], eps, rate, k_attn,
+                      lambda h: layers.attention(lp["attn"], h, h, bias, mask_B11L, _drop(ops, rate, k_probs)))
+        x = _residual(ops, x, lp["mlp_norm"], eps, rate, k_mlp,
+                      lambda h: ops.mlp(lp["mlp"], h, cfg.activation, rate, k_hidden))
         return _constrain(x), None
 
-    return _run_stack(params["encoder"], block, x, seed_layers, eps, rate, bits_out, cfg.remat)
+    return _run_stack(ops, params["encoder"], block, _embed(params, cfg, input_ids), key_outer, key_layers, eps,
+                      rate, cfg.remat)
 
 
 def decoder_hidden(params: dict, cfg: T5Config, decoder_input_ids: jax.Array, encoder_states: jax.Array,
                    attention_mask: jax.Array | None = None, decoder_attention_mask: jax.Array | None = None, *,
                    dropout_key: jax.Array | None = None) -> jax.Array:
     """Decoder hidden states [B, T, D] (after the final norm), causal self-attention + cross-attention."""
-    B, T = decoder_input_ids.shape
-    S = encoder_states.shape[1]
-    D, H, F, rate, eps = cfg.d_model, cfg.num_heads, cfg.d_ff, cfg.dropout_rate, cfg.layer_norm_epsilon
+    T = decoder_input_ids.shape[1]
+    ops, rate, eps = kernels.ops(cfg), cfg.dropout_rate, cfg.layer_norm_epsilon
     causal_11TT = jnp.tril(jnp.ones((T, T), bool))[None, None]
     self_mask = causal_11TT if decoder_attention_mask is None else (
         causal_11TT & decoder_attention_mask.astype(bool)[:, None, None, :])
     cross_mask = None if attention_mask is None else attention_mask.astype(bool)[:, None, None, :]
     bias = layers.position_bias(params["decoder"]["relpos_bias"], T, T, False, cfg.relative_attention_max_distance)
     enc = encoder_states.astype(cfg.dtype)
-    seed_outer, seed_layers = _dropout_seeds(dropout_key, cfg, cfg.num_decoder_layers)
-    bits_emb, bits_out = layers.dropout_bits(seed_outer, (B, T, D), (B, T, D))
-    x = _constrain(layers.dropout(_embed(params, cfg, decoder_input_ids), rate, bits_emb))
+    key_outer, key_layers = _dropout_keys(dropout_key, cfg, cfg.num_decoder_layers)
 
-    def block(x, lp_seed):
-        lp, seed = lp_seed
-        b_self, b_self_out, b_cross, b_cross_out, b_hidden, b_mlp = layers.dropout_bits(
-            seed, (B, H, T, T), (B, T, D), (B, H, T, S), (B, T, D), (B, T, F), (B, T, D))
-        x = _residual(x, lp["self_attn_norm"], eps, rate, b_self_out,
-                      lambda h: layers.attention(lp["self_attn"], h, h, bias, self_mask, rate, b_self))
-        x = _residual(x, lp["cross_attn_norm"], eps, rate, b_cross_out,
-                      lambda h: layers.attention(lp["cross_attn"], h, enc, None, cross_mask, rate, b_cross))
-        x = _residual(x, lp["mlp_norm"], eps, rate, b_mlp,
-                      lambda h: layers.mlp(lp["mlp"], h, cfg.activation, rate, b_hidden))
+    def block(x, lp_key):
+        lp, key = lp_key
+        k_self, k_self_out, k_cross, k_cross_out, k_hidden, k_mlp = _split(key, 6)
+        x = _residual(ops, x, lp["self_attn_norm"], eps, rate, k_self_out,
+                      lambda h: layers.attention(lp["self_attn"], h, h, bias, self_mask, _drop(ops, rate, k_self)))
+        x = _residual(ops, x, lp["cross_attn_norm"], eps, rate, k_cross_out,
+                      lambda h: layers.attention(lp["cross_attn"], h, enc, None, cross_mask, _drop(ops, rate, k_cross)))
+        x = _residual(ops, x, lp["mlp_norm"], eps, rate, k_mlp,
+                      lambda h: ops.mlp(lp["mlp"], h, cfg.activation, rate, k_hidden))
         return _constrain(x), None
 
-    return _run_stack(params["decoder"], block, x, seed_layers, eps, rate, bits_out, cfg.remat)
+    return _run_stack(ops, params["decoder"], block, _embed(params, cfg, decoder_input_ids), key_outer, key_layers,
+                      eps, rate, cfg.remat)
 
 
 def _lm_head(params: dict, cfg: T5Config, x_BTD: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -216,9 +201,9 @@ def logits_from_hidden(params: dict, cfg: T5Config, x_BTD: jax.Array) -> jax.Arr
 
 def token_nll(params: dict, cfg: T5Config, x_BTD: jax.Array, labels_BT: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Per-token negative log-likelihood [B, T] (float32) of ``labels`` and the greedy prediction [B, T] from
-    decoder hidden states, without materialising the logits' gradient graph (see ``layers.lm_head_xent``)."""
+    decoder hidden states."""
     x_BTD, w_DV = _lm_head(params, cfg, x_BTD)
-    return layers.lm_head_xent(x_BTD, w_DV, labels_BT)
+    return kernels.ops(cfg).lm_head_xent(x_BTD, w_DV, labels_BT)
 
 
 def decode(params: dict, cfg: T5Config, decoder_input_ids: jax.Array, encoder_states: jax.Array,
@@ -256,13 +241,8 @@ def shift_right(labels: jax.Array, cfg: T5Config) -> jax.Array:
 
 
 def generate(params: dict, cfg: T5Config, input_ids: jax.Array, attention_mask: jax.Array | None = None,
-             max_new_tokens: int = 32, *, decoder_weights=None, **kwargs) -> jax.Array:
-    """Seq2seq generation with a KV cache -> int32 [B, max_new_tokens] (see ``t5vae.generate.generate``).
-
-    ``decoder_weights``: ``t5vae.generate.decoder_weights(params, cfg)``, built once, for repeated calls;
-    without it the decoder's weights are laid out for decoding on every call."""
-    from t5vae.generate import generate as _generate
-
+             max_new_tokens: int = 32, **kwargs) -> jax.Array:
+    """Seq2seq generation with a KV cache -> int32 [B, max_new_tokens]; ``kwargs`` as in
+    ``t5vae.decoding.generate`` (method, key, ..., ``decoder_weights`` built once for repeated calls)."""
     h = jax.jit(encode, static_argnums=1)(params, cfg, input_ids, attention_mask)
-    return _generate(params if decoder_weights is None else decoder_weights, cfg, h, attention_mask,
-                     max_new_tokens, **kwargs)
+    return decoding.generate(params, cfg, h, attention_mask, max_new_tokens, **kwargs)

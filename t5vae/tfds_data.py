@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
-from . import data
+from t5vae import corpus
 
 _INSTALL = "pip install tensorflow-datasets array_record importlib_resources  (or: pip install 't5vae[tfds]')"
 try:
@@ -41,7 +41,7 @@ def _features():
 
 @dataclasses.dataclass(eq=False)
 class PythonStatementsConfig(tfds.core.BuilderConfig):
-    """``data.stdlib_lines(min_chars, max_chars, root)`` split by ``data.Corpus.from_lines``."""
+    """``corpus.stdlib_lines(min_chars, max_chars, root)`` split by ``corpus.Corpus.from_lines``."""
 
     min_chars: int = 10
     max_chars: int = 40
@@ -64,7 +64,7 @@ def python_statements_config(min_chars: int = 10, max_chars: int = 40, validatio
 
 @dataclasses.dataclass(eq=False)
 class TextLinesConfig(tfds.core.BuilderConfig):
-    """Text files, one example per non-empty line, split by ``data.Corpus.from_lines``."""
+    """Text files, one example per non-empty line, split by ``corpus.Corpus.from_lines``."""
 
     paths: tuple[str, ...] = ()
     validation_percent: float = 2.0
@@ -93,7 +93,7 @@ def text_lines_config(paths: Sequence[str | os.PathLike], validation_percent: fl
 # -- builders --------------------------------------------------------------------------------------
 
 class _Lines(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """Train/validation splits of ``data.Corpus.from_lines(self._lines())``, written in order (no shuffle)."""
+    """Train/validation splits of ``corpus.Corpus.from_lines(self._lines())``, written in order (no shuffle)."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES: ClassVar[dict] = {"1.0.0": "Initial release."}
@@ -107,9 +107,9 @@ class _Lines(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _split_generators(self, dl_manager):
         lines, source = self._lines()
-        corpus = data.Corpus.from_lines(lines, source, self.builder_config.validation_percent)
-        return {"train": self._generate_examples(corpus.train),
-                "validation": self._generate_examples(corpus.validation)}
+        split = corpus.Corpus.from_lines(lines, source, self.builder_config.validation_percent)
+        return {"train": self._generate_examples(split.train),
+                "validation": self._generate_examples(split.validation)}
 
     def _generate_examples(self, lines):
         for i, s in enumerate(lines):
@@ -123,7 +123,7 @@ class PythonStatements(_Lines):
 
     def _lines(self):
         c = self.builder_config
-        return data.stdlib_lines(c.min_chars, c.max_chars, c.root), "stdlib"
+        return corpus.stdlib_lines(c.min_chars, c.max_chars, c.root), "stdlib"
 
 
 class TextLines(_Lines):
@@ -136,7 +136,7 @@ class TextLines(_Lines):
         super().__init__(config=config, **kwargs)
 
     def _lines(self):
-        return data.read_text_lines(self.builder_config.paths), ",".join(self.builder_config.paths)
+        return corpus.read_text_lines(self.builder_config.paths), ",".join(self.builder_config.paths)
 
 
 def python_statements_builder(data_dir: str | os.PathLike | None = None, *, min_chars: int = 10,
@@ -230,7 +230,7 @@ def read_split(builder, split: str, field: str = "text", limit: int | None = Non
 
 
 def load_tfds_corpus(name_or_builder, data_dir=None, field: str = "text", *, validation_percent: float = 2.0,
-                     min_chars: int = 10, max_chars: int = 40) -> data.Corpus:
+                     min_chars: int = 10, max_chars: int = 40) -> corpus.Corpus:
     """Train and validation lines of a TFDS dataset (a name or a builder), prepared first if it is one of
     ours. Validation is the ``validation`` split, else ``test``, else a hash-fixed share of ``train``."""
     if isinstance(name_or_builder, tfds.core.DatasetBuilder):
@@ -244,5 +244,12 @@ def load_tfds_corpus(name_or_builder, data_dir=None, field: str = "text", *, val
     train = read_split(builder, "train", field)
     for held in ("validation", "test"):
         if held in splits:
-            return data.Corpus(train, read_split(builder, held, field), source)
-    return data.Corpus.from_lines(train, source, validation_percent)
+            return corpus.Corpus(train, read_split(builder, held, field), source)
+    return corpus.Corpus.from_lines(train, source, validation_percent)
+
+
+def tfds_lines(name: str, split: str, field: str = "text", limit: int | None = None,
+               data_dir: str | None = None) -> list[str]:
+    """Lines of a TFDS dataset read TF-free via ``as_data_source`` (array_record): ``python_statements`` (built
+    on first use) or a catalog dataset already prepared in ``data_dir``; ``field`` names the text feature."""
+    return read_split(get_builder(name, data_dir), split, field, limit)

@@ -2,23 +2,21 @@
 orbax checkpoints, progress bar, metrics.jsonl, NaN/inf guard)."""
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from t5vae import checkpoint, data, model, sharding
+from t5vae import checkpoint, data, evaluate, sharding, vae
+from t5vae.config import Config, TrainConfig
 from t5vae.runlog import CURVE_FILE, METRICS_FILE, TensorBoard, resume_logs
-from t5vae.config import Config
 
 # Settings that may change when a run is resumed; any other difference is an error.
 RESUMABLE = ("steps", "checkpoint_every", "keep_checkpoints", "log_every", "progress", "max_minutes",
@@ -29,60 +27,6 @@ RESUMABLE = ("steps", "checkpoint_every", "keep_checkpoints", "log_every", "prog
 CURVE_LINES, CURVE_PAIRS = 256, 50
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Everything about a training run that is not the model (see :class:`t5vae.Config`)."""
-
-    steps: int = 20000
-    batch_size: int = 64
-    optimizer: str = "adamw"         # or "adafactor" (T5's); AdamW measured far better here (see the issue note)
-    learning_rate: float = 2e-3
-    warmup_steps: int = 100
-    end_lr_fraction: float = 0.05    # cosine decay to learning_rate * end_lr_fraction
-    weight_decay: float = 0.0        # AdamW only
-    clip_norm: float = 1.0
-    seed: int = 0
-    corpus: str | None = None        # None/"stdlib", "tfds:NAME[:FIELD]" or comma-separated text files
-    min_chars: int = 10              # stdlib corpus line length bounds
-    max_chars: int = 40
-    validation_percent: float = 2.0
-    tokenizer: str | None = None     # a spiece.model; None trains one on the corpus
-    vocab_size: int = 1024           # for a trained tokenizer
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    progress: bool = True
-    max_minutes: float | None = 18.0  # training time budget: the lr schedule follows max(step/steps, time
-                                      # used/budget) and training stops (checkpointed) when it is spent
-    eval_pairs: int = 400             # 9 interior points each; 100 pairs left ±0.03 between seeds
-    eval_batch_size: int = 128
-    eval_every: int = 2000            # steps between learning-curve evaluations (eval_curve.jsonl); 0: none
-
-    def __post_init__(self):
-        if self.optimizer not in ("adafactor", "adamw"):
-            raise ValueError(f"TrainConfig.optimizer must be 'adafactor' or 'adamw', got {self.optimizer!r}")
-        for name in ("steps", "batch_size", "checkpoint_every", "log_every", "vocab_size", "keep_checkpoints"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
-                raise ValueError(f"TrainConfig.{name} must be a positive int, got {getattr(self, name)!r}")
-        if not isinstance(self.eval_every, int) or self.eval_every < 0:
-            raise ValueError(f"TrainConfig.eval_every must be an int >= 0 (0: no learning curve), "
-                             f"got {self.eval_every!r}")
-
-    def replace(self, **changes: Any) -> "TrainConfig":
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig field(s) {unknown}; known: {sorted(names)}")
-        return cls(**d)
-
-
 def schedule(tc: TrainConfig) -> optax.Schedule:
     """Linear warmup to ``learning_rate`` then cosine decay to ``learning_rate * end_lr_fraction``."""
     warm = min(tc.warmup_steps, max(tc.steps - 1, 0))
@@ -90,7 +34,7 @@ def schedule(tc: TrainConfig) -> optax.Schedule:
                                               tc.learning_rate * tc.end_lr_fraction)
 
 
-def make_optimizer(optimizer: str = "adafactor", clip_norm: float = 1.0, weight_decay: float = 0.0):
+def make_optimizer(optimizer: str = "adamw", clip_norm: float = 1.0, weight_decay: float = 0.0):
     """Global-norm clipping, then Adafactor's factored second moments with update clipping (T5's optimizer)
     or Adam (+ decoupled weight decay). The result is the update *direction*: the train step multiplies
     it by ``-lr``, so one compiled step serves every schedule (and a resumed run with more steps)."""
@@ -107,7 +51,7 @@ def init_state(cfg: Config, tc: TrainConfig, params: dict) -> dict:
 
 
 @functools.lru_cache(maxsize=8)
-def make_train_step(cfg: Config, optimizer: str = "adafactor", clip_norm: float = 1.0, weight_decay: float = 0.0,
+def make_train_step(cfg: Config, optimizer: str = "adamw", clip_norm: float = 1.0, weight_decay: float = 0.0,
                     mesh=None):
     """``train_step(state, batch, key, lr) -> (state, metrics)``, jitted, the state donated; cached per setting.
 
@@ -117,7 +61,7 @@ def make_train_step(cfg: Config, optimizer: str = "adafactor", clip_norm: float 
 
     def train_step(state, batch, key, lr):
         key = jax.random.fold_in(key, state["step"])
-        grad_fn = jax.value_and_grad(lambda p: model.loss(p, cfg, batch, key, state["step"]), has_aux=True)
+        grad_fn = jax.value_and_grad(lambda p: vae.loss(p, cfg, batch, key, state["step"]), has_aux=True)
         (_, metrics), grads = grad_fn(state["params"])
         updates, opt_state = opt.update(grads, state["opt_state"], state["params"])
         params = jax.tree.map(lambda p, u: (p - lr * u.astype(jnp.float32)).astype(p.dtype), state["params"], updates)
@@ -138,12 +82,8 @@ def make_train_step(cfg: Config, optimizer: str = "adafactor", clip_norm: float 
 
 def _state_shardings(cfg: Config, opt, mesh):
     abstract = jax.eval_shape(lambda p: {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": opt.init(p)},
-                              model.abstract_params(cfg))
+                              vae.abstract_params(cfg))
     return sharding.state_shardings(abstract, cfg, mesh)
-
-
-def make_eval_step(cfg: Config):
-    return jax.jit(lambda params, batch, step: model.loss(params, cfg, batch, None, step, deterministic=True)[1])
 
 
 class BatchStream:
@@ -170,7 +110,7 @@ class BatchStream:
 
 def _check_same_config(run_dir: Path, cfg: Config, tc: TrainConfig) -> None:
     old_cfg = Config.load_json(run_dir / checkpoint.CONFIG_FILE)
-    old_tc = TrainConfig.from_dict(json.loads((run_dir / checkpoint.TRAIN_CONFIG_FILE).read_text()))
+    old_tc = TrainConfig.load_json(run_dir / checkpoint.TRAIN_CONFIG_FILE)
     diffs = [f"model.{k}: {v!r} -> {cfg.to_dict()[k]!r}" for k, v in old_cfg.to_dict().items()
              if cfg.to_dict()[k] != v]
     diffs += [f"train.{k}: {v!r} -> {getattr(tc, k)!r}" for k, v in old_tc.to_dict().items()
@@ -306,13 +246,6 @@ def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: dat
     return state["params"], last
 
 
-def evaluate_loss(cfg: Config, params: dict, enc: data.Encoded, batch_size: int, step: int) -> dict:
-    """Teacher-forced validation metrics, averaged over batches."""
-    ev = make_eval_step(cfg)
-    rows = [ev(params, b, step) for _, b in data.eval_batches(enc, batch_size, data.length_buckets(cfg))]
-    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-
-
 def prepare(cfg: Config, tc: TrainConfig, out: str | os.PathLike, init_from: str | None = None,
             overwrite: bool = False, log=print):
     """Set up (or reopen) a run directory -> ``(cfg, tokenizer, corpus, params)``.
@@ -320,8 +253,6 @@ def prepare(cfg: Config, tc: TrainConfig, out: str | os.PathLike, init_from: str
     A new run writes config.json, train_config.json and spiece.model first; an existing one is resumed and
     must have been started with the same settings (only those in ``RESUMABLE`` may change).
     """
-    import shutil
-
     out = Path(out)
     resuming = (out / checkpoint.CONFIG_FILE).is_file()
     if resuming and overwrite:
@@ -339,7 +270,7 @@ def prepare(cfg: Config, tc: TrainConfig, out: str | os.PathLike, init_from: str
         tok = data.Tokenizer.load(out / checkpoint.TOKENIZER_FILE)
         cfg = cfg if init_from is not None else cfg.replace(t5=cfg.t5.replace(vocab_size=tok.vocab_size))
         _check_same_config(out, cfg, tc)
-        (out / checkpoint.TRAIN_CONFIG_FILE).write_text(json.dumps(tc.to_dict(), indent=2) + "\n")
+        tc.save_json(out / checkpoint.TRAIN_CONFIG_FILE)
         return cfg, tok, corpus, t5_params
     if tc.tokenizer is not None:
         tok = data.Tokenizer.load(tc.tokenizer)
@@ -354,7 +285,7 @@ def prepare(cfg: Config, tc: TrainConfig, out: str | os.PathLike, init_from: str
     check_vocab(cfg, tok)
     out.mkdir(parents=True, exist_ok=True)
     tok.save(out / checkpoint.TOKENIZER_FILE)
-    (out / checkpoint.TRAIN_CONFIG_FILE).write_text(json.dumps(tc.to_dict(), indent=2) + "\n")
+    tc.save_json(out / checkpoint.TRAIN_CONFIG_FILE)
     cfg.save_json(out / checkpoint.CONFIG_FILE)  # written last: its presence marks a resumable run
     return cfg, tok, corpus, t5_params
 
@@ -368,8 +299,6 @@ def check_vocab(cfg: Config, tok: data.Tokenizer) -> None:
 def run(cfg: Config, tc: TrainConfig, out: str | os.PathLike, init_from: str | None = None,
         overwrite: bool = False, log=print, mesh=None) -> tuple[dict, dict]:
     """Train (or resume) a run in ``out``, save the final params, evaluate -> ``(params, eval results)``."""
-    from t5vae import evaluate
-
     t_start = time.time()
     cfg, tok, corpus, t5_params = prepare(cfg, tc, out, init_from, overwrite, log)
     out = Path(out)
@@ -379,10 +308,10 @@ def run(cfg: Config, tc: TrainConfig, out: str | os.PathLike, init_from: str | N
             f"{cfg.max_length} tokens and were truncated")
     key = jax.random.key(tc.seed)
     if mesh is None:
-        params = model.init(cfg, key) if t5_params is None else model.from_t5(cfg, t5_params, key)
+        params = vae.init(cfg, key) if t5_params is None else vae.from_t5(cfg, t5_params, key)
     else:
         params = (sharding.shard_init(cfg, key, mesh) if t5_params is None
-                  else sharding.shard_params(model.from_t5(cfg, t5_params, key), cfg, mesh))
+                  else sharding.shard_params(vae.from_t5(cfg, t5_params, key), cfg, mesh))
     curve_lines = corpus.validation[:CURVE_LINES]
 
     def curve(params):

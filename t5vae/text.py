@@ -7,7 +7,6 @@ cuts it and warns; codes whose [N, Z] are not this model's; ``steps < 2``; ``max
 """
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Sequence
@@ -17,13 +16,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5vae import checkpoint, data, evaluate, latent, model
-from t5vae.config import Config
+from t5vae import checkpoint, data, evaluate, kernels, latent, train, vae
+from t5vae.config import Config, TrainConfig
 
 
 def _batch_size(n: int) -> int:
-    """Pad to a power of two from 8 to 128, so only five batch shapes are ever compiled (one code padded to 8
-    rows decodes in 21 ms instead of 4 ms on the default model; a compile takes seconds)."""
+    """Pad to a power of two from 8 to 128, so only five batch shapes are ever compiled (a compile takes
+    seconds; padding a few rows costs milliseconds)."""
     return min(128, max(8, 1 << max(0, (n - 1).bit_length())))
 
 
@@ -52,9 +51,7 @@ class Model:
     """A trained T5-VAE with its tokenizer. Codes are numpy arrays [n, n_latent_tokens, latent_size]."""
 
     def __init__(self, cfg: Config, params: dict, tokenizer: data.Tokenizer, path: str | None = None):
-        from t5vae.train import check_vocab
-
-        check_vocab(cfg, tokenizer)
+        train.check_vocab(cfg, tokenizer)
         self.cfg, self.params, self.tokenizer, self.path = cfg, params, tokenizer, path
         self._decoder_weights = (None, None)  # (the params they were built from, the decoder laid out for decoding)
         self._aggregate: latent.FittedGaussian | None = None
@@ -97,27 +94,24 @@ class Model:
         ``max_length``). ``method`` "greedy", "sample" (seeded; temperature/top_k/top_p in kwargs) or "beam"."""
         z = latent.check_codes(z, self.cfg, "z")
         T = _check_max_new_tokens(max_new_tokens, self.cfg.max_length)
-        out, bs = [], _batch_size(len(z))
-        key = jax.random.key(seed)
-        for s in range(0, len(z), bs):
-            part = z[s: s + bs]
-            padded = np.concatenate([part, np.zeros((bs - len(part),) + part.shape[1:], np.float32)])
+        out, key = [], jax.random.key(seed)
+        for s, padded, n in evaluate.padded_batches(z, _batch_size(len(z))):
             if method == "sample":
                 kwargs["key"] = jax.random.fold_in(key, s)
-            toks = np.asarray(model.generate(self.params, self.cfg, jnp.asarray(padded), T, method=method,
-                                             decoder_weights=self.decoder_weights(), **kwargs))
-            out += [self.tokenizer.decode(t) for t in toks[: len(part)]]
+            toks = np.asarray(vae.generate(self.params, self.cfg, jnp.asarray(padded), T, method=method,
+                                           decoder_weights=self.decoder_weights(), **kwargs))
+            out += [self.tokenizer.decode(t) for t in toks[:n]]
         return out
 
-    def decoder_weights(self):
-        """The backbone's decoder laid out for decoding (``t5vae.generate.DecoderWeights``), built on first use
-        and kept while ``self.params`` stays the same object: every later decode skips re-laying out the weights,
-        for a second copy of the decoder's."""
+    def decoder_weights(self) -> kernels.DecoderWeights | None:
+        """With the "decoder_layout" fast path on: the backbone's decoder laid out for decoding, built on first
+        use and kept while ``self.params`` stays the same object (a second copy of the decoder's weights);
+        otherwise None (decoding runs on the params)."""
+        if not kernels.ops(self.cfg.t5).decoder_layout:
+            return None
         built_from, w = self._decoder_weights
         if built_from is not self.params:
-            from t5vae.generate import decoder_weights
-
-            w = decoder_weights(self.params["t5"], self.cfg.t5)
+            w = kernels.decoder_weights(self.params["t5"], self.cfg.t5)
             self._decoder_weights = (self.params, w)
         return w
 
@@ -132,8 +126,8 @@ class Model:
         lb, nb = _as_lines(b, "b")
         if len(la) != len(lb):
             raise ValueError(f"a and b must hold equally many lines, got {len(la)} and {len(lb)}")
-        if kind not in model.INTERPOLATIONS:
-            raise ValueError(f"kind must be one of {model.INTERPOLATIONS}, got {kind!r}")
+        if kind not in latent.INTERPOLATIONS:
+            raise ValueError(f"kind must be one of {latent.INTERPOLATIONS}, got {kind!r}")
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 2:
             raise ValueError(f"steps is the number of points including both endpoints and must be an integer >= 2, "
                              f"got {steps!r}")
@@ -142,7 +136,7 @@ class Model:
             return []
         z = evaluate.encode_lines(self.params, self.cfg, self._tokenize(la + lb, na + nb, truncate),
                                   _batch_size(2 * len(la)))
-        paths = np.asarray(model.interpolate(z[: len(la)], z[len(la):], steps, kind))  # [steps, pairs, N, Z]
+        paths = np.asarray(latent.interpolate(z[: len(la)], z[len(la):], steps, kind))  # [steps, pairs, N, Z]
         texts = self.decode(paths.transpose(1, 0, 2, 3).reshape((-1,) + z.shape[1:]), **decode_kwargs)
         rows = [texts[i * steps: (i + 1) * steps] for i in range(len(la))]
         return rows[0] if isinstance(a, str) else rows
@@ -204,10 +198,9 @@ class Model:
             raise FileNotFoundError(f"the aggregate prior is fitted to the run's training lines, but {tc_file} (which "
                                     f"names the corpus) is missing: call model.fit_aggregate(lines) first, or sample "
                                     f"with prior='tanh' or 'gaussian'")
-        tc = json.loads(tc_file.read_text())
+        tc = TrainConfig.load_json(tc_file)
         try:
-            corpus = data.load_corpus(tc.get("corpus"), tc.get("validation_percent", 2.0), tc.get("min_chars", 10),
-                                      tc.get("max_chars", 40))
+            corpus = data.load_corpus(tc.corpus, tc.validation_percent, tc.min_chars, tc.max_chars)
         except FileNotFoundError as e:
             raise FileNotFoundError(f"{e}: the training corpus named in {tc_file} is needed to fit the aggregate "
                                     f"prior; call model.fit_aggregate(lines) first, or sample with prior='tanh'") from None
@@ -227,12 +220,10 @@ def load(path: str | os.PathLike) -> Model:
     cfg = Config.load_json(path / checkpoint.CONFIG_FILE)
     tok = data.Tokenizer.load(path / checkpoint.TOKENIZER_FILE)
     if (path / checkpoint.PARAMS_DIR).is_dir():
-        params = checkpoint.restore_params(path / checkpoint.PARAMS_DIR, model.abstract_params(cfg))
+        params = checkpoint.restore_params(path / checkpoint.PARAMS_DIR, vae.abstract_params(cfg))
     else:
-        from t5vae import train
-
-        tc = train.TrainConfig.from_dict(json.loads((path / checkpoint.TRAIN_CONFIG_FILE).read_text()))
-        abstract = jax.eval_shape(lambda: train.init_state(cfg, tc, model.init(cfg, jax.random.key(0))))
+        tc = TrainConfig.load_json(path / checkpoint.TRAIN_CONFIG_FILE)
+        abstract = jax.eval_shape(lambda: train.init_state(cfg, tc, vae.init(cfg, jax.random.key(0))))
         mngr = checkpoint.checkpoint_manager(path, tc.keep_checkpoints)
         try:
             _, state = checkpoint.restore_train_state(mngr, abstract)

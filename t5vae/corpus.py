@@ -1,0 +1,115 @@
+"""Corpora of lines: the embedded default (single-line Python statements of the installed standard
+library), text files, and their train/validation split.
+
+A line's split is fixed by a hash of the line, so it never depends on file order or the machine. TFDS
+corpora (t5vae.tfds_data) build on this module; ``t5vae.data.load_corpus`` chooses between them.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import os
+import sysconfig
+import warnings
+import zlib
+from pathlib import Path
+from typing import Sequence
+
+
+def split_of(line: str, validation_percent: float) -> str:
+    """``"validation"`` or ``"train"``, fixed by a CRC32 hash of the line (stable across machines)."""
+    return "validation" if zlib.crc32(line.encode("utf-8")) % 10_000 < validation_percent * 100 else "train"
+
+
+def parse_quietly(s: str) -> ast.Module | None:
+    """``ast.parse(s)``, or None if ``s`` does not parse. Python's warnings for odd but valid source
+    (``1if x else y``, ``"\\d"``) are not printed: generated text is full of them, and they said
+    nothing a person reading the training log needed."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return ast.parse(s)
+        except (SyntaxError, ValueError):
+            return None
+
+
+def _is_statement(s: str) -> bool:
+    tree = parse_quietly(s)
+    if tree is None:
+        return False
+    if len(tree.body) != 1:
+        return False
+    node = tree.body[0]
+    if isinstance(node, ast.Expr) and not isinstance(node.value, ast.Call):
+        return False  # docstring fragments, bare names and other non-statements
+    return "#" not in s and "\\" not in s
+
+
+def stdlib_lines(min_chars: int = 10, max_chars: int = 40, root: str | None = None) -> list[str]:
+    """The embedded default corpus: single-line Python statements from the installed standard library.
+
+    Every stripped line of every ``.py`` file (tests, encodings tables and vendored packages skipped) that
+    parses with ``ast.parse`` as one statement, has no comment or backslash, and is within the length
+    bounds; deduplicated and sorted, so the result depends only on the stdlib's contents.
+    """
+    root = root or sysconfig.get_paths()["stdlib"]
+    skip = {"site-packages", "test", "tests", "idlelib", "lib2to3", "encodings", "__pycache__", "turtledemo"}
+    found = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in skip)
+        for name in sorted(filenames):
+            if not name.endswith(".py"):
+                continue
+            try:
+                text = Path(dirpath, name).read_text(encoding="utf-8")
+            except (UnicodeDecodeError, OSError):
+                continue
+            for line in text.splitlines():
+                s = line.strip()
+                if min_chars <= len(s) <= max_chars and s not in found and _is_statement(s):
+                    found.add(s)
+    if not found:
+        raise ValueError(f"found no Python statements under {root}")
+    return sorted(found)
+
+
+def read_text_lines(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """One example per non-empty line (trailing newline / CR removed, everything else kept) from text files."""
+    lines = []
+    for p in paths:
+        p = Path(p)
+        if not p.is_file():
+            raise FileNotFoundError(f"no such file: {p}")
+        data = p.read_bytes()
+        if b"\0" in data[:65536]:
+            raise ValueError(f"{p} is not a text file (it contains NUL bytes)")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{p} is not UTF-8 text: {e}") from None
+        lines += [ln.rstrip("\r") for ln in text.split("\n") if ln.rstrip("\r").strip()]
+    if not lines:
+        raise ValueError(f"the corpus is empty: no non-empty lines in {[str(p) for p in paths]}")
+    return lines
+
+
+@dataclasses.dataclass
+class Corpus:
+    """Train and validation lines plus where they came from."""
+
+    train: list[str]
+    validation: list[str]
+    source: str
+
+    @classmethod
+    def from_lines(cls, lines: Sequence[str], source: str, validation_percent: float = 2.0) -> "Corpus":
+        lines = list(dict.fromkeys(lines))  # dedup, keep order
+        if not lines:
+            raise ValueError(f"the corpus {source} is empty")
+        train = [s for s in lines if split_of(s, validation_percent) == "train"]
+        val = [s for s in lines if split_of(s, validation_percent) == "validation"]
+        if (len(val) < 2 or not train) and len(lines) >= 4:  # tiny corpora: at least 2 validation lines
+            by_hash = sorted(lines, key=lambda s: zlib.crc32(s.encode("utf-8")))
+            held = set(by_hash[: max(2, len(lines) // 50)])
+            val, train = [s for s in lines if s in held], [s for s in lines if s not in held]
+        return cls(train, val, source)
