@@ -114,99 +114,36 @@ def test_cross_attention_has_no_position_bias(hf):
 
 def test_dropout_is_inverted_and_seeded():
     x = jnp.ones((20000,), jnp.float32)
-    assert layers.dropout(x, 0.3, None) is x
-    seeds = layers.dropout_seeds(jax.random.key(0), 2)
-    assert seeds.shape == (2, 2) and seeds.dtype == jnp.uint32
-    (bits,) = layers.dropout_bits(seeds[0], x.shape)
-    y = np.asarray(layers.dropout(x, 0.3, bits))
+    assert layers.dropout(x, 0.3, None) is x and layers.dropout(x, 0.0, jax.random.key(0)) is x
+    y = np.asarray(layers.dropout(x, 0.3, jax.random.key(0)))
     kept = y != 0
     assert abs(kept.mean() - 0.7) < 0.015
-    threshold = layers.keep_threshold(0.3)
-    assert threshold == round(0.7 * 2 ** 32)
-    np.testing.assert_allclose(y[kept], 2 ** 32 / threshold, rtol=1e-6)  # keep prob is threshold/2**32: unbiased
-    np.testing.assert_array_equal(y, np.asarray(jax.jit(layers.dropout, static_argnums=1)(x, 0.3, bits)))
-    (other,) = layers.dropout_bits(seeds[1], x.shape)
-    assert not np.array_equal(y, np.asarray(layers.dropout(x, 0.3, other)))
-    assert layers.dropout_seeds(None, 3) is None and layers.dropout_bits(None, (2,)) == [None]
-    # a site applies to any array of its declared size (the MLP reshapes [B, L, F] to rows), no other
-    np.testing.assert_array_equal(np.asarray(layers.dropout(x.reshape(100, 200), 0.3, bits)).ravel(), y)
-    with pytest.raises(ValueError, match=r"declared with shape \(20000,\) was applied to shape \(3, 4\)"):
-        layers.dropout(jnp.ones((3, 4)), 0.3, bits)
+    np.testing.assert_allclose(y[kept], 1 / 0.7, rtol=1e-6)  # inverted: the expectation is x
+    np.testing.assert_array_equal(y, np.asarray(jax.jit(layers.dropout, static_argnums=1)(x, 0.3, jax.random.key(0))))
+    assert not np.array_equal(y, np.asarray(layers.dropout(x, 0.3, jax.random.key(1))))
 
 
-def test_dropout_bits_are_uniform_and_uncorrelated():
-    seed = layers.dropout_seeds(jax.random.key(3), 1)[0]
-    a, b = layers.dropout_bits(seed, (300, 400), (50000,))  # sites on disjoint counter ranges of one seed
-    ua, ub = (np.asarray(layers.random_bits(s, s.shape), np.float64).ravel() / 2 ** 32 for s in (a, b))
-    assert ua.size == 120000 and ub.size == 50000
-    counts = np.histogram(ua, bins=16, range=(0, 1))[0]
-    expected = ua.size / 16
-    assert ((counts - expected) ** 2 / expected).sum() < 40  # chi-square, 15 dof: p ~ 5e-4
-    assert abs(np.corrcoef(ua[:-1], ua[1:])[0, 1]) < 0.01  # neighbouring counters
-    assert abs(np.corrcoef(ua[:50000], ub)[0, 1]) < 0.02  # two sites of one layer
-    words = np.asarray(layers.random_bits(a, a.shape)).ravel()
-    ones = np.array([((words >> i) & 1).mean() for i in range(32)])
-    assert np.all(np.abs(ones - 0.5) < 0.01), ones  # every bit balanced, low ones included
-
-
-def _rel(a, b):
-    return float(jnp.max(jnp.abs(a - b)) / jnp.maximum(jnp.max(jnp.abs(b)), 1e-30))
-
-
-@pytest.mark.parametrize("gated", [False, True])
-@pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_new", "silu"])
-def test_mlp_custom_vjp_matches_autodiff(gated, activation):
-    """The hand-written MLP backward equals autodiff of the plain formulation, with and without dropout."""
-    k = jax.random.split(jax.random.key(1), 5)
-    B, L, D, F = 3, 5, 8, 12
-    x = jax.random.normal(k[0], (B, L, D))
-    p = {"wo": jax.random.normal(k[3], (F, D))}
-    if gated:
-        p.update(wi_0=jax.random.normal(k[1], (D, F)), wi_1=jax.random.normal(k[2], (D, F)))
-    else:
-        p["wi"] = jax.random.normal(k[1], (D, F))
-    (bits,) = layers.dropout_bits(layers.dropout_seeds(k[4], 1)[0], (B, L, F))
-    for rate, b in ((0.0, None), (0.3, bits)):
-        def f(fn):
-            return lambda p, x: jnp.sum(jnp.sin(fn(p, x, activation, rate, b)))
-        v1, g1 = jax.value_and_grad(f(layers.mlp), argnums=(0, 1))(p, x)
-        v2, g2 = jax.value_and_grad(f(layers.mlp_reference), argnums=(0, 1))(p, x)
-        assert _rel(v1, v2) < 1e-5
-        for a, c in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
-            assert a.shape == c.shape and _rel(a, c) < 1e-5
-
-
-def test_lm_head_xent_matches_log_softmax():
+def test_lm_head_xent_is_log_softmax_and_argmax():
     k = jax.random.split(jax.random.key(2), 3)
     x = jax.random.normal(k[0], (2, 7, 16))
     w = jax.random.normal(k[1], (16, 50))
     labels = jax.random.randint(k[2], (2, 7), 0, 50)
-    weights = (jnp.arange(7) < 5).astype(jnp.float32)[None]
-
-    def ours(x, w):
-        nll, _ = layers.lm_head_xent(x, w, labels)
-        return jnp.sum(nll * weights)
-
-    def ref(x, w):
-        logp = jax.nn.log_softmax(jnp.einsum("BTD,DV->BTV", x, w), axis=-1)
-        return -jnp.sum(jnp.take_along_axis(logp, labels[..., None], -1)[..., 0] * weights)
-
-    (v1, g1), (v2, g2) = [jax.value_and_grad(f, argnums=(0, 1))(x, w) for f in (ours, ref)]
-    assert _rel(v1, v2) < 1e-5
-    assert _rel(g1[0], g2[0]) < 1e-5 and _rel(g1[1], g2[1]) < 1e-5
-    _, pred = layers.lm_head_xent(x, w, labels)
-    np.testing.assert_array_equal(pred, jnp.argmax(jnp.einsum("BTD,DV->BTV", x, w), -1))
+    nll, pred = layers.lm_head_xent(x, w, labels)
+    logp = jax.nn.log_softmax(np.einsum("btd,dv->btv", np.asarray(x, np.float64), np.asarray(w, np.float64)), -1)
+    want = -np.take_along_axis(np.asarray(logp), np.asarray(labels)[..., None], -1)[..., 0]
+    assert rel_err(nll, want) < 1e-5
+    np.testing.assert_array_equal(pred, np.argmax(np.asarray(logp), -1))
+    assert pred.dtype == jnp.int32
 
 
-@pytest.mark.parametrize("V", [50, 300, 384])  # one padded block; padded blocks; whole blocks
-def test_argmax_matches_jnp_argmax_ties_and_nan(V):
-    x = jax.random.normal(jax.random.key(0), (8, V))
-    x = x.at[1, 7].set(9.0).at[1, V - 3].set(9.0)  # a tie across blocks: the first index wins
-    x = x.at[2, V - 9].set(jnp.nan).at[2, V - 1].set(jnp.nan)  # NaN wins, the first one
-    x = x.at[3].set(-jnp.inf).at[4].set(jnp.inf)
-    x = x.at[5, V - 2].set(7.0).at[5, V - 1].set(7.0)  # a tie in the last block
-    x = x.at[6, 130 % V].set(8.0).at[6, 129 % V].set(8.0)  # a tie inside one block
-    got = layers.argmax(x, block=128)
-    assert got.dtype == jnp.int32
-    np.testing.assert_array_equal(np.asarray(got), np.asarray(jnp.argmax(x, axis=-1)))
-    assert int(got[1]) == 7 and int(got[2]) == V - 9 and int(got[5]) == V - 2
+def test_attend_one_is_attention_of_one_query():
+    """Decoding's one-position attention equals the full attention's row for that query."""
+    k = jax.random.split(jax.random.key(4), 4)
+    B, H, S, K, D = 2, 3, 6, 4, 5
+    q, kk, v = (jax.random.normal(k[i], (B, 1 if i == 0 else S, H, K)) for i in range(3))
+    o = jax.random.normal(k[3], (H, K, D))
+    mask = jnp.asarray(np.array([[1] * 6, [1, 1, 1, 0, 0, 0]], bool))[:, None, None, :]
+    want = layers.attend(o, q, kk, v, None, mask)[:, 0]
+    t = lambda a: jnp.transpose(a, (0, 2, 1, 3))  # noqa: E731  [B, S, H, K] -> [B, H, S, K]
+    got = layers.attend_one(q[:, 0], t(kk), t(v), None, mask[:, :, 0]) @ o.reshape(H * K, D)
+    assert rel_err(got, want) < 1e-6

@@ -1,0 +1,180 @@
+"""Each fast path of t5vae.kernels against its plain twin, and the one switch that chooses them."""
+import numpy as np
+import pytest
+import jax
+import jax.numpy as jnp
+
+import t5vae as tv
+from t5vae import decoding, kernels, layers
+from t5vae.config import FAST_PATHS
+
+
+def _rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+# -- the switch ----------------------------------------------------------------------------------------
+
+def test_switch_names_the_fast_paths():
+    assert kernels.enabled("plain") == frozenset()
+    assert kernels.enabled("cpu") == frozenset(FAST_PATHS)
+    assert kernels.enabled("dropout+argmax") == {"dropout", "argmax"}
+    assert jax.default_backend() == "cpu"  # conftest: the tests run on CPU, where "auto" means AUTO["cpu"]
+    assert kernels.enabled("auto") == kernels.AUTO["cpu"]
+    plain, fast = kernels.ops(tv.T5Config(kernels="plain")), kernels.ops(tv.T5Config(kernels="cpu"))
+    assert plain.dropout is layers.dropout and plain.argmax is layers.argmax and not plain.decoder_layout
+    assert fast.dropout is kernels.hash_dropout and fast.argmax is kernels.block_argmax and fast.decoder_layout
+    for bad in ("gpu", "dropout+typo", "", "auto+cpu"):
+        with pytest.raises(ValueError, match="T5Config.kernels"):
+            tv.T5Config(kernels=bad)
+
+
+def test_kernels_is_a_run_time_field():
+    """Like dtype and remat, it is not written to a Hugging Face config.json."""
+    assert "kernels" not in tv.T5Config(kernels="plain").to_hf_dict()
+    assert tv.T5Config.from_dict({"kernels": "plain", "model_type": "t5"}, hf=True).kernels == "auto"
+
+
+# -- dropout -------------------------------------------------------------------------------------------
+
+def test_hash_dropout_keep_rate_scale_and_determinism():
+    x = jnp.ones((200, 100), jnp.float32)
+    assert kernels.hash_dropout(x, 0.3, None) is x and kernels.hash_dropout(x, 0.0, jax.random.key(0)) is x
+    y = np.asarray(kernels.hash_dropout(x, 0.3, jax.random.key(0)))
+    plain = np.asarray(layers.dropout(x, 0.3, jax.random.key(0)))
+    kept = y != 0
+    assert abs(kept.mean() - 0.7) < 0.015 and abs(kept.mean() - (plain != 0).mean()) < 0.02  # the twin's rate
+    t = kernels.keep_threshold(0.3)
+    assert t == round(0.7 * 2 ** 32)
+    np.testing.assert_allclose(y[kept], 2 ** 32 / t, rtol=1e-6)  # keep prob t / 2**32: unbiased
+    again = jax.jit(kernels.hash_dropout, static_argnums=1)(x, 0.3, jax.random.key(0))
+    np.testing.assert_array_equal(y, np.asarray(again))  # deterministic for a key, jitted or not
+    assert not np.array_equal(y, np.asarray(kernels.hash_dropout(x, 0.3, jax.random.key(1))))
+    # the counters come from the array itself: any shape, no declared sites
+    assert kernels.hash_dropout(jnp.ones((3, 5, 7)), 0.5, jax.random.key(0)).shape == (3, 5, 7)
+
+
+def test_hash_bits_are_uniform_and_uncorrelated():
+    ua = np.asarray(kernels.hash_bits(jax.random.key(3), (300, 400)), np.float64).ravel() / 2 ** 32
+    ub = np.asarray(kernels.hash_bits(jax.random.key(4), (300, 400)), np.float64).ravel() / 2 ** 32
+    counts = np.histogram(ua, bins=16, range=(0, 1))[0]
+    expected = ua.size / 16
+    assert ((counts - expected) ** 2 / expected).sum() < 40  # chi-square, 15 dof: p ~ 5e-4
+    assert abs(np.corrcoef(ua[:-1], ua[1:])[0, 1]) < 0.01  # neighbouring elements
+    assert abs(np.corrcoef(ua, ub)[0, 1]) < 0.01  # two keys (two sites)
+    words = np.asarray(kernels.hash_bits(jax.random.key(3), (300, 400))).ravel()
+    ones = np.array([((words >> i) & 1).mean() for i in range(32)])
+    assert np.all(np.abs(ones - 0.5) < 0.01), ones  # every bit balanced, low ones included
+
+
+# -- feed-forward and cross-entropy ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_new", "silu"])
+def test_mlp_2d_matches_plain_mlp_values_and_grads(gated, activation):
+    """The hand-written backward equals autodiff of layers.mlp, with the same dropout mask (either dropout)."""
+    k = jax.random.split(jax.random.key(1), 5)
+    B, L, D, F = 3, 5, 8, 12
+    x = jax.random.normal(k[0], (B, L, D))
+    p = {"wo": jax.random.normal(k[3], (F, D))}
+    if gated:
+        p.update(wi_0=jax.random.normal(k[1], (D, F)), wi_1=jax.random.normal(k[2], (D, F)))
+    else:
+        p["wi"] = jax.random.normal(k[1], (D, F))
+    r = jax.random.normal(jax.random.key(9), (B, L, D))  # a linear read-out: a well-conditioned loss
+    for rate, key, dropout in ((0.0, None, layers.dropout), (0.3, k[4], layers.dropout),
+                               (0.3, k[4], kernels.hash_dropout)):
+        drop = None if key is None else (lambda h, key=key, dropout=dropout: dropout(h, rate, key))
+        fast = lambda p, x: jnp.sum(r * kernels.mlp_2d(p, x, activation, rate, key, dropout))  # noqa: E731
+        plain = lambda p, x: jnp.sum(r * layers.mlp(p, x, activation, drop))  # noqa: E731
+        (v1, g1), (v2, g2) = (jax.value_and_grad(f, argnums=(0, 1))(p, x) for f in (fast, plain))
+        assert _rel(v1, v2) < 1e-5
+        for a, c in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+            assert a.shape == c.shape and _rel(a, c) < 1e-5
+
+
+def test_lm_head_xent_matches_plain_values_grads_and_predictions():
+    k = jax.random.split(jax.random.key(2), 3)
+    x = jax.random.normal(k[0], (2, 7, 16))
+    w = jax.random.normal(k[1], (16, 50))
+    labels = jax.random.randint(k[2], (2, 7), 0, 50)
+    weights = (jnp.arange(7) < 5).astype(jnp.float32)[None]
+    loss = lambda fn: lambda x, w: jnp.sum(fn(x, w, labels)[0] * weights)  # noqa: E731
+    (v1, g1), (v2, g2) = (jax.value_and_grad(loss(f), argnums=(0, 1))(x, w)
+                          for f in (kernels.lm_head_xent, layers.lm_head_xent))
+    assert _rel(v1, v2) < 1e-5 and _rel(g1[0], g2[0]) < 1e-5 and _rel(g1[1], g2[1]) < 1e-5
+    np.testing.assert_array_equal(kernels.lm_head_xent(x, w, labels)[1], layers.lm_head_xent(x, w, labels)[1])
+
+
+@pytest.mark.parametrize("V", [50, 300, 384])  # one padded block; padded blocks; whole blocks
+def test_block_argmax_matches_plain_argmax_ties_and_nan(V):
+    x = jax.random.normal(jax.random.key(0), (8, V))
+    x = x.at[1, 7].set(9.0).at[1, V - 3].set(9.0)  # a tie across blocks: the first index wins
+    x = x.at[2, V - 9].set(jnp.nan).at[2, V - 1].set(jnp.nan)  # NaN wins, the first one
+    x = x.at[3].set(-jnp.inf).at[4].set(jnp.inf)
+    x = x.at[5, V - 2].set(7.0).at[5, V - 1].set(7.0)  # a tie in the last block
+    x = x.at[6, 130 % V].set(8.0).at[6, 129 % V].set(8.0)  # a tie inside one block
+    got = kernels.block_argmax(x, block=128)
+    assert got.dtype == jnp.int32
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(layers.argmax(x)))
+    assert int(got[1]) == 7 and int(got[2]) == V - 9 and int(got[5]) == V - 2
+
+
+# -- decoding on DecoderWeights ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-v1.1"])
+def test_layout_step_matches_the_plain_step(name):
+    """Three decode steps on DecoderWeights give the plain step's logits, cache by cache."""
+    cfg = tv.preset("tiny") if name == "tiny" else tv.preset("tiny", feed_forward_proj="gated-gelu",
+                                                              tie_word_embeddings=False)
+    params = tv.t5.init(cfg, jax.random.key(0))
+    enc = jax.random.normal(jax.random.key(1), (2, 5, cfg.d_model))
+    mask = jnp.asarray(np.array([[1] * 5, [1, 1, 1, 0, 0]], bool))[:, None, :]
+    w = kernels.decoder_weights(params, cfg)
+    fast = (kernels.layout_cross_kv(w, cfg, enc), kernels.layout_cache(cfg, 2, 4))
+    plain = (decoding._cross_kv(params, cfg, enc), decoding._cache(cfg, 2, 4))
+    tok = jnp.array([0, 0], jnp.int32)
+    for t in range(3):
+        lf, cache_f = kernels.layout_step(w, cfg, fast[0], tok, jnp.int32(t), fast[1], mask)
+        lp, cache_p = decoding._step(params, cfg, plain[0], tok, jnp.int32(t), plain[1], mask)
+        assert _rel(lf, lp) < 1e-5
+        fast, plain = (fast[0], cache_f), (plain[0], cache_p)
+        tok = layers.argmax(lp)
+
+
+# -- the whole model ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def vae_setup():
+    t5 = tv.preset("tiny", dropout_rate=0.1, feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+    cfg = tv.Config(t5=t5, n_latent_tokens=2, latent_size=8, max_length=12)
+    params = tv.init(cfg, jax.random.key(0))
+    ids = jax.random.randint(jax.random.key(1), (4, 10), 3, t5.vocab_size).at[:, -1].set(1)
+    return cfg, params, {"input_ids": ids, "attention_mask": jnp.ones((4, 10), bool)}
+
+
+def _with(cfg, kernels_value):
+    return cfg.replace(t5=cfg.t5.replace(kernels=kernels_value))
+
+
+def test_model_loss_and_grads_equal_across_kernels_without_dropout(vae_setup):
+    cfg, params, batch = vae_setup
+    out = {}
+    for k in ("plain", "cpu"):
+        c = _with(cfg, k)
+        out[k] = jax.jit(jax.value_and_grad(lambda p: tv.loss(p, c, batch, None, 100)[0]))(params)
+    assert _rel(out["cpu"][0], out["plain"][0]) < 1e-5
+    for a, b in zip(jax.tree.leaves(out["cpu"][1]), jax.tree.leaves(out["plain"][1])):
+        assert _rel(a, b) < 1e-4
+
+
+def test_model_dropout_streams_differ_but_each_is_deterministic(vae_setup):
+    """With dropout the two kernels draw different masks: each loss is a function of the key, and both
+    differ from the deterministic loss."""
+    cfg, params, batch = vae_setup
+    det = float(tv.loss(params, cfg, batch, None, 100)[0])
+    for k in ("plain", "cpu"):
+        f = jax.jit(lambda key, c=_with(cfg, k): tv.loss(params, c, batch, key, 100)[0])
+        a, b, c = (float(f(jax.random.key(s))) for s in (0, 0, 1))
+        assert a == b and a != c and a != det
