@@ -8,7 +8,6 @@ Fitting the aggregate posterior writes ``aggregate_posterior.npz`` into RUN_DIR 
 modify first).
 """
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -21,9 +20,8 @@ def main():
     p.add_argument("run"), p.add_argument("-n", type=int, default=200), p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     m = tv.load(args.run)
-    tc = json.loads((Path(args.run) / "train_config.json").read_text())
-    train = set(data.load_corpus(tc.get("corpus"), tc.get("validation_percent", 2.0), tc.get("min_chars", 10),
-                                 tc.get("max_chars", 40)).train)
+    tc = tv.TrainConfig.load_json(Path(args.run) / "train_config.json")
+    train = set(data.load_corpus(tc.corpus, tc.validation_percent, tc.min_chars, tc.max_chars).train)
     t0 = time.time()
     g = m.aggregate_posterior()
     print(f"aggregate posterior: {g.n_codes} training codes, fitted or loaded in {time.time() - t0:.0f}s")

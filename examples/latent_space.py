@@ -11,7 +11,6 @@ drawn on top. Sampling from the default (aggregate) prior writes aggregate_poste
 """
 import argparse
 import ast
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -50,13 +49,12 @@ def main():
 
     run_dir = Path(args.run) if args.run else out / "run"
     if not args.run:
-        tc = train.TrainConfig(max_minutes=args.max_minutes, eval_pairs=20, progress=False, log_every=100,
+        tc = tv.TrainConfig(max_minutes=args.max_minutes, eval_pairs=20, progress=False, log_every=100,
                                seed=args.seed)
         train.run(tv.Config(), tc, run_dir)
     m = tv.load(run_dir)
-    tc = json.loads((run_dir / "train_config.json").read_text())
-    val = data.load_corpus(tc.get("corpus"), tc.get("validation_percent", 2.0), tc.get("min_chars", 10),
-                           tc.get("max_chars", 40)).validation
+    tc = tv.TrainConfig.load_json(run_dir / "train_config.json")
+    val = data.load_corpus(tc.corpus, tc.validation_percent, tc.min_chars, tc.max_chars).validation
 
     rng = np.random.default_rng(args.seed)
     a, b = (val[i] for i in rng.choice(len(val), 2, replace=False))

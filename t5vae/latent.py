@@ -1,5 +1,5 @@
-"""Latent-space operations on T5-VAE codes [n, N, Z]: interpolation, shape checks, priors to sample codes from, a Gaussian
-fitted to the aggregate posterior (the training set's codes), and latent arithmetic ``a + (b - c)``.
+"""Latent-space operations on T5-VAE codes [n, N, Z]: interpolation, shape checks, priors to sample codes
+from, a Gaussian fitted to the aggregate posterior (the training set's codes), latent arithmetic a + (b - c).
 
 Codes are tanh outputs, so every code the encoder produces lies in the open cube (-1, 1)^(N*Z). The MMD
 loss pulls the codes toward N(0, I), but a tanh-squashed code can never be Gaussian: the codes the decoder

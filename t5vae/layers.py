@@ -1,4 +1,5 @@
-"""T5's building blocks as pure functions over arrays.
+"""T5's building blocks as pure functions over arrays: this file is the model's definition, in plain JAX.
+Faster twins of some of them, chosen per platform, are in t5vae.kernels.
 
 Shape letters: B batch, L/Q query length, S/K key length, D d_model, H heads, K d_kv (in weight names),
 F d_ff, V vocab. Attention logits are *not* scaled by 1/sqrt(d_kv): T5 folds that into the init.
