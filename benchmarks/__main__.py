@@ -26,7 +26,8 @@ import optax
 
 import t5vae as tv
 from benchmarks import harness, reference
-from t5vae.generate import decoder_weights
+from t5vae import kernels
+from t5vae.config import KERNELS
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -40,6 +41,15 @@ def device_name() -> str:
     if d.platform == "cpu":
         return f"cpu-{os.cpu_count()}core"
     return d.device_kind.lower().replace(" ", "-")
+
+
+def cpu_model() -> str | None:
+    """``lscpu``'s "Model name" (the CPU changes between machines of one kind; every result names it)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or None
+    return next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), None)
 
 
 def git_commit() -> str | None:
@@ -138,12 +148,12 @@ def bench_generate(model, ref_params, params, cfg, batch, new_tokens, repeats):
     ids, mask = batch["input_ids"], batch["attention_mask"]
     # ours: the decoder's weights laid out for decoding once, as for any repeated decoding (the reference's
     # params are already per layer); ours_params: from the training params tree, laid out again every call
-    w = decoder_weights(params, gcfg)
+    w = kernels.decoder_weights(params, gcfg) if kernels.ops(gcfg).decoder_layout else None
     ours = lambda: tv.t5.generate(params, gcfg, ids, mask, new_tokens, decoder_weights=w)  # noqa: E731
     ours_params = lambda: tv.t5.generate(params, gcfg, ids, mask, new_tokens)  # noqa: E731
     p16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
     c16 = gcfg.replace(dtype="bfloat16", param_dtype="bfloat16")
-    w16 = decoder_weights(p16, c16)
+    w16 = kernels.decoder_weights(p16, c16) if kernels.ops(c16).decoder_layout else None
     ours16 = lambda: tv.t5.generate(p16, c16, ids, mask, new_tokens, decoder_weights=w16)  # noqa: E731
     ref_tokens = np.asarray(ref_gen(ref_params, ids, mask))[:, 1:]
     same = all(np.array_equal(np.asarray(f()), ref_tokens) for f in (ours, ours_params))
@@ -170,6 +180,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--repeats", type=int, help="timed rounds per workload (default 10, 3 with --quick)")
     ap.add_argument("--only", help=f"comma-separated subset of {','.join(WORKLOADS)} (default: all)")
+    ap.add_argument("--kernels", default="auto", help=f"T5Config.kernels for our side: {', '.join(KERNELS)} or "
+                                                      f"fast paths joined by '+' (default auto)")
     args = ap.parse_args(argv)
     only = WORKLOADS if not args.only else tuple(w.strip() for w in args.only.split(","))
     unknown = sorted(set(only) - set(WORKLOADS))
@@ -177,7 +189,10 @@ def main(argv=None) -> int:
         ap.error(f"--only: unknown workload(s) {unknown}; choose from {list(WORKLOADS)}")
     repeats = args.repeats or (3 if args.quick else 10)
     t_start = time.perf_counter()
-    cfg = tv.preset("t5-small", dropout_rate=0.0)
+    try:
+        cfg = tv.preset("t5-small", dropout_rate=0.0, kernels=args.kernels)
+    except ValueError as e:
+        ap.error(f"--kernels: {e}")
     B, L, NEW = 8, 64, 32
     log(f"devices: {jax.devices()}  jax {jax.__version__}  repeats={repeats}")
 
@@ -197,14 +212,16 @@ def main(argv=None) -> int:
     res = {
         "device": device_name(), "date": datetime.date.today().isoformat(), "jax": jax.__version__,
         "commit": git_commit(), "device_kind": jax.devices()[0].device_kind,
-        "platform": platform.platform(), "cpu_count": os.cpu_count(), "repeats": repeats, "quick": args.quick,
+        "platform": platform.platform(), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
+        "kernels": args.kernels, "fast_paths": sorted(kernels.enabled(args.kernels)), "repeats": repeats, "quick": args.quick,
         "workloads": list(only), "complete": False,
         "shapes": {"config": "t5-small", "batch": B, "length": L, "new_tokens": NEW},
         "matmul_flops_f32": f32, "matmul_flops_bf16": bf16, "read_bandwidth_bytes_s": bw,
         "timings": {}, "phase_s": {},
     }
     RESULTS.mkdir(exist_ok=True)
-    suffix = ("-quick" if args.quick else "") + ("" if only == WORKLOADS else "-" + "-".join(only))
+    suffix = (("-quick" if args.quick else "") + ("" if only == WORKLOADS else "-" + "-".join(only))
+              + ("" if args.kernels == "auto" else f"-{args.kernels}"))
     paths = [RESULTS / f"{res['device']}-{res['date']}{suffix}.json"] + ([Path(args.json)] if args.json else [])
 
     def save():  # after every workload, so an interrupted run keeps what it measured
