@@ -91,14 +91,14 @@ def mesh_sizes(mesh: Mesh) -> dict[str, int]:
 def _check_divisible(shape, axes, mesh: Mesh, rules, where: str) -> None:
     sizes = mesh_sizes(mesh)
     for dim, (size, name) in enumerate(zip(shape, axes)):
-        mesh_axes = mesh_axes(name, rules)
-        missing = [a for a in mesh_axes if a not in sizes]
+        targets = mesh_axes(name, rules)
+        missing = [a for a in targets if a not in sizes]
         if missing:
             raise ValueError(f"{where}: logical axis {name!r} maps to mesh axis {missing}, which the mesh "
                              f"{sizes} does not have")
-        parts = math.prod(sizes[a] for a in mesh_axes)
+        parts = math.prod(sizes[a] for a in targets)
         if size % parts:
-            desc = " x ".join(f"{a}={sizes[a]}" for a in mesh_axes)
+            desc = " x ".join(f"{a}={sizes[a]}" for a in targets)
             raise ValueError(f"{where}: dimension {dim} ({name!r}, size {size}) is not divisible by mesh axis "
                              f"{desc} ({parts} shards); choose a mesh whose axes divide it")
 
