@@ -1,7 +1,9 @@
 """Convert T5 checkpoints (Hugging Face, T5X, Mesh-TensorFlow) into t5vae's params layout.
 
-Command line: ``python -m weights_convert SRC OUT``; in Python: ``from weights_convert.__main__ import convert``.
+Command line: ``python -m weights_convert SRC OUT``; in Python: ``from weights_convert import convert``
+(``weights_convert.convert.convert``: the package attribute ``convert`` is the function, not the module).
 """
+from weights_convert.convert import convert
 from weights_convert.rules import ConversionError, MappingError
 
-__all__ = ["ConversionError", "MappingError"]
+__all__ = ["ConversionError", "MappingError", "convert"]

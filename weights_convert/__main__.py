@@ -1,109 +1,16 @@
 """``python -m weights_convert SRC OUT [--dtype bfloat16] [--overwrite] [--config CONFIG]``.
 
-detect the source format -> read (lazily) -> plan the name mapping (every key matched, every leaf filled,
-every shape checked, before any data is read) -> fill the target leaf by leaf -> validate against
-``t5vae.t5.param_specs`` -> save atomically with ``t5vae.checkpoint.save_t5`` (OUT is never half-written).
+The command line only: parse the arguments, run :func:`weights_convert.convert.convert`, print errors.
 """
 from __future__ import annotations
 
 import argparse
-import collections
 import logging
-import re
 import sys
-import time
-from pathlib import Path
 
-import jax.numpy as jnp
-import numpy as np
-
-from t5vae import checkpoint, t5
-from t5vae.config import FLOAT_DTYPES, PRESETS, T5Config, preset
-from weights_convert import readers, rules
+from t5vae.config import FLOAT_DTYPES
+from weights_convert.convert import convert
 from weights_convert.rules import ConversionError
-
-log = logging.getLogger("weights_convert")
-
-
-def infer_config(shapes: dict[str, tuple]) -> T5Config:
-    """A T5X / Mesh-TF checkpoint has no config.json: read the shapes off the tensors (max_distance assumed 128)."""
-    def find(pattern):
-        hits = sorted(k for k in shapes if re.search(pattern, k))
-        return shapes[hits[0]] if hits else None
-
-    def n_layers(stack):
-        idx = [int(m.group(1)) for k in shapes if (m := re.search(rf"{stack}/(?:layers_|block_)(\d+)/", k))]
-        scanned = find(rf"{stack}/layers/.*(?:query|SelfAttention/q)")
-        return max(idx) + 1 if idx else (scanned[1] if scanned else 0)
-
-    emb, rel = find(r"(?:token_embedder|shared)/embedding$"), find(r"encoder/.*rel(?:ative_attention_bias|_embedding)$")
-    q, wi = find(r"encoder/.*(?:attention/query/kernel|SelfAttention/q)$"), find(r"encoder/.*(?:mlp|DenseReluDense)/wi(?:_0)?/kernel$")
-    if None in (emb, rel, q, wi) or len(q) not in (2, 3):  # [D, H*K] or scanned [D, L, H*K]
-        raise ConversionError("cannot infer the T5 config from this checkpoint's shapes; pass --config config.json "
-                              f"(or a preset: {sorted(PRESETS)})")
-    gated = any(re.search(r"wi_0", k) for k in shapes)
-    cfg = T5Config(vocab_size=emb[0], d_model=emb[1], num_heads=rel[0], relative_attention_num_buckets=rel[1],
-                   d_kv=q[-1] // rel[0], d_ff=wi[-1], num_layers=n_layers("encoder"),
-                   num_decoder_layers=n_layers("decoder"), feed_forward_proj="gated-gelu" if gated else "relu",
-                   tie_word_embeddings=not any(re.search(r"logits", k) for k in shapes))
-    log.warning("no config given: inferred %s from the tensor shapes (relative_attention_max_distance=128 and the "
-                "activation are assumed; pass --config to be exact)", cfg)
-    return cfg
-
-
-def _config(src: Path, config: str | None, fmt: str, shapes: dict) -> T5Config:
-    src_dir = src if src.is_dir() else src.parent
-    if config is not None:
-        return preset(config) if config in PRESETS and not Path(config).exists() else T5Config.load_json(config)
-    if (src_dir / checkpoint.CONFIG_FILE).is_file():
-        return T5Config.load_json(src_dir / checkpoint.CONFIG_FILE)
-    if fmt in ("t5x", "tf"):
-        return infer_config(shapes)
-    raise ConversionError(f"{src_dir / checkpoint.CONFIG_FILE} is missing; pass --config config.json or a preset")
-
-
-def convert(src, out, dtype: str | None = None, overwrite: bool = False, config: str | None = None,
-            progress: bool | None = None) -> Path:
-    """Convert the checkpoint at ``src`` into a t5vae T5 directory ``out``; raise :class:`ConversionError` on any mismatch."""
-    src, out = Path(src), Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; choose another output or pass --overwrite")
-    t0 = time.time()
-    fmt, reader = readers.detect(src)
-    log.info("reading %s (%s)", src, fmt)
-    tensors = reader()
-    try:
-        cfg = _config(src, config, fmt, tensors.shapes)
-        if dtype is not None:
-            cfg = cfg.replace(param_dtype=dtype)
-        steps, skipped = rules.plan(tensors.shapes, rules.TABLES[fmt](cfg), cfg, tensors.what)
-        skipped.update(tensors.skipped)
-        for why, n in collections.Counter(skipped.values()).items():
-            log.info("skipping %d tensors: %s", n, why)
-        specs, np_dtype = rules.flat_specs(cfg), jnp.dtype(cfg.param_dtype)
-        flat: dict[str, np.ndarray] = {}
-        from tqdm.auto import tqdm
-
-        show = progress if progress is not None else sys.stderr.isatty()
-        for step in tqdm(steps, desc="converting", unit="tensor", disable=not show):
-            x = tensors.load(step.source)
-            rules.apply(step, x, flat, specs, np_dtype)
-            del x
-    finally:
-        tensors.close()
-    params = rules.nest(flat)
-    checkpoint.check_tree(params, t5.abstract_params(cfg), f"converted {src}")
-    wrong = [k for k, v in flat.items() if v.dtype != np_dtype]
-    if wrong:
-        raise ConversionError(f"leaves not in {np_dtype}: {wrong}")
-    src_dir = src if src.is_dir() else src.parent
-    tokenizer = checkpoint.tokenizer_path(src_dir)
-    n_params = sum(v.size for v in flat.values())
-    log.info("writing %s: %d tensors -> %d leaves, %.1fM params in %s%s", out, len(steps), len(flat), n_params / 1e6,
-             cfg.param_dtype, " + spiece.model" if tokenizer else "")
-    checkpoint.save_t5(out, cfg, params, tokenizer=tokenizer, overwrite=overwrite)
-    log.info("done in %.1fs", time.time() - t0)
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

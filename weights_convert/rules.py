@@ -15,6 +15,8 @@ import numpy as np
 
 from t5vae import t5
 from t5vae.config import T5Config
+from t5vae.specs import ParamSpec, is_spec
+
 
 class ConversionError(ValueError):
     """A checkpoint that cannot be converted; the message names the file or keys at fault."""
@@ -172,13 +174,13 @@ class Step:
     rule: Rule
 
 
-def flat_specs(cfg: T5Config) -> dict[str, t5.ParamSpec]:
+def flat_specs(cfg: T5Config) -> dict[str, ParamSpec]:
     leaves = {}
 
     def walk(tree, prefix):
         for k, v in tree.items():
             name = f"{prefix}/{k}" if prefix else k
-            if t5.is_spec(v):
+            if is_spec(v):
                 leaves[name] = v
             else:
                 walk(v, name)

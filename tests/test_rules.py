@@ -1,8 +1,9 @@
-"""Conversion rules on fake flat dicts (no files, no torch): every key matched once, every leaf filled once."""
+"""weights_convert.rules on fake flat dicts (no files, no torch): every key matched once, every leaf filled once."""
+import jax
 import numpy as np
 import pytest
 
-from t5vae import checkpoint, t5
+from t5vae import specs, t5
 from t5vae.config import T5Config
 from weights_convert import rules
 from weights_convert.rules import MappingError
@@ -42,7 +43,7 @@ def fake_hf_state(cfg: T5Config, seed: int = 0) -> dict:
 def test_good_dict_converts(cfg):
     sd = fake_hf_state(cfg)
     params = rules.convert_flat(sd, rules.hf_torch(cfg), cfg)
-    checkpoint.check_tree(params, t5.abstract_params(cfg), "converted")
+    specs.check_tree(params, t5.abstract_params(cfg), "converted")
     H, K, D = cfg.num_heads, cfg.d_kv, cfg.d_model
     q = sd["decoder.block.2.layer.1.EncDecAttention.q.weight"]  # [H*K, D]
     np.testing.assert_array_equal(params["decoder"]["layers"]["cross_attn"]["q"][2], q.T.reshape(D, H, K))
@@ -159,7 +160,8 @@ def test_t5x_names_give_the_same_params(scanned):
     steps, skipped = rules.plan({k: v.shape for k, v in flat.items()}, rules.t5x(V11), V11)
     assert sorted(skipped) == ["state/param_states/encoder/encoder_norm/scale/v", "state/step"]
     got = rules.convert_flat({k: v for k, v in flat.items() if not k.startswith("state/")}, rules.t5x(V11), V11)
-    for a, b in zip(*(t5.jax.tree.leaves(x) for x in (got, want))):
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for a, b in zip(*(jax.tree.leaves(x) for x in (got, want))):
         np.testing.assert_array_equal(a, b)
 
 

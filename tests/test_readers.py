@@ -1,5 +1,5 @@
-"""T5X (per-layer and scanned) and Mesh-TensorFlow checkpoints written by the test from the same random HF weights
-must convert to exactly the params of the HF conversion."""
+"""weights_convert.readers, one source format each: T5X (per-layer and scanned) and Mesh-TensorFlow checkpoints
+written by the test from the same random HF weights must convert to exactly the params of the HF conversion."""
 import importlib.util
 import logging
 import subprocess
@@ -9,12 +9,12 @@ import textwrap
 import numpy as np
 import pytest
 from conftest import require
-from test_convert_rules import _t5x_state
 from test_hf_equivalence import CONFIGS, flat_params, make_hf_model
+from test_rules import _t5x_state
 
 import t5vae as tv
 from t5vae.config import T5Config
-from weights_convert.__main__ import convert
+from weights_convert.convert import convert
 
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
