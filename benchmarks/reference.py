@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import t5vae as tv
+from weights_convert import rules
+from weights_convert.readers import flatten
 
 
 def _clip(x, a_min=None, a_max=None, *, min=None, max=None):  # noqa: A002 - numpy's spelling
@@ -41,9 +43,6 @@ def hf_config(cfg: tv.T5Config):
 
 def make_reference(cfg: tv.T5Config, seed: int = 0):
     """A randomly initialised Flax reference model and the same weights converted to our params tree."""
-    from weights_convert import rules
-    from weights_convert.readers import flatten
-
     model = load_flax_t5()(hf_config(cfg), seed=seed, dtype=jnp.dtype(cfg.dtype))
     flat = {k: np.asarray(v) for k, v in flatten(jax.device_get(model.params), ".")}
     table = rules.hf_flax(cfg)
