@@ -1,5 +1,5 @@
-"""t5vae.sharding on 8 fake CPU devices: mesh specs, the rules table, param / optimizer-state / batch shardings,
-sharded init and restore, constrain, and one sharded train step against the single-device one."""
+"""t5vae.sharding on 8 fake CPU devices: mesh specs, param / optimizer-state / batch shardings by the rules
+table (test_specs), sharded init, sharded decoding, the global batch and its MMD, multi-host set-up."""
 import functools
 
 import jax
@@ -9,15 +9,13 @@ import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from t5vae import config, model, t5, vae
+from t5vae import bottleneck, config, t5, vae
 from t5vae import sharding as sh
-from t5vae.t5 import ParamSpec, is_spec
+from t5vae.decoding import decoder_weights
+from t5vae.specs import ParamSpec, is_spec
+from test_specs import EXPECTED_RULES
 
 MESHES = ["data=8", "fsdp=8", "data=2,model=4", "data=2,fsdp=2,model=2"]
-# ARCHITECTURE.md's table, written out again here so a change to sharding.RULES has to be deliberate.
-EXPECTED_RULES = {"batch": ("data", "fsdp"), "vocab": "model", "heads": "model", "mlp": "model", "embed": "fsdp",
-                  "kv": None, "layers": None, "relpos_buckets": None, "latent": None, "latent_tokens": None,
-                  "length": None}
 T5_TINY = config.preset("tiny", dropout_rate=0.0)
 VCFG = config.Config(t5=T5_TINY, n_latent_tokens=2, latent_size=8, pooling="attention", max_length=12)
 
@@ -63,18 +61,7 @@ def test_bad_mesh_specs_raise_clearly(spec, words):
         assert w in str(e.value), (w, str(e.value))
 
 
-# -- the rules table -------------------------------------------------------------------------------
-
-def test_rules_table_is_the_architecture_one():
-    assert sh.RULES == EXPECTED_RULES
-    assert sh.logical_to_spec(("layers", "embed", "heads", "kv")) == P(None, "fsdp", "model", None)
-    assert sh.logical_to_spec(("vocab", "embed")) == P("model", "fsdp")
-    assert sh.logical_to_spec(("batch", "length")) == P(("data", "fsdp"), None)
-    with pytest.raises(KeyError, match="nonsense"):
-        sh.logical_to_spec(("embed", "nonsense"))
-    with pytest.raises(ValueError, match="two dimensions"):
-        sh.logical_to_spec(("heads", "mlp"))
-
+# -- param shardings ------------------------------------------------------------------------------
 
 def expected_spec(axes) -> P:
     out = []
@@ -89,7 +76,7 @@ def expected_spec(axes) -> P:
 def test_param_shardings_follow_the_rules(spec, which):
     mesh = sh.make_mesh(spec)
     cfg = T5_TINY if which == "t5" else VCFG
-    specs = t5.param_specs(cfg) if which == "t5" else model.param_specs(cfg)
+    specs = t5.param_specs(cfg) if which == "t5" else vae.param_specs(cfg)
     shardings = dict(leaves_with_paths(sh.param_shardings(cfg, mesh)))
     spec_leaves = leaves_with_paths(specs)
     assert set(shardings) == {k for k, _ in spec_leaves}
@@ -175,8 +162,8 @@ def per_device_bytes(params) -> int:
                                                                        "mlp": 2})])
 def test_per_device_bytes_shrink(spec, shrunk_by):
     mesh = sh.make_mesh(spec)
-    specs = model.param_specs(VCFG)
-    host = model.abstract_params(VCFG)
+    specs = vae.param_specs(VCFG)
+    host = vae.abstract_params(VCFG)
     params = sh.shard_params(jax.tree.map(lambda a: np.ones(a.shape, a.dtype), host), VCFG, mesh)
     total = sum(a.size * 4 for a in jax.tree.leaves(host))
     want = sum(int(np.prod(s.shape)) * 4 // int(np.prod([shrunk_by.get(a, 1) for a in s.axes]))
@@ -209,27 +196,9 @@ def test_shard_init_creates_params_in_their_sharding(mesh222):
                                                                              T5_TINY.d_model // 2)
 
 
-def test_sharded_restore_puts_every_leaf_in_its_sharding(tmp_path, mesh222):
-    from t5vae.checkpoint import load_t5, save_t5
-
-    params = t5.init(T5_TINY, jax.random.key(5))
-    save_t5(tmp_path / "ckpt", T5_TINY, params)
-    shardings = sh.param_shardings(T5_TINY, mesh222)
-    cfg, restored = load_t5(tmp_path / "ckpt", shardings=shardings)
-    assert cfg == T5_TINY
-    for (path, x), (_, r), (_, s) in zip(leaves_with_paths(restored), leaves_with_paths(params),
-                                         leaves_with_paths(shardings)):
-        assert x.sharding == s or x.sharding.is_equivalent_to(s, x.ndim), (path, x.sharding, s)
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(r), err_msg=path)
-    emb = restored["shared"]["embedding"]
-    assert emb.addressable_shards[0].data.shape == (T5_TINY.vocab_size // 2, T5_TINY.d_model // 2)
-
-
-# -- batches, constrain, MMD -----------------------------------------------------------------------
+# -- decoding, batches, MMD -----------------------------------------------------------------------
 
 def test_sharded_decoding_gives_the_single_device_tokens(mesh222):
-    from t5vae.generate import decoder_weights
-
     cfg = T5_TINY.replace(eos_token_id=T5_TINY.vocab_size)  # never emitted: every step is compared
     params = t5.init(cfg, jax.random.key(5))
     ids = jnp.asarray(np.random.default_rng(0).integers(2, cfg.vocab_size, (8, 6)))
@@ -253,24 +222,11 @@ def test_global_batch_single_process(mesh222):
         sh.batch_shardings({"x": np.zeros((6, 3))}, mesh222)
 
 
-def test_constrain_is_noop_without_mesh_and_shards_with_one(mesh222):
-    x = jnp.ones((8, 4))
-    assert sh.constrain(x, ("batch", None)) is x
-    f = jax.jit(lambda x: sh.constrain(x * 2, ("batch", "heads")))
-    with jax.set_mesh(mesh222):
-        y = f(jnp.ones((8, 4)))
-    assert y.sharding.is_equivalent_to(NamedSharding(mesh222, P(("data", "fsdp"), "model")), 2)
-    assert y.addressable_shards[0].data.shape == (2, 2)
-    z = jax.jit(lambda x: sh.constrain(x + 1, ("embed", None), mesh=mesh222))(jnp.ones((8, 4)))
-    assert z.sharding.is_equivalent_to(NamedSharding(mesh222, P("fsdp", None)), 2)
-    assert not z.sharding.is_equivalent_to(NamedSharding(mesh222, P()), 2)
-
-
 def test_mmd_over_sharded_batch_is_the_global_one(mesh222):
     rng = np.random.default_rng(0)
     z = rng.normal(size=(16, 8)).astype(np.float32) * 0.5 + np.linspace(-1, 1, 16, dtype=np.float32)[:, None]
     prior = rng.normal(size=(16, 8)).astype(np.float32)
-    f = jax.jit(functools.partial(vae.mmd, bandwidth=4.0))
+    f = jax.jit(functools.partial(bottleneck.mmd, bandwidth=4.0))
     ref = float(f(z, prior))
     zs, ps = (jax.device_put(a, sh.batch_sharding(mesh222)) for a in (z, prior))
     got = float(f(zs, ps))
