@@ -123,8 +123,8 @@ def encode_lines(tok: Tokenizer, lines: Sequence[str], max_length: int) -> Encod
     return Encoded(out, n_trunc)
 
 
-# Bucket lengths as fractions of max_length: 8 shapes (8 compiles of the train step) that pad the default
-# corpus's lines (mostly 5-20 tokens) to 88 % real tokens, where quarters of max_length padded to 69 %.
+# Bucket lengths as fractions of max_length: 8 shapes (8 compiles of the train step), denser where the
+# default corpus's lines are (mostly 5-20 tokens), so little of a batch is padding (benchmarks/NOTES.md).
 BUCKET_FRACTIONS = (1 / 6, 1 / 4, 1 / 3, 5 / 12, 1 / 2, 2 / 3, 5 / 6, 1.0)
 
 

@@ -23,7 +23,7 @@ RESUMABLE = ("steps", "checkpoint_every", "keep_checkpoints", "log_every", "prog
              "eval_pairs", "eval_batch_size", "eval_every")
 
 # The learning curve (``eval_every``): greedy reconstruction and interpolation on this many held-out lines
-# and pairs, a few seconds each time on the default model.
+# and pairs, kept small so that it costs little of the training budget.
 CURVE_LINES, CURVE_PAIRS = 256, 50
 
 
