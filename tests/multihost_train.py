@@ -27,9 +27,9 @@ def config():
 
 
 def train_config():
-    from t5vae import train
+    from t5vae import config as c
 
-    return train.TrainConfig(steps=10, learning_rate=1e-2, batch_size=BATCH)
+    return c.TrainConfig(steps=10, learning_rate=1e-2, batch_size=BATCH)
 
 
 def write_data(path, n_rows: int = STEPS * BATCH, L: int = 12, vocab: int = 128, seed: int = 0) -> None:
@@ -48,13 +48,13 @@ def run(data_path, mesh_spec: str = MESH):
     import jax
     import numpy as np
 
-    from t5vae import model, sharding, train
+    from t5vae import sharding, train, vae
 
     cfg, tc = config(), train_config()
     mesh = sharding.make_mesh(mesh_spec)
     params = sharding.shard_init(cfg, jax.random.key(0), mesh)
     init = lambda p: train.init_state(cfg, tc, p)
-    state_sh = sharding.state_shardings(jax.eval_shape(init, model.abstract_params(cfg)), cfg, mesh)
+    state_sh = sharding.state_shardings(jax.eval_shape(init, vae.abstract_params(cfg)), cfg, mesh)
     state = jax.jit(init, out_shardings=state_sh)(params)
     step = train.make_train_step(cfg, tc.optimizer, tc.clip_norm, tc.weight_decay)
     key = jax.random.key(7)

@@ -90,6 +90,8 @@ def test_atomic_directory_and_file_leave_nothing_behind_on_error(tmp_path):
     assert f.read_text() == "new"
 
 
+# orbax leaves a coroutine of the failed (mismatched) restore behind; it is collected, unawaited, later
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_train_state_checkpoints_refuse_nan_and_restore_the_newest(tmp_path):
     state = {"step": jnp.int32(3), "w": jnp.arange(4.0)}
     mngr = checkpoint.checkpoint_manager(tmp_path / "run", max_to_keep=2)

@@ -1,6 +1,4 @@
-"""Data: tokenizer round trips, the stdlib corpus, text files and bad input, truncation, bucketed batches."""
-import ast
-
+"""Data (t5vae.data): tokenizer round trips and training, truncation, bucketed batches."""
 import numpy as np
 import pytest
 
@@ -11,34 +9,8 @@ TRICKY = ["x = 1", "\tdef  f(a):\t@dec é 中文 ∑", "  two  spaces  ", "@prop
 
 
 @pytest.fixture(scope="module")
-def corpus():
-    return data.load_corpus()
-
-
-@pytest.fixture(scope="module")
-def tok(corpus):
-    return data.train_tokenizer(corpus.train[:4000], 420)
-
-
-def test_stdlib_corpus_is_parseable_deduplicated_bounded_and_split(corpus):
-    assert len(corpus.train) > 10_000 and len(corpus.validation) > 200
-    both = corpus.train + corpus.validation
-    assert len(set(both)) == len(both)
-    assert not set(corpus.train) & set(corpus.validation)
-    assert all(10 <= len(s) <= 40 for s in both)
-    for s in corpus.validation[:200]:
-        ast.parse(s)
-    assert all(data.split_of(s, 2.0) == "validation" for s in corpus.validation)
-
-
-def test_stdlib_lines_deterministic_on_a_fake_root(tmp_path):
-    (tmp_path / "b.py").write_text("x = 1\nimport os\n# just a comment\nif x:\n  yield_ = f(x)\n'doc line'\n")
-    (tmp_path / "a.py").write_text("import os\nreturn_value = g(2)\n")
-    (tmp_path / "tests").mkdir()
-    (tmp_path / "tests" / "t.py").write_text("skipped = True\n")
-    got = data.stdlib_lines(5, 40, root=str(tmp_path))
-    assert got == sorted(["import os", "x = 1", "yield_ = f(x)", "return_value = g(2)"])
-    assert data.stdlib_lines(5, 40, root=str(tmp_path)) == got
+def tok(stdlib_corpus):
+    return data.train_tokenizer(stdlib_corpus.train[:4000], 420)
 
 
 def test_tokenizer_round_trips_any_line_exactly(tok, tmp_path):
@@ -54,29 +26,13 @@ def test_tokenizer_round_trips_any_line_exactly(tok, tmp_path):
         data.Tokenizer.load(tmp_path / "junk.model")
 
 
-def test_tokenizer_training_is_deterministic(corpus):
-    a = data.train_tokenizer(corpus.train[:2000], 400)
-    b = data.train_tokenizer(corpus.train[:2000], 400)
+def test_tokenizer_training_is_deterministic(stdlib_corpus):
+    a = data.train_tokenizer(stdlib_corpus.train[:2000], 400)
+    b = data.train_tokenizer(stdlib_corpus.train[:2000], 400)
     assert a.proto == b.proto
 
 
-def test_text_files_and_bad_input(tmp_path):
-    f = tmp_path / "lines.txt"
-    f.write_text("first line\n\n\tsecond\twith tabs\r\n   \nthird @ é\n", encoding="utf-8")
-    assert data.read_text_lines([f]) == ["first line", "\tsecond\twith tabs", "third @ é"]
-    c = data.load_corpus(str(f))
-    assert sorted(c.train + c.validation) == sorted(["first line", "\tsecond\twith tabs", "third @ é"])
-    (tmp_path / "empty.txt").write_text("\n \n")
-    with pytest.raises(ValueError, match="empty"):
-        data.load_corpus(str(tmp_path / "empty.txt"))
-    (tmp_path / "bin.dat").write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0")
-    with pytest.raises(ValueError, match="not a text file"):
-        data.read_text_lines([tmp_path / "bin.dat"])
-    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
-    with pytest.raises(ValueError, match="not UTF-8"):
-        data.read_text_lines([tmp_path / "latin1.txt"])
-    with pytest.raises(FileNotFoundError):
-        data.read_text_lines([tmp_path / "missing.txt"])
+def test_tokenizer_training_refuses_an_empty_corpus():
     with pytest.raises(ValueError, match="empty corpus"):
         data.train_tokenizer([], 100)
 
@@ -88,8 +44,8 @@ def test_truncation_is_counted_and_keeps_eos(tok):
     assert tok.decode(enc.ids[0]) == "a = 1"
 
 
-def test_batches_use_fixed_bucket_shapes_and_cover_the_epoch(tok, corpus):
-    enc = data.encode_lines(tok, corpus.train[:500], 32)
+def test_batches_use_fixed_bucket_shapes_and_cover_the_epoch(tok, stdlib_corpus):
+    enc = data.encode_lines(tok, stdlib_corpus.train[:500], 32)
     buckets = data.buckets_for(32)
     assert buckets == (8, 12, 16, 24, 28, 32)
     assert data.buckets_for(48) == (8, 12, 16, 20, 24, 32, 40, 48)
@@ -110,12 +66,3 @@ def test_batches_use_fixed_bucket_shapes_and_cover_the_epoch(tok, corpus):
     assert not all(a.shape == b.shape and np.array_equal(a, b) for a, b in zip(first, other))
     idx = sorted(i for part, _ in data.eval_batches(enc, 16, buckets) for i in part)
     assert idx == list(range(500))
-
-
-def test_parse_check_is_quiet_about_odd_but_valid_source(recwarn):
-    from t5vae.evaluate import parses
-
-    assert parses("x = 0in y") and parses('x = "\\d"')  # valid, but Python warns about both
-    assert not parses("x = (") and not parses("x = 1\x00")  # a syntax error; a null byte (ValueError)
-    assert data.parse_quietly("y = 1if x else 2") is not None
-    assert not [w for w in recwarn if issubclass(w.category, (SyntaxWarning, DeprecationWarning))]

@@ -13,7 +13,7 @@ import pytest
 from conftest import require
 
 import t5vae as tv
-from weights_convert.__main__ import convert
+from weights_convert import convert
 
 # v1.0: relu, tied (output scaled by d_model**-0.5); v1.1: gated-gelu, untied lm_head. Both with H*K != D,
 # num_decoder_layers != num_layers, odd vocab sizes and non-default relative attention buckets/max_distance.

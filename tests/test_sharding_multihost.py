@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import multihost_train as mh
-from t5vae import checkpoint, model
+from t5vae import checkpoint, vae
 from t5vae import sharding as sh
 
 HERE = Path(__file__).parent
@@ -65,7 +65,7 @@ def test_two_processes_train_like_one_and_their_checkpoint_restores(tmp_path):
     mesh = sh.make_mesh(mh.MESH)
     shardings = sh.param_shardings(cfg, mesh)
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            model.abstract_params(cfg), shardings)
+                            vae.abstract_params(cfg), shardings)
     restored = checkpoint.restore_params(tmp_path / "params", abstract)
     gathered = np.load(tmp_path / "gathered.npz")
     worst = 0.0

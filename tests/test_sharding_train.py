@@ -1,7 +1,7 @@
 """Sharded training equals single-device training: loss, grads and updated params within 1e-5 relative.
 
 The fast test runs a local T5 loss + AdamW step (explicit in/out shardings from t5vae.sharding) on one
-mesh; the slow one runs the real ``t5vae.train.make_train_step`` (T5-VAE, CE + MMD, Adafactor) on all four.
+mesh; the slow one runs the real ``t5vae.train.make_train_step`` (T5-VAE, CE + MMD, AdamW) on all four.
 """
 
 import jax
@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from t5vae import config, model, t5
+from t5vae import config, t5, vae
 from t5vae import sharding as sh
 
 TOL = 1e-5
@@ -140,12 +140,12 @@ LR = 1e-2  # the real step takes the learning rate as an argument (the schedule 
 def vae_setup():
     from t5vae import train
 
-    tc = train.TrainConfig(steps=10, learning_rate=LR, batch_size=16)  # default optimizer: Adafactor
-    params = model.init(VCFG, jax.random.key(0))
+    tc = config.TrainConfig(steps=10, learning_rate=LR, batch_size=16)  # the default optimizer: AdamW
+    params = vae.init(VCFG, jax.random.key(0))
     state0 = jax.device_get(train.init_state(VCFG, tc, params))
     batch = make_batch(16, 12, VCFG.t5.vocab_size, seed=1)
     key = jax.random.key(7)
-    grad_fn = jax.value_and_grad(lambda p, b: model.loss(p, VCFG, b, key, 0)[0])
+    grad_fn = jax.value_and_grad(lambda p, b: vae.loss(p, VCFG, b, key, 0)[0])
     step = train.make_train_step(VCFG, tc.optimizer, tc.clip_norm, tc.weight_decay)
     state, metrics = jax.tree.map(jnp.asarray, state0), []
     for _ in range(N_STEPS):
@@ -186,8 +186,8 @@ def test_real_train_step_sharded_equals_single_device(vae_setup, spec):
         worst[f"mmd[{i}]"] = abs(float(m["mmd"]) - float(m0["mmd"]))
     worst["grad_fn loss"] = rel_diff(loss, ref["loss_grads"][0])
     worst["grads"], gpath = tree_rel_diff(grads, ref["loss_grads"][1])
-    # Adafactor normalises every element by its own gradient history (step 1 is sign(g)), so an element
-    # whose gradient is near zero turns a 1e-9 rounding difference of the summation order into a much
+    # AdamW (like Adafactor) normalises every element by its own gradient history (step 1 is sign(g)), so an
+    # element whose gradient is near zero turns a 1e-9 rounding difference of the summation order into a much
     # larger update difference. Updated params and optimizer state are therefore compared per leaf in
     # relative L2 norm; the elementwise max is printed alongside (loss and grads use the elementwise max).
     worst["params"], ppath = tree_rel_diff(state["params"], ref["state"]["params"], rel_l2)

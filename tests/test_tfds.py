@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import require
 
-from t5vae import data
+from t5vae import corpus, data
 
 tfds = require("tensorflow_datasets")
 require("array_record")
@@ -36,13 +36,13 @@ def _files(builder) -> list[str]:
 
 def test_python_statements_splits_equal_the_plain_corpus(tmp_path):
     root, dd = _stdlib_root(tmp_path), tmp_path / "tfds"
-    lines = data.stdlib_lines(10, 40, root=str(root))
+    lines = corpus.stdlib_lines(10, 40, root=str(root))
     assert "never_seen = 12345" not in lines and "return a + b" in lines and len(lines) > 90
     names = set()
     for vp in (2.0, 20.0):  # 2%: the tiny-corpus fallback holds out 2 lines; 20%: the hash split
         b = tfds_data.python_statements_builder(dd, root=root, validation_percent=vp)
         c = tfds_data.load_tfds_corpus(b)
-        want = data.Corpus.from_lines(lines, "stdlib", vp)
+        want = corpus.Corpus.from_lines(lines, "stdlib", vp)
         assert c.train == want.train and c.validation == want.validation
         assert len(c.validation) >= 2 and not set(c.train) & set(c.validation)
         assert b.info.file_format == tfds.core.FileFormat.ARRAY_RECORD
@@ -112,11 +112,11 @@ def test_prepared_catalog_dataset_reads_by_name(tmp_path, monkeypatch):
     for spec in ("tfds:imdb_reviews", "tfds:imdb_reviews/plain_text:1.0.0:text"):
         c = data.load_corpus(spec)
         assert sorted(c.train) == sorted(train) and sorted(c.validation) == sorted(test)  # test: no validation
-    assert data.tfds_lines("imdb_reviews", "unsupervised") == ["unlabelled one"]
+    assert tfds_data.tfds_lines("imdb_reviews", "unsupervised") == ["unlabelled one"]
     with pytest.raises(ValueError, match=r"no text feature 'label'.*'text': 'Text'"):
         data.load_corpus("tfds:imdb_reviews:label")
     with pytest.raises(ValueError, match="no split 'validation'.*'test'"):
-        data.tfds_lines("imdb_reviews", "validation")
+        tfds_data.tfds_lines("imdb_reviews", "validation")
     info = Path(tfds.builder("imdb_reviews", data_dir=dd).data_dir) / "dataset_info.json"
     meta = json.loads(info.read_text())
     assert meta["fileFormat"] == "array_record"
@@ -179,6 +179,6 @@ def test_no_tensorflow_on_the_build_and_read_path(tmp_path, mode):
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["tf"] == []  # not imported even when installed
-    a = data.Corpus.from_lines(data.stdlib_lines(root=str(root)), "stdlib")
+    a = corpus.Corpus.from_lines(corpus.stdlib_lines(root=str(root)), "stdlib")
     b = data.load_corpus(str(f))
     assert got["a"] == [a.train, a.validation] and got["b"] == [b.train, b.validation]

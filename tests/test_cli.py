@@ -1,0 +1,136 @@
+"""The ``t5vae`` command (t5vae.cli): train writes a complete run directory, eval / info / interpolate /
+sample print their tables, bad corpora fail before anything is written, --config files and flags."""
+import ast
+import contextlib
+import io
+import json
+import shutil
+
+import pytest
+
+import t5vae as tv
+from t5vae import cli, data, evaluate, latent, runlog
+
+
+def test_cli_train_writes_a_complete_run_directory(run):
+    out = run["out"]
+    assert run["rc"] == 0, run["stdout"]
+    for name in ("config.json", "train_config.json", "spiece.model", "metrics.jsonl", "eval.md", "eval.json"):
+        assert (out / name).is_file(), name
+    assert (out / "params").is_dir()
+    assert sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit()) == [3, 6]
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    assert {"loss", "ce", "mmd", "w", "token_acc", "seq_acc"} <= set(rows[0])
+    curve = [json.loads(l) for l in (out / runlog.CURVE_FILE).read_text().splitlines()]
+    assert [r["step"] for r in curve] == [3, 6]  # --eval-every 3: the learning curve
+    assert set(evaluate.CURVE_KEYS) <= set(curve[0]) and 0.0 <= curve[1]["recon_token_acc"] <= 1.0
+    assert "step 6: recon_token_acc" in run["stdout"]
+    cfg = tv.Config.load_json(out / "config.json")
+    assert cfg.t5.d_model == 32 and cfg.latent_size == 8
+    assert cfg.t5.vocab_size == data.Tokenizer.load(out / "spiece.model").vocab_size
+    assert "Interpolation between two held-out lines" in run["stdout"]
+    assert "truncated" in run["stdout"]  # lines longer than max_length=8 tokens
+    results = json.loads((out / "eval.json").read_text())
+    assert results["n_truncated"] + 0 >= 0 and 0.0 <= results["recon_token_acc"] <= 1.0
+    assert len(results["example"]) == 11
+    assert "| greedy reconstruction token accuracy |" in (out / "eval.md").read_text()
+
+
+def test_eval_and_info_commands(run, tmp_path, capsys):
+    d = tmp_path / "run"  # eval rewrites eval.json and eval.md: on a copy, so the run stays as train left it
+    shutil.copytree(run["out"], d)
+    assert cli.main(["eval", str(d), "--pairs", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "| greedy reconstruction exact match |" in out and "3 interpolation pairs" in out
+    assert json.loads((d / "eval.json").read_text())["interp_pairs"] == 3
+    assert cli.main(["eval", str(d), "--pairs", "2", "--method", "beam", "--kind", "lerp"]) == 0
+    assert "2 interpolation pairs x 9 interior points (lerp, beam)" in capsys.readouterr().out
+    results = json.loads((d / "eval.json").read_text())
+    assert (results["interp_method"], results["interp_kind"]) == ("beam", "lerp")
+    assert (cli.KINDS, cli.METHODS) == (latent.INTERPOLATIONS, evaluate.DECODERS)  # the parser's copies
+    assert cli.main(["info", str(d)]) == 0
+    out = capsys.readouterr().out
+    assert "parameters:" in out and "final params: True" in out
+
+
+def test_bad_corpora_are_clear_errors_before_anything_is_written(tmp_path, capsys):
+    (tmp_path / "empty.txt").write_text("\n\n")
+    (tmp_path / "blob.bin").write_bytes(bytes(range(256)))
+    for corpus, msg in (("empty.txt", "empty"), ("blob.bin", "not a text file"), ("nope.txt", "no such file")):
+        out = tmp_path / f"run-{corpus}"
+        assert cli.main(["train", "--out", str(out), "--corpus", str(tmp_path / corpus)]) == 1
+        assert msg in capsys.readouterr().err
+        assert not out.exists()
+
+
+def test_config_file_and_flags(tmp_path):
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"steps": 11, "pooling": "attention", "t5": {"d_model": 48}}))
+    args = cli.parser().parse_args(["train", "--config", str(f), "--steps", "12", "--latent-size", "5"])
+    cfg, tc = cli.build_configs(args)
+    assert (tc.steps, cfg.pooling, cfg.t5.d_model, cfg.latent_size) == (12, "attention", 48, 5)
+    f.write_text(json.dumps({"stepz": 1}))
+    with pytest.raises(SystemExit, match="unknown setting"):
+        cli.build_configs(cli.parser().parse_args(["train", "--config", str(f)]))
+    f.write_text(json.dumps({"t5": {"d_modle": 48}}))  # a typo in the backbone's settings is named too
+    with pytest.raises(SystemExit, match=r"unknown T5Config field\(s\) \['d_modle'\]"):
+        cli.build_configs(cli.parser().parse_args(["train", "--config", str(f)]))
+    assert cli.build_configs(cli.parser().parse_args(["train", "--t5-kernels", "plain"]))[0].t5.kernels == "plain"
+    with pytest.raises(SystemExit, match="T5Config.kernels must be one of"):
+        cli.build_configs(cli.parser().parse_args(["train", "--t5-kernels", "gpu"]))
+
+
+# -- the tables of interpolate and sample, on the text-level model's run directory (conftest) ------------
+
+@pytest.fixture(scope="module")
+def run_dir(text_run_dir):
+    return text_run_dir
+
+
+def _cli(argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = cli.main(argv)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def test_cli_interpolate_prints_ratio_text_valid(run_dir):
+    rc, out, _ = _cli(["interpolate", str(run_dir), "x1 = f(1, y1)", "import mod3", "--steps", "4"])
+    assert rc == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["ratio", "text", "valid"] and len(lines) == 6
+    rows = lines[1:5]
+    assert [r.split()[0] for r in rows] == ["0.000", "0.333", "0.667", "1.000"]
+    texts = tv.load(run_dir).interpolate("x1 = f(1, y1)", "import mod3", 4)
+    for row, text in zip(rows, texts):
+        valid = "yes" if _parses(text) else "no"
+        assert row.rstrip().endswith(valid) and cli._show(text).strip() in row
+    assert lines[5] == f"{sum(_parses(t) for t in texts)} of 4 parse with ast.parse"
+    rc, out, _ = _cli(["interpolate", str(run_dir), "x1 = f(1, y1)", "import mod3", "--steps", "3", "--method", "beam"])
+    beam = tv.load(run_dir).interpolate("x1 = f(1, y1)", "import mod3", 3, method="beam", num_beams=4)
+    assert rc == 0 and [cli._show(t).strip() in row for t, row in zip(beam, out.splitlines()[1:4])] == [True] * 3
+    rc, _, err = _cli(["interpolate", str(run_dir), "x = 1", "y = 2", "--steps", "1"])
+    assert rc == 1 and "steps" in err and ">= 2" in err
+    rc, _, err = _cli(["interpolate", str(run_dir), "", "y = 2"])
+    assert rc == 1 and "a is empty" in err
+
+
+def test_cli_sample_prints_a_table(run_dir):
+    rc, out, _ = _cli(["sample", str(run_dir), "-n", "4", "--prior", "tanh", "--seed", "2"])
+    assert rc == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["#", "text", "valid"] and len(lines) == 6
+    assert [r.split()[0] for r in lines[1:5]] == ["0", "1", "2", "3"]
+    texts = tv.load(run_dir).sample(4, prior="tanh", seed=2)
+    assert lines[5] == f"{sum(_parses(t) for t in texts)} of 4 parse with ast.parse"
+    rc, _, err = _cli(["sample", str(run_dir), "-n", "2", "--max-new-tokens", "0"])
+    assert rc == 1 and "max_new_tokens must be a positive integer, got 0" in err
+
+
+def _parses(s):
+    try:
+        ast.parse(s)
+        return True
+    except (SyntaxError, ValueError):
+        return False

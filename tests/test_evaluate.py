@@ -1,0 +1,54 @@
+"""Evaluation (t5vae.evaluate): fixed-shape padded batches, decoding codes in them, the results table and
+files. The whole evaluation of a trained run is exercised by ``t5vae eval`` in test_cli."""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import TEXT_LINES
+from t5vae import evaluate
+
+
+def test_padded_batches_cover_every_row_in_one_shape():
+    x = np.arange(20, dtype=np.float32).reshape(10, 2) + 1
+    got = list(evaluate.padded_batches(x, 4))
+    assert [(s, n) for s, _, n in got] == [(0, 4), (4, 4), (8, 2)]
+    assert all(b.shape == (4, 2) and b.dtype == x.dtype for _, b, _ in got)
+    np.testing.assert_array_equal(np.concatenate([b[:n] for _, b, n in got]), x)
+    np.testing.assert_array_equal(got[-1][1][2:], 0)  # the last batch is zero-padded
+    assert list(evaluate.padded_batches(x[:0], 4)) == []
+    assert [n for *_, n in evaluate.padded_batches(x, 16)] == [10]
+
+
+def test_decode_codes_in_fixed_batches_gives_the_models_decodings(text_model, text_cfg, text_tok):
+    lines = TEXT_LINES[:5]
+    z = text_model.encode(lines)
+    toks = evaluate.decode_codes(text_model.params, text_cfg, z, batch_size=4)  # batches of 4: 4 + 1 padded
+    assert toks.shape == (5, text_cfg.max_length) and toks.dtype == np.int32
+    assert [text_tok.decode(t) for t in toks] == text_model.decode(z)
+    with pytest.raises(ValueError, match="method must be one of"):
+        evaluate.decode_codes(None, None, np.zeros((1, 2, 8), np.float32), 1, method="sampled")
+
+
+def test_interpolation_quality_needs_two_lines_and_a_pair():
+    assert evaluate.interpolation_quality(None, None, None, ["x = 1"], None, 5, 8, None) == {"interp_pairs": 0}
+    assert evaluate.interpolation_quality(None, None, None, ["x = 1", "y = 2"], None, 0, 8, None) == {"interp_pairs": 0}
+
+
+def test_table_and_files(tmp_path):
+    results = {"n_lines": 12, "n_truncated": 1, "recon_token_acc": 0.51234, "recon_exact_match": 0.25,
+               "heldout_mmd": 0.012345, "active_units": 7, "latent_units": 24, "interp_pairs": 3,
+               "interp_kind": "lerp", "interp_method": "beam", "interp_valid": 0.5, "interp_distinct": 0.75,
+               "interp_valid_and_distinct": 0.375, "example": ["a = 1", "a = 2", "b = 2"]}
+    text = evaluate.table(results)
+    assert text.startswith("Validation: 12 lines (1 truncated), 3 interpolation pairs x 9 interior points "
+                           "(lerp, beam)\n")
+    for row in ("| greedy reconstruction token accuracy | 0.512 |", "| held-out MMD (unbiased) | 0.0123 |",
+                "| active latent units (var > 0.01) | 7 / 24 |", "| interpolation: valid and distinct | 0.375 |"):
+        assert row in text, row
+    assert text.endswith("Example interpolation:\n\n    a = 1\n    a = 2\n    b = 2\n")
+    short = evaluate.table({"n_lines": 2, "n_truncated": 0, "recon_token_acc": 1.0})
+    assert "0 interpolation pairs" in short and "Example" not in short and "MMD" not in short
+    assert evaluate.save(results, tmp_path) == text
+    assert (tmp_path / "eval.md").read_text() == text
+    assert json.loads((tmp_path / "eval.json").read_text()) == results
