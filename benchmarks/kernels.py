@@ -26,7 +26,7 @@ from t5vae import kernels, train
 from t5vae.config import FAST_PATHS
 
 # which fast paths each workload runs (the others cannot change its time)
-TOUCHES = {"t5_train": ("dropout", "mlp", "xent"), "t5_generate": ("argmax", "decoder_layout"),
+TOUCHES = {"t5_train": ("dropout", "mlp", "xent"), "t5_generate": ("decoder_layout",),
            "vae_train": ("dropout", "mlp", "xent")}
 
 

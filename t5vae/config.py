@@ -17,7 +17,7 @@ FLOAT_DTYPES = ("float32", "bfloat16", "float16")  # compute and storage dtypes 
 # The platform switch (t5vae.kernels): "auto" (what was measured faster on the running backend), "plain"
 # (the model as written in layers.py), "cpu" (every fast path), or FAST_PATHS names joined by "+".
 KERNELS = ("auto", "plain", "cpu")
-FAST_PATHS = ("dropout", "mlp", "xent", "argmax", "decoder_layout")
+FAST_PATHS = ("dropout", "mlp", "xent", "decoder_layout")
 _RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "kernels")
 
 

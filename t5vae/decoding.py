@@ -93,7 +93,6 @@ def _filter_logits(logits_BV: jax.Array, temperature, top_k: int, top_p) -> jax.
 def _sample_loop(w, cfg, enc, enc_mask, max_new_tokens, method, key, temperature, top_k, top_p):
     B = enc.shape[0]
     cross_kv_of, cache_of, step, _ = _decoder(w, cfg)
-    argmax = kernels.ops(cfg).argmax
     cross_mask = None if enc_mask is None else enc_mask.astype(bool)[:, None, :]
     cross_kv = cross_kv_of(w, cfg, enc)
     out = jnp.full((B, max_new_tokens), cfg.pad_token_id, jnp.int32)
@@ -108,7 +107,7 @@ def _sample_loop(w, cfg, enc, enc_mask, max_new_tokens, method, key, temperature
         t, tok, out, cache, done, key = s
         logits, cache = step(w, cfg, cross_kv, tok, t, cache, cross_mask)
         if method == "greedy":
-            nxt = argmax(logits)
+            nxt = layers.argmax(logits)
         else:
             key, sub = jax.random.split(key)
             nxt = jax.random.categorical(sub, _filter_logits(logits, temperature, top_k, top_p)).astype(jnp.int32)

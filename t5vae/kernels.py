@@ -19,8 +19,8 @@ import jax.numpy as jnp
 from t5vae import layers
 from t5vae.config import FAST_PATHS, T5Config
 
-# What "auto" turns on, per jax.default_backend(); a backend not listed runs the plain model.
-# Only what python -m benchmarks.kernels measured faster on that backend goes here.
+# What "auto" turns on, per jax.default_backend(); a backend not listed runs the plain model. Only what
+# python -m benchmarks.kernels measured faster on that backend goes here (benchmarks/NOTES.md).
 AUTO: dict[str, frozenset] = {"cpu": frozenset(FAST_PATHS)}
 
 
@@ -40,7 +40,6 @@ class Ops(NamedTuple):
     dropout: Callable        # (x, rate, key) -> x
     mlp: Callable            # (p, x_BLD, activation, rate, key) -> y_BLD
     lm_head_xent: Callable   # (x_BTD, w_DV, labels_BT) -> (nll_BT, pred_BT)
-    argmax: Callable         # (x_BV) -> int32 [B]
     decoder_layout: bool     # decode on DecoderWeights instead of the stacked params
 
 
@@ -54,8 +53,7 @@ def _ops(on: frozenset) -> Ops:
         drop = None if key is None or rate == 0.0 else functools.partial(dropout, rate=rate, key=key)
         return layers.mlp(p, x, activation, drop)
 
-    return Ops(dropout, mlp, lm_head_xent if "xent" in on else layers.lm_head_xent,
-               block_argmax if "argmax" in on else layers.argmax, "decoder_layout" in on)
+    return Ops(dropout, mlp, lm_head_xent if "xent" in on else layers.lm_head_xent, "decoder_layout" in on)
 
 
 def ops(cfg: T5Config) -> Ops:
@@ -201,25 +199,6 @@ def lm_head_xent(x_BTD: jax.Array, w_DV: jax.Array, labels_BT: jax.Array) -> tup
     B, T, D = x_BTD.shape
     nll, pred = _xent_2d(x_BTD.reshape(B * T, D), w_DV.astype(x_BTD.dtype), labels_BT.reshape(B * T).astype(jnp.int32))
     return nll.reshape(B, T), pred.reshape(B, T)
-
-
-# -- greedy argmax in blocks ------------------------------------------------------------------------
-
-def block_argmax(x_BV: jax.Array, block: int = 128) -> jax.Array:
-    """Twin of ``layers.argmax`` (first index of the maximum, or of the first NaN) for decoding's few rows,
-    without the variadic (value, index) reduce: each block's max, the first block holding the row max,
-    then the first hit inside that block. Rows are padded with -inf to whole blocks."""
-    *lead, V = x_BV.shape
-    nb = -(-V // block)
-    if nb * block != V:
-        x_BV = jnp.pad(x_BV, [(0, 0)] * len(lead) + [(0, nb * block - V)], constant_values=-jnp.inf)
-    x_BNK = x_BV.reshape(*lead, nb, block)
-    first = lambda hit, n: jnp.min(jnp.where(hit, jnp.arange(n, dtype=jnp.int32), n), axis=-1)  # noqa: E731
-    max_BN = jnp.max(x_BNK, axis=-1)  # NaN where the block holds one
-    m_B1 = jnp.max(max_BN, axis=-1, keepdims=True)
-    blk_B = first((max_BN == m_B1) | jnp.isnan(max_BN), nb)
-    row_BK = jnp.take_along_axis(x_BNK, blk_B[..., None, None], axis=-2)[..., 0, :]
-    return blk_B * block + first((row_BK == m_B1) | jnp.isnan(row_BK), block)
 
 
 # -- decoding on per-layer weights (twin of decoding's plain step over the stacked params) ---------------
