@@ -1,0 +1,177 @@
+"""The model side of the page: a loaded run, its lines' codes for the map and the neighbour search, and every
+request the page makes, checked first and then run under one lock (the Model's caches are not thread-safe,
+and two JAX calls at once only share the same two cores)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+import t5vae as tv
+from t5vae import data
+from t5vae.demo import core, mapview
+from t5vae.demo.core import InputError
+
+EXAMPLE_A, EXAMPLE_B = "total = price * quantity", "return sorted(items)"
+TRAIN_CONFIG = "train_config.json"
+
+
+@dataclasses.dataclass
+class Interpolation:
+    """One interpolation: its link, ratios, decoded lines and parse marks, codes [steps, N * Z], map xy."""
+
+    link: core.Link
+    ratios: list[float]
+    lines: list[str]
+    parses: list[bool]
+    codes: np.ndarray
+    xy: np.ndarray | None
+
+
+def corpus_settings(run_dir) -> dict | None:
+    """The corpus a run was trained on: {"corpus", "validation_percent", "min_chars", "max_chars"} from its
+    train_config.json, or None when the run has none (an export)."""
+    file = Path(run_dir) / TRAIN_CONFIG
+    if not file.is_file():
+        return None
+    try:
+        tc = tv.TrainConfig.load_json(file)
+        got = {k: getattr(tc, k) for k in ("corpus", "validation_percent", "min_chars", "max_chars")}
+    except (AttributeError, TypeError, ValueError):
+        raw = json.loads(file.read_text())
+        got = {"corpus": raw.get("corpus"), "validation_percent": raw.get("validation_percent", 2.0),
+               "min_chars": raw.get("min_chars", 10), "max_chars": raw.get("max_chars", 40)}
+    return got
+
+
+def spread(lines: list[str], cap: int | None) -> list[str]:
+    """At most ``cap`` of ``lines``, evenly spaced through them (all when cap is None or not smaller)."""
+    if cap is None or len(lines) <= cap:
+        return list(lines)
+    return [lines[i] for i in np.unique(np.linspace(0, len(lines) - 1, max(cap, 0)).round().astype(int))]
+
+
+class Backend:
+    """A Model with the codes of ``map_lines`` (projected to 2-D by their PCA) and of ``pool_lines`` (the
+    lines the nearest-neighbour search returns)."""
+
+    def __init__(self, model, map_lines=(), pool_lines=(), note: str = ""):
+        self.model, self.note = model, note
+        self.lock = threading.Lock()
+        self.map_lines = list(map_lines)
+        self.map_kinds = [core.statement_kind(s) for s in self.map_lines]
+        self.pca, self.map_xy = None, np.zeros((0, 2))
+        if self.map_lines:
+            codes = core.flat(self._encode(self.map_lines))
+            self.pca = core.PCA.fit(codes)
+            self.map_xy = self.pca.project(codes)
+        self.pool_lines = list(pool_lines)
+        self.pool = core.flat(self._encode(self.pool_lines)) if self.pool_lines else None
+
+    @classmethod
+    def from_run(cls, run_dir, corpus: str | None = None, map_lines: int | None = 1000,
+                 pool_lines: int | None = 50_000) -> Backend:
+        """Load a run; the map shows (up to ``map_lines`` of) its validation lines and the neighbours come from
+        (up to ``pool_lines`` of) its training lines, from the corpus in train_config.json or ``corpus``."""
+        model = tv.load(run_dir)
+        settings = corpus_settings(run_dir) or {"validation_percent": 2.0, "min_chars": 10, "max_chars": 40}
+        if corpus is not None:
+            settings["corpus"] = corpus
+        if "corpus" not in settings:
+            return cls(model, note=f"{run_dir} has no {TRAIN_CONFIG} naming its corpus (pass --corpus): no map, "
+                                   f"no nearest lines")
+        lines = data.load_corpus(settings["corpus"], settings["validation_percent"], settings["min_chars"],
+                                 settings["max_chars"])
+        return cls(model, spread(list(lines.validation), map_lines), spread(list(lines.train), pool_lines))
+
+    # -- requests --------------------------------------------------------------------------------
+
+    def n_tokens(self, line: str) -> int:
+        return len(self.model.tokenizer.encode(line))
+
+    def check_line(self, line, name: str, truncate: bool) -> str:
+        return core.check_line(line, name, self.n_tokens, self.model.cfg.max_length, truncate)
+
+    def _encode(self, lines: list[str], truncate: bool = True) -> np.ndarray:
+        with self.lock, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the truncation warning: the page has checked the lines
+            return self.model.encode(lines, truncate=truncate)
+
+    def interpolate(self, a, b, steps=core.DEFAULT_STEPS, kind="slerp", decoder="greedy",
+                    truncate: bool = False) -> Interpolation:
+        """The decoded path from a to b, ``steps`` points with both ends; InputError names a bad argument."""
+        steps = core.check_int(steps, "steps", core.STEPS_RANGE)
+        kind = core.check_choice(kind, "kind", core.KINDS)
+        decoder = core.check_choice(decoder, "decoder", core.DECODERS)
+        a, b = self.check_line(a, "line A", truncate), self.check_line(b, "line B", truncate)
+        with self.lock, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            z = self.model.encode([a, b], truncate=truncate)
+            path = np.asarray(tv.interpolate(z[0], z[1], steps, kind))  # [steps, N, Z]
+            lines = self.model.decode(path, method=decoder)
+        codes = core.flat(path)
+        return Interpolation(core.Link(a, b, steps, kind, decoder), np.linspace(0, 1, steps).tolist(), lines,
+                     [core.parses(s) for s in lines], codes, self.pca.project(codes) if self.pca else None)
+
+    def sample(self, prior="aggregate", n=core.DEFAULT_SAMPLES, seed=0, decoder="greedy") -> list[str]:
+        """``n`` lines decoded from codes drawn from ``prior``."""
+        prior = core.check_choice(prior, "prior", tuple(tv.PRIORS))
+        n = core.check_int(n, "n", core.SAMPLES_RANGE)
+        seed = core.check_int(seed, "seed", (0, 2**31 - 1))
+        decoder = core.check_choice(decoder, "decoder", core.DECODERS)
+        with self.lock:
+            try:
+                codes = self.model.sample_codes(n, prior, seed)
+            except (FileNotFoundError, ValueError) as e:  # the aggregate prior without the run's corpus
+                raise InputError(f"cannot sample from the {prior} prior: {e}") from None
+            return self.model.decode(codes, method=decoder)
+
+    def analogy(self, a, b, c, decoder="greedy", truncate: bool = False) -> str:
+        """The line decoded at code(a) + (code(b) - code(c))."""
+        decoder = core.check_choice(decoder, "decoder", core.DECODERS)
+        a, b, c = (self.check_line(s, f"line {n}", truncate) for s, n in ((a, "a"), (b, "b"), (c, "c")))
+        with self.lock, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return self.model.analogy(a, b, c, truncate=truncate, method=decoder)
+
+    def nearest(self, code, k: int = core.NEAREST_K) -> list[tuple[str, float]]:
+        """The ``k`` pool lines whose codes are closest to ``code`` [N * Z], with their distances."""
+        if self.pool is None:
+            return []
+        idx, dist = core.nearest(self.pool, code, k)
+        return [(self.pool_lines[i], float(d)) for i, d in zip(idx[0], dist[0])]
+
+    def map_html(self, path: Interpolation | None = None, current: int | None = None) -> str:
+        if self.pca is None:
+            return f'<div id="latent-map" class="map-empty">No map: {self.note or "no validation lines"}.</div>'
+        return mapview.render_map(self.map_xy, self.map_kinds, self.map_lines, None if path is None else path.xy,
+                                  path.lines if path else (), current)
+
+    def examples(self) -> tuple[str, str]:
+        """The page's first two lines: EXAMPLE_A and EXAMPLE_B, or where this model's max_length cannot take
+        them, the first two map lines that fit."""
+        fits = [s for s in (EXAMPLE_A, EXAMPLE_B, *self.map_lines) if self.n_tokens(s) <= self.model.cfg.max_length]
+        return (fits[0], fits[1]) if len(fits) >= 2 else (EXAMPLE_A, EXAMPLE_B)
+
+    def warm_up(self) -> None:
+        """Compile what a first visitor asks for: encoding a few lines at every length bucket the corpus fills,
+        greedy paths of every batch size that steps can need (8, 16, 32), a beam path of the default steps,
+        samples and an analogy."""
+        a, b = self.examples()
+        by_length = {}
+        for s in [a, b] + self.map_lines + self.pool_lines[:5000]:
+            by_length.setdefault(min(self.n_tokens(s), self.model.cfg.max_length), s)
+        for s in by_length.values():
+            self._encode([s, s])
+        for steps in (core.DEFAULT_STEPS, core.STEPS_RANGE[0], core.STEPS_RANGE[1]):
+            self.interpolate(a, b, steps, truncate=True)
+        self.interpolate(a, b, core.DEFAULT_STEPS, decoder="beam", truncate=True)
+        try:
+            self.sample()
+        except InputError:
+            self.sample("gaussian")
+        self.analogy(a, b, a, truncate=True)

@@ -1,0 +1,171 @@
+"""The demo's logic without a web library or a model: input checks with the bounds the page states,
+shareable links ``?a=<line>&b=<line>&steps=<n>``, parse marks and statement kinds, the map's 2-D PCA and
+nearest neighbours in code space (numpy on flattened codes [n, N * Z])."""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import math
+import warnings
+from collections.abc import Callable, Mapping
+from urllib.parse import quote, urlencode
+
+import numpy as np
+
+KINDS = ("slerp", "slerp_flat", "lerp")  # t5vae.latent.INTERPOLATIONS
+DECODERS = ("greedy", "beam")
+STEPS_RANGE = (2, 32)  # points on a path, both endpoints included: decoded in one batch of at most 32
+SAMPLES_RANGE = (1, 32)  # samples per request
+DEFAULT_STEPS, DEFAULT_SAMPLES = 9, 8
+NEAREST_K = 5
+
+
+class InputError(ValueError):
+    """Bad input from the page or a link; the message is shown on the page as it is."""
+
+
+class TooLong(InputError):
+    """A line longer than the model's max_length: the page offers to cut it."""
+
+
+def check_int(value, name: str, bounds: tuple[int, int]) -> int:
+    """``value`` (an int, an integral float from a number box, or a link's string) as an int within ``bounds``."""
+    lo, hi = bounds
+    what = f"{name} must be a whole number from {lo} to {hi}"
+    if isinstance(value, bool) or value is None or (isinstance(value, str) and not value.strip()):
+        raise InputError(f"{what}, got nothing")
+    try:
+        number = float(value.strip()) if isinstance(value, str) else float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{what}, got {value!r}") from None
+    if not math.isfinite(number) or number != int(number):
+        raise InputError(f"{what}, got {value!r}")
+    if not lo <= int(number) <= hi:
+        raise InputError(f"{what}, got {int(number)}")
+    return int(number)
+
+
+def check_choice(value, name: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise InputError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def check_line(line, name: str, n_tokens: Callable[[str], int], max_length: int, truncate: bool) -> str:
+    """``line`` if it can be encoded: not empty, and at most ``max_length`` tokens (EOS included) unless
+    ``truncate`` (the model then cuts it). ``n_tokens`` counts a line's tokens with EOS."""
+    if not isinstance(line, str) or not line.strip():
+        raise InputError(f"{name} is empty: type a line of Python")
+    if not truncate and (n := n_tokens(line)) > max_length:
+        raise TooLong(f"{name} is {n} tokens, longer than the model's max length of {max_length} tokens (end of "
+                      f"line included): shorten it, or cut it to {max_length} tokens")
+    return line
+
+
+# -- shareable links ------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Link:
+    """One interpolation as a link's query: two lines, the number of points and how they were made."""
+
+    a: str
+    b: str
+    steps: int = DEFAULT_STEPS
+    kind: str = "slerp"
+    decoder: str = "greedy"
+
+
+def parse_link(query: Mapping[str, str]) -> Link | None:
+    """The interpolation a page's query asks for (``a``, ``b``, ``steps``, optional ``kind`` and ``decoder``);
+    None when it names no lines. Raises InputError for a half link or a bad value."""
+    a, b = query.get("a"), query.get("b")
+    if a is None and b is None:
+        return None
+    if a is None or b is None:
+        raise InputError(f"the link names only line {'a' if a is not None else 'b'}: a link needs both a= and b=")
+    steps = check_int(query.get("steps", DEFAULT_STEPS), "steps", STEPS_RANGE)
+    kind = check_choice(query.get("kind", "slerp"), "kind", KINDS)
+    decoder = check_choice(query.get("decoder", "greedy"), "decoder", DECODERS)
+    return Link(a, b, steps, kind, decoder)
+
+
+def link_query(link: Link) -> str:
+    """``?a=...&b=...&steps=n`` (then kind / decoder where not the default), every character of the lines kept."""
+    fields = {"a": link.a, "b": link.b, "steps": str(link.steps)}
+    if link.kind != "slerp":
+        fields["kind"] = link.kind
+    if link.decoder != "greedy":
+        fields["decoder"] = link.decoder
+    return "?" + urlencode(fields, quote_via=quote, safe="")
+
+
+# -- lines ----------------------------------------------------------------------------------------
+
+def _parse(line: str) -> ast.Module | None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # SyntaxWarning etc. for odd but valid source
+        try:
+            return ast.parse(line)
+        except (SyntaxError, ValueError):
+            return None
+
+
+def parses(line: str) -> bool:
+    """Whether ``line`` parses with ``ast.parse``."""
+    return _parse(line) is not None
+
+
+def statement_kind(line: str) -> str:
+    """The class name of the line's first statement (``Assign``, ``Return``, ``Expr``...), ``"no parse"`` or
+    ``"empty"``."""
+    tree = _parse(line)
+    if tree is None:
+        return "no parse"
+    return type(tree.body[0]).__name__ if tree.body else "empty"
+
+
+# -- the map and neighbours in code space ------------------------------------------------------------
+
+def flat(codes) -> np.ndarray:
+    """Codes [n, N, Z] (or one [N, Z]) -> float32 [n, N * Z]."""
+    codes = np.asarray(codes, np.float32)
+    if codes.ndim == 2:
+        codes = codes[None]
+    return codes.reshape(len(codes), -1)
+
+
+@dataclasses.dataclass(frozen=True)
+class PCA:
+    """The two leading principal axes of a set of vectors [n, D]: ``mean`` [D], ``axes`` [2, D] (unit rows,
+    each signed so that its largest entry is positive; zero rows where the data has fewer directions)."""
+
+    mean: np.ndarray
+    axes: np.ndarray
+
+    @classmethod
+    def fit(cls, x) -> PCA:
+        x = np.asarray(x, np.float64)
+        if x.ndim != 2 or len(x) < 1:
+            raise ValueError(f"PCA needs vectors [n >= 1, D], got shape {x.shape}")
+        mean = x.mean(0)
+        _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
+        axes = np.zeros((2, x.shape[1]))
+        for i in range(min(2, len(vt))):
+            if s[i] > 1e-9 * max(s[0], 1e-30):
+                v = vt[i]
+                axes[i] = v * np.sign(v[np.argmax(np.abs(v))])
+        return cls(mean, axes)
+
+    def project(self, x) -> np.ndarray:
+        """[n, D] -> [n, 2] coordinates along the two axes."""
+        return (np.asarray(x, np.float64) - self.mean) @ self.axes.T
+
+
+def nearest(pool, queries, k: int = NEAREST_K) -> tuple[np.ndarray, np.ndarray]:
+    """Indices [q, k] into ``pool`` [m, D] of each query's [q, D] k nearest rows (Euclidean, closest first,
+    ties by index) and their distances [q, k]; k is capped at m."""
+    pool = np.asarray(pool, np.float32)
+    queries = np.asarray(queries, np.float32).reshape(-1, pool.shape[1])
+    d2 = (np.sum(queries**2, 1)[:, None] - 2.0 * queries @ pool.T + np.sum(pool**2, 1)[None]).clip(0)
+    idx = np.argsort(d2, axis=1, kind="stable")[:, : min(k, len(pool))]
+    return idx, np.linalg.norm(pool[idx] - queries[:, None], axis=-1)  # exact, not the expansion's rounding

@@ -1,0 +1,395 @@
+"""The demo's logic without a browser: input checks and their stated bounds, shareable links, parse marks and
+statement kinds, the map's PCA and SVG, nearest lines, the backend's lock and the page's callbacks (on a fake
+model: these tests are about the demo, not about a trained T5-VAE; the browser tests use a real run)."""
+import threading
+import time
+import warnings
+import zlib
+from types import SimpleNamespace
+from urllib.parse import parse_qsl
+
+import numpy as np
+import pytest
+
+import t5vae as tv
+from conftest import require
+from t5vae import demo
+from t5vae.demo import backend, core, mapview
+
+
+# -- checks ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value, want", [(2, 2), ("9", 9), (32.0, 32), (" 5 ", 5)])
+def test_check_int_accepts_whole_numbers_in_bounds(value, want):
+    assert core.check_int(value, "steps", core.STEPS_RANGE) == want
+
+
+@pytest.mark.parametrize("value", [1, 33, -4, "100", 9.5, "nine", "", None, True, float("nan"), float("inf")])
+def test_check_int_names_the_bounds(value):
+    with pytest.raises(core.InputError, match="steps must be a whole number from 2 to 32"):
+        core.check_int(value, "steps", core.STEPS_RANGE)
+
+
+def test_stated_bounds():
+    assert core.STEPS_RANGE == (2, 32) and core.SAMPLES_RANGE == (1, 32)
+    assert core.STEPS_RANGE[0] <= core.DEFAULT_STEPS <= core.STEPS_RANGE[1]
+    assert core.KINDS == ("slerp", "slerp_flat", "lerp")
+
+
+def words(s):  # a stand-in tokenizer: one token per word, plus EOS
+    return len(s.split()) + 1
+
+
+@pytest.mark.parametrize("line", ["", "   ", "\t\n", None])
+def test_empty_line_message_says_empty(line):
+    with pytest.raises(core.InputError, match="line A is empty"):
+        core.check_line(line, "line A", words, 8, truncate=False)
+
+
+def test_too_long_line_offers_truncation_unless_asked_to_cut():
+    long = "a b c d e f g h"  # 8 words + EOS = 9 tokens
+    with pytest.raises(core.TooLong, match="line B is 9 tokens, longer than the model's max length of 8") as e:
+        core.check_line(long, "line B", words, 8, truncate=False)
+    assert "cut it to 8 tokens" in str(e.value)
+    assert core.check_line(long, "line B", words, 8, truncate=True) == long
+    assert core.check_line("a b c d e f g", "line B", words, 8, truncate=False) == "a b c d e f g"  # exactly 8
+
+
+# -- links -----------------------------------------------------------------------------------------
+
+TRICKY = ["x = a & b", "s = '#?%+=;/'", "é = ['@', 1]", "  if x:", "\tz = 'tab'", "y = 1 + 2"]
+
+
+@pytest.mark.parametrize("a", TRICKY)
+def test_link_round_trips_every_character(a):
+    link = core.Link(a, "return [a, b]", 5, "lerp", "beam")
+    q = core.link_query(link)
+    assert q.startswith("?a=") and "+" not in q and " " not in q and "#" not in q
+    query = dict(parse_qsl(q[1:], keep_blank_values=True))  # how the server reads it
+    assert core.parse_link(query) == link
+
+
+def test_link_query_is_the_issue_format_with_defaults_left_out():
+    assert core.link_query(core.Link("x = 1", "y = 2", 9)) == "?a=x%20%3D%201&b=y%20%3D%202&steps=9"
+    assert core.link_query(core.Link("x", "y", 3, "slerp_flat")).endswith("&steps=3&kind=slerp_flat")
+
+
+def test_parse_link_defaults_and_errors():
+    assert core.parse_link({}) is None and core.parse_link({"steps": "4"}) is None
+    assert core.parse_link({"a": "x = 1", "b": "y = 2"}) == core.Link("x = 1", "y = 2", 9, "slerp", "greedy")
+    with pytest.raises(core.InputError, match="only line a"):
+        core.parse_link({"a": "x = 1"})
+    with pytest.raises(core.InputError, match="from 2 to 32, got 100"):
+        core.parse_link({"a": "x", "b": "y", "steps": "100"})
+    with pytest.raises(core.InputError, match="kind must be one of slerp, slerp_flat, lerp"):
+        core.parse_link({"a": "x", "b": "y", "kind": "cubic"})
+    with pytest.raises(core.InputError, match="decoder must be one of greedy, beam"):
+        core.parse_link({"a": "x", "b": "y", "decoder": "sample"})
+
+
+# -- lines -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("line, kind", [("x = 1", "Assign"), ("return x", "Return"), ("f(x)", "Expr"),
+                                        ("import os", "Import"), ("x += 1", "AugAssign"), ("def f(:", "no parse"),
+                                        ("# only a comment", "empty"), ("for x in y:", "no parse")])
+def test_statement_kind(line, kind):
+    assert core.statement_kind(line) == kind
+    assert core.parses(line) == (kind != "no parse")
+
+
+def test_parse_check_is_quiet():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert core.parses("x = '\\d'") and core.parses("y = 1if x else 2")
+    assert not caught
+
+
+# -- PCA, nearest lines, the map ---------------------------------------------------------------------
+
+def test_pca_finds_the_two_widest_directions_and_projects_consistently():
+    rng = np.random.default_rng(0)
+    e = np.linalg.qr(rng.standard_normal((6, 6)))[0].T  # orthonormal rows
+    t = np.linspace(0, 2 * np.pi, 200, endpoint=False)[:, None]  # uncorrelated coefficients, widths 10 and 3
+    x = 10 * np.cos(t) * e[0] + 3 * np.sin(t) * e[1] + 5.0
+    pca = core.PCA.fit(x)
+    assert np.allclose(np.abs(pca.axes @ e[0]), [1, 0], atol=1e-6)
+    assert np.allclose(np.abs(pca.axes @ e[1]), [0, 1], atol=1e-6)
+    assert all(ax[np.argmax(np.abs(ax))] > 0 for ax in pca.axes)  # the sign rule: deterministic
+    xy = pca.project(x)
+    assert np.allclose(xy.mean(0), 0, atol=1e-9) and xy[:, 0].var() > 5 * xy[:, 1].var()
+    assert np.allclose(xy, (x - x.mean(0)) @ pca.axes.T)
+    assert np.allclose(pca.project(x[:3]), xy[:3])  # a path's points land where the same codes would
+
+
+def test_pca_of_degenerate_data():
+    line = np.outer(np.arange(5.0), [1.0, 2.0, 0.0])  # rank 1: the second axis is zero
+    pca = core.PCA.fit(line)
+    assert np.allclose(pca.axes[1], 0) and np.isclose(np.linalg.norm(pca.axes[0]), 1)
+    assert np.allclose(core.PCA.fit(line[:1]).axes, 0)
+    with pytest.raises(ValueError, match="PCA needs"):
+        core.PCA.fit(np.zeros((0, 3)))
+
+
+def test_nearest_matches_brute_force_closest_first():
+    rng = np.random.default_rng(1)
+    pool, q = rng.standard_normal((300, 16)), rng.standard_normal((4, 16))
+    idx, dist = core.nearest(pool, q, 7)
+    brute = np.linalg.norm(q[:, None] - pool[None], axis=-1)
+    assert np.array_equal(idx, np.argsort(brute, 1)[:, :7])
+    assert np.allclose(dist, np.sort(brute, 1)[:, :7], atol=1e-4)
+    i, d = core.nearest(pool, pool[42], 1)
+    assert i.tolist() == [[42]] and d[0, 0] == 0
+    tie_pool = np.array([[1.0, 0], [0, 1.0], [1.0, 0]])
+    assert core.nearest(tie_pool, [1.0, 0], 9)[0].tolist() == [[0, 2, 1]]  # ties by index; k capped at m
+
+
+def test_flat_codes():
+    assert core.flat(np.zeros((3, 2, 4))).shape == (3, 8) and core.flat(np.zeros((2, 4))).shape == (1, 8)
+
+
+def test_map_svg_has_a_point_per_line_the_path_and_escaped_hover_text():
+    xy = np.array([[0, 0], [1, 0], [0, 1], [1, 1]])
+    kinds, lines = ["Assign", "Assign", "Return", "Expr"], ["x = 1", "y = 2", "return a<b", "f(x)"]
+    html = mapview.render_map(xy, kinds, lines, path_xy=[[0, 0], [0.5, 0.5], [1, 1]],
+                              path_lines=["x = 1", "z = <3", "f(x)"], current=1)
+    assert html.count('class="map-point"') == 4 and html.count('class="path-point') == 3
+    assert html.count("path-current") == 1 and 'data-index="1" ' in html.split("path-current")[1][:20]
+    assert "<title>return a&lt;b (Return)</title>" in html and "ratio 0.500: z = &lt;3" in html
+    assert 'class="map-path"' in html
+    plain = mapview.render_map(xy, kinds, lines)
+    assert "path-point" not in plain and "map-path" not in plain
+
+
+def test_kind_colours_most_frequent_first_then_grey():
+    kinds = ["Expr"] * 3 + ["Assign"] * 5 + [f"K{i}" for i in range(12)]
+    colours = mapview.kind_colours(kinds)
+    assert colours["Assign"] == mapview.PALETTE[0] and colours["Expr"] == mapview.PALETTE[1]
+    assert sum(c == mapview.OTHER for c in colours.values()) == len(colours) - len(mapview.PALETTE)
+
+
+def test_spread_is_even_and_keeps_both_ends():
+    lines = [str(i) for i in range(100)]
+    assert backend.spread(lines, 5) == ["0", "25", "50", "74", "99"]
+    assert backend.spread(lines, None) == lines and backend.spread(lines, 500) == lines
+    assert len(backend.spread(lines, 10)) == 10
+
+
+def test_corpus_settings_from_train_config(tmp_path):
+    assert backend.corpus_settings(tmp_path) is None
+    tv.TrainConfig(corpus="lines.txt", validation_percent=5.0, min_chars=3).save_json(tmp_path / "train_config.json")
+    assert backend.corpus_settings(tmp_path) == {"corpus": "lines.txt", "validation_percent": 5.0, "min_chars": 3,
+                                                 "max_chars": 40}
+
+
+# -- the backend on a fake model ---------------------------------------------------------------------
+
+class FakeModel:
+    """tv.Model's surface: a line's code is seeded by its CRC, a code decodes to a line naming its mean; it
+    records how many calls overlap."""
+
+    def __init__(self, n_latent=2, size=3, max_length=8):
+        self.cfg = SimpleNamespace(n_latent_tokens=n_latent, latent_size=size, max_length=max_length)
+        self.tokenizer = SimpleNamespace(encode=lambda s: s.split() + ["</s>"])
+        self.path, self.active, self.most, self.calls = "fake-run", 0, 0, 0
+
+    def _call(self):
+        self.calls += 1
+        self.active += 1
+        self.most = max(self.most, self.active)
+        time.sleep(0.005)
+        self.active -= 1
+
+    def encode(self, lines, truncate=False):
+        self._call()
+        return np.stack([np.tanh(np.random.default_rng(zlib.crc32(s.encode())).standard_normal(
+            (self.cfg.n_latent_tokens, self.cfg.latent_size))) for s in lines]).astype(np.float32)
+
+    def decode(self, z, method="greedy"):
+        self._call()
+        return [f"v = {float(np.mean(c)):.6f}" + (" # beam" if method == "beam" else "") for c in np.asarray(z)]
+
+    def sample_codes(self, n, prior, seed):
+        if prior == "aggregate":
+            raise FileNotFoundError("the run names no corpus")
+        return np.random.default_rng(seed).uniform(-0.9, 0.9, (n, self.cfg.n_latent_tokens, self.cfg.latent_size))
+
+    def analogy(self, a, b, c, truncate=False, method="greedy"):
+        za, zb, zc = self.encode([a, b, c])
+        return self.decode([np.clip(za + zb - zc, -0.999, 0.999)], method)[0]
+
+
+MAP = ["x = 1", "return y", "f(z)", "import os", "y = [1, 2]", "def g(:"]
+POOL = ["a = 1", "b = 2", "return c", "print(d)", "e.append(f)"]
+
+
+@pytest.fixture(scope="module")
+def fake():
+    return backend.Backend(FakeModel(), MAP, POOL)
+
+
+def test_backend_path_rows_codes_and_map_points(fake):
+    p = fake.interpolate("x = 1", "return y", 5, "lerp")
+    assert p.ratios == [0, 0.25, 0.5, 0.75, 1] and len(p.lines) == 5 and p.parses == [core.parses(s) for s in p.lines]
+    z = fake.model.encode(["x = 1", "return y"])
+    assert np.allclose(p.codes[0], z[0].ravel(), atol=1e-6) and np.allclose(p.codes[-1], z[1].ravel(), atol=1e-6)
+    assert np.allclose(p.xy[0], fake.map_xy[0], atol=1e-5)  # line A is on the map: its path point sits on it
+    assert p.link == core.Link("x = 1", "return y", 5, "lerp", "greedy")
+    html = fake.map_html(p, 2)
+    assert html.count('class="map-point"') == len(MAP) and html.count('class="path-point') == 5
+    assert fake.map_kinds == ["Assign", "Return", "Expr", "Import", "Assign", "no parse"]
+
+
+def test_backend_checks_before_any_model_call(fake):
+    calls = fake.model.calls
+    with pytest.raises(core.InputError, match="line B is empty"):
+        fake.interpolate("x = 1", " ")
+    with pytest.raises(core.TooLong):
+        fake.interpolate("x = 1", "a b c d e f g h i")
+    with pytest.raises(core.InputError, match="from 2 to 32"):
+        fake.interpolate("x = 1", "y = 2", steps=40)
+    with pytest.raises(core.InputError, match="n must be a whole number from 1 to 32, got 0"):
+        fake.sample("gaussian", 0)
+    with pytest.raises(core.InputError, match="prior must be one of"):
+        fake.sample("uniform", 4)
+    with pytest.raises(core.InputError, match="cannot sample from the aggregate prior: the run names no corpus"):
+        fake.sample("aggregate", 4)
+    with pytest.raises(core.InputError, match="line c is empty"):
+        fake.analogy("x = 1", "y = 2", "")
+    assert fake.model.calls == calls
+    assert len(fake.interpolate("x = 1", "a b c d e f g h i", truncate=True).lines) == 9
+    assert fake.model.calls == calls + 2  # one encode, one decode
+
+
+def test_example_lines_fit_the_model(fake):
+    assert fake.examples() == (backend.EXAMPLE_A, backend.EXAMPLE_B)
+    short = backend.Backend(FakeModel(max_length=3), MAP)  # example A is 5 tokens here, B 3
+    assert short.examples() == (backend.EXAMPLE_B, "return y")
+    assert backend.Backend(FakeModel(max_length=1), MAP).examples() == (backend.EXAMPLE_A, backend.EXAMPLE_B)
+
+
+def test_nearest_lines_of_a_pool_line_is_itself(fake):
+    code = core.flat(fake.model.encode(["print(d)"]))[0]
+    near = fake.nearest(code, 3)
+    assert near[0] == ("print(d)", pytest.approx(0, abs=1e-3)) and len(near) == 3
+    assert [d for _, d in near] == sorted(d for _, d in near)
+    assert backend.Backend(FakeModel()).nearest(code) == []
+
+
+def test_concurrent_requests_get_their_own_results_and_never_overlap_in_the_model():
+    b = backend.Backend(FakeModel(), MAP, POOL)
+    pairs = [(f"x{i} = {i}", f"return y{i}") for i in range(8)]
+    want = [b.interpolate(a, c, 4).lines for a, c in pairs]
+    got = [None] * len(pairs)
+
+    def work(i):
+        got[i] = b.interpolate(*pairs[i], 4).lines
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(pairs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == want and len({tuple(g) for g in got}) == len(pairs)
+    assert b.model.most == 1  # the lock let one model call through at a time
+
+
+# -- the page's callbacks (Gradio imported, no server) -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def handlers(fake):
+    require("gradio")
+    from t5vae.demo import page
+
+    return page.Handlers(fake)
+
+
+def test_callbacks_show_errors_on_the_page(handlers):
+    err, cut, state, _, query, table, *_ = handlers.interpolate("", "y = 2", 9, "slerp", "greedy", False)
+    assert "empty" in err and 'role="alert"' in err and state is None and query == "" and table == ""
+    assert cut["visible"] == "hidden"
+    err, cut, state, *_ = handlers.interpolate("x = 1", "a b c d e f g h i", 9, "slerp", "greedy", False)
+    assert "longer than the model&#x27;s max length of 8" in err and cut["visible"] is True and state is None
+    truncate, err, cut, state, *_ = handlers.cut_and_interpolate("x = 1", "a b c d e f g h i", 9, "slerp", "greedy")
+    assert truncate is True and err == "" and len(state.lines) == 9
+    err, out = handlers.sample("tanh", 99, 0, "greedy")
+    assert "from 1 to 32, got 99" in err and out == ""
+    err, out = handlers.sample("tanh", 3, 0, "beam")
+    assert err == "" and out.count('class="row') == 3 and "# beam" in out
+
+
+def test_load_computes_the_linked_path(handlers):
+    link = core.Link("x = 1", "s = 'a&b'", 5, "slerp_flat")
+    req = SimpleNamespace(query_params=dict(parse_qsl(core.link_query(link)[1:])))
+    a, b, steps, kind, decoder, err, cut, state, slider, query, table, here, near, lmap = handlers.load(req)
+    assert (a, b, steps, kind, decoder) == ("x = 1", "s = 'a&b'", 5, "slerp_flat", "greedy") and err == ""
+    assert table.count('<tr class="row') == 5 and query == core.link_query(link) and slider["maximum"] == 4
+    assert "point 1 of 5" in here and near.count('<tr class="row') == core.NEAREST_K
+    bad = handlers.load(SimpleNamespace(query_params={"a": "x", "b": "y", "steps": "0"}))
+    assert "bad link" in bad[5] and "from 2 to 32, got 0" in bad[5] and bad[:2] == ("x", "y")
+    plain = handlers.load(SimpleNamespace(query_params={}))
+    assert plain[:2] == (backend.EXAMPLE_A, backend.EXAMPLE_B) and plain[10].count('<tr class="row') == 9
+
+
+def test_an_unexpected_failure_is_an_error_on_the_page_not_a_crash(handlers):
+    class Broken(FakeModel):
+        def decode(self, z, method="greedy"):
+            raise RuntimeError("boom")
+
+    from t5vae.demo import page
+
+    broken = page.Handlers(backend.Backend(Broken()))
+    err, cut, state, *_ = broken.interpolate("x = 1", "y = 2", 3, "slerp", "greedy", False)
+    assert "internal error (RuntimeError: boom)" in err and state is None
+    assert "internal error" in broken.sample("tanh", 2, 0, "greedy")[0]
+    assert handlers.interpolate("x = 1", "y = 2", 3, "slerp", "greedy", False)[0] == ""  # others unaffected
+
+
+def test_cmd_demo_serves_with_the_arguments_then_blocks(monkeypatch):
+    import argparse
+
+    require("gradio")
+    calls = []
+    page = SimpleNamespace(block_thread=lambda: calls.append("block"), close=lambda: calls.append("close"))
+    monkeypatch.setattr(demo, "serve", lambda *a, **k: calls.append((a, k)) or (page, "http://h:1/"))
+    args = demo.add_arguments(argparse.ArgumentParser()).parse_args(
+        ["run", "--port", "1234", "--corpus", "c.txt", "--map-lines", "10", "--nearest-lines", "20"])
+    assert demo.cmd_demo(args) == 0
+    assert calls == [(("run", "127.0.0.1", 1234), {"corpus": "c.txt", "map_lines": 10, "pool_lines": 20}),
+                     "block", "close"]
+
+
+def test_add_arguments_and_a_missing_run(tmp_path, capsys):
+    import argparse
+
+    args = demo.add_arguments(argparse.ArgumentParser()).parse_args(["some-run"])
+    assert (args.dir, args.host, args.port, args.corpus) == ("some-run", "127.0.0.1", 7860, None)
+    args = demo.add_arguments(argparse.ArgumentParser()).parse_args(["r", "--host", "0.0.0.0", "--port", "8080"])
+    assert (args.host, args.port) == ("0.0.0.0", 8080)
+    require("gradio")
+    assert demo.cmd_demo(argparse.Namespace(**{**vars(args), "dir": str(tmp_path / "missing")})) == 1
+    assert "is not a t5vae run directory" in capsys.readouterr().err
+
+
+def test_missing_demo_extra_is_a_clear_error(monkeypatch, capsys):
+    import argparse
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gradio" else real(name, *a))
+    assert demo.cmd_demo(argparse.Namespace(dir="x")) == 1
+    assert 'pip install -e ".[demo]"' in capsys.readouterr().err
+
+
+def test_spaces_entry_point_serves_the_run_named_by_the_environment(monkeypatch):
+    import importlib
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent))
+    app = importlib.import_module("app")
+    calls = []
+    blocked = SimpleNamespace(block_thread=lambda: calls.append("blocked"))
+    monkeypatch.setattr(demo, "serve", lambda *a, **k: calls.append((a, k)) or (blocked, "url"))
+    app.main({"T5VAE_RUN": "/runs/x", "GRADIO_SERVER_PORT": "9000"})
+    assert calls == [(("/runs/x", "0.0.0.0", 9000), {"corpus": None}), "blocked"]
+    app.main({"T5VAE_CORPUS": "lines.txt"})
+    assert calls[2] == (("t5vae-run", "0.0.0.0", 7860), {"corpus": "lines.txt"})
