@@ -135,8 +135,8 @@ def test_generate_rejects_bad_arguments(model):
 
 
 def test_plain_and_cpu_kernels_decode_the_same_tokens(model):
-    """The plain decode step (a scan over the stacked params, jnp.argmax) and the CPU fast paths
-    (DecoderWeights, block argmax) pick the same tokens, greedy over the full length and by beam search."""
+    """The plain decode step (a scan over the stacked params) and the CPU fast paths (decoding on
+    DecoderWeights) pick the same tokens, greedy over the full length and by beam search."""
     cfg, params = model
     if cfg.tie_word_embeddings:  # a random tied model feeds its own token back forever; a smaller embedding
         params = {**params, "shared": {"embedding": params["shared"]["embedding"] * 0.1}}  # lets the layers decide
