@@ -1,5 +1,7 @@
 """weights_convert.convert end to end: a good source converts; a bad one fails with a clear message naming the file
-or key, leaving no OUT (nor partial dir) and an existing OUT untouched; the host memory a conversion peaks at."""
+or key, leaving no OUT (nor partial dir) and an existing OUT untouched; the host memory a conversion peaks at.
+(What OUT may be, --overwrite, leftovers of killed runs, bad config.json: test_convert_faults.py.)"""
+import hashlib
 import json
 import subprocess
 import sys
@@ -26,6 +28,12 @@ def hf_dir(path, sd=None, cfg=V10):
 def assert_nothing_written(out):
     assert not out.exists()
     assert not list(out.parent.glob(f".{out.name}*")), "a partial directory was left behind"
+
+
+def tree_hashes(root) -> dict:
+    """{relative path: sha256 of the file, or "dir"} for everything under ``root``: compare before and after."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(root.rglob("*"))}
 
 
 def test_good_source_converts(tmp_path):
@@ -83,20 +91,20 @@ def test_truncated_flax_msgpack(tmp_path):
 
 
 def test_existing_out_refused_and_untouched_on_failure(tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("precious")
-    good = hf_dir(tmp_path / "good")
+    out, good = tmp_path / "out", hf_dir(tmp_path / "good")
+    convert(good, out)
+    before = tree_hashes(out)
     with pytest.raises(FileExistsError, match="--overwrite"):
         convert(good, out)
     sd = fake_hf_state(V10)
     del sd["shared.weight"]
     with pytest.raises(ConversionError, match="missing shared/embedding"):
         convert(hf_dir(tmp_path / "bad", sd), out, overwrite=True)
-    assert (out / "keep.txt").read_text() == "precious" and sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert tree_hashes(out) == before
     assert not list(tmp_path.glob(".out*"))
-    convert(good, out, overwrite=True)  # replaced as a whole when asked
-    assert not (out / "keep.txt").exists() and (out / "config.json").is_file()
+    convert(good, out, dtype="bfloat16", overwrite=True)  # a previous conversion is replaced as a whole when asked
+    assert tv.load_t5(out)[0].param_dtype == "bfloat16" and tree_hashes(out) != before
+    assert not list(tmp_path.glob(".out*"))
 
 
 def test_pytorch_bin_without_torch_is_a_clear_error(tmp_path, monkeypatch):
@@ -122,15 +130,6 @@ MEASURE = textwrap.dedent("""
     from t5vae import checkpoint
     from weights_convert.convert import convert
 
-    save = checkpoint.save_t5
-    mapped = {}
-
-    def measured_save(*args, **kwargs):
-        mapped["peak"] = status("VmHWM")
-        return save(*args, **kwargs)
-
-    checkpoint.save_t5 = measured_save
-
     def status(key):
         for line in open("/proc/self/status"):
             if line.startswith(key + ":"):
@@ -139,6 +138,15 @@ MEASURE = textwrap.dedent("""
     import numpy as np, tempfile
     jax.devices()  # the XLA runtime and one tiny orbax save: fixed costs, not proportional to the checkpoint
     checkpoint.save_params(tempfile.mkdtemp() + "/warmup", {"x": np.zeros(4, np.float32)})
+
+    save = checkpoint.save_params  # what weights_convert.output.write saves the params with
+    mapped = {}
+
+    def measured_save(*args, **kwargs):
+        mapped["peak"] = status("VmHWM")
+        return save(*args, **kwargs)
+
+    checkpoint.save_params = measured_save
     before = status("VmRSS")
     convert(sys.argv[1], sys.argv[2], progress=False)
     print(json.dumps({"before": before, "mapped": mapped["peak"], "peak": status("VmHWM")}))
@@ -148,7 +156,7 @@ MEASURE = textwrap.dedent("""
 @pytest.mark.slow
 def test_peak_memory_under_twice_the_checkpoint(tmp_path):
     """Reading + mapping holds the assembled params (1x) plus one source tensor at a time: under 1.5x. The orbax
-    save in ``t5vae.checkpoint.save_t5`` adds write buffers proportional to the tree: under 3x in all (PARAMS.md)."""
+    save (``t5vae.checkpoint.save_params``) adds write buffers proportional to the tree: under 3x in all (PARAMS.md)."""
     src = tmp_path / "src"
     src.mkdir()
     sd = fake_hf_state(MEMORY_CFG)

@@ -1,6 +1,7 @@
 """``python -m weights_convert SRC OUT [--dtype bfloat16] [--overwrite] [--config CONFIG]``.
 
-The command line only: parse the arguments, run :func:`weights_convert.convert.convert`, print errors.
+The command line only: parse the arguments, run :func:`weights_convert.convert.convert`, print errors. Only the
+converter's own lines are logged at INFO (orbax, absl and jax log theirs at WARNING and above only).
 """
 from __future__ import annotations
 
@@ -21,16 +22,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=FLOAT_DTYPES, help="stored param dtype (default: the "
                    "source config's torch_dtype, else float32)")
     p.add_argument("--config", help="config.json path or preset name, for sources without config.json")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it is an empty directory or a "
+                   "previous conversion (config.json + params/ [+ spiece.model]); anything else is refused")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_Format())
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])  # third-party loggers: warnings only
+    ours = logging.getLogger("weights_convert")
+    level = ours.level
+    ours.setLevel(logging.WARNING if args.quiet else logging.INFO)
     try:
         convert(args.src, args.out, args.dtype, args.overwrite, args.config, progress=None if not args.quiet else False)
-    except (ConversionError, FileExistsError, FileNotFoundError) as e:
+    except (ConversionError, OSError, ValueError) as e:  # OSError: FileExistsError, PermissionError, a full disk
         print(f"error: {e}", file=sys.stderr)
         return 1
+    finally:
+        ours.setLevel(level)
     return 0
+
+
+class _Format(logging.Formatter):
+    """Our INFO lines as they are; warnings and errors prefixed with their level."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = super().format(record)
+        return msg if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {msg}"
 
 
 if __name__ == "__main__":

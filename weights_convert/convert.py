@@ -1,12 +1,14 @@
 """The conversion as a library: detect the source format -> read (lazily) -> plan the name mapping (every key
 matched, every leaf filled, every shape checked, before any data is read) -> fill the target leaf by leaf ->
-validate against ``t5vae.t5.param_specs`` -> save atomically with ``t5vae.checkpoint.save_t5`` (OUT is never
-half-written).
+validate against ``t5vae.t5.param_specs`` -> save with :mod:`weights_convert.output` (OUT is checked before
+anything is read, never the source, never half-written).
 """
 from __future__ import annotations
 
 import collections
+import json
 import logging
+import os
 import re
 import sys
 import time
@@ -18,7 +20,7 @@ from tqdm.auto import tqdm
 
 from t5vae import checkpoint, specs, t5
 from t5vae.config import PRESETS, T5Config, preset
-from weights_convert import readers, rules
+from weights_convert import output, readers, rules
 from weights_convert.rules import ConversionError
 
 log = logging.getLogger("weights_convert")
@@ -50,12 +52,48 @@ def infer_config(shapes: dict[str, tuple]) -> T5Config:
     return cfg
 
 
+T5_KEYS = ("d_model", "d_kv", "d_ff", "num_layers", "num_heads", "vocab_size", "feed_forward_proj")
+
+
+def load_config_json(path: str | os.PathLike) -> T5Config:
+    """A Hugging Face T5 ``config.json`` -> T5Config; every problem is a ConversionError naming the file."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > 1 << 20:
+            raise ConversionError(f"{path}: {path.stat().st_size} bytes is far too large for a config.json")
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConversionError(f"{path}: not a text file (byte {e.start} is not UTF-8); a config.json is JSON "
+                              "text") from None
+    except OSError as e:
+        raise ConversionError(f"{path}: cannot read it ({e.strerror})") from None
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConversionError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise ConversionError(f"{path}: must hold a JSON object (a T5 config), got a JSON {type(d).__name__}")
+    model_type = d.get("model_type")
+    if model_type is None and not set(d) & set(T5_KEYS):
+        raise ConversionError(f"{path}: not a T5 config: it has no model_type and none of {', '.join(T5_KEYS)}")
+    if model_type is not None and model_type not in ("t5", "mt5", "umt5"):
+        raise ConversionError(f"{path}: model_type is {model_type!r}; only T5 checkpoints (t5, mt5, umt5) convert")
+    try:
+        return T5Config.from_dict(d, hf=True)
+    except (TypeError, ValueError) as e:
+        raise ConversionError(f"{path}: {e}") from None
+
+
 def _config(src: Path, config: str | None, fmt: str, shapes: dict) -> T5Config:
     src_dir = src if src.is_dir() else src.parent
     if config is not None:
-        return preset(config) if config in PRESETS and not Path(config).exists() else T5Config.load_json(config)
+        if Path(config).exists():
+            return load_config_json(config)
+        if config in PRESETS:
+            return preset(config)
+        raise ConversionError(f"--config {config}: no such file, and not a preset ({', '.join(sorted(PRESETS))})")
     if (src_dir / checkpoint.CONFIG_FILE).is_file():
-        return T5Config.load_json(src_dir / checkpoint.CONFIG_FILE)
+        return load_config_json(src_dir / checkpoint.CONFIG_FILE)
     if fmt in ("t5x", "tf"):
         return infer_config(shapes)
     raise ConversionError(f"{src_dir / checkpoint.CONFIG_FILE} is missing; pass --config config.json or a preset")
@@ -65,10 +103,10 @@ def convert(src, out, dtype: str | None = None, overwrite: bool = False, config:
             progress: bool | None = None) -> Path:
     """Convert the checkpoint at ``src`` into a t5vae T5 directory ``out``; raise :class:`ConversionError` on any mismatch."""
     src, out = Path(src), Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; choose another output or pass --overwrite")
     t0 = time.time()
-    fmt, reader = readers.detect(src)
+    fmt, reader = readers.detect(src)  # only looks at names: nothing is read yet
+    output.check(src, out, overwrite)
+    kept = output.sweep(out)
     log.info("reading %s (%s)", src, fmt)
     tensors = reader()
     try:
@@ -98,6 +136,6 @@ def convert(src, out, dtype: str | None = None, overwrite: bool = False, config:
     n_params = sum(v.size for v in flat.values())
     log.info("writing %s: %d tensors -> %d leaves, %.1fM params in %s%s", out, len(steps), len(flat), n_params / 1e6,
              cfg.param_dtype, " + spiece.model" if tokenizer else "")
-    checkpoint.save_t5(out, cfg, params, tokenizer=tokenizer, overwrite=overwrite)
+    output.write(src, out, cfg, params, tokenizer, overwrite, kept)
     log.info("done in %.1fs", time.time() - t0)
     return out

@@ -7,6 +7,7 @@ Formats: Hugging Face ``model.safetensors`` (sharded too), ``pytorch_model.bin``
 from __future__ import annotations
 
 import json
+import logging
 import re
 import struct
 from pathlib import Path
@@ -17,6 +18,8 @@ import msgpack
 import numpy as np
 
 from weights_convert.rules import ConversionError
+
+log = logging.getLogger("weights_convert")
 
 
 class Tensors:
@@ -71,10 +74,10 @@ def _safetensors_file(path: Path):
 
 def _sharded(index_file: Path) -> list[Path]:
     try:
-        weight_map = json.loads(index_file.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError) as e:
-        raise ConversionError(f"{index_file}: not a valid shard index ({e})") from None
-    files = sorted({index_file.parent / f for f in weight_map.values()})
+        weight_map = json.loads(index_file.read_bytes())["weight_map"]
+        files = sorted({index_file.parent / f for f in weight_map.values()})
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # bad JSON or UTF-8, not {"weight_map": {..}}
+        raise ConversionError(f"{index_file}: not a valid shard index ({type(e).__name__}: {e})") from None
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise ConversionError(f"{index_file} names shards that do not exist: {missing}")
@@ -343,6 +346,14 @@ def read_tf_bundle(prefix: Path) -> Tensors:
 
 # -- detection ----------------------------------------------------------------------------------------------
 
+# Hugging Face weight files, in the order of preference when a directory holds several
+HF_FILES = (("model.safetensors", "safetensors", lambda p: read_safetensors([p])),
+            ("model.safetensors.index.json", "safetensors", lambda p: read_safetensors(_sharded(p))),
+            ("pytorch_model.bin", "torch", lambda p: read_torch([p])),
+            ("pytorch_model.bin.index.json", "torch", lambda p: read_torch(_sharded(p))),
+            ("flax_model.msgpack", "flax", read_flax))
+
+
 def detect(src: Path) -> tuple[str, Callable[[], Tensors]]:
     """-> (format name, reader thunk) for a directory or file; raises naming what was looked for."""
     src = Path(src)
@@ -353,17 +364,17 @@ def detect(src: Path) -> tuple[str, Callable[[], Tensors]]:
             return "t5x", lambda: read_t5x(src.parent)
         if src.name.endswith(".index"):
             return "tf", lambda: read_tf_bundle(Path(str(src)[:-len(".index")]))
-        src = src.parent if src.name in ("model.safetensors", "pytorch_model.bin", "flax_model.msgpack") else src
-    if (src / "model.safetensors").is_file():
-        return "safetensors", lambda: read_safetensors([src / "model.safetensors"])
-    if (src / "model.safetensors.index.json").is_file():
-        return "safetensors", lambda: read_safetensors(_sharded(src / "model.safetensors.index.json"))
-    if (src / "pytorch_model.bin").is_file():
-        return "torch", lambda: read_torch([src / "pytorch_model.bin"])
-    if (src / "pytorch_model.bin.index.json").is_file():
-        return "torch", lambda: read_torch(_sharded(src / "pytorch_model.bin.index.json"))
-    if (src / "flax_model.msgpack").is_file():
-        return "flax", lambda: read_flax(src / "flax_model.msgpack")
+        for name, fmt, read in HF_FILES:
+            if src.name == name:  # the file named is the one converted, whatever else its directory holds
+                return fmt, lambda: read(src)
+    present = [(name, fmt, read) for name, fmt, read in HF_FILES if (src / name).is_file()]
+    if present:
+        name, fmt, read = present[0]
+        if len(present) > 1:
+            others = ", ".join(n for n, _, _ in present[1:])
+            log.warning("%s holds %s: converting %s, ignoring %s (name a file as SRC, e.g. %s, to convert that one "
+                        "instead)", src, ", ".join(n for n, _, _ in present), name, others, src / present[1][0])
+        return fmt, lambda: read(src / name)
     if (src / "checkpoint").is_file() and not (src / "checkpoint").read_bytes()[:64].startswith(b"model_checkpoint_path"):
         return "t5x", lambda: read_t5x(src)
     steps = sorted((int(m.group(1)), p) for p in src.glob("checkpoint_*")
