@@ -11,6 +11,7 @@ half-written OUT, and an existing OUT is only replaced when asked.
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -41,8 +42,11 @@ def atomic_directory(out: str | os.PathLike, overwrite: bool = False):
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; choose another output or pass overwrite=True (--overwrite)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
     try:
+        mask = os.umask(0)
+        os.umask(mask)
+        tmp.chmod(0o777 & ~mask)  # mkdtemp makes it 0700; the finished directory gets the usual permissions
         yield tmp
         _swap_into_place(tmp, out)
     finally:
@@ -161,19 +165,88 @@ def save_train_state(manager, step: int, state) -> None:
     manager.save(step, args=ocp.args.StandardSave(state))
 
 
-def restore_train_state(manager, abstract_state, step: int | None = None):
-    """Restore the newest (or the given) step into the structure of ``abstract_state`` -> ``(step, state)``;
-    ``(None, None)`` when there is no checkpoint."""
+def restore_train_state(manager, abstract_state, step: int | None = None, log=print, set_aside: bool = True):
+    """Restore the newest checkpoint that can be restored (or the given step) into the structure of
+    ``abstract_state`` -> ``(step, state)``; ``(None, None)`` when there is no checkpoint.
+
+    A checkpoint whose files are damaged or missing is skipped with a warning naming it and, with
+    ``set_aside``, moved to ``RUN/checkpoints-damaged/`` (kept, not deleted); an older one is tried next.
+    A checkpoint that is intact but holds a different tree (another config or optimizer) is a ValueError
+    of its own: it is not damage, and no other checkpoint would fit either. When none restores, the
+    ValueError lists what was tried."""
     import orbax.checkpoint as ocp
 
-    step = manager.latest_step() if step is None else step
-    if step is None:
-        return None, None
+    steps = sorted(manager.all_steps(), reverse=True) if step is None else [step]
+    tried = []
+    for s in steps:
+        where = Path(manager.directory) / str(s)
+        stored = _stored_tree(where)
+        if stored is not None and _signature(stored) != _signature(abstract_state):
+            raise ValueError(f"checkpoint {s} in {manager.directory} does not match this model/optimizer "
+                             f"(was the run started with a different config?): {_difference(stored, abstract_state)}")
+        try:
+            state = manager.restore(s, args=ocp.args.StandardRestore(_placed(abstract_state)))
+        except Exception as e:  # noqa: BLE001  tensorstore, orbax and OS errors all mean: cannot be read
+            why = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__
+            aside = _set_aside(where) if set_aside else None
+            tried.append(f"{where} ({why})")
+            log(f"warning: checkpoint {where} cannot be restored ({why})"
+                + (f"; moved it to {aside}" if aside else ""))
+            continue
+        if tried:
+            manager.reload()  # the set-aside steps are gone from its list
+            log(f"resuming from the older checkpoint {where} instead")
+        return s, state
+    if tried:
+        manager.reload()
+        raise ValueError(f"no checkpoint in {manager.directory} could be restored; tried:\n  " + "\n  ".join(tried)
+                         + "\nstart over with --overwrite, or restore a backup of the run directory")
+    return None, None
+
+
+def _stored_tree(step_dir: Path):
+    """The tree of array metadata a train-state checkpoint holds, or None if its metadata cannot be read."""
+    absl = logging.getLogger("absl")
+    level, absl.level = absl.level, logging.ERROR  # orbax warns about an optional metadata file it never wrote
     try:
-        return step, manager.restore(step, args=ocp.args.StandardRestore(_placed(abstract_state)))
-    except (ValueError, KeyError) as e:
-        raise ValueError(f"checkpoint {step} in {manager.directory} does not match this model/optimizer "
-                         f"(was the run started with a different config?): {e}") from None
+        return _checkpointer().metadata(step_dir / "default").item_metadata.tree
+    except Exception:  # noqa: BLE001  missing or damaged metadata: left to the restore to decide
+        return None
+    finally:
+        absl.setLevel(level)
+
+
+def _signature(tree) -> list:
+    """The (shape, dtype) of every leaf, sorted: orbax stores the optimizer's named tuples as plain
+    containers, so the tree's structure is compared by its leaves only."""
+    return sorted((tuple(x.shape), str(np.dtype(x.dtype))) for x in jax.tree.leaves(tree))
+
+
+def _difference(stored, abstract) -> str:
+    """What differs between a stored train state and the expected one, for the error message."""
+    try:
+        check_tree(stored["params"], abstract["params"], "params")
+    except (ValueError, KeyError, TypeError) as e:
+        return str(e)
+    n, m = len(jax.tree.leaves(stored)), len(jax.tree.leaves(abstract))
+    return (f"the params match but the optimizer state does not ({n} arrays stored, {m} expected): "
+            f"another --optimizer?")
+
+
+def _set_aside(step_dir: Path) -> Path | None:
+    """Move a damaged checkpoint to ``RUN/checkpoints-damaged/STEP[-n]`` -> where it went (None if it could not
+    be moved)."""
+    dest_dir = step_dir.parent.parent / f"{CHECKPOINTS_DIR}-damaged"
+    dest = dest_dir / step_dir.name
+    n = 1
+    while dest.exists():
+        dest, n = dest_dir / f"{step_dir.name}-{n}", n + 1
+    try:
+        dest_dir.mkdir(exist_ok=True)
+        step_dir.rename(dest)
+    except OSError:
+        return None
+    return dest
 
 
 def save_params_replacing(path: str | os.PathLike, params) -> None:

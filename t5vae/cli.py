@@ -11,11 +11,13 @@ import argparse
 import dataclasses
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
 from t5vae import hugepages
 from t5vae.config import DEFAULT_T5, Config, T5Config, TrainConfig
+from t5vae.rundir import RunDirBusy
 
 DEFAULT_OUT = "t5vae-run"
 # t5vae.latent.INTERPOLATIONS and t5vae.evaluate.DECODERS, spelled out so building the parser imports no jax
@@ -34,6 +36,8 @@ def _parse_value(text: str, default, type_name: str = ""):
         if text.lower() in ("0", "false", "no", "off"):
             return False
         raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+    if isinstance(default, str):  # a string setting: "none" is a value (remat="none"), not None
+        return text
     if text.lower() in ("none", "null"):
         return None
     if isinstance(default, int):
@@ -95,8 +99,28 @@ def build_configs(args: argparse.Namespace):
                      **{k: v for k, v in settings.items() if k in model_names})
         tc = TrainConfig(**{k: v for k, v in settings.items() if k in train_names})
     except (TypeError, ValueError) as e:
-        raise SystemExit(f"error: {e}")
+        raise SystemExit(f"error: {flag_names(str(e))}")
     return cfg, tc
+
+
+def flag_names(message: str) -> str:
+    """A config error as the command line's user reads it: ``TrainConfig.learning_rate`` -> ``--learning-rate``,
+    ``T5Config.d_model`` -> ``--t5-d-model`` (the flags that set them)."""
+    prefixes = {"TrainConfig": "", "Config": "", "T5Config": "t5-"}
+    return re.sub(r"\b(TrainConfig|T5Config|Config)\.(\w+)",
+                  lambda m: f"--{prefixes[m.group(1)]}{m.group(2).replace('_', '-')}", message)
+
+
+def _int_at_least(lo: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be at least {lo}, got {value}")
+        return value
+    return parse
 
 
 def cmd_train(args) -> int:
@@ -122,7 +146,8 @@ def cmd_eval(args) -> int:
     m = text.load(args.dir)
     tc = TrainConfig.load_json(Path(args.dir) / checkpoint.TRAIN_CONFIG_FILE)
     corpus = data.load_corpus(tc.corpus, tc.validation_percent, tc.min_chars, tc.max_chars)
-    results = evaluate.evaluate(m.params, m.cfg, m.tokenizer, corpus.validation, pairs=args.pairs or tc.eval_pairs,
+    pairs = tc.eval_pairs if args.pairs is None else args.pairs
+    results = evaluate.evaluate(m.params, m.cfg, m.tokenizer, corpus.validation, pairs=pairs,
                                 batch_size=tc.eval_batch_size, seed=tc.seed, kind=args.kind, method=args.method)
     print(evaluate.save(results, args.dir))
     return 0
@@ -201,7 +226,8 @@ def parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=cmd_train)
     e = sub.add_parser("eval", help="evaluate a run on its validation split; prints and saves the table")
     e.add_argument("dir")
-    e.add_argument("--pairs", type=int, help="interpolation pairs (default: the run's eval_pairs)")
+    e.add_argument("--pairs", type=_int_at_least(0), help="interpolation pairs (default: the run's eval_pairs; "
+                                                         "0: reconstruction only)")
     e.add_argument("--kind", default="slerp", choices=KINDS, help="interpolation path")
     e.add_argument("--method", default="greedy", choices=METHODS,
                    help="how the interpolation paths are decoded (reconstruction is always greedy; beam: 4 beams)")
@@ -209,18 +235,19 @@ def parser() -> argparse.ArgumentParser:
     i = sub.add_parser("interpolate", help="decode the path between two lines' codes: a table of ratio, text, "
                                            "and whether it parses")
     i.add_argument("dir"), i.add_argument("a"), i.add_argument("b")
-    i.add_argument("--steps", type=int, default=9, help="points on the path, both endpoints included (default 9)")
+    i.add_argument("--steps", type=_int_at_least(2), default=9, help="points on the path, both endpoints included (default 9)")
     i.add_argument("--kind", default="slerp", choices=KINDS,
                    help="slerp per latent token (default), slerp of the whole flattened code, or lerp")
-    i.add_argument("--max-new-tokens", type=int, help="tokens decoded per point (default: the model's max_length)")
+    i.add_argument("--max-new-tokens", type=_int_at_least(1), help="tokens decoded per point (default: the model's max_length)")
     i.add_argument("--method", default="greedy", choices=METHODS, help="decoding (beam: 4 beams)")
     i.set_defaults(fn=cmd_interpolate)
     s = sub.add_parser("sample", help="decode codes drawn from a prior: a table of text and whether it parses")
-    s.add_argument("dir"), s.add_argument("-n", type=int, default=10), s.add_argument("--seed", type=int, default=0)
+    s.add_argument("dir"), s.add_argument("-n", type=_int_at_least(1), default=10)
+    s.add_argument("--seed", type=_int_at_least(0), default=0)
     s.add_argument("--prior", choices=["aggregate", "gaussian", "tanh"],
                    help="aggregate (default): a Gaussian fitted to the training codes (computed on first use and saved "
                         "in DIR); gaussian: N(0, I) clipped to the tanh range; tanh: tanh of N(0, I)")
-    s.add_argument("--max-new-tokens", type=int, help="tokens decoded per sample (default: the model's max_length)")
+    s.add_argument("--max-new-tokens", type=_int_at_least(1), help="tokens decoded per sample (default: the model's max_length)")
     s.set_defaults(fn=cmd_sample)
     sub.add_parser("bench", add_help=False, help="benchmarks against the Flax reference (python -m benchmarks; "
                    "needs the bench extra): its arguments pass through, e.g. t5vae bench --quick")
@@ -262,14 +289,25 @@ def main(argv=None) -> int:
     if argv is None and sys.argv[1:2] == ["train"]:
         hugepages.restart_with_hugepages(sys.argv[1:])
     argv = sys.argv[1:] if argv is None else list(argv)
+    quiet_library_logs()
     try:
         if argv[:1] == ["bench"]:  # everything after it is the benchmark's own command line
             return cmd_bench(argv[1:])
         args = parser().parse_args(argv)
         return args.fn(args)
-    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, RunDirBusy) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def quiet_library_logs() -> None:
+    """orbax logs every save and restore at INFO through absl: keep its warnings and errors only."""
+    import logging
+
+    logging.getLogger("absl").setLevel(logging.WARNING)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import tempfile
 from typing import Any
 
 _ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu")
@@ -24,20 +26,51 @@ _RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "kernels")
 def read_json_object(path: str | os.PathLike) -> dict:
     """A JSON file that must hold an object; errors name the file."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             d = json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a JSON text file (it is not UTF-8: binary?)") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a directory, not a JSON file") from None
     if not isinstance(d, dict):
         raise ValueError(f"{path} must hold a JSON object, got {type(d).__name__}")
     return d
 
 
 def write_json_object(path: str | os.PathLike, d: dict) -> None:
-    """The inverse of :func:`read_json_object`: indented, keys sorted, a final newline."""
-    with open(path, "w") as f:
-        json.dump(d, f, indent=2, sort_keys=True)
-        f.write("\n")
+    """The inverse of :func:`read_json_object`: indented, keys sorted, a final newline; written to a temporary
+    file next to ``path`` and renamed over it, so a crash never leaves half a file."""
+    path = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path) or ".")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(d, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _is_positive(x) -> bool:
+    return _is_number(x) and x > 0
 
 
 class _Settings:
@@ -300,9 +333,29 @@ class TrainConfig(_Settings):
         for name in ("steps", "batch_size", "checkpoint_every", "log_every", "vocab_size", "keep_checkpoints"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                 raise ValueError(f"TrainConfig.{name} must be a positive int, got {getattr(self, name)!r}")
-        if not isinstance(self.eval_every, int) or self.eval_every < 0:
-            raise ValueError(f"TrainConfig.eval_every must be an int >= 0 (0: no learning curve), "
-                             f"got {self.eval_every!r}")
+        for name in ("eval_every", "eval_pairs", "warmup_steps", "seed", "min_chars"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
+                raise ValueError(f"TrainConfig.{name} must be an int >= 0, got {getattr(self, name)!r}")
+        if self.seed >= 2 ** 32:
+            raise ValueError(f"TrainConfig.seed must be below 2**32, got {self.seed!r}")
+        if not _is_int(self.eval_batch_size) or self.eval_batch_size <= 0:
+            raise ValueError(f"TrainConfig.eval_batch_size must be a positive int, got {self.eval_batch_size!r}")
+        if not _is_int(self.max_chars) or self.max_chars < max(self.min_chars, 1):
+            raise ValueError(f"TrainConfig.max_chars must be an int >= min_chars ({self.min_chars}), "
+                             f"got {self.max_chars!r}")
+        for name in ("learning_rate", "clip_norm"):
+            if not _is_positive(getattr(self, name)):
+                raise ValueError(f"TrainConfig.{name} must be a finite number > 0, got {getattr(self, name)!r}")
+        if not _is_number(self.weight_decay) or self.weight_decay < 0:
+            raise ValueError(f"TrainConfig.weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
+        if not _is_number(self.end_lr_fraction) or not 0 <= self.end_lr_fraction <= 1:
+            raise ValueError(f"TrainConfig.end_lr_fraction must be in [0, 1], got {self.end_lr_fraction!r}")
+        if not _is_number(self.validation_percent) or not 0 < self.validation_percent < 100:
+            raise ValueError(f"TrainConfig.validation_percent must be above 0 and below 100 (some lines are "
+                             f"needed for each split), got {self.validation_percent!r}")
+        if self.max_minutes is not None and not _is_positive(self.max_minutes):
+            raise ValueError(f"TrainConfig.max_minutes must be a finite number > 0 or None (no time budget), "
+                             f"got {self.max_minutes!r}")
 
     @classmethod
     def from_dict(cls, d: dict, **overrides: Any) -> "TrainConfig":

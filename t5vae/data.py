@@ -53,6 +53,10 @@ class Tokenizer:
         ids = [int(i) for i in ids]
         if EOS in ids:
             ids = ids[: ids.index(EOS)]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is outside this tokenizer's {self.vocab_size} pieces (an embedding "
+                             f"row with no piece: decode with vocab_limit=tokenizer.vocab_size)")
         return self.sp.decode([i for i in ids if i != PAD])
 
 

@@ -89,8 +89,15 @@ def _filter_logits(logits_BV: jax.Array, temperature, top_k: int, top_p) -> jax.
     return jnp.where(logits < cutoff, -jnp.inf, logits)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "method", "top_k"))
-def _sample_loop(w, cfg, enc, enc_mask, max_new_tokens, method, key, temperature, top_k, top_p):
+def _known_only(logits_BV: jax.Array, vocab_limit: int | None) -> jax.Array:
+    """Logits of ids at or past ``vocab_limit`` (embedding rows the tokenizer has no piece for) set to -inf."""
+    if vocab_limit is None or vocab_limit >= logits_BV.shape[-1]:
+        return logits_BV
+    return jnp.where(jnp.arange(logits_BV.shape[-1]) < vocab_limit, logits_BV, -jnp.inf)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "method", "top_k", "vocab_limit"))
+def _sample_loop(w, cfg, enc, enc_mask, max_new_tokens, method, key, temperature, top_k, top_p, vocab_limit):
     B = enc.shape[0]
     cross_kv_of, cache_of, step, _ = _decoder(w, cfg)
     cross_mask = None if enc_mask is None else enc_mask.astype(bool)[:, None, :]
@@ -106,6 +113,7 @@ def _sample_loop(w, cfg, enc, enc_mask, max_new_tokens, method, key, temperature
     def body(s):
         t, tok, out, cache, done, key = s
         logits, cache = step(w, cfg, cross_kv, tok, t, cache, cross_mask)
+        logits = _known_only(logits, vocab_limit)
         if method == "greedy":
             nxt = layers.argmax(logits)
         else:
@@ -118,8 +126,8 @@ def _sample_loop(w, cfg, enc, enc_mask, max_new_tokens, method, key, temperature
     return jax.lax.while_loop(cond, body, state)[2]
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "num_beams"))
-def _beam_loop(w, cfg, enc, enc_mask, max_new_tokens, num_beams, length_penalty):
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "num_beams", "vocab_limit"))
+def _beam_loop(w, cfg, enc, enc_mask, max_new_tokens, num_beams, length_penalty, vocab_limit):
     """Beam search. Hypotheses are ranked by sum log p / length**length_penalty (the Hugging Face rule);
     a finished beam keeps its score and competes with the live ones until the loop ends."""
     B, W, T, V = enc.shape[0], num_beams, max_new_tokens, cfg.vocab_size
@@ -143,6 +151,7 @@ def _beam_loop(w, cfg, enc, enc_mask, max_new_tokens, num_beams, length_penalty)
     def body(s):
         t, tok, seqs, cache, logp, done, length = s
         logits, cache = step(w, cfg, cross_kv, tok, t, cache, cross_mask)
+        logits = _known_only(logits, vocab_limit)
         lp_BWV = jax.nn.log_softmax(logits, axis=-1).reshape(B, W, V)
         # a finished beam may only "emit" pad, at no cost; a live one may emit anything
         pad_only = jnp.where(jnp.arange(V) == cfg.pad_token_id, 0.0, -jnp.inf)
@@ -169,12 +178,15 @@ def _beam_loop(w, cfg, enc, enc_mask, max_new_tokens, num_beams, length_penalty)
 def generate(params: dict | DecoderWeights, cfg: T5Config, encoder_states: jax.Array,
              encoder_mask: jax.Array | None, max_new_tokens: int, method: str = "greedy", key: jax.Array | None = None,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, num_beams: int = 4,
-             length_penalty: float = 1.0, decoder_weights: DecoderWeights | None = None) -> jax.Array:
+             length_penalty: float = 1.0, decoder_weights: DecoderWeights | None = None,
+             vocab_limit: int | None = None) -> jax.Array:
     """Decode from encoder states [B, S, D] (mask [B, S] or None) -> int32 tokens [B, max_new_tokens].
 
     ``params``: the T5 params tree. ``decoder_weights``: ``kernels.decoder_weights(params, cfg)`` built once
     for many calls (the same tokens; used in place of ``params``); without them, the "decoder_layout" fast
-    path lays the weights out on every call, and the plain path decodes on the stacked params."""
+    path lays the weights out on every call, and the plain path decodes on the stacked params.
+    ``vocab_limit``: only ids below it are ever produced (pass the tokenizer's size: T5 checkpoints have more
+    embedding rows than pieces, 32128 vs 32100)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
@@ -182,9 +194,13 @@ def generate(params: dict | DecoderWeights, cfg: T5Config, encoder_states: jax.A
     if encoder_states.ndim != 3 or encoder_states.shape[-1] != cfg.d_model:
         raise ValueError(f"encoder_states must be [batch, length, d_model={cfg.d_model}], "
                          f"got shape {tuple(encoder_states.shape)}")
+    if vocab_limit is not None and (not isinstance(vocab_limit, int) or not 2 < vocab_limit):
+        raise ValueError(f"vocab_limit must be an int above 2 (pad, eos and unk are ids 0-2), got {vocab_limit!r}")
     if encoder_mask is not None and tuple(encoder_mask.shape) != tuple(encoder_states.shape[:2]):
         raise ValueError(f"encoder_mask shape {tuple(encoder_mask.shape)} does not match encoder_states "
                          f"{tuple(encoder_states.shape[:2])}")
+    if vocab_limit is not None and vocab_limit >= cfg.vocab_size:
+        vocab_limit = None  # nothing to mask: one compiled loop either way
     w = params if decoder_weights is None else decoder_weights
     if isinstance(w, DecoderWeights) or kernels.ops(cfg).decoder_layout:
         w = kernels.check_decoder_weights(kernels.decoder_weights(w, cfg), cfg)
@@ -195,7 +211,8 @@ def generate(params: dict | DecoderWeights, cfg: T5Config, encoder_states: jax.A
     if method == "beam":
         if num_beams < 1:
             raise ValueError(f"num_beams must be >= 1, got {num_beams}")
-        return _beam_loop(w, cfg, encoder_states, encoder_mask, max_new_tokens, num_beams, length_penalty)
+        return _beam_loop(w, cfg, encoder_states, encoder_mask, max_new_tokens, num_beams, length_penalty,
+                          vocab_limit)
     if method == "sample":
         if key is None:
             raise ValueError("method='sample' needs a PRNG key (key=jax.random.key(seed))")
@@ -204,4 +221,4 @@ def generate(params: dict | DecoderWeights, cfg: T5Config, encoder_states: jax.A
     else:
         key = jax.random.key(0)  # unused by greedy; keeps one signature for the compiled loop
     return _sample_loop(w, cfg, encoder_states, encoder_mask, max_new_tokens, method, key,
-                        temperature, top_k, top_p)
+                        temperature, top_k, top_p, vocab_limit)

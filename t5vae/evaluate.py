@@ -20,14 +20,14 @@ def _encode(params, cfg: Config, ids, mask):
     return vae.encode(params, cfg, ids, mask)
 
 
-@partial(jax.jit, static_argnums=(1, 3))
-def _greedy(params, cfg: Config, z, max_new_tokens: int):
-    return vae.generate(params, cfg, z, max_new_tokens, method="greedy")
-
-
 @partial(jax.jit, static_argnums=(1, 3, 4))
-def _beam(params, cfg: Config, z, max_new_tokens: int, num_beams: int):
-    return vae.generate(params, cfg, z, max_new_tokens, method="beam", num_beams=num_beams)
+def _greedy(params, cfg: Config, z, max_new_tokens: int, vocab_limit: int | None):
+    return vae.generate(params, cfg, z, max_new_tokens, method="greedy", vocab_limit=vocab_limit)
+
+
+@partial(jax.jit, static_argnums=(1, 3, 4, 5))
+def _beam(params, cfg: Config, z, max_new_tokens: int, vocab_limit: int | None, num_beams: int):
+    return vae.generate(params, cfg, z, max_new_tokens, method="beam", num_beams=num_beams, vocab_limit=vocab_limit)
 
 
 DECODERS = ("greedy", "beam")  # how evaluation decodes the interpolation paths ("beam": 4 beams)
@@ -42,15 +42,18 @@ def encode_lines(params, cfg: Config, enc: data.Encoded, batch_size: int) -> np.
     return out
 
 
-def decode_codes(params, cfg: Config, z: np.ndarray, batch_size: int, method: str = "greedy") -> np.ndarray:
+def decode_codes(params, cfg: Config, z: np.ndarray, batch_size: int, method: str = "greedy",
+                 vocab_limit: int | None = None) -> np.ndarray:
     """Token ids [n, max_length] for codes [n, N, Z], greedy or by beam search (4 beams), in fixed-size batches
-    (one compile)."""
+    (one compile); ids at or past ``vocab_limit`` (the tokenizer's size) are never produced."""
     if method not in DECODERS:
         raise ValueError(f"method must be one of {DECODERS}, got {method!r}")
     decode = _greedy if method == "greedy" else partial(_beam, num_beams=4)
+    if vocab_limit is not None and vocab_limit >= cfg.t5.vocab_size:
+        vocab_limit = None  # nothing to mask: one compiled loop either way
     out = np.zeros((len(z), cfg.max_length), np.int32)
     for s, padded, n in padded_batches(z, batch_size):
-        out[s: s + n] = np.asarray(decode(params, cfg, jnp.asarray(padded), cfg.max_length))[:n]
+        out[s: s + n] = np.asarray(decode(params, cfg, jnp.asarray(padded), cfg.max_length, vocab_limit))[:n]
     return out
 
 
@@ -74,7 +77,7 @@ def evaluate(params, cfg: Config, tok: data.Tokenizer, lines: Sequence[str], *, 
     Reconstruction is always greedy; ``method`` decodes the interpolation paths ("greedy" or "beam")."""
     enc = data.encode_lines(tok, lines, cfg.max_length)
     z = encode_lines(params, cfg, enc, batch_size)
-    toks = decode_codes(params, cfg, z, batch_size)
+    toks = decode_codes(params, cfg, z, batch_size, vocab_limit=tok.vocab_size)
     n_tok = n_ok = n_exact = 0
     for target, got in zip(enc.ids, toks):
         got = got[: len(target)]
@@ -102,7 +105,8 @@ def interpolation_quality(params, cfg: Config, tok, lines, z, pairs, batch_size,
         return {"interp_pairs": 0}
     idx = np.stack([rng.choice(len(lines), 2, replace=False) for _ in range(pairs)])
     paths = np.stack([np.asarray(latent.interpolate(z[a], z[b], steps + 2, kind))[1:-1] for a, b in idx])
-    texts = [tok.decode(t) for t in decode_codes(params, cfg, paths.reshape((-1,) + z.shape[1:]), batch_size, method)]
+    texts = [tok.decode(t) for t in decode_codes(params, cfg, paths.reshape((-1,) + z.shape[1:]), batch_size, method,
+                                                     tok.vocab_size)]
     texts = np.array(texts, dtype=object).reshape(pairs, steps)
     valid = np.vectorize(parses, otypes=[bool])(texts)
     distinct = np.array([[t != lines[a] and t != lines[b] for t in row] for (a, b), row in zip(idx, texts)])

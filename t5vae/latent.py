@@ -103,7 +103,11 @@ def _check_n(n) -> int:
 
 
 def _rng(seed) -> np.random.Generator:
-    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0 (or a numpy Generator), got {seed!r}")
+    return np.random.default_rng(seed)
 
 
 def sample_prior(kind: str, n: int, cfg: Config, seed=0, aggregate: FittedGaussian | None = None) -> np.ndarray:

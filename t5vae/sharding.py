@@ -217,6 +217,14 @@ def process_slice(n_examples: int, mesh: Mesh | None = None, rules: Mapping[str,
     return slice(lo, hi)
 
 
+def barrier(name: str) -> None:
+    """Wait until every process reaches this point (a no-op in a single process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 

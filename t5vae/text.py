@@ -99,7 +99,8 @@ class Model:
             if method == "sample":
                 kwargs["key"] = jax.random.fold_in(key, s)
             toks = np.asarray(vae.generate(self.params, self.cfg, jnp.asarray(padded), T, method=method,
-                                           decoder_weights=self.decoder_weights(), **kwargs))
+                                           decoder_weights=self.decoder_weights(),
+                                           vocab_limit=self.tokenizer.vocab_size, **kwargs))
             out += [self.tokenizer.decode(t) for t in toks[:n]]
         return out
 
@@ -146,6 +147,10 @@ class Model:
         """Decode ``code(a) + scale * (code(b) - code(c))`` (clipped into the tanh range), e.g.
         ``analogy("x = 1", "def g(y):", "y = 1")``; a list of a -> a list of strings."""
         la, na = _as_lines(a, "a")
+        for name, s in (("b", b), ("c", c)):
+            if not isinstance(s, str):
+                raise TypeError(f"{name} must be one string (the difference code(b) - code(c) is added to every a), "
+                                f"got {type(s).__name__}")
         if not la:
             return []
         z = evaluate.encode_lines(self.params, self.cfg, self._tokenize(la + [b, c], na + ["b", "c"], truncate),
@@ -226,7 +231,8 @@ def load(path: str | os.PathLike) -> Model:
         abstract = jax.eval_shape(lambda: train.init_state(cfg, tc, vae.init(cfg, jax.random.key(0))))
         mngr = checkpoint.checkpoint_manager(path, tc.keep_checkpoints)
         try:
-            _, state = checkpoint.restore_train_state(mngr, abstract)
+            _, state = checkpoint.restore_train_state(mngr, abstract, set_aside=False,  # a reader moves nothing
+                                                      log=lambda m: warnings.warn(m, stacklevel=3))
         finally:
             mngr.close()
         if state is None:

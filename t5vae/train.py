@@ -6,7 +6,8 @@ import functools
 import json
 import math
 import os
-import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from t5vae import checkpoint, data, evaluate, sharding, vae
+from t5vae import checkpoint, data, evaluate, rundir, sharding, vae
 from t5vae.config import Config, TrainConfig
 from t5vae.runlog import CURVE_FILE, METRICS_FILE, TensorBoard, resume_logs
 
@@ -29,8 +30,8 @@ CURVE_LINES, CURVE_PAIRS = 256, 50
 
 def schedule(tc: TrainConfig) -> optax.Schedule:
     """Linear warmup to ``learning_rate`` then cosine decay to ``learning_rate * end_lr_fraction``."""
-    warm = min(tc.warmup_steps, max(tc.steps - 1, 0))
-    return optax.warmup_cosine_decay_schedule(0.0, tc.learning_rate, max(warm, 1), max(tc.steps, warm + 1),
+    warm = max(1, min(tc.warmup_steps, tc.steps - 1))  # optax needs warmup >= 1 and decay_steps > warmup
+    return optax.warmup_cosine_decay_schedule(0.0, tc.learning_rate, warm, max(tc.steps, warm + 1),
                                               tc.learning_rate * tc.end_lr_fraction)
 
 
@@ -129,7 +130,9 @@ def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: dat
     """Train in ``run_dir`` (resuming from its newest checkpoint) -> ``(params, last metrics)``.
 
     ``run_dir`` must already hold config.json, train_config.json and spiece.model (see t5vae.cli).
-    Raises FloatingPointError on a NaN/inf loss, after which the newest checkpoint is the last good one.
+    Raises FloatingPointError on a NaN/inf loss, after which the newest checkpoint is the last good one. Ctrl-C
+    (SIGINT, in the main thread) stops after the current step, checkpoints it and raises KeyboardInterrupt; a
+    second Ctrl-C interrupts at once.
     ``curve(params) -> dict`` of held-out metrics, if given, runs every ``tc.eval_every`` steps; its rows go
     to ``eval_curve.jsonl`` (and TensorBoard). Its time counts against ``max_minutes``.
     """
@@ -141,7 +144,8 @@ def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: dat
         opt = make_optimizer(tc.optimizer, tc.clip_norm, tc.weight_decay)
         state = jax.jit(lambda p: init_state(cfg, tc, p), out_shardings=_state_shardings(cfg, opt, mesh))(params)
     mngr = checkpoint.checkpoint_manager(run_dir, tc.keep_checkpoints)
-    start, restored = checkpoint.restore_train_state(mngr, jax.eval_shape(lambda: state))
+    start, restored = checkpoint.restore_train_state(mngr, jax.eval_shape(lambda: state), log=log,
+                                                     set_aside=jax.process_index() == 0)
     if restored is not None:
         state = restored
         log(f"resumed from {run_dir / checkpoint.CHECKPOINTS_DIR}/{start} (step {int(state['step'])})")
@@ -189,7 +193,7 @@ def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: dat
             bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
             mngr.wait_until_finished()
             raise FloatingPointError(
-                f"non-finite training metrics at step {n - 1}: {bad}. Stopped; the newest checkpoint "
+                f"non-finite training metrics at step {n}: {bad}. Stopped; the newest checkpoint "
                 f"({mngr.latest_step()}) in {run_dir / checkpoint.CHECKPOINTS_DIR} is the last good state. "
                 f"Try a lower learning_rate or clip_norm.")
         if chief:
@@ -207,11 +211,31 @@ def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: dat
             bar.update(1)
         return metrics
 
+    incomplete = chief and (run_dir / rundir.INCOMPLETE_FILE).exists()
+
+    def save(step: int) -> None:
+        nonlocal incomplete
+        checkpoint.save_train_state(mngr, step, state)
+        if incomplete:  # the mark goes once a checkpoint is committed: from then on the run can be resumed
+            mngr.wait_until_finished()
+            rundir.mark_complete(run_dir)
+            incomplete = False
+
     # Step n's metrics are read after step n + 1 is dispatched, so the device never waits on the host; a
     # state is checkpointed or evaluated only after its own metrics have been read and found finite.
     pending = None
     try:
+        interrupt = _Interrupt()
         while step < tc.steps:
+            if interrupt.requested:
+                if pending is not None:
+                    last, pending = record(*pending), None
+                if mngr.latest_step() != step:
+                    save(step)
+                mngr.wait_until_finished()
+                write(f"interrupted: saved a checkpoint at step {step} in {run_dir / checkpoint.CHECKPOINTS_DIR}; "
+                      f"run the same command again to resume")
+                raise KeyboardInterrupt
             if tc.max_minutes is not None and time.time() - t0 > 60 * tc.max_minutes:
                 log(f"stopping at step {step}: max_minutes={tc.max_minutes} reached")
                 break
@@ -228,15 +252,16 @@ def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: dat
             if step % tc.checkpoint_every == 0 or evaluate_now:
                 last, pending = record(*pending), None
                 if step % tc.checkpoint_every == 0:
-                    checkpoint.save_train_state(mngr, step, state)
+                    save(step)
                 if evaluate_now:
                     record_curve(step)
         if pending is not None:
             last, pending = record(*pending), None
         if mngr.latest_step() != step:
-            checkpoint.save_train_state(mngr, step, state)
+            save(step)
         mngr.wait_until_finished()
     finally:
+        interrupt.restore()
         metrics_file.close()
         if tensorboard is not None:
             tensorboard.close()
@@ -246,32 +271,69 @@ def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: dat
     return state["params"], last
 
 
+class _Interrupt:
+    """While it lives, the first SIGINT only sets ``requested`` (so the loop can stop between steps, never
+    inside one whose state was donated); a second one raises KeyboardInterrupt as usual."""
+
+    def __init__(self):
+        self.requested, self._old = False, None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
+
+
 def prepare(cfg: Config, tc: TrainConfig, out: str | os.PathLike, init_from: str | None = None,
             overwrite: bool = False, log=print):
-    """Set up (or reopen) a run directory -> ``(cfg, tokenizer, corpus, params)``.
+    """Set up (or reopen) a run directory, whose lock the caller holds (:func:`t5vae.rundir.claim`) ->
+    ``(cfg, tokenizer, corpus, encoded training lines, T5 params of init_from or None)``.
 
-    A new run writes config.json, train_config.json and spiece.model first; an existing one is resumed and
-    must have been started with the same settings (only those in ``RESUMABLE`` may change).
+    A new run marks the directory incomplete, then writes spiece.model, train_config.json and config.json
+    (whose presence marks a run). An existing one is resumed and must have been started with the same
+    settings (only those in ``RESUMABLE`` may change); one that failed before its first checkpoint is cleared
+    and started over. Only process 0 writes; the others read what it wrote.
     """
     out = Path(out)
-    resuming = (out / checkpoint.CONFIG_FILE).is_file()
-    if resuming and overwrite:
-        shutil.rmtree(out)
-        resuming = False
-    elif out.exists() and not resuming and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not a t5vae run directory; choose another --out")
+    chief = jax.process_index() == 0
+    resuming = rundir.reuse_or_clear(out, overwrite, log) if chief else None
     corpus = data.load_corpus(tc.corpus, tc.validation_percent, tc.min_chars, tc.max_chars)
     log(f"corpus {corpus.source}: {len(corpus.train)} train / {len(corpus.validation)} validation lines")
     t5_params = None
     if init_from is not None:
         t5_cfg, t5_params = checkpoint.load_t5(init_from)
         cfg = cfg.replace(t5=t5_cfg.replace(dropout_rate=cfg.t5.dropout_rate))
-    if resuming:
+    if chief and not resuming:
+        cfg, tok, enc = _start(cfg, tc, out, init_from, corpus, log)
+    sharding.barrier("t5vae.train.prepare")  # the others read the files process 0 has written
+    if not chief or resuming:
         tok = data.Tokenizer.load(out / checkpoint.TOKENIZER_FILE)
         cfg = cfg if init_from is not None else cfg.replace(t5=cfg.t5.replace(vocab_size=tok.vocab_size))
         _check_same_config(out, cfg, tc)
-        tc.save_json(out / checkpoint.TRAIN_CONFIG_FILE)
-        return cfg, tok, corpus, t5_params
+        if chief:
+            tc.save_json(out / checkpoint.TRAIN_CONFIG_FILE)
+        enc = _encode(tok, corpus, cfg, log)
+    return cfg, tok, corpus, enc, t5_params
+
+
+def _encode(tok: data.Tokenizer, corpus, cfg: Config, log) -> data.Encoded:
+    enc = data.encode_lines(tok, corpus.train, cfg.max_length)
+    if enc.n_truncated:
+        log(f"warning: {enc.n_truncated} of {len(enc)} training lines are longer than max_length="
+            f"{cfg.max_length} tokens and were truncated")
+    return enc
+
+
+def _start(cfg: Config, tc: TrainConfig, out: Path, init_from, corpus, log):
+    """A new run's files, once its data is known to fill a batch: the incomplete mark first, config.json last ->
+    ``(cfg, tokenizer, encoded training lines)``."""
     if tc.tokenizer is not None:
         tok = data.Tokenizer.load(tc.tokenizer)
     elif init_from is not None and checkpoint.tokenizer_path(init_from) is not None:
@@ -283,11 +345,13 @@ def prepare(cfg: Config, tc: TrainConfig, out: str | os.PathLike, init_from: str
     if init_from is None and tc.tokenizer is None:
         cfg = cfg.replace(t5=cfg.t5.replace(vocab_size=tok.vocab_size))
     check_vocab(cfg, tok)
-    out.mkdir(parents=True, exist_ok=True)
+    enc = _encode(tok, corpus, cfg, log)
+    BatchStream(enc, tc.batch_size, data.length_buckets(cfg), tc.seed)  # raises if no batch fills: before any write
+    rundir.mark_incomplete(out)
     tok.save(out / checkpoint.TOKENIZER_FILE)
     tc.save_json(out / checkpoint.TRAIN_CONFIG_FILE)
-    cfg.save_json(out / checkpoint.CONFIG_FILE)  # written last: its presence marks a resumable run
-    return cfg, tok, corpus, t5_params
+    cfg.save_json(out / checkpoint.CONFIG_FILE)
+    return cfg, tok, enc
 
 
 def check_vocab(cfg: Config, tok: data.Tokenizer) -> None:
@@ -298,14 +362,17 @@ def check_vocab(cfg: Config, tok: data.Tokenizer) -> None:
 
 def run(cfg: Config, tc: TrainConfig, out: str | os.PathLike, init_from: str | None = None,
         overwrite: bool = False, log=print, mesh=None) -> tuple[dict, dict]:
-    """Train (or resume) a run in ``out``, save the final params, evaluate -> ``(params, eval results)``."""
+    """Train (or resume) a run in ``out``, save the final params, evaluate -> ``(params, eval results)``.
+
+    The run holds ``out``'s lock throughout (a second writer gets :class:`t5vae.rundir.RunDirBusy`). Ctrl-C
+    (KeyboardInterrupt) checkpoints the current step before it propagates."""
+    with rundir.claim(Path(out), chief=jax.process_index() == 0):
+        return _run(cfg, tc, Path(out), init_from, overwrite, log, mesh)
+
+
+def _run(cfg, tc, out: Path, init_from, overwrite, log, mesh):
     t_start = time.time()
-    cfg, tok, corpus, t5_params = prepare(cfg, tc, out, init_from, overwrite, log)
-    out = Path(out)
-    enc = data.encode_lines(tok, corpus.train, cfg.max_length)
-    if enc.n_truncated:
-        log(f"warning: {enc.n_truncated} of {len(enc)} training lines are longer than max_length="
-            f"{cfg.max_length} tokens and were truncated")
+    cfg, tok, corpus, enc, t5_params = prepare(cfg, tc, out, init_from, overwrite, log)
     key = jax.random.key(tc.seed)
     if mesh is None:
         params = vae.init(cfg, key) if t5_params is None else vae.from_t5(cfg, t5_params, key)
@@ -320,11 +387,10 @@ def run(cfg: Config, tc: TrainConfig, out: str | os.PathLike, init_from: str | N
         return {k: r[k] for k in evaluate.CURVE_KEYS if k in r}
 
     params, last = fit(cfg, tc, out, enc, params, log, mesh, curve if curve_lines else None)
-    final = out / checkpoint.PARAMS_DIR
-    checkpoint.save_params_replacing(final, params)
+    checkpoint.save_params_replacing(out / checkpoint.PARAMS_DIR, params)  # orbax: every process takes part
     log(f"training took {time.time() - t_start:.0f}s; evaluating on {len(corpus.validation)} held-out lines")
     results = evaluate.evaluate(params, cfg, tok, corpus.validation, pairs=tc.eval_pairs,
                                 batch_size=tc.eval_batch_size, seed=tc.seed)
     results["train_seconds"] = round(time.time() - t_start, 1)
-    log(evaluate.save(results, out))
+    log(evaluate.save(results, out) if jax.process_index() == 0 else evaluate.table(results))
     return params, results

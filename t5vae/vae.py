@@ -102,7 +102,7 @@ def generate(params: dict, cfg: Config, z_BNZ: jax.Array, max_new_tokens: int, m
     """Decode latent codes [B, N, Z] to token ids [B, max_new_tokens] (pad after EOS).
 
     ``method`` is "greedy", "sample" or "beam"; ``kwargs`` (key, temperature, top_k, top_p, num_beams,
-    length_penalty, decoder_weights of ``params["t5"]``) go to :func:`t5vae.decoding.generate`.
+    length_penalty, decoder_weights of ``params["t5"]``, vocab_limit) go to :func:`t5vae.decoding.generate`.
     """
     return decoding.generate(params["t5"], cfg.t5, latent_states(params, cfg, z_BNZ), None, max_new_tokens,
                              method=method, **kwargs)

@@ -153,3 +153,21 @@ def test_plain_and_cpu_kernels_decode_the_same_tokens(model):
     np.testing.assert_array_equal(out["plain"][1], out["cpu"][1])
     for tokens in out["plain"]:
         assert len(np.unique(tokens)) > 1  # not one constant token: the comparison can fail
+
+
+def test_ids_past_the_tokenizer_are_never_generated():
+    """T5 checkpoints have more embedding rows than tokenizer pieces (32128 vs 32100): with ``vocab_limit``
+    those rows are never produced, even when their logits are the largest."""
+    cfg = V11
+    params = tv.t5.init(cfg, jax.random.key(42))
+    limit = cfg.vocab_size - 6
+    params["lm_head"] = params["lm_head"].at[:, limit:].add(5.0)  # the unknown ids now win every step
+    ids, mask = batch(cfg)
+    kinds = [{}, {"method": "beam", "num_beams": 3}, {"method": "sample", "key": jax.random.key(1)}]
+    for kw in kinds:
+        free = np.asarray(tv.t5.generate(params, cfg, ids, mask, max_new_tokens=5, **kw))
+        assert (free >= limit).any(), kw  # the test can fail: without the limit they are generated
+        held = np.asarray(tv.t5.generate(params, cfg, ids, mask, max_new_tokens=5, vocab_limit=limit, **kw))
+        assert (held < limit).all(), kw
+    with pytest.raises(ValueError, match="vocab_limit must be an int above 2"):
+        tv.t5.generate(params, cfg, ids, mask, max_new_tokens=2, vocab_limit=0)

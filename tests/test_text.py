@@ -109,6 +109,8 @@ def test_analogy_decodes_the_arithmetic(m):
     za, zb, zc = m.encode(["x1 = f(1, y1)", "import mod3", "import mod4"])
     assert m.analogy("x1 = f(1, y1)", "import mod3", "import mod4") == m.decode(tv.analogy(za, zb, zc))[0]
     assert m.analogy(["x1 = f(1, y1)"], "import mod3", "import mod4", scale=0.0) == m.decode(za)
+    with pytest.raises(TypeError, match="b must be one string"):
+        m.analogy("x1 = f(1, y1)", b=["import mod3"], c="import mod4")
 
 
 def test_aggregate_posterior_is_fitted_lazily_stored_and_refreshed(run_dir, monkeypatch):
@@ -201,3 +203,17 @@ def test_tokenizer_vocab_larger_than_the_embedding_is_refused(run):
     small = m.cfg.replace(t5=m.cfg.t5.replace(vocab_size=m.tokenizer.vocab_size - 1))
     with pytest.raises(ValueError, match="do not match"):
         tv.Model(small, m.params, m.tokenizer)
+
+
+def test_a_tokenizer_smaller_than_the_embedding_decodes(text_cfg, text_tok):
+    """The normal case for T5 checkpoints (32100 pieces, 32128 rows): the extra rows are never decoded."""
+    from conftest import random_params
+
+    cfg = text_cfg.replace(t5=text_cfg.t5.replace(vocab_size=text_tok.vocab_size + 12, tie_word_embeddings=False))
+    params = random_params(cfg)
+    params["t5"]["lm_head"][:, text_tok.vocab_size:] += 5.0  # the rows without a piece win every step
+    m = tv.Model(cfg, params, text_tok)
+    z = m.encode(["x1 = f(1, y1)", "import mod3"])
+    assert all(isinstance(t, str) for t in m.decode(z) + m.decode(z, method="beam", num_beams=2))
+    with pytest.raises(ValueError, match=f"token id {text_tok.vocab_size} is outside this tokenizer's"):
+        text_tok.decode([5, text_tok.vocab_size])

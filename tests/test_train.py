@@ -55,6 +55,10 @@ def test_nan_loss_stops_with_last_good_checkpoint_intact(run, tmp_path, capsys):
     mngr.close()
     assert step is not None and step < 20
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state["params"]))
+    # the message names the step whose metrics were bad: the one after the last row of metrics.jsonl
+    rows = (tmp_path / "nan" / "metrics.jsonl").read_text().splitlines()
+    last_good = json.loads(rows[-1])["step"] if rows else 0
+    assert f"non-finite training metrics at step {last_good + 1}:" in err
 
 
 def test_batch_stream_is_a_pure_function_of_the_step():

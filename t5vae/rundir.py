@@ -1,0 +1,130 @@
+"""Who may write a run directory, and whether what is in it may be resumed.
+
+- **One writer.** :func:`claim` takes an exclusive OS lock (``flock``) on ``RUN/.lock`` for the whole run. The
+  lock dies with its process, so a run killed with ``kill -9`` never blocks the next one; a second writer is
+  refused, naming the directory and the holder's PID (written into the lock file). On several hosts only
+  process 0 takes it: it alone writes the run-level files.
+- **Nothing half-started is reused.** A new run writes ``RUN/.incomplete`` before its config, tokenizer and
+  train config, and removes it once its first checkpoint is committed. A directory that still has the mark
+  and no committed checkpoint is the debris of a run that failed before it could be resumed (bad data, a
+  kill, Ctrl-C): the next run clears it and starts over instead of silently reusing, say, its tokenizer.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+from t5vae import checkpoint
+
+LOCK_FILE, INCOMPLETE_FILE = ".lock", ".incomplete"
+
+
+class RunDirBusy(RuntimeError):
+    """Another live process holds the run directory's lock."""
+
+
+def check_out(out: Path) -> None:
+    """``--out`` must be a directory or not exist yet."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a directory; choose another --out")
+
+
+@contextmanager
+def claim(out: Path, chief: bool = True):
+    """Hold ``out``'s lock (creating ``out`` if needed) for the block. A directory this call created is removed
+    again if the block fails before anything but the lock and the incomplete mark was written to it."""
+    out = Path(out)
+    check_out(out)
+    if not chief:  # another host's process 0 holds the lock and writes the files
+        yield
+        return
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    fd = _lock(out)
+    try:
+        yield
+    except BaseException:
+        if created and is_new(out):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        os.close(fd)  # releases the lock; the file stays (unlinking it would race with a waiting writer)
+
+
+def _lock(out: Path) -> int:
+    path = out / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise RunDirBusy(f"{out} is in use by another t5vae run (PID {holder}); wait for it to finish, stop "
+                             f"it, or choose another --out") from None
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def committed_steps(out: Path) -> list[int]:
+    """Steps of the checkpoints orbax has committed (a save in progress lives in a ``*.orbax-checkpoint-tmp-*``
+    directory until it is renamed to its step)."""
+    ck = Path(out) / checkpoint.CHECKPOINTS_DIR
+    return sorted(int(p.name) for p in ck.iterdir() if p.name.isdigit() and p.is_dir()) if ck.is_dir() else []
+
+
+def is_incomplete(out: Path) -> bool:
+    """Marked incomplete and without a committed checkpoint: nothing in ``out`` may be reused."""
+    return (Path(out) / INCOMPLETE_FILE).exists() and not committed_steps(out)
+
+
+def mark_incomplete(out: Path) -> None:
+    (Path(out) / INCOMPLETE_FILE).write_text("this run has not reached its first checkpoint yet; the next run "
+                                             "here starts over\n")
+
+
+def mark_complete(out: Path) -> None:
+    (Path(out) / INCOMPLETE_FILE).unlink(missing_ok=True)
+
+
+def clear(out: Path) -> list[str]:
+    """Remove everything in ``out`` but its lock -> the names removed."""
+    removed = []
+    for p in sorted(Path(out).iterdir()):
+        if p.name == LOCK_FILE:
+            continue
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        removed.append(p.name)
+    return removed
+
+
+def is_new(out: Path) -> bool:
+    """Nothing in ``out`` but the lock and the incomplete mark: a directory no run has written to yet."""
+    return {p.name for p in Path(out).iterdir()} <= {LOCK_FILE, INCOMPLETE_FILE}
+
+
+def reuse_or_clear(out: Path, overwrite: bool, log) -> bool:
+    """Whether ``out`` holds a run to resume; debris of a run that never reached a checkpoint, and with
+    ``overwrite`` a whole run, are removed first. Anything that is not a t5vae run is refused."""
+    if is_incomplete(out):
+        removed = clear(out)
+        if removed != [INCOMPLETE_FILE]:
+            log(f"{out} holds a run that stopped before its first checkpoint; starting it over (removed "
+                f"{', '.join(n for n in removed if n != INCOMPLETE_FILE)})")
+        return False
+    if (out / checkpoint.CONFIG_FILE).is_file():
+        if not overwrite:
+            return True
+        log(f"--overwrite: removing the run in {out} ({', '.join(clear(out))})")
+        return False
+    if not is_new(out):
+        found = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE)
+        raise FileExistsError(f"{out} exists and is not a t5vae run directory (it holds {', '.join(found[:5])}"
+                              f"{' ...' if len(found) > 5 else ''}); choose another --out")
+    return False
