@@ -146,11 +146,30 @@ def cmd_eval(args) -> int:
     m = text.load(args.dir)
     tc = TrainConfig.load_json(Path(args.dir) / checkpoint.TRAIN_CONFIG_FILE)
     corpus = data.load_corpus(tc.corpus, tc.validation_percent, tc.min_chars, tc.max_chars)
+    lines, name = corpus.validation, "eval"
+    if args.lines:  # a held-out set: every line of another corpus that the run did not train on
+        other = data.load_corpus(args.lines, 50.0, args.min_chars, args.max_chars)
+        seen = set(corpus.train)
+        lines = [s for s in sorted(other.train + other.validation, key=_stable_hash) if s not in seen]
+        lines = lines[: args.max_lines]
+        name = "eval-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", args.lines).strip("_")
+        print(f"{args.lines}: {len(lines)} lines of {args.min_chars}-{args.max_chars} characters not in the run's "
+              f"training corpus" + (f" (at most --max-lines {args.max_lines})" if args.max_lines else ""))
+        if len(lines) < 2:
+            raise ValueError(f"{args.lines} holds fewer than 2 lines the run has not trained on")
     pairs = tc.eval_pairs if args.pairs is None else args.pairs
-    results = evaluate.evaluate(m.params, m.cfg, m.tokenizer, corpus.validation, pairs=pairs,
-                                batch_size=tc.eval_batch_size, seed=tc.seed, kind=args.kind, method=args.method)
-    print(evaluate.save(results, args.dir))
+    results = evaluate.evaluate(m.params, m.cfg, m.tokenizer, lines, pairs=pairs, batch_size=tc.eval_batch_size,
+                                seed=tc.seed, kind=args.kind, method=args.method)
+    if args.lines:
+        results["source"] = f"Held out ({args.lines}, {args.min_chars}-{args.max_chars} characters)"
+    print(evaluate.save(results, args.dir, name))
     return 0
+
+
+def _stable_hash(line: str) -> int:
+    import zlib
+
+    return zlib.crc32(line.encode("utf-8"))
 
 
 def _show(text: str) -> str:
@@ -231,6 +250,12 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--kind", default="slerp", choices=KINDS, help="interpolation path")
     e.add_argument("--method", default="greedy", choices=METHODS,
                    help="how the interpolation paths are decoded (reconstruction is always greedy; beam: 4 beams)")
+    e.add_argument("--lines", help="evaluate on another corpus instead of the run's validation split, e.g. "
+                                   "py:optax (an installed package's statements), py:DIR or a text file; lines "
+                                   "the run trained on are left out; saved as eval-<name>.md")
+    e.add_argument("--min-chars", type=_int_at_least(1), default=10, help="with --lines (default 10)")
+    e.add_argument("--max-chars", type=_int_at_least(1), default=80, help="with --lines (default 80)")
+    e.add_argument("--max-lines", type=_int_at_least(2), help="with --lines: at most this many (a fixed sample)")
     e.set_defaults(fn=cmd_eval)
     i = sub.add_parser("interpolate", help="decode the path between two lines' codes: a table of ratio, text, "
                                            "and whether it parses")

@@ -52,7 +52,26 @@ def stdlib_lines(min_chars: int = 10, max_chars: int = 40, root: str | None = No
     parses with ``ast.parse`` as one statement, has no comment or backslash, and is within the length
     bounds; deduplicated and sorted, so the result depends only on the stdlib's contents.
     """
-    root = root or sysconfig.get_paths()["stdlib"]
+    return python_lines(root or sysconfig.get_paths()["stdlib"], min_chars, max_chars)
+
+
+def package_root(name_or_dir: str) -> str:
+    """A directory, or the directory of an importable package (``optax``, ``jax``), without importing it."""
+    if Path(name_or_dir).is_dir():
+        return str(name_or_dir)
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(name_or_dir)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"py:{name_or_dir}: neither a directory nor an installed package")
+    return list(spec.submodule_search_locations)[0]
+
+
+def python_lines(root: str, min_chars: int = 10, max_chars: int = 40) -> list[str]:
+    """Single-line statements of the ``.py`` files under ``root``, chosen as :func:`stdlib_lines` chooses."""
     skip = {"site-packages", "test", "tests", "idlelib", "lib2to3", "encodings", "__pycache__", "turtledemo"}
     found = set()
     for dirpath, dirnames, filenames in os.walk(root):

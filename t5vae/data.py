@@ -87,12 +87,16 @@ def _train_spm(spm, lines, out, vocab_size):
 
 def load_corpus(spec: str | None = None, validation_percent: float = 2.0, min_chars: int = 10,
                 max_chars: int = 40) -> corpus.Corpus:
-    """``None``/"stdlib": the embedded corpus; "tfds:NAME[/CONFIG][:VERSION][:FIELD]": a TFDS dataset read
+    """``None``/"stdlib": the embedded corpus; "py:PACKAGE_OR_DIR": the statements of other Python code chosen
+    the same way (``py:optax``, ``py:/path/to/src``); "tfds:NAME[/CONFIG][:VERSION][:FIELD]": a TFDS dataset read
     TF-free (``tfds:python_statements`` is the embedded corpus as a TFDS builder, the same split; a catalog
     dataset must be prepared as array_record in ``$TFDS_DATA_DIR``, see ``tfds_data``); otherwise a
     comma-separated list of text files."""
     if spec in (None, "", "stdlib"):
         return corpus.Corpus.from_lines(corpus.stdlib_lines(min_chars, max_chars), "stdlib", validation_percent)
+    if spec.startswith("py:"):  # the statements of another Python tree: a directory or an installed package
+        lines = corpus.python_lines(corpus.package_root(spec[3:]), min_chars, max_chars)
+        return corpus.Corpus.from_lines(lines, spec, validation_percent)
     if spec.startswith("tfds:"):
         from t5vae import tfds_data  # optional: raises an ImportError naming the pip install when TFDS is missing
 

@@ -78,12 +78,16 @@ def evaluate(params, cfg: Config, tok: data.Tokenizer, lines: Sequence[str], *, 
     enc = data.encode_lines(tok, lines, cfg.max_length)
     z = encode_lines(params, cfg, enc, batch_size)
     toks = decode_codes(params, cfg, z, batch_size, vocab_limit=tok.vocab_size)
-    n_tok = n_ok = n_exact = 0
-    for target, got in zip(enc.ids, toks):
+    n_tok = n_ok = 0
+    exact = np.zeros(len(lines), bool)
+    for i, (target, got) in enumerate(zip(enc.ids, toks)):
         got = got[: len(target)]
         n_tok += len(target)
         n_ok += int(np.sum(got == target[: len(got)]))
-        n_exact += int(len(got) == len(target) and np.array_equal(got, target))
+        exact[i] = len(got) == len(target) and np.array_equal(got, target)
+    if enc.n_truncated:  # a line cut to max_length tokens is never reconstructed exactly
+        exact &= np.array([len(tok.encode(s)) <= cfg.max_length for s in lines])
+    n_exact = int(exact.sum())
     flat = z.reshape(-1, cfg.latent_size)
     rng = np.random.default_rng(seed)
     sub = flat[rng.permutation(len(flat))[:2048]]
@@ -93,6 +97,9 @@ def evaluate(params, cfg: Config, tok: data.Tokenizer, lines: Sequence[str], *, 
     results = {"n_lines": len(lines), "n_truncated": enc.n_truncated,
                "recon_token_acc": n_ok / max(n_tok, 1), "recon_exact_match": n_exact / max(len(lines), 1),
                "heldout_mmd": held_mmd, "active_units": int(np.sum(unit_var > 0.01)), "latent_units": unit_var.size}
+    results.update(exact_by_length(lines, exact))
+    results.update(mutual_information(z, cfg.latent_noise or MI_SIGMA, seed))
+    results.update(linear_probe(lines, z, seed))
     results.update(interpolation_quality(params, cfg, tok, lines, z, pairs, batch_size, rng, steps, kind, method))
     return results
 
@@ -117,6 +124,73 @@ def interpolation_quality(params, cfg: Config, tok, lines, z, pairs, batch_size,
             "example": [lines[a]] + list(texts[0]) + [lines[b]]}
 
 
+# -- latent diagnostics ------------------------------------------------------------------------------
+
+LENGTH_BUCKETS = ((0, 40), (41, 60), (61, 80), (81, None))  # characters, for exact match by length
+MI_SIGMA = 0.1  # the posterior's std for the MI estimate when the model adds no latent noise
+
+
+def exact_by_length(lines: Sequence[str], exact: np.ndarray) -> dict:
+    """Exact-match reconstruction per line-length bucket (characters): ``recon_exact_len_41_60`` etc."""
+    n = np.array([len(s) for s in lines])
+    out = {}
+    for lo, hi in LENGTH_BUCKETS:
+        sel = (n >= lo) & (n <= (hi if hi is not None else n.max(initial=0)))
+        if sel.any():
+            name = f"recon_exact_len_{lo}_{hi}" if hi is not None else f"recon_exact_len_{lo}_up"
+            out[name], out[name.replace("recon_exact", "n")] = float(exact[sel].mean()), int(sel.sum())
+    return out
+
+
+def mutual_information(z: np.ndarray, sigma: float, seed: int = 0, max_lines: int = 2048) -> dict:
+    """I(x; z) as Optimus estimates it, E[log q(z|x)] - E[log q(z)], with q(z|x) = N(code(x), sigma^2 I) and
+    q(z) the mixture of the lines' posteriors; one noisy draw per line. The encoder itself is deterministic,
+    so ``sigma`` (the model's latent_noise, else MI_SIGMA) sets the scale; the estimate is at most log(n):
+    near it, the lines' codes stay apart at that noise; near 0, the codes have collapsed together."""
+    x = z.reshape(len(z), -1)[:max_lines].astype(np.float64)
+    if len(x) < 2:
+        return {}
+    noisy = x + sigma * np.random.default_rng(seed).standard_normal(x.shape)
+    d2 = (noisy ** 2).sum(1)[:, None] + (x ** 2).sum(1)[None, :] - 2 * noisy @ x.T  # [n, n] squared distances
+    log_q = -0.5 * np.maximum(d2, 0) / sigma ** 2  # log N(noisy_i; x_j, sigma^2) up to a shared constant
+    log_marginal = np.logaddexp.reduce(log_q, axis=1) - np.log(len(x))
+    return {"mutual_info": float(np.mean(np.diag(log_q) - log_marginal)), "mutual_info_max": float(np.log(len(x))),
+            "mutual_info_sigma": float(sigma)}
+
+
+def statement_kind(line: str) -> str:
+    """The kind of a line's first statement, as ``ast`` names it (Assign, Return, Import, Expr, ...)."""
+    tree = corpus.parse_quietly(line)
+    return type(tree.body[0]).__name__ if tree is not None and tree.body else "unparsed"
+
+
+def linear_probe(lines: Sequence[str], z: np.ndarray, seed: int = 0, steps: int = 300, l2: float = 1e-3) -> dict:
+    """Accuracy of a logistic-regression classifier (softmax, numpy, full-batch gradient descent) that
+    predicts a line's statement kind from its code, trained on half the lines and tested on the other half,
+    against the majority baseline (the most common kind of the training half)."""
+    kinds = np.array([statement_kind(s) for s in lines])
+    if len(lines) < 20 or len(set(kinds)) < 2:
+        return {}
+    test = np.random.default_rng(seed).permutation(len(lines))[: len(lines) // 2]
+    is_test = np.zeros(len(lines), bool)
+    is_test[test] = True
+    classes, y = np.unique(kinds, return_inverse=True)
+    x = z.reshape(len(z), -1).astype(np.float64)
+    x = (x - x[~is_test].mean(0)) / (x[~is_test].std(0) + 1e-6)
+    x = np.concatenate([x, np.ones((len(x), 1))], axis=1)
+    w = np.zeros((x.shape[1], len(classes)))
+    onehot = np.eye(len(classes))[y[~is_test]]
+    xt = x[~is_test]
+    for _ in range(steps):
+        logits = xt @ w
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        w -= 0.5 * (xt.T @ (p - onehot) / len(xt) + l2 * w)
+    majority = np.bincount(y[~is_test], minlength=len(classes)).argmax()
+    return {"probe_accuracy": float(np.mean((x[is_test] @ w).argmax(1) == y[is_test])),
+            "probe_majority": float(np.mean(y[is_test] == majority)), "probe_classes": int(len(classes))}
+
+
 # What the learning curve records (t5vae.train.fit's ``curve``).
 CURVE_KEYS = ("recon_token_acc", "recon_exact_match", "interp_valid", "interp_distinct", "heldout_mmd")
 
@@ -124,6 +198,8 @@ ROWS = [("recon_token_acc", "greedy reconstruction token accuracy", "{:.3f}"),
         ("recon_exact_match", "greedy reconstruction exact match", "{:.3f}"),
         ("heldout_mmd", "held-out MMD (unbiased)", "{:.4f}"),
         ("active_units", "active latent units (var > 0.01)", "{}"),
+        ("mutual_info", "mutual information I(x; z), nats (Optimus's estimate)", "{:.2f}"),
+        ("probe_accuracy", "linear probe: statement kind from the code, accuracy", "{:.3f}"),
         ("interp_valid", "interpolation: interior points that parse", "{:.3f}"),
         ("interp_distinct", "interpolation: interior points distinct from both ends", "{:.3f}"),
         ("interp_valid_and_distinct", "interpolation: valid and distinct", "{:.3f}")]
@@ -132,7 +208,7 @@ ROWS = [("recon_token_acc", "greedy reconstruction token accuracy", "{:.3f}"),
 def table(results: dict) -> str:
     """A Markdown table of the results."""
     how = f" ({results['interp_kind']}, {results['interp_method']})" if "interp_kind" in results else ""
-    lines = [f"Validation: {results['n_lines']} lines ({results['n_truncated']} truncated), "
+    lines = [f"{results.get('source', 'Validation')}: {results['n_lines']} lines ({results['n_truncated']} truncated), "
              f"{results.get('interp_pairs', 0)} interpolation pairs x 9 interior points{how}", "",
              "| metric | value |", "|---|---|"]
     for key, name, fmt in ROWS:
@@ -140,16 +216,25 @@ def table(results: dict) -> str:
             val = fmt.format(results[key])
             if key == "active_units":
                 val += f" / {results['latent_units']}"
+            if key == "mutual_info":
+                val += f" (at most {results['mutual_info_max']:.2f}; posterior std {results['mutual_info_sigma']:g})"
+            if key == "probe_accuracy":
+                val += f" (majority baseline {results['probe_majority']:.3f}, {results['probe_classes']} kinds)"
             lines.append(f"| {name} | {val} |")
+    buckets = [(k, k.replace("recon_exact_len_", "").replace("_up", "+").replace("_", "-")) for k in results
+               if k.startswith("recon_exact_len_")]
+    if buckets:
+        lines += ["", "Exact match by line length (characters):", "", "| length | lines | exact match |", "|---|---|---|"]
+        lines += [f"| {name} | {results[k.replace('recon_exact', 'n')]} | {results[k]:.3f} |" for k, name in buckets]
     if "example" in results:
         lines += ["", "Example interpolation:", ""] + [f"    {s}" for s in results["example"]]
     return "\n".join(lines) + "\n"
 
 
-def save(results: dict, run_dir: str | Path) -> str:
-    """Write eval.json and eval.md into the run directory; returns the table."""
+def save(results: dict, run_dir: str | Path, name: str = "eval") -> str:
+    """Write NAME.json and NAME.md into the run directory; returns the table."""
     run_dir = Path(run_dir)
     text = table(results)
-    (run_dir / "eval.md").write_text(text)
-    (run_dir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
+    (run_dir / f"{name}.md").write_text(text)
+    (run_dir / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     return text

@@ -40,6 +40,42 @@ class TensorBoard:
         self._writer.close()
 
 
+class StepBar:
+    """The training progress bar, counting steps, whose total is the step the run will actually stop at: with
+    a time budget (``max_minutes``) that is, once the pace is known, the smaller of ``steps`` and the steps
+    that fit in the budget left at the current rate, so the bar ends at 100 % when the run ends and its
+    "remaining" is the budget's, not the time ``steps`` would take."""
+
+    def __init__(self, steps: int, initial: int, max_minutes: float | None, t0: float):
+        from tqdm.auto import tqdm
+
+        self.steps, self.budget, self.t0 = steps, None if max_minutes is None else 60 * max_minutes, t0
+        self._bar = tqdm(total=steps, initial=initial, desc="train", dynamic_ncols=True)
+        self.write, self.set_postfix = self._bar.write, self._bar.set_postfix
+
+    def update(self, step: int) -> None:
+        """Step ``step`` is done."""
+        rate = self._bar.format_dict.get("rate")  # tqdm's smoothed steps/s
+        if self.budget is not None and rate and step % 10 == 0:
+            left = self.budget - (time.time() - self.t0)
+            end = min(self.steps, step + max(0, int(rate * left)))
+            if end != self._bar.total:
+                self._bar.total = max(end, step)
+                self._bar.set_description("train" if end == self.steps else
+                                          f"train ({self.budget / 60:g} min budget)", refresh=False)
+        self._bar.update(1)
+
+    @property
+    def total(self) -> int:
+        return self._bar.total
+
+    def close(self) -> None:
+        if self.budget is not None and time.time() - self.t0 >= self.budget:  # stopped by the budget: done
+            self._bar.total = self._bar.n
+            self._bar.refresh()
+        self._bar.close()
+
+
 def resume_logs(run_dir: Path, step: int, write: bool) -> float:
     """The training time recorded at the restored ``step`` in metrics.jsonl (so a resumed run's time budget
     continues rather than starting over); with ``write``, the rows past it are dropped from metrics.jsonl

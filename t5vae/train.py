@@ -17,7 +17,7 @@ import optax
 
 from t5vae import checkpoint, data, evaluate, rundir, sharding, vae
 from t5vae.config import Config, TrainConfig
-from t5vae.runlog import CURVE_FILE, METRICS_FILE, TensorBoard, resume_logs
+from t5vae.runlog import CURVE_FILE, METRICS_FILE, StepBar, TensorBoard, resume_logs
 
 # Settings that may change when a run is resumed; any other difference is an error.
 RESUMABLE = ("steps", "checkpoint_every", "keep_checkpoints", "log_every", "progress", "max_minutes",
@@ -155,15 +155,11 @@ def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: dat
     lr_at = schedule(tc)
     stream = BatchStream(enc_train, tc.batch_size, data.length_buckets(cfg), tc.seed)
     key = jax.random.key(tc.seed, impl="unsafe_rbg")  # fast counter-based PRNG for dropout and prior samples
-    bar = None
-    if tc.progress and chief:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=tc.steps, initial=step, desc="train", dynamic_ncols=True)
     elapsed = resume_logs(run_dir, step, write=chief) if restored is not None else 0.0
     if elapsed:
         log(f"{elapsed / 60:.1f} min of training time already used before the resume")
     t0, last = time.time() - elapsed, {}
+    bar = StepBar(tc.steps, step, tc.max_minutes, t0) if tc.progress and chief else None
 
     def progress(step: int) -> int:
         """The schedule's position: the step, or further along when the time budget is being used faster."""
@@ -208,7 +204,7 @@ def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: dat
                 bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("loss", "ce", "mmd", "w", "token_acc", "seq_acc")},
                                 refresh=False)
         if bar is not None:
-            bar.update(1)
+            bar.update(n)
         return metrics
 
     incomplete = chief and (run_dir / rundir.INCOMPLETE_FILE).exists()

@@ -52,3 +52,33 @@ def test_table_and_files(tmp_path):
     assert evaluate.save(results, tmp_path) == text
     assert (tmp_path / "eval.md").read_text() == text
     assert json.loads((tmp_path / "eval.json").read_text()) == results
+
+
+def test_exact_match_by_length_bucket():
+    lines = ["x" * 10, "y" * 40, "z" * 41, "w" * 75, "v" * 90]
+    got = evaluate.exact_by_length(lines, np.array([True, False, True, False, True]))
+    assert got == {"recon_exact_len_0_40": 0.5, "n_len_0_40": 2, "recon_exact_len_41_60": 1.0, "n_len_41_60": 1,
+                   "recon_exact_len_61_80": 0.0, "n_len_61_80": 1, "recon_exact_len_81_up": 1.0, "n_len_81_up": 1}
+
+
+def test_mutual_information_tells_collapse_from_separated_codes():
+    rng = np.random.default_rng(0)
+    apart = rng.uniform(-1, 1, (200, 4, 8)).astype(np.float32)
+    collapsed = np.zeros_like(apart) + rng.normal(0, 1e-3, apart.shape).astype(np.float32)
+    hi, lo = evaluate.mutual_information(apart, 0.1), evaluate.mutual_information(collapsed, 0.1)
+    assert hi["mutual_info_max"] == pytest.approx(np.log(200))
+    assert hi["mutual_info"] > 0.95 * np.log(200) and abs(lo["mutual_info"]) < 0.05
+
+
+def test_linear_probe_reads_a_kind_written_into_the_codes():
+    rng = np.random.default_rng(1)
+    lines = [f"x{i} = {i}" for i in range(60)] + [f"return y{i}" for i in range(40)] + [f"import m{i}" for i in range(20)]
+    kinds = np.array([0] * 60 + [1] * 40 + [2] * 20)
+    noise = rng.normal(0, 1, (120, 2, 8))
+    coded = noise.copy()
+    coded[:, 0, :3] += 3 * np.eye(3)[kinds]  # the kind, linearly readable
+    got = evaluate.linear_probe(lines, coded)
+    assert got["probe_classes"] == 3 and got["probe_accuracy"] > 0.85 > 0.7 > got["probe_majority"]
+    blind = evaluate.linear_probe(lines, noise)
+    assert blind["probe_accuracy"] < 0.8  # noise carries no kind: near the majority baseline, not above the coded one
+    assert evaluate.statement_kind("return x") == "Return" and evaluate.statement_kind("x = (") == "unparsed"

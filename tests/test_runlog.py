@@ -50,3 +50,24 @@ def test_tensorboard_is_optional(tmp_path, monkeypatch):
     tb.write(1, {"loss": np.float32(2.5)})
     tb.close()
     assert any((tmp_path / "tensorboard").iterdir())
+
+
+def test_the_step_bar_ends_where_the_time_budget_ends():
+    """With a budget that stops the run long before ``steps``, the bar's total becomes the steps that fit
+    (its "remaining" is the budget's); without one it stays ``steps``."""
+    import time
+
+    from t5vae.runlog import StepBar
+
+    budgeted = StepBar(100_000, 0, 0.02, time.time())  # 1.2 s of budget at ~200 steps/s: a few hundred steps
+    free = StepBar(100_000, 0, None, time.time())
+    for step in range(1, 101):
+        time.sleep(0.005)
+        budgeted.update(step)
+        free.update(step)
+    assert 100 <= budgeted.total < 2_000 and "min budget" in budgeted._bar.desc
+    assert free.total == 100_000
+    time.sleep(1.3)
+    budgeted.close()
+    assert budgeted.total == 100  # stopped by the budget: the bar reads 100 %
+    free.close()
