@@ -141,3 +141,15 @@ def _parses(s):
         return True
     except (SyntaxError, ValueError):
         return False
+
+
+def test_eval_on_held_out_lines_leaves_the_training_lines_out(run, tmp_path):
+    held = tmp_path / "held.txt"
+    train_line = run["corpus"].read_text().splitlines()[0]
+    held.write_text("\n".join([train_line] + [f"value_{i} = compute({i})" for i in range(12)]) + "\n")
+    rc, out, err = _cli(["eval", str(run["out"]), "--lines", str(held), "--pairs", "2"])
+    assert rc == 0, err
+    assert "12 lines of 10-80 characters not in the run's training corpus" in out
+    saved = json.loads(next(run["out"].glob("eval-*held.txt.json")).read_text())
+    assert saved["n_lines"] == 12 and saved["n_len_0_40"] == 12 and "probe_accuracy" not in saved  # < 20 lines
+    assert "Exact match by line length" in out and (run["out"] / "eval.md").read_text() != out
