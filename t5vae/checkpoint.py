@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -42,11 +43,9 @@ def atomic_directory(out: str | os.PathLike, overwrite: bool = False):
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; choose another output or pass overwrite=True (--overwrite)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()  # not mkdtemp, whose 0700 the finished directory would keep: mkdir applies the umask
     try:
-        mask = os.umask(0)
-        os.umask(mask)
-        tmp.chmod(0o777 & ~mask)  # mkdtemp makes it 0700; the finished directory gets the usual permissions
         yield tmp
         _swap_into_place(tmp, out)
     finally:

@@ -110,25 +110,29 @@ def load_corpus(spec: str | None = None, validation_percent: float = 2.0, min_ch
 
 @dataclasses.dataclass
 class Encoded:
-    """Tokenized lines (each ends in EOS, at most ``max_length`` ids) and how many were truncated."""
+    """Tokenized lines (each ends in EOS, at most ``max_length`` ids) and which of them were truncated."""
 
     ids: list[np.ndarray]
-    n_truncated: int
+    truncated: np.ndarray  # bool [n]: the line was longer than max_length and cut
 
     def __len__(self):
         return len(self.ids)
 
+    @property
+    def n_truncated(self) -> int:
+        return int(np.sum(self.truncated))
+
 
 def encode_lines(tok: Tokenizer, lines: Sequence[str], max_length: int) -> Encoded:
     """Tokenize; lines longer than ``max_length`` (EOS included) are cut to it, keeping EOS, and counted."""
-    out, n_trunc = [], 0
+    out, cut = [], []
     for ids in tok.sp.encode(list(lines)):
         ids = ids + [EOS]
-        if len(ids) > max_length:
+        cut.append(len(ids) > max_length)
+        if cut[-1]:
             ids = ids[: max_length - 1] + [EOS]
-            n_trunc += 1
         out.append(np.asarray(ids, np.int32))
-    return Encoded(out, n_trunc)
+    return Encoded(out, np.array(cut, bool))
 
 
 # Bucket lengths as fractions of max_length: 8 shapes (8 compiles of the train step), denser where the

@@ -89,6 +89,11 @@ def _filter_logits(logits_BV: jax.Array, temperature, top_k: int, top_p) -> jax.
     return jnp.where(logits < cutoff, -jnp.inf, logits)
 
 
+def effective_vocab_limit(vocab_limit: int | None, vocab_size: int) -> int | None:
+    """``vocab_limit``, or None when it masks nothing (so callers compile one loop either way)."""
+    return None if vocab_limit is None or vocab_limit >= vocab_size else vocab_limit
+
+
 def _known_only(logits_BV: jax.Array, vocab_limit: int | None) -> jax.Array:
     """Logits of ids at or past ``vocab_limit`` (embedding rows the tokenizer has no piece for) set to -inf."""
     if vocab_limit is None or vocab_limit >= logits_BV.shape[-1]:
@@ -199,8 +204,7 @@ def generate(params: dict | DecoderWeights, cfg: T5Config, encoder_states: jax.A
     if encoder_mask is not None and tuple(encoder_mask.shape) != tuple(encoder_states.shape[:2]):
         raise ValueError(f"encoder_mask shape {tuple(encoder_mask.shape)} does not match encoder_states "
                          f"{tuple(encoder_states.shape[:2])}")
-    if vocab_limit is not None and vocab_limit >= cfg.vocab_size:
-        vocab_limit = None  # nothing to mask: one compiled loop either way
+    vocab_limit = effective_vocab_limit(vocab_limit, cfg.vocab_size)
     w = params if decoder_weights is None else decoder_weights
     if isinstance(w, DecoderWeights) or kernels.ops(cfg).decoder_layout:
         w = kernels.check_decoder_weights(kernels.decoder_weights(w, cfg), cfg)

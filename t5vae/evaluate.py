@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5vae import bottleneck, corpus, data, latent, vae
+from t5vae import bottleneck, corpus, data, decoding, latent, vae
 from t5vae.config import Config
 
 
@@ -49,8 +49,7 @@ def decode_codes(params, cfg: Config, z: np.ndarray, batch_size: int, method: st
     if method not in DECODERS:
         raise ValueError(f"method must be one of {DECODERS}, got {method!r}")
     decode = _greedy if method == "greedy" else partial(_beam, num_beams=4)
-    if vocab_limit is not None and vocab_limit >= cfg.t5.vocab_size:
-        vocab_limit = None  # nothing to mask: one compiled loop either way
+    vocab_limit = decoding.effective_vocab_limit(vocab_limit, cfg.t5.vocab_size)  # one compile when it masks nothing
     out = np.zeros((len(z), cfg.max_length), np.int32)
     for s, padded, n in padded_batches(z, batch_size):
         out[s: s + n] = np.asarray(decode(params, cfg, jnp.asarray(padded), cfg.max_length, vocab_limit))[:n]
@@ -85,8 +84,7 @@ def evaluate(params, cfg: Config, tok: data.Tokenizer, lines: Sequence[str], *, 
         n_tok += len(target)
         n_ok += int(np.sum(got == target[: len(got)]))
         exact[i] = len(got) == len(target) and np.array_equal(got, target)
-    if enc.n_truncated:  # a line cut to max_length tokens is never reconstructed exactly
-        exact &= np.array([len(tok.encode(s)) <= cfg.max_length for s in lines])
+    exact &= ~enc.truncated  # a line cut to max_length tokens is never reconstructed exactly
     n_exact = int(exact.sum())
     flat = z.reshape(-1, cfg.latent_size)
     rng = np.random.default_rng(seed)

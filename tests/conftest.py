@@ -107,6 +107,24 @@ TINY_FLAGS = ["--t5-d-model", "32", "--t5-d-kv", "8", "--t5-d-ff", "64", "--t5-n
 LONG = "very_long_name = " + " + ".join(f"term_{i}" for i in range(30))
 
 
+def run_cli(argv):
+    """(exit status, stdout, stderr) of ``t5vae ARGV`` run in this process. A SystemExit gives its status:
+    argparse's usage errors 2, a refused setting (``SystemExit("error: ...")``) 1 with its message on stderr."""
+    import contextlib
+    import io
+
+    from t5vae import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = cli.main(argv)
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else 1
+            err.write("" if isinstance(e.code, int) else str(e.code))
+    return rc, out.getvalue(), err.getvalue()
+
+
 def write_train_corpus(path):
     lines = [f"x{i} = f({i}, y{i % 7})" for i in range(40)] + [f"import mod{i}" for i in range(20)]
     lines += ["return self.value", "\tz = 'tab\there'", "é = ['@', 1]", LONG]

@@ -1,14 +1,13 @@
 """The ``t5vae`` command (t5vae.cli): train writes a complete run directory, eval / info / interpolate /
 sample print their tables, bad corpora fail before anything is written, --config files and flags."""
 import ast
-import contextlib
-import io
 import json
 import shutil
 
 import pytest
 
 import t5vae as tv
+from conftest import run_cli
 from t5vae import cli, data, evaluate, latent, runlog
 
 
@@ -88,19 +87,10 @@ def run_dir(text_run_dir):
     return text_run_dir
 
 
-def _cli(argv):
-    """(exit status, stdout, stderr) of the command; a usage error (argparse's SystemExit) is status 2."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = cli.main(argv)
-        except SystemExit as e:
-            rc = e.code
-    return rc, out.getvalue(), err.getvalue()
 
 
 def test_cli_interpolate_prints_ratio_text_valid(run_dir):
-    rc, out, _ = _cli(["interpolate", str(run_dir), "x1 = f(1, y1)", "import mod3", "--steps", "4"])
+    rc, out, _ = run_cli(["interpolate", str(run_dir), "x1 = f(1, y1)", "import mod3", "--steps", "4"])
     assert rc == 0
     lines = out.splitlines()
     assert lines[0].split() == ["ratio", "text", "valid"] and len(lines) == 6
@@ -111,27 +101,27 @@ def test_cli_interpolate_prints_ratio_text_valid(run_dir):
         valid = "yes" if _parses(text) else "no"
         assert row.rstrip().endswith(valid) and cli._show(text).strip() in row
     assert lines[5] == f"{sum(_parses(t) for t in texts)} of 4 parse with ast.parse"
-    rc, out, _ = _cli(["interpolate", str(run_dir), "x1 = f(1, y1)", "import mod3", "--steps", "3", "--method", "beam"])
+    rc, out, _ = run_cli(["interpolate", str(run_dir), "x1 = f(1, y1)", "import mod3", "--steps", "3", "--method", "beam"])
     beam = tv.load(run_dir).interpolate("x1 = f(1, y1)", "import mod3", 3, method="beam", num_beams=4)
     assert rc == 0 and [cli._show(t).strip() in row for t, row in zip(beam, out.splitlines()[1:4])] == [True] * 3
-    rc, _, err = _cli(["interpolate", str(run_dir), "x = 1", "y = 2", "--steps", "1"])
+    rc, _, err = run_cli(["interpolate", str(run_dir), "x = 1", "y = 2", "--steps", "1"])
     assert rc == 2 and "argument --steps: must be at least 2, got 1" in err
-    rc, _, err = _cli(["interpolate", str(run_dir), "", "y = 2"])
+    rc, _, err = run_cli(["interpolate", str(run_dir), "", "y = 2"])
     assert rc == 1 and "a is empty" in err
 
 
 def test_cli_sample_prints_a_table(run_dir):
-    rc, out, _ = _cli(["sample", str(run_dir), "-n", "4", "--prior", "tanh", "--seed", "2"])
+    rc, out, _ = run_cli(["sample", str(run_dir), "-n", "4", "--prior", "tanh", "--seed", "2"])
     assert rc == 0
     lines = out.splitlines()
     assert lines[0].split() == ["#", "text", "valid"] and len(lines) == 6
     assert [r.split()[0] for r in lines[1:5]] == ["0", "1", "2", "3"]
     texts = tv.load(run_dir).sample(4, prior="tanh", seed=2)
     assert lines[5] == f"{sum(_parses(t) for t in texts)} of 4 parse with ast.parse"
-    rc, _, err = _cli(["sample", str(run_dir), "-n", "2", "--max-new-tokens", "0"])
+    rc, _, err = run_cli(["sample", str(run_dir), "-n", "2", "--max-new-tokens", "0"])
     assert rc == 2 and "argument --max-new-tokens: must be at least 1, got 0" in err
     for flag, value in (("--seed", "-1"), ("-n", "0")):  # each refused before the model is loaded, naming the flag
-        rc, _, err = _cli(["sample", str(run_dir), flag, value])
+        rc, _, err = run_cli(["sample", str(run_dir), flag, value])
         assert rc == 2 and f"argument {flag}: must be at least" in err
 
 
@@ -147,7 +137,7 @@ def test_eval_on_held_out_lines_leaves_the_training_lines_out(run, tmp_path):
     held = tmp_path / "held.txt"
     train_line = run["corpus"].read_text().splitlines()[0]
     held.write_text("\n".join([train_line] + [f"value_{i} = compute({i})" for i in range(12)]) + "\n")
-    rc, out, err = _cli(["eval", str(run["out"]), "--lines", str(held), "--pairs", "2"])
+    rc, out, err = run_cli(["eval", str(run["out"]), "--lines", str(held), "--pairs", "2"])
     assert rc == 0, err
     assert "12 lines of 10-80 characters not in the run's training corpus" in out
     saved = json.loads(next(run["out"].glob("eval-*held.txt.json")).read_text())

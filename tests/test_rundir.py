@@ -2,8 +2,6 @@
 writer at a time, nothing half-started reused, damaged checkpoints skipped, bad settings refused before
 anything is written, Ctrl-C saved and exit 130. Each test uses the real failure: a second live process, a
 kill -9, truncated checkpoint files, a SIGINT."""
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -15,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_FLAGS
+from conftest import TINY_FLAGS, run_cli
 from t5vae import checkpoint, cli, data, rundir
 
 HOLD = """import sys, time
@@ -27,16 +25,6 @@ with rundir.claim(Path(sys.argv[1])):
 """
 
 
-def _cli(argv):
-    """(status, stdout, stderr); a SystemExit (argparse, or a refused setting) gives its code and message."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = cli.main(argv)
-        except SystemExit as e:
-            rc = e.code if isinstance(e.code, int) else 1
-            err.write(str(e.code) if not isinstance(e.code, int) else "")
-    return rc, out.getvalue(), err.getvalue()
 
 
 def _listing(d: Path) -> dict:
@@ -56,7 +44,7 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_one_does_not_
     holder = _holder(out)
     try:
         argv = [{str(run["out"]): str(out), "6": "8"}.get(a, a) for a in run["argv"]]
-        rc, _, err = _cli(argv)
+        rc, _, err = run_cli(argv)
         assert rc == 1 and f"{out} is in use by another t5vae run (PID {holder.pid})" in err
         assert _listing(out) == {**before, rundir.LOCK_FILE: (out / rundir.LOCK_FILE).stat().st_size}
     finally:
@@ -74,7 +62,7 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing_reused(run,
     one_line.write_text("x = 1\n")
     out = tmp_path / "run"
     argv = [{str(run["out"]): str(out), str(run["corpus"]): str(one_line)}.get(a, a) for a in run["argv"]]
-    rc, _, err = _cli(argv)
+    rc, _, err = run_cli(argv)
     assert rc == 1 and "does not fill one batch" in err
     assert not out.exists()  # the directory it created is gone again
     # the debris a kill -9 leaves before the first checkpoint: the mark, a tokenizer, the configs
@@ -84,7 +72,7 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing_reused(run,
     small.save(out / checkpoint.TOKENIZER_FILE)
     argv[argv.index(str(one_line))] = str(run["corpus"])
     argv[argv.index("6")] = "2"
-    rc, stdout, err = _cli(argv)
+    rc, stdout, err = run_cli(argv)
     assert rc == 0, err
     assert "stopped before its first checkpoint; starting it over" in stdout
     trained = data.Tokenizer.load(run["out"] / checkpoint.TOKENIZER_FILE).vocab_size
@@ -105,7 +93,7 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_older_one_resumed(run,
     assert rundir.committed_steps(out) == [3, 6]
     _truncate_data(out / checkpoint.CHECKPOINTS_DIR / "6")
     argv = [{str(run["out"]): str(out), "6": "7"}.get(a, a) for a in run["argv"]]
-    rc, stdout, err = _cli(argv)
+    rc, stdout, err = run_cli(argv)
     assert rc == 0, err
     assert f"warning: checkpoint {out / 'checkpoints' / '6'} cannot be restored" in stdout
     assert f"moved it to {out / 'checkpoints-damaged' / '6'}" in stdout
@@ -116,7 +104,7 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_older_one_resumed(run,
     for s in rundir.committed_steps(out):
         _truncate_data(out / checkpoint.CHECKPOINTS_DIR / str(s))
     argv = [{"7": "9"}.get(a, a) for a in argv]
-    rc, _, err = _cli(argv)
+    rc, _, err = run_cli(argv)
     assert rc == 1 and "no checkpoint in" in err and "could be restored; tried:" in err
     assert err.count(str(out / "checkpoints")) >= 3  # the directory and both checkpoints tried
 
@@ -149,7 +137,7 @@ def test_a_config_mismatch_is_not_taken_for_damage(run, tmp_path):
     ("--t5-d-model", "0", "--t5-d-model must be a positive int, got 0"),
 ])
 def test_bad_settings_are_refused_naming_the_flag_before_anything_is_written(tmp_path, flag, value, message):
-    rc, _, err = _cli(["train", "--out", str(tmp_path / "run"), flag, value])
+    rc, _, err = run_cli(["train", "--out", str(tmp_path / "run"), flag, value])
     assert rc == 1 and message in err, err
     assert not (tmp_path / "run").exists()
 
@@ -158,7 +146,7 @@ def test_out_naming_a_file_is_refused_and_the_file_kept(tmp_path):
     f = tmp_path / "notes.txt"
     f.write_text("mine")
     for extra in ([], ["--overwrite"]):
-        rc, _, err = _cli(["train", "--out", str(f), "--steps", "2", *extra])
+        rc, _, err = run_cli(["train", "--out", str(f), "--steps", "2", *extra])
         assert rc == 1 and f"--out {f} is a file, not a directory" in err
     assert f.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
@@ -167,13 +155,13 @@ def test_overwrite_replaces_a_run_but_never_a_foreign_directory(tmp_path):
     d = tmp_path / "mine"
     d.mkdir()
     (d / "thesis.tex").write_text("years of work")
-    rc, _, err = _cli(["train", "--out", str(d), "--overwrite", "--steps", "2"])
+    rc, _, err = run_cli(["train", "--out", str(d), "--overwrite", "--steps", "2"])
     assert rc == 1 and "is not a t5vae run directory (it holds thesis.tex)" in err
     assert (d / "thesis.tex").read_text() == "years of work"
 
 
 def test_eval_pairs_must_not_be_negative(run):
-    rc, _, err = _cli(["eval", str(run["out"]), "--pairs", "-1"])
+    rc, _, err = run_cli(["eval", str(run["out"]), "--pairs", "-1"])
     assert rc == 2 and "argument --pairs: must be at least 0, got -1" in err
 
 
@@ -185,6 +173,12 @@ def test_remat_none_is_a_value_and_one_step_has_a_schedule():
     cfg, tc = cli.build_configs(args)
     assert cfg.t5.remat == "none" and tc.steps == 1
     assert float(train.schedule(TrainConfig(steps=1))(0)) == 0.0  # warmup from 0, then one step
+
+
+def _long_run_argv(run, out: Path, checkpoint_every: int) -> list[str]:
+    """A tiny training of 100000 steps (it is stopped, never finished) on the shared run's corpus."""
+    return ["train", "--out", str(out), "--corpus", str(run["corpus"]), "--steps", "100000",
+            "--checkpoint-every", str(checkpoint_every), "--eval-every", "0", *TINY_FLAGS]
 
 
 def _spawn_train(argv, **kw) -> subprocess.Popen:
@@ -204,8 +198,7 @@ def _wait_for(pred, proc, seconds=300):
 @pytest.mark.slow
 def test_ctrl_c_saves_the_current_step_and_exits_130(run, tmp_path):
     out = tmp_path / "run"
-    argv = ["train", "--out", str(out), "--corpus", str(run["corpus"]), "--steps", "100000",
-            "--checkpoint-every", "100000", "--eval-every", "0", *TINY_FLAGS]
+    argv = _long_run_argv(run, out, checkpoint_every=100000)
     proc = _spawn_train(argv)
     metrics = out / "metrics.jsonl"
     _wait_for(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 4, proc)
@@ -221,8 +214,7 @@ def test_ctrl_c_saves_the_current_step_and_exits_130(run, tmp_path):
 @pytest.mark.slow
 def test_two_real_trainings_on_one_out(run, tmp_path):
     out = tmp_path / "run"
-    argv = ["train", "--out", str(out), "--corpus", str(run["corpus"]), "--steps", "100000",
-            "--checkpoint-every", "5", "--eval-every", "0", *TINY_FLAGS]
+    argv = _long_run_argv(run, out, checkpoint_every=5)
     first = _spawn_train(argv)
     try:
         metrics = out / "metrics.jsonl"
@@ -242,8 +234,7 @@ def test_two_real_trainings_on_one_out(run, tmp_path):
 @pytest.mark.slow
 def test_killed_before_the_first_checkpoint_then_a_different_corpus(run, tmp_path):
     out = tmp_path / "run"
-    argv = ["train", "--out", str(out), "--corpus", str(run["corpus"]), "--steps", "100000",
-            "--checkpoint-every", "100000", "--eval-every", "0", *TINY_FLAGS]
+    argv = _long_run_argv(run, out, checkpoint_every=100000)
     proc = _spawn_train(argv)
     _wait_for(lambda: (out / checkpoint.CONFIG_FILE).is_file(), proc)
     proc.send_signal(signal.SIGKILL)
@@ -252,7 +243,7 @@ def test_killed_before_the_first_checkpoint_then_a_different_corpus(run, tmp_pat
     other = tmp_path / "other.txt"
     other.write_text("".join(f"value_{i} = compute({i}, {i * 3})\n" for i in range(80)))
     argv = [{str(run["corpus"]): str(other), "100000": "2", "340": "300"}.get(a, a) for a in argv]
-    rc, stdout, err = _cli(argv)
+    rc, stdout, err = run_cli(argv)
     assert rc == 0, err
     assert "starting it over" in stdout
     killed = data.Tokenizer.load(run["out"] / checkpoint.TOKENIZER_FILE)  # what the killed run had trained

@@ -62,7 +62,7 @@ def test_nan_loss_stops_with_last_good_checkpoint_intact(run, tmp_path, capsys):
 
 
 def test_batch_stream_is_a_pure_function_of_the_step():
-    enc = data.Encoded([np.arange(1, 2 + i % 12, dtype=np.int32) for i in range(50)], 0)
+    enc = data.Encoded([np.arange(1, 2 + i % 12, dtype=np.int32) for i in range(50)], np.zeros(50, bool))
     s1, s2 = train.BatchStream(enc, 8, (8, 16), 3), train.BatchStream(enc, 8, (8, 16), 3)
     n = s1.per_epoch
     seq = [s1(i)["input_ids"] for i in range(2 * n + 1)]
