@@ -317,6 +317,7 @@ class TrainConfig(_Settings):
     validation_percent: float = 2.0
     tokenizer: str | None = None     # a spiece.model; None trains one on the corpus
     vocab_size: int = 1024           # for a trained tokenizer
+    rename_prob: float = 0.0         # per epoch, the chance a training line's names are renamed (t5vae.augment)
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 10
@@ -348,6 +349,8 @@ class TrainConfig(_Settings):
                 raise ValueError(f"TrainConfig.{name} must be a finite number > 0, got {getattr(self, name)!r}")
         if not _is_number(self.weight_decay) or self.weight_decay < 0:
             raise ValueError(f"TrainConfig.weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
+        if not _is_number(self.rename_prob) or not 0 <= self.rename_prob <= 1:
+            raise ValueError(f"TrainConfig.rename_prob must be a probability in [0, 1], got {self.rename_prob!r}")
         if not _is_number(self.end_lr_fraction) or not 0 <= self.end_lr_fraction <= 1:
             raise ValueError(f"TrainConfig.end_lr_fraction must be in [0, 1], got {self.end_lr_fraction!r}")
         if not _is_number(self.validation_percent) or not 0 < self.validation_percent < 100:

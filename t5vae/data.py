@@ -1,5 +1,6 @@
 """Data: the sentencepiece tokenizer (load or train), the choice of corpus (t5vae.corpus, or TFDS through
-t5vae.tfds_data when installed), tokenization with truncation accounting, and bucketed batches."""
+t5vae.tfds_data when installed), tokenization with truncation accounting, bucketed batches, and the run's stream of them (with identifier
+renaming swapped in per epoch, see t5vae.augment)."""
 from __future__ import annotations
 
 import dataclasses
@@ -135,6 +136,22 @@ def encode_lines(tok: Tokenizer, lines: Sequence[str], max_length: int) -> Encod
     return Encoded(out, np.array(cut, bool))
 
 
+def swap_in(enc: Encoded, lines: dict[int, str], tok: Tokenizer, buckets: Sequence[int]) -> tuple[Encoded, list[int]]:
+    """``enc`` with line i replaced by ``lines[i]`` (a renamed variant of it, say) wherever that one's tokens fit
+    line i's length bucket and the original was not truncated, so an epoch's batches keep their count and
+    shapes -> ``(encoded, the indices replaced)``."""
+    ids, swapped = list(enc.ids), []
+    order = sorted(lines)
+    for i, new in zip(order, tok.sp.encode([lines[i] for i in order])):
+        if not 0 <= i < len(ids):
+            raise IndexError(f"swap_in: line index {i} is outside the {len(ids)} encoded lines")
+        n = len(new) + 1
+        if not enc.truncated[i] and n <= buckets[-1] and bucket_of(n, buckets) == bucket_of(len(ids[i]), buckets):
+            ids[i] = np.asarray(new + [EOS], np.int32)
+            swapped.append(i)
+    return Encoded(ids, enc.truncated), swapped
+
+
 # Bucket lengths as fractions of max_length: 8 shapes (8 compiles of the train step), denser where the
 # default corpus's lines are (mostly 5-20 tokens), so little of a batch is padding (benchmarks/NOTES.md).
 BUCKET_FRACTIONS = (1 / 6, 1 / 4, 1 / 3, 5 / 12, 1 / 2, 2 / 3, 5 / 6, 1.0)
@@ -195,3 +212,52 @@ def eval_batches(data: Encoded, batch_size: int, buckets: Sequence[int]) -> Iter
             part = idx[s: s + batch_size]
             seqs = [data.ids[i] for i in part] + [np.zeros(0, np.int32)] * (batch_size - len(part))
             yield part, pad_batch(seqs, b)
+
+
+# A renamed training line whose tokens leave its length bucket is renamed again with other names this often.
+RENAME_ATTEMPTS = 4
+
+
+class BatchStream:
+    """Batch ``i`` of the run is a pure function of (seed, i): resuming at step i continues the same stream.
+
+    Every epoch has the same number of batches (bucket sizes do not change, only the order), so batch i
+    is batch ``i % n`` of epoch ``i // n``. With ``renamer`` (a :class:`t5vae.augment.Renamer` of the
+    encoded lines) and ``tok``, each epoch's lines are renamed afresh: a renamed line replaces its original
+    where its tokens fit the original's length bucket (``data.swap_in``), which keeps the batches' count and
+    shapes, so renaming costs no extra compile and no extra padding.
+    """
+
+    def __init__(self, enc: Encoded, batch_size: int, buckets, seed: int, renamer=None,
+                 tok: Tokenizer | None = None):
+        if renamer is not None and (tok is None or len(renamer.lines) != len(enc)):
+            raise ValueError("BatchStream: a renamer needs the tokenizer and one line per encoded line")
+        self.enc, self.bs, self.buckets, self.seed = enc, batch_size, tuple(buckets), seed
+        self.renamer, self.tok = renamer, tok
+        self._epoch, self._batches, self.swapped = None, [], 0
+        self.per_epoch = len(list(batches(enc, batch_size, buckets, seed, 0)))
+        if self.per_epoch == 0:
+            raise ValueError(f"the training set ({len(enc)} lines) does not fill one batch of {batch_size}; "
+                             f"lower batch_size or add data")
+
+    def __call__(self, i: int) -> dict:
+        epoch = i // self.per_epoch
+        if epoch != self._epoch:
+            enc = self.enc
+            if self.renamer is not None:
+                enc, self.swapped = self._renamed(epoch)
+            self._epoch, self._batches = epoch, list(batches(enc, self.bs, self.buckets, self.seed, epoch))
+        return self._batches[i % self.per_epoch]
+
+    def _renamed(self, epoch: int, attempts: int = RENAME_ATTEMPTS) -> tuple[Encoded, int]:
+        """This epoch's lines with the chosen ones renamed; a line whose renaming leaves its length bucket is
+        renamed again with other names, up to ``attempts`` times, then kept as it was."""
+        enc, todo, swapped = self.enc, set(self.renamer.chosen(self.seed, epoch).tolist()), 0
+        for attempt in range(attempts):
+            enc, done = swap_in(enc, self.renamer.epoch(self.seed, epoch, sorted(todo), attempt), self.tok,
+                             self.buckets)
+            swapped += len(done)
+            todo.difference_update(done)
+            if not todo:
+                break
+        return enc, swapped

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from t5vae import checkpoint, data, evaluate, rundir, sharding, vae
+from t5vae import augment, checkpoint, data, evaluate, rundir, sharding, vae
 from t5vae.config import Config, TrainConfig
 from t5vae.runlog import CURVE_FILE, METRICS_FILE, StepBar, TensorBoard, resume_logs
 
@@ -87,28 +87,6 @@ def _state_shardings(cfg: Config, opt, mesh):
     return sharding.state_shardings(abstract, cfg, mesh)
 
 
-class BatchStream:
-    """Batch ``i`` of the run is a pure function of (seed, i): resuming at step i continues the same stream.
-
-    Every epoch has the same number of batches (bucket sizes do not change, only the order), so batch i
-    is batch ``i % n`` of epoch ``i // n``.
-    """
-
-    def __init__(self, enc: data.Encoded, batch_size: int, buckets, seed: int):
-        self.enc, self.bs, self.buckets, self.seed = enc, batch_size, tuple(buckets), seed
-        self._epoch, self._batches = None, []
-        self.per_epoch = len(list(data.batches(enc, batch_size, buckets, seed, 0)))
-        if self.per_epoch == 0:
-            raise ValueError(f"the training set ({len(enc)} lines) does not fill one batch of {batch_size}; "
-                             f"lower batch_size or add data")
-
-    def __call__(self, i: int) -> dict:
-        epoch = i // self.per_epoch
-        if epoch != self._epoch:
-            self._epoch, self._batches = epoch, list(data.batches(self.enc, self.bs, self.buckets, self.seed, epoch))
-        return self._batches[i % self.per_epoch]
-
-
 def _check_same_config(run_dir: Path, cfg: Config, tc: TrainConfig) -> None:
     old_cfg = Config.load_json(run_dir / checkpoint.CONFIG_FILE)
     old_tc = TrainConfig.load_json(run_dir / checkpoint.TRAIN_CONFIG_FILE)
@@ -126,7 +104,7 @@ def _is_finite(metrics: dict) -> bool:
 
 
 def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: data.Encoded, params: dict,
-        log=print, mesh=None, curve=None) -> tuple[dict, dict]:
+        log=print, mesh=None, curve=None, renamer=None, tok: data.Tokenizer | None = None) -> tuple[dict, dict]:
     """Train in ``run_dir`` (resuming from its newest checkpoint) -> ``(params, last metrics)``.
 
     ``run_dir`` must already hold config.json, train_config.json and spiece.model (see t5vae.cli).
@@ -135,6 +113,7 @@ def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: dat
     second Ctrl-C interrupts at once.
     ``curve(params) -> dict`` of held-out metrics, if given, runs every ``tc.eval_every`` steps; its rows go
     to ``eval_curve.jsonl`` (and TensorBoard). Its time counts against ``max_minutes``.
+    ``renamer`` and ``tok``: rename the training lines' identifiers afresh every epoch (see :class:`t5vae.data.BatchStream`).
     """
     run_dir = Path(run_dir)
     _check_same_config(run_dir, cfg, tc)
@@ -153,7 +132,11 @@ def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: dat
     train_step = make_train_step(cfg, tc.optimizer, tc.clip_norm, tc.weight_decay, mesh)
     chief = jax.process_index() == 0  # one process writes metrics and shows progress
     lr_at = schedule(tc)
-    stream = BatchStream(enc_train, tc.batch_size, data.length_buckets(cfg), tc.seed)
+    stream = data.BatchStream(enc_train, tc.batch_size, data.length_buckets(cfg), tc.seed, renamer, tok)
+    if renamer is not None:
+        stream(step)
+        log(f"identifier renaming: {stream.swapped} of {len(enc_train)} training lines renamed this epoch "
+            f"(rename_prob {tc.rename_prob}; a line whose renamings all leave its length bucket is kept as it was)")
     key = jax.random.key(tc.seed, impl="unsafe_rbg")  # fast counter-based PRNG for dropout and prior samples
     elapsed = resume_logs(run_dir, step, write=chief) if restored is not None else 0.0
     if elapsed:
@@ -342,7 +325,7 @@ def _start(cfg: Config, tc: TrainConfig, out: Path, init_from, corpus, log):
         cfg = cfg.replace(t5=cfg.t5.replace(vocab_size=tok.vocab_size))
     check_vocab(cfg, tok)
     enc = _encode(tok, corpus, cfg, log)
-    BatchStream(enc, tc.batch_size, data.length_buckets(cfg), tc.seed)  # raises if no batch fills: before any write
+    data.BatchStream(enc, tc.batch_size, data.length_buckets(cfg), tc.seed)  # raises if no batch fills: before any write
     rundir.mark_incomplete(out)
     tok.save(out / checkpoint.TOKENIZER_FILE)
     tc.save_json(out / checkpoint.TRAIN_CONFIG_FILE)
@@ -382,7 +365,8 @@ def _run(cfg, tc, out: Path, init_from, overwrite, log, mesh):
                               seed=tc.seed)
         return {k: r[k] for k in evaluate.CURVE_KEYS if k in r}
 
-    params, last = fit(cfg, tc, out, enc, params, log, mesh, curve if curve_lines else None)
+    renamer = augment.Renamer(corpus.train, p_line=tc.rename_prob) if tc.rename_prob > 0 else None
+    params, last = fit(cfg, tc, out, enc, params, log, mesh, curve if curve_lines else None, renamer, tok)
     checkpoint.save_params_replacing(out / checkpoint.PARAMS_DIR, params)  # orbax: every process takes part
     log(f"training took {time.time() - t_start:.0f}s; evaluating on {len(corpus.validation)} held-out lines")
     results = evaluate.evaluate(params, cfg, tok, corpus.validation, pairs=tc.eval_pairs,

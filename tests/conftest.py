@@ -143,7 +143,7 @@ def run(tmp_path_factory):
     corpus = write_train_corpus(base / "corpus.txt")
     out = base / "run"
     argv = ["train", "--out", str(out), "--corpus", str(corpus), "--steps", "6", "--checkpoint-every", "3",
-            "--eval-every", "3", *TINY_FLAGS]
+            "--eval-every", "3", "--rename-prob", "0.5", *TINY_FLAGS]
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         rc = cli.main(argv)

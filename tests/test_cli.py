@@ -2,6 +2,7 @@
 sample print their tables, bad corpora fail before anything is written, --config files and flags."""
 import ast
 import json
+import re
 import shutil
 
 import pytest
@@ -25,6 +26,8 @@ def test_cli_train_writes_a_complete_run_directory(run):
     assert [r["step"] for r in curve] == [3, 6]  # --eval-every 3: the learning curve
     assert set(evaluate.CURVE_KEYS) <= set(curve[0]) and 0.0 <= curve[1]["recon_token_acc"] <= 1.0
     assert "step 6: recon_token_acc" in run["stdout"]
+    # every line is cut at max_length 8, and a cut line is never renamed (tests/test_data.py renames real ones)
+    assert re.search(r"identifier renaming: 0 of [0-9]+ training lines renamed", run["stdout"])
     cfg = tv.Config.load_json(out / "config.json")
     assert cfg.t5.d_model == 32 and cfg.latent_size == 8
     assert cfg.t5.vocab_size == data.Tokenizer.load(out / "spiece.model").vocab_size

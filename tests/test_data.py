@@ -66,3 +66,41 @@ def test_batches_use_fixed_bucket_shapes_and_cover_the_epoch(tok, stdlib_corpus)
     assert not all(a.shape == b.shape and np.array_equal(a, b) for a, b in zip(first, other))
     idx = sorted(i for part, _ in data.eval_batches(enc, 16, buckets) for i in part)
     assert idx == list(range(500))
+
+
+def test_swap_in_replaces_a_line_only_within_its_length_bucket(tok):
+    lines = ["x = 1", "total = compute(a, b)", "y = 2" * 20]
+    enc = data.encode_lines(tok, lines, 24)
+    assert enc.truncated.tolist() == [False, False, True]
+    buckets = (8, 16, 24)
+    new = {0: "z = 3", 1: "a_much_longer_name = another_function(first_arg, second_arg, third)", 2: "w = 4"}
+    out, swapped = data.swap_in(enc, new, tok, buckets)
+    assert swapped == [0]  # 1 would leave its bucket; 2 was truncated, so its tokens are not the whole line
+    assert tok.decode(out.ids[0]) == "z = 3" and out.ids[0][-1] == data.EOS
+    assert all(np.array_equal(out.ids[i], enc.ids[i]) for i in (1, 2))
+    assert tok.decode(enc.ids[0]) == "x = 1"  # the input is not modified
+    with pytest.raises(IndexError, match="line index 5 is outside the 3 encoded lines"):
+        data.swap_in(enc, {5: "q = 1"}, tok, buckets)
+
+
+def test_batch_stream_with_renaming_keeps_shapes_and_is_a_pure_function_of_the_step(tok, stdlib_corpus):
+    from t5vae import augment
+    lines = stdlib_corpus.train[:600]
+    enc, buckets = data.encode_lines(tok, lines, 32), (8, 12, 16, 24, 32)
+    plain = data.BatchStream(enc, 16, buckets, 5)
+    a = data.BatchStream(enc, 16, buckets, 5, augment.Renamer(lines, p_line=0.5), tok)
+    b = data.BatchStream(enc, 16, buckets, 5, augment.Renamer(lines, p_line=0.5), tok)
+    n = a.per_epoch
+    assert n == plain.per_epoch
+    steps = [0, n - 1, n, 2 * n + 3]
+    for i in steps:  # same shapes as without renaming, and some rows renamed
+        assert a(i)["input_ids"].shape == plain(i)["input_ids"].shape
+    assert a.swapped > 0.3 * 0.5 * len(lines)
+    assert any(not np.array_equal(a(i)["input_ids"], plain(i)["input_ids"]) for i in steps)
+    for i in reversed(steps):  # another stream, visited in another order: the same batches
+        assert np.array_equal(b(i)["input_ids"], a(i)["input_ids"])
+    e0 = {tok.decode(r) for i in range(n) for r in a(i)["input_ids"]}
+    e1 = {tok.decode(r) for i in range(n, 2 * n) for r in a(i)["input_ids"]}
+    assert len(e0 - e1) > 0.1 * len(e0)  # each epoch renames afresh
+    with pytest.raises(ValueError, match="a renamer needs the tokenizer"):
+        data.BatchStream(enc, 16, buckets, 5, augment.Renamer(lines))

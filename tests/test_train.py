@@ -63,7 +63,7 @@ def test_nan_loss_stops_with_last_good_checkpoint_intact(run, tmp_path, capsys):
 
 def test_batch_stream_is_a_pure_function_of_the_step():
     enc = data.Encoded([np.arange(1, 2 + i % 12, dtype=np.int32) for i in range(50)], np.zeros(50, bool))
-    s1, s2 = train.BatchStream(enc, 8, (8, 16), 3), train.BatchStream(enc, 8, (8, 16), 3)
+    s1, s2 = data.BatchStream(enc, 8, (8, 16), 3), data.BatchStream(enc, 8, (8, 16), 3)
     n = s1.per_epoch
     seq = [s1(i)["input_ids"] for i in range(2 * n + 1)]
     assert all(np.array_equal(s2(i)["input_ids"], seq[i]) for i in (2 * n, n + 1, 0, n))
