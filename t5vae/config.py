@@ -17,9 +17,11 @@ _ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu")
 REMAT = ("dots", "full", "none")
 FLOAT_DTYPES = ("float32", "bfloat16", "float16")  # compute and storage dtypes a T5Config accepts
 # The platform switch (t5vae.kernels): "auto" (what was measured faster on the running backend), "plain"
-# (the model as written in layers.py), "cpu" (every fast path), or FAST_PATHS names joined by "+".
+# (the model as written in layers.py), "cpu" (the CPU's fast paths, CPU_PATHS), or FAST_PATHS names joined
+# by "+". "dpa": attention through jax.nn.dot_product_attention (cuDNN's fused kernel on a GPU in bf16/f16).
 KERNELS = ("auto", "plain", "cpu")
-FAST_PATHS = ("dropout", "mlp", "xent", "decoder_layout")
+CPU_PATHS = ("dropout", "mlp", "xent", "decoder_layout")
+FAST_PATHS = CPU_PATHS + ("dpa",)
 _RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "kernels")
 
 

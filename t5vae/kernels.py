@@ -2,9 +2,9 @@
 decoder layout, of the plain decode step in :mod:`t5vae.decoding`). They change speed, not the numbers:
 each has a test that it matches its twin (dropout: same keep rate, deterministic per key).
 
-``T5Config.kernels`` is the one switch: "plain" (none), "cpu" (all), "auto" (the set measured faster on
-the running backend, :data:`AUTO`; benchmarks/NOTES.md has the numbers), or names from
-``config.FAST_PATHS`` joined by "+" (for measuring one at a time). The model asks :func:`ops` only.
+``T5Config.kernels`` is the one switch: "plain" (none), "cpu" (the CPU's, ``config.CPU_PATHS``), "auto"
+(the set measured faster on the running backend, :data:`AUTO`; benchmarks/NOTES.md has the numbers), or
+names from ``config.FAST_PATHS`` joined by "+" (for measuring one at a time). The model asks :func:`ops` only.
 """
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ import jax
 import jax.numpy as jnp
 
 from t5vae import layers
-from t5vae.config import FAST_PATHS, T5Config
+from t5vae.config import CPU_PATHS, T5Config
 
-# What "auto" turns on, per jax.default_backend(); a backend not listed runs the plain model. Only what
-# python -m benchmarks.kernels measured faster on that backend goes here (benchmarks/NOTES.md).
-AUTO: dict[str, frozenset] = {"cpu": frozenset(FAST_PATHS)}
+# What "auto" turns on, per jax.default_backend(); a backend not listed (gpu, tpu) runs the plain model, XLA's
+# own ops. Only what python -m benchmarks.kernels measured faster on that backend goes here (benchmarks/
+# NOTES.md): nothing is measured on an accelerator yet, so "dpa" is in no set (docs/accelerator.md).
+AUTO: dict[str, frozenset] = {"cpu": frozenset(CPU_PATHS)}
 
 
 def enabled(kernels: str) -> frozenset:
@@ -29,7 +30,7 @@ def enabled(kernels: str) -> frozenset:
     if kernels == "plain":
         return frozenset()
     if kernels == "cpu":
-        return frozenset(FAST_PATHS)
+        return frozenset(CPU_PATHS)
     if kernels == "auto":
         return AUTO.get(jax.default_backend(), frozenset())
     return frozenset(kernels.split("+"))
@@ -41,6 +42,7 @@ class Ops(NamedTuple):
     mlp: Callable            # (p, x_BLD, activation, rate, key) -> y_BLD
     lm_head_xent: Callable   # (x_BTD, w_DV, labels_BT) -> (nll_BT, pred_BT)
     decoder_layout: bool     # decode on DecoderWeights instead of the stacked params
+    attend: Callable         # (o_HKD, q_BQHK, k_BSHK, v_BSHK, bias_B1QS, mask_B1QS, drop) -> y_BQD
 
 
 @functools.lru_cache(maxsize=None)
@@ -53,7 +55,8 @@ def _ops(on: frozenset) -> Ops:
         drop = None if key is None or rate == 0.0 else functools.partial(dropout, rate=rate, key=key)
         return layers.mlp(p, x, activation, drop)
 
-    return Ops(dropout, mlp, lm_head_xent if "xent" in on else layers.lm_head_xent, "decoder_layout" in on)
+    return Ops(dropout, mlp, lm_head_xent if "xent" in on else layers.lm_head_xent, "decoder_layout" in on,
+               dpa_attend if "dpa" in on else layers.attend)
 
 
 def ops(cfg: T5Config) -> Ops:
@@ -95,6 +98,29 @@ def hash_dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
         return x
     t = keep_threshold(rate)
     return jnp.where(hash_bits(key, x.shape) < jnp.uint32(t), x * (2 ** 32 / t), 0).astype(x.dtype)
+
+
+# -- attention through jax.nn.dot_product_attention ---------------------------------------------------
+
+def dpa_implementation(dtype) -> str | None:
+    """cuDNN's fused attention on a GPU for bf16/f16 (the dtypes it takes); XLA's (None) otherwise."""
+    return "cudnn" if jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else None
+
+
+def dpa_attend(o_HKD: jax.Array, q_BQHK: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.Array,
+               bias_B1QS: jax.Array | None, mask_B1QS: jax.Array | None, drop: Callable | None = None) -> jax.Array:
+    """Twin of ``layers.attend`` through ``jax.nn.dot_product_attention``: scale 1 (T5 does not scale), the
+    relative position bias as its ``bias``, the boolean mask as its ``mask``. It has no dropout on the
+    probabilities, so with attention dropout on (``drop`` given) this is ``layers.attend``."""
+    if drop is not None:
+        return layers.attend(o_HKD, q_BQHK, k_BSHK, v_BSHK, bias_B1QS, mask_B1QS, drop)
+    impl = dpa_implementation(q_BQHK.dtype)
+    if bias_B1QS is not None and impl == "cudnn":
+        bias_B1QS = bias_B1QS.astype(q_BQHK.dtype)  # cuDNN takes the bias in the inputs' dtype
+    out = jax.nn.dot_product_attention(q_BQHK, k_BSHK, v_BSHK, bias_B1QS,
+                                       None if mask_B1QS is None else mask_B1QS.astype(bool),
+                                       scale=1.0, implementation=impl)
+    return layers.project_out(out, o_HKD)
 
 
 # -- feed-forward with a hand-written backward ---------------------------------------------------------

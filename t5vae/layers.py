@@ -67,9 +67,11 @@ def position_bias(table_RH: jax.Array, q_len: int, k_len: int, bidirectional: bo
 
 
 def attention(p: dict, x_BQD: jax.Array, kv_BSD: jax.Array, bias_B1QS: jax.Array | None,
-              mask_B1QS: jax.Array | None, drop: Callable | None = None) -> jax.Array:
+              mask_B1QS: jax.Array | None, drop: Callable | None = None, attend_fn: Callable | None = None
+              ) -> jax.Array:
     """Multi-head attention with weights q,k,v [D,H,K] and o [H,K,D]; logits in float32, no scaling.
-    ``drop`` (an array -> array function) is the dropout applied to the attention probabilities.
+    ``drop`` (an array -> array function) is the dropout applied to the attention probabilities;
+    ``attend_fn`` replaces :func:`attend` (a fast twin from t5vae.kernels).
 
     Projections run as 2-D dots on [B*L, D] rows, q|k|v fused for self-attention."""
     dt, (B, Q, D), S = x_BQD.dtype, x_BQD.shape, kv_BSD.shape[1]
@@ -81,7 +83,7 @@ def attention(p: dict, x_BQD: jax.Array, kv_BSD: jax.Array, bias_B1QS: jax.Array
         q = x_BQD.reshape(B * Q, D) @ w("q")
         k, v = jnp.split(kv_BSD.reshape(B * S, D) @ w("k", "v"), 2, axis=1)
     q, k, v = q.reshape(B, Q, H, K), k.reshape(B, S, H, K), v.reshape(B, S, H, K)
-    return attend(p["o"], q, k, v, bias_B1QS, mask_B1QS, drop)
+    return (attend_fn or attend)(p["o"], q, k, v, bias_B1QS, mask_B1QS, drop)
 
 
 def attend(o_HKD: jax.Array, q_BQHK: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.Array,
@@ -96,9 +98,13 @@ def attend(o_HKD: jax.Array, q_BQHK: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.A
     probs = jax.nn.softmax(logits, axis=-1).astype(dt)
     if drop is not None:
         probs = drop(probs)
-    out = jnp.einsum("BHQS,BSHK->BQHK", probs, v_BSHK)
-    B, Q, H, K = out.shape
-    return (out.reshape(B * Q, H * K) @ o_HKD.astype(dt).reshape(H * K, -1)).reshape(B, Q, -1)
+    return project_out(jnp.einsum("BHQS,BSHK->BQHK", probs, v_BSHK), o_HKD)
+
+
+def project_out(out_BQHK: jax.Array, o_HKD: jax.Array) -> jax.Array:
+    """The attention's output projection as one 2-D dot -> [B, Q, D]."""
+    B, Q, H, K = out_BQHK.shape
+    return (out_BQHK.reshape(B * Q, H * K) @ o_HKD.astype(out_BQHK.dtype).reshape(H * K, -1)).reshape(B, Q, -1)
 
 
 def attend_one(q_BHK, k_BHSK, v_BHSK, bias_1HS, mask_B1S):

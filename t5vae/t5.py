@@ -148,7 +148,8 @@ def encode(params: dict, cfg: T5Config, input_ids: jax.Array, attention_mask: ja
         lp, key = lp_key
         k_probs, k_attn, k_hidden, k_mlp = _split(key, 4)
         x = _residual(ops, x, lp["attn_norm"], eps, rate, k_attn,
-                      lambda h: layers.attention(lp["attn"], h, h, bias, mask_B11L, _drop(ops, rate, k_probs)))
+                      lambda h: layers.attention(lp["attn"], h, h, bias, mask_B11L, _drop(ops, rate, k_probs),
+                                                 ops.attend))
         x = _residual(ops, x, lp["mlp_norm"], eps, rate, k_mlp,
                       lambda h: ops.mlp(lp["mlp"], h, cfg.activation, rate, k_hidden))
         return _constrain(x), None
@@ -175,9 +176,11 @@ def decoder_hidden(params: dict, cfg: T5Config, decoder_input_ids: jax.Array, en
         lp, key = lp_key
         k_self, k_self_out, k_cross, k_cross_out, k_hidden, k_mlp = _split(key, 6)
         x = _residual(ops, x, lp["self_attn_norm"], eps, rate, k_self_out,
-                      lambda h: layers.attention(lp["self_attn"], h, h, bias, self_mask, _drop(ops, rate, k_self)))
+                      lambda h: layers.attention(lp["self_attn"], h, h, bias, self_mask, _drop(ops, rate, k_self),
+                                                 ops.attend))
         x = _residual(ops, x, lp["cross_attn_norm"], eps, rate, k_cross_out,
-                      lambda h: layers.attention(lp["cross_attn"], h, enc, None, cross_mask, _drop(ops, rate, k_cross)))
+                      lambda h: layers.attention(lp["cross_attn"], h, enc, None, cross_mask, _drop(ops, rate, k_cross),
+                                                 ops.attend))
         x = _residual(ops, x, lp["mlp_norm"], eps, rate, k_mlp,
                       lambda h: ops.mlp(lp["mlp"], h, cfg.activation, rate, k_hidden))
         return _constrain(x), None

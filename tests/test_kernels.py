@@ -6,7 +6,7 @@ import jax.numpy as jnp
 
 import t5vae as tv
 from t5vae import decoding, kernels, layers
-from t5vae.config import FAST_PATHS
+from t5vae.config import CPU_PATHS, FAST_PATHS
 
 
 def _rel(a, b):
@@ -18,10 +18,14 @@ def _rel(a, b):
 
 def test_switch_names_the_fast_paths():
     assert kernels.enabled("plain") == frozenset()
-    assert kernels.enabled("cpu") == frozenset(FAST_PATHS)
+    assert kernels.enabled("cpu") == frozenset(CPU_PATHS) == frozenset(FAST_PATHS) - {"dpa"}
     assert kernels.enabled("dropout+xent") == {"dropout", "xent"}
     assert jax.default_backend() == "cpu"  # conftest: the tests run on CPU, where "auto" means AUTO["cpu"]
     assert kernels.enabled("auto") == kernels.AUTO["cpu"]
+    # nothing measured on an accelerator yet: auto there is XLA's plain ops, and dpa is in no auto set
+    assert set(kernels.AUTO) == {"cpu"} and "dpa" not in kernels.AUTO["cpu"]
+    assert kernels.ops(tv.T5Config(kernels="dpa")).attend is kernels.dpa_attend
+    assert kernels.ops(tv.T5Config(kernels="cpu")).attend is layers.attend
     plain, fast = kernels.ops(tv.T5Config(kernels="plain")), kernels.ops(tv.T5Config(kernels="cpu"))
     assert plain.dropout is layers.dropout and plain.lm_head_xent is layers.lm_head_xent and not plain.decoder_layout
     assert fast.dropout is kernels.hash_dropout and fast.lm_head_xent is kernels.lm_head_xent and fast.decoder_layout
@@ -105,6 +109,92 @@ def test_lm_head_xent_matches_plain_values_grads_and_predictions():
                           for f in (kernels.lm_head_xent, layers.lm_head_xent))
     assert _rel(v1, v2) < 1e-5 and _rel(g1[0], g2[0]) < 1e-5 and _rel(g1[1], g2[1]) < 1e-5
     np.testing.assert_array_equal(kernels.lm_head_xent(x, w, labels)[1], layers.lm_head_xent(x, w, labels)[1])
+
+
+# -- attention through jax.nn.dot_product_attention -----------------------------------------------------
+
+def _qkvo(B=2, Q=5, S=7, H=3, K=4, D=6, seed=4):
+    k = jax.random.split(jax.random.key(seed), 5)
+    return (jax.random.normal(k[0], (H, K, D)), jax.random.normal(k[1], (B, Q, H, K)),
+            jax.random.normal(k[2], (B, S, H, K)), jax.random.normal(k[3], (B, S, H, K)),
+            jax.random.normal(k[4], (1, H, Q, S)))
+
+
+@pytest.mark.parametrize("masked", ["none", "padding", "causal+padding"])
+@pytest.mark.parametrize("biased", [False, True])
+def test_dpa_attend_matches_attend_values_and_grads(masked, biased):
+    """Unscaled logits, T5's additive bias and a boolean mask: the same outputs and gradients (bias included)."""
+    o, q, k, v, bias = _qkvo()
+    B, Q, S = q.shape[0], q.shape[1], k.shape[1]
+    pad_B11S = (jnp.arange(S)[None] < jnp.array([S, 3])[:, None])[:, None, None, :]
+    mask = {"none": None, "padding": pad_B11S,
+            "causal+padding": pad_B11S & jnp.tril(jnp.ones((Q, S), bool), k=S - Q)[None, None]}[masked]
+    bias = bias if biased else None
+    r = jax.random.normal(jax.random.key(8), (B, Q, o.shape[-1]))
+    loss = lambda fn: lambda *a: jnp.sum(r * fn(a[0], a[1], a[2], a[3], a[4] if biased else None, mask))  # noqa: E731
+    args = (o, q, k, v, bias if biased else jnp.zeros(()))
+    (v1, g1), (v2, g2) = (jax.value_and_grad(loss(f), argnums=tuple(range(4 + biased)))(*args)
+                          for f in (kernels.dpa_attend, layers.attend))
+    assert _rel(v1, v2) < 1e-5
+    assert len(g1) == 4 + biased
+    for a, b in zip(g1, g2):
+        assert _rel(a, b) < 1e-5
+    # T5 does not scale the logits: dot_product_attention's default 1/sqrt(K) would give other numbers
+    scaled = layers.project_out(jax.nn.dot_product_attention(q, k, v, bias, mask), o)
+    assert _rel(scaled, layers.attend(o, q, k, v, bias, mask)) > 1e-2
+
+
+def _count_dpa_calls(monkeypatch) -> list:
+    calls, real = [], jax.nn.dot_product_attention
+    monkeypatch.setattr(jax.nn, "dot_product_attention", lambda *a, **k: calls.append(k) or real(*a, **k))
+    return calls
+
+
+def test_dpa_attend_with_attention_dropout_is_the_einsum_path(monkeypatch):
+    """dot_product_attention has no dropout on the probabilities: with it on, the plain attend runs (the same
+    mask, so the same numbers), and without a key or rate the fast path runs."""
+    o, q, k, v, bias = _qkvo()
+    drop = lambda p: layers.dropout(p, 0.3, jax.random.key(5))  # noqa: E731
+    with_drop = kernels.dpa_attend(o, q, k, v, bias, None, drop)
+    np.testing.assert_array_equal(with_drop, layers.attend(o, q, k, v, bias, None, drop))
+    assert _rel(with_drop, layers.attend(o, q, k, v, bias, None)) > 1e-3  # the dropout did act
+    calls = _count_dpa_calls(monkeypatch)
+    kernels.dpa_attend(o, q, k, v, bias, None, drop)
+    assert calls == []
+    kernels.dpa_attend(o, q, k, v, bias, None, None)
+    assert calls == [{"scale": 1.0, "implementation": None}]  # on the CPU: XLA's implementation, unscaled
+    assert kernels.dpa_implementation(jnp.bfloat16) is None
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.1])
+def test_model_loss_and_grads_with_dpa_equal_the_einsum_path(vae_setup, rate, monkeypatch):
+    """The whole T5-VAE: without dropout dpa gives the plain loss and grads; with dropout 0.1 the attention
+    falls back to the plain path, so the same key gives the same loss to float rounding."""
+    cfg, params, batch = vae_setup
+    cfg = cfg.replace(t5=cfg.t5.replace(dropout_rate=rate))
+    key = None if rate == 0.0 else jax.random.key(3)
+    calls = _count_dpa_calls(monkeypatch)
+    out = {}
+    for k in ("plain", "dpa"):
+        c = _with(cfg, k)
+        out[k] = jax.jit(jax.value_and_grad(lambda p: tv.loss(p, c, batch, key, 100)[0]))(params)
+    assert _rel(out["dpa"][0], out["plain"][0]) < 1e-5
+    for a, b in zip(jax.tree.leaves(out["dpa"][1]), jax.tree.leaves(out["plain"][1])):
+        assert _rel(a, b) < 1e-4
+    # traced once per attention site (encoder, decoder self and cross: scanned, so once each), only without
+    # dropout on the probabilities
+    assert len(calls) == (3 if rate == 0.0 else 0)
+
+
+def test_t5_logits_with_dpa_equal_the_einsum_path():
+    cfg = tv.preset("tiny")
+    params = tv.t5.init(cfg, jax.random.key(0))
+    ids = jax.random.randint(jax.random.key(1), (3, 9), 2, cfg.vocab_size)
+    mask = jnp.arange(9)[None] < jnp.array([9, 6, 4])[:, None]
+    dec = jax.random.randint(jax.random.key(2), (3, 5), 2, cfg.vocab_size)
+    dmask = jnp.arange(5)[None] < jnp.array([5, 5, 3])[:, None]
+    a, b = (tv.t5.apply(params, cfg.replace(kernels=k), ids, mask, dec, dmask) for k in ("plain", "dpa"))
+    assert _rel(a, b) < 1e-5
 
 
 # -- decoding on DecoderWeights ------------------------------------------------------------------------
