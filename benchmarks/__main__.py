@@ -1,4 +1,5 @@
 """``python -m benchmarks [--quick] [--json PATH]``: t5vae against the Flax reference, side by side.
+(``--suite accelerator``: the realistic shapes of :mod:`benchmarks.accelerator` instead.)
 
 One run, on whatever devices JAX sees: the machine's matmul ceiling first, then each workload for both
 implementations on identical weights (the reference's random init converted to our tree), alternating
@@ -11,8 +12,6 @@ import argparse
 import contextlib
 import datetime
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,46 +25,9 @@ import optax
 
 import t5vae as tv
 from benchmarks import harness, reference
+from benchmarks.harness import RESULTS, log
 from t5vae import kernels
 from t5vae.config import KERNELS
-
-RESULTS = Path(__file__).parent / "results"
-
-
-def log(msg: str) -> None:
-    print(msg, flush=True)
-
-
-def device_name() -> str:
-    d = jax.devices()[0]
-    if d.platform == "cpu":
-        return f"cpu-{os.cpu_count()}core"
-    return d.device_kind.lower().replace(" ", "-")
-
-
-def cpu_model() -> str | None:
-    """``lscpu``'s "Model name" (the CPU changes between machines of one kind; every result names it)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or None
-    return next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), None)
-
-
-def git_commit() -> str | None:
-    """The checkout's commit (with ``+dirty`` for uncommitted changes outside ``benchmarks/results``, which a
-    re-run overwrites), so a result names the code it timed."""
-    root = Path(__file__).parent.parent
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                ":(exclude)benchmarks/results"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return rev + ("+dirty" if dirty else "")
-
 
 def bench_forward(model, ref_params, params, cfg, batch, repeats):
     ref_fwd = jax.jit(reference.forward_fn(model))
@@ -95,16 +57,10 @@ def bench_train(model, ref_params, params, cfg, batch, repeats):
     start = {name: params if name == "ours" else ref_params for name in steps}
     state = {name: (jax.tree.map(jnp.copy, p), opt.init(p)) for name, p in start.items()}
 
-    def runner(name):
-        def run():
-            p, o, loss = steps[name](*state[name], batch, key)
-            state[name] = (p, o)
-            return loss
-        return run
-
     # three warm-up steps each: the first few steps of either side run up to 30 % slower (seen in the
     # per-round times of a 10-round run), before the allocator's pages settle
-    t = harness.alternate({name: runner(name) for name in steps}, repeats, warmup=3)
+    t = harness.alternate({name: harness.stepping(steps[name], state, name, batch, key) for name in steps}, repeats,
+                          warmup=3)
     return t, loss_diff
 
 
@@ -172,10 +128,20 @@ def memory(impl: str, steps: int) -> dict:
 
 
 WORKLOADS = ("forward", "train", "compile", "generate", "memory")
+SUITES = ("default", "accelerator")
 
 
 def main(argv=None) -> int:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--suite", choices=SUITES, default="default")
+    suite, rest = pre.parse_known_args(argv)
+    if suite.suite == "accelerator":
+        from benchmarks import accelerator
+        return accelerator.main(rest)
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    ap.add_argument("--suite", choices=SUITES, default="default",
+                    help="default: t5-small 8 x 64 (this parser); accelerator: t5-base at users' shapes, f32 and "
+                         "bf16 (python -m benchmarks --suite accelerator --help)")
     ap.add_argument("--quick", action="store_true", help="fewer repeats and no 24-layer compile (< 5 min on 2 cores)")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--repeats", type=int, help="timed rounds per workload (default 10, 3 with --quick)")
@@ -199,24 +165,18 @@ def main(argv=None) -> int:
     # an accelerator needs larger problems than the CPU to reach its peak (and to run past launch overhead)
     on_host = jax.devices()[0].platform == "cpu"
     n = (1024 if args.quick else 2048) if on_host else 8192
-    f32 = harness.matmul_ceiling(jnp.float32, n, repeats)
-    bf16 = harness.matmul_ceiling(jnp.bfloat16, n, repeats)
-    bw = harness.memory_bandwidth(1 << 28 if on_host else 1 << 32, repeats)
-    log(f"matmul ceiling: float32 {f32 / 1e9:.1f} GFLOP/s, bfloat16 {bf16 / 1e9:.1f} GFLOP/s; read bandwidth "
-        f"{bw / 1e9:.1f} GB/s")
+    mach = harness.machine(n, 1 << 28 if on_host else 1 << 32, repeats)
+    f32, bw = mach["matmul_flops_f32"], mach["read_bandwidth_bytes_s"]
 
     model, ref_params, params = reference.make_reference(cfg)
     batch = harness.random_batch(cfg.vocab_size, B, L)
     tokens = B * L
     speed = lambda t, k="reference_jit", o="ours": t[k]["median_s"] / t[o]["median_s"]  # noqa: E731
     res = {
-        "device": device_name(), "date": datetime.date.today().isoformat(), "jax": jax.__version__,
-        "commit": git_commit(), "device_kind": jax.devices()[0].device_kind,
-        "platform": platform.platform(), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
+        **mach, "date": datetime.date.today().isoformat(),
         "kernels": args.kernels, "fast_paths": sorted(kernels.enabled(args.kernels)), "repeats": repeats, "quick": args.quick,
         "workloads": list(only), "complete": False,
         "shapes": {"config": "t5-small", "batch": B, "length": L, "new_tokens": NEW},
-        "matmul_flops_f32": f32, "matmul_flops_bf16": bf16, "read_bandwidth_bytes_s": bw,
         "timings": {}, "phase_s": {},
     }
     RESULTS.mkdir(exist_ok=True)

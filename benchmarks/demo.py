@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import socket
 import statistics
 import subprocess
@@ -73,14 +72,6 @@ def _time_to_path(driver, url: str, a: str, b: str, steps: int, timeout: float =
     raise TimeoutError(f"no path within {timeout} s for {a!r} -> {b!r}")
 
 
-def _cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or "unknown"
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("run", help="a trained run directory (e.g. ./t5vae-run from README command 1)")
@@ -90,6 +81,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the measurements here")
     args = p.parse_args(argv)
 
+    from benchmarks import harness
     from t5vae import checkpoint, data
     from t5vae.config import TrainConfig
 
@@ -121,7 +113,8 @@ def main(argv=None) -> int:
         proc.wait(timeout=30)
     first = [v[0] for v in times.values()]
     every = [t for v in times.values() for t in v]
-    result = {"run": str(args.run), "cpu_model": _cpu_model(), "startup_s": round(startup, 2), "steps": args.steps,
+    machine = harness.machine(2048, 1 << 28, 3)  # after the timing, with the server stopped
+    result = {**machine, "run": str(args.run), "startup_s": round(startup, 2), "steps": args.steps,
               "repeats": args.repeats, "first_load_median_s": round(statistics.median(first), 3),
               "median_s": round(statistics.median(every), 3), "max_s": round(max(every), 3),
               "pairs": {k: [round(t, 3) for t in v] for k, v in times.items()},

@@ -1,14 +1,72 @@
-"""Measurement helpers: alternating timed runs with medians, the machine's matmul and memory ceilings."""
+"""Measurement helpers: alternating timed runs with medians, the machine's matmul and memory ceilings, and what
+every results file records about the machine and the code."""
 from __future__ import annotations
 
+import os
+import platform
 import statistics
+import subprocess
 import time
+from pathlib import Path
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def device_name() -> str:
+    d = jax.devices()[0]
+    if d.platform == "cpu":
+        return f"cpu-{os.cpu_count()}core"
+    return d.device_kind.lower().replace(" ", "-")
+
+
+def cpu_model() -> str | None:
+    """``lscpu``'s "Model name" (the CPU changes between machines of one kind; every result names it)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or None
+    return next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), None)
+
+
+def git_commit() -> str | None:
+    """The checkout's commit (with ``+dirty`` for uncommitted changes outside ``benchmarks/results``, which a
+    re-run overwrites), so a result names the code it timed."""
+    root = Path(__file__).parent.parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)benchmarks/results"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return rev + ("+dirty" if dirty else "")
+
+
+def machine(matmul_n: int, read_bytes: int, repeats: int) -> dict:
+    """What every results file records about where it ran: the CPU model (``lscpu``), the device, and the
+    float32 / bfloat16 matmul ceilings and read bandwidth measured now (an n x n x n matmul, a reduction
+    over ``read_bytes``)."""
+    f32 = matmul_ceiling(jnp.float32, matmul_n, repeats)
+    bf16 = matmul_ceiling(jnp.bfloat16, matmul_n, repeats)
+    bw = memory_bandwidth(read_bytes, repeats)
+    log(f"matmul ceiling: float32 {f32 / 1e9:.1f} GFLOP/s, bfloat16 {bf16 / 1e9:.1f} GFLOP/s; read bandwidth "
+        f"{bw / 1e9:.1f} GB/s")
+    return {"device": device_name(), "device_kind": jax.devices()[0].device_kind, "jax": jax.__version__,
+            "commit": git_commit(), "platform": platform.platform(), "cpu_model": cpu_model(),
+            "cpu_count": os.cpu_count(), "matmul_n": matmul_n, "matmul_flops_f32": f32, "matmul_flops_bf16": bf16,
+            "read_bandwidth_bytes_s": bw}
 
 
 def run_once(fn: Callable) -> float:
@@ -29,10 +87,10 @@ def alternate(fns: dict[str, Callable], repeats: int, warmup: int = 1) -> dict[s
     return {k: {"median_s": statistics.median(v), "min_s": min(v), "times_s": v} for k, v in times.items()}
 
 
-def compile_seconds(fn: Callable, *args) -> tuple[float, object]:
+def compile_seconds(fn: Callable, *args, compiler_options: dict | None = None) -> tuple[float, object]:
     """Time lowering + compiling a jitted function (no persistent cache) -> (seconds, compiled)."""
     t0 = time.perf_counter()
-    compiled = fn.lower(*args).compile()
+    compiled = fn.lower(*args).compile(compiler_options)
     return time.perf_counter() - t0, compiled
 
 
@@ -92,27 +150,43 @@ def make_train_step(loss_fn: Callable, optimizer) -> Callable:
     return jax.jit(step, donate_argnums=(0, 1))
 
 
-def random_batch(vocab: int, batch: int, length: int, seed: int = 0) -> dict:
-    """Token ids in [2, vocab) with some right padding, labels and decoder inputs (shifted right)."""
+def stepping(step: Callable, state: dict, name: str, batch: dict, key) -> Callable:
+    """A zero-arg callable for :func:`alternate`: one ``step`` of side ``name`` from ``state[name]`` (params,
+    optimizer state; the step donates them), storing the new state there; returns the loss."""
+    def run():
+        p, o, loss = step(*state[name], batch, key)
+        state[name] = (p, o)
+        return loss
+    return run
+
+
+def random_batch(vocab: int, batch: int, length: int, seed: int = 0, target_length: int | None = None) -> dict:
+    """Token ids in [2, vocab) with some right padding, labels and decoder inputs (shifted right); the labels
+    are the inputs unless ``target_length`` asks for targets of their own (a seq2seq batch)."""
     rng = np.random.default_rng(seed)
-    ids = rng.integers(2, vocab, size=(batch, length)).astype(np.int32)
-    lengths = rng.integers(length // 2, length + 1, size=batch)
-    mask = np.arange(length)[None] < lengths[:, None]
-    labels = np.where(mask, ids, 0).astype(np.int32)
+
+    def padded(n):
+        ids = rng.integers(2, vocab, size=(batch, n)).astype(np.int32)
+        mask = np.arange(n)[None] < rng.integers(n // 2, n + 1, size=batch)[:, None]
+        return np.where(mask, ids, 0).astype(np.int32), mask.astype(np.int32)
+
+    inputs, mask = padded(length)
+    labels, label_mask = (inputs, mask) if target_length is None else padded(target_length)
     dec_in = np.concatenate([np.zeros((batch, 1), np.int32), labels[:, :-1]], 1)
-    return {k: jnp.asarray(v) for k, v in dict(input_ids=labels, attention_mask=mask.astype(np.int32), labels=labels,
-                                                 decoder_input_ids=dec_in,
-                                                 decoder_attention_mask=mask.astype(np.int32)).items()}
+    return {k: jnp.asarray(v) for k, v in dict(input_ids=inputs, attention_mask=mask, labels=labels,
+                                                 decoder_input_ids=dec_in, decoder_attention_mask=label_mask).items()}
 
 
-def t5_forward_flops(cfg, batch: int, src_len: int, tgt_len: int) -> float:
-    """Model FLOPs of one teacher-forced forward pass (matmuls only: 2 x multiply-adds)."""
+def t5_forward_flops(cfg, batch: int, src_len: int, tgt_len: int, cross_len: int | None = None) -> float:
+    """Model FLOPs of one teacher-forced forward pass (matmuls only: 2 x multiply-adds). The decoder
+    cross-attends to ``cross_len`` states (default ``src_len``; a T5-VAE's latent tokens)."""
+    S = src_len if cross_len is None else cross_len
     D, F, H, K, V = cfg.d_model, cfg.d_ff, cfg.num_heads, cfg.d_kv, cfg.vocab_size
     n_wi = 2 if cfg.is_gated else 1
     proj = D * H * K                               # one of q, k, v, o, per position
     mlp = (n_wi + 1) * D * F
     enc = src_len * (4 * proj + mlp) + 2 * src_len * src_len * H * K          # + QK^T and PV
     dec = (tgt_len * (4 * proj + 2 * proj + mlp)  # self-attention, cross q/o, mlp per target position
-           + src_len * 2 * proj                   # cross-attention k/v from the source positions
-           + 2 * tgt_len * tgt_len * H * K + 2 * tgt_len * src_len * H * K)
+           + S * 2 * proj                         # cross-attention k/v from the states it attends to
+           + 2 * tgt_len * tgt_len * H * K + 2 * tgt_len * S * H * K)
     return 2.0 * batch * (cfg.num_layers * enc + cfg.num_decoder_layers * dec + tgt_len * D * V)

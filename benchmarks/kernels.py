@@ -21,9 +21,9 @@ import optax
 
 import t5vae as tv
 from benchmarks import harness
-from benchmarks.__main__ import RESULTS, cpu_model, device_name, git_commit, log
+from benchmarks.harness import RESULTS, log
 from t5vae import kernels, train
-from t5vae.config import FAST_PATHS
+from t5vae.config import CPU_PATHS
 
 # which fast paths each workload runs (the others cannot change its time)
 TOUCHES = {"t5_train": ("dropout", "mlp", "xent"), "t5_generate": ("decoder_layout",),
@@ -34,7 +34,7 @@ def variants(paths) -> dict[str, str]:
     """{label: T5Config.kernels value}: all, all but each of ``paths``, and plain."""
     out = {"cpu": "cpu"}
     for p in paths:
-        out[f"cpu-{p}"] = "+".join(f for f in FAST_PATHS if f != p)
+        out[f"cpu-{p}"] = "+".join(f for f in CPU_PATHS if f != p)
     out["plain"] = "plain"
     return out
 
@@ -91,9 +91,9 @@ def main(argv=None) -> int:
     unknown = sorted(set(only) - set(WORKLOADS))
     if unknown:
         ap.error(f"--only: unknown workload(s) {unknown}; choose from {list(WORKLOADS)}")
-    res = {"device": device_name(), "backend": jax.default_backend(), "cpu_model": cpu_model(),
-           "date": datetime.date.today().isoformat(), "commit": git_commit(), "jax": jax.__version__,
-           "repeats": args.repeats, "auto": sorted(kernels.AUTO.get(jax.default_backend(), ())), "workloads": {}}
+    on_host = jax.default_backend() == "cpu"
+    res = {**harness.machine(2048 if on_host else 8192, 1 << 28 if on_host else 1 << 32, 3),
+           "backend": jax.default_backend(), "date": datetime.date.today().isoformat(), "repeats": args.repeats, "auto": sorted(kernels.AUTO.get(jax.default_backend(), ())), "workloads": {}}
     paths = [RESULTS / f"kernels-{res['device']}-{res['date']}.json"] + ([Path(args.json)] if args.json else [])
     for name in only:
         vs = variants(TOUCHES[name])

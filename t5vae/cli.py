@@ -59,7 +59,9 @@ def _add_setting_flags(p: argparse.ArgumentParser):
         g = p.add_argument_group(group)
         for f in fields:
             default = getattr(defaults, f.name)
-            g.add_argument(f"--{prefix}{f.name.replace('_', '-')}", dest=f"{prefix.replace('-', '.')}{f.name}",
+            # mixed precision is a setting users reach for by its short name: --dtype bfloat16 is --t5-dtype
+            alias = [f"--{f.name.replace('_', '-')}"] if prefix and f.name in ("dtype", "param_dtype") else []
+            g.add_argument(f"--{prefix}{f.name.replace('_', '-')}", *alias, dest=f"{prefix.replace('-', '.')}{f.name}",
                            type=lambda s, d=default, t=str(f.type): _parse_value(s, d, t), default=argparse.SUPPRESS,
                            metavar=type(default).__name__.upper() if default is not None else "VALUE",
                            help=f"default {default!r}")

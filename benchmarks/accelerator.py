@@ -1,0 +1,263 @@
+"""``python -m benchmarks --suite accelerator [--tiny] [--json PATH]``: t5vae against the jitted Flax reference
+at the shapes users train at, in float32 and in bfloat16 compute.
+
+Both sides run identical weights (the reference's random init converted to our tree), take turns after
+warm-up, and report medians. bfloat16 means compute only: ``T5Config(dtype="bfloat16", param_dtype="float32")``
+with float32 AdamW state for us, ``FlaxT5ForConditionalGeneration(dtype=bfloat16)`` with float32 params for
+the reference. Workloads (t5-base unless ``--preset``; batch x tokens as users train):
+
+  vae_train_{bf16,f32}      T5-VAE train step, batch 256 x 64 tokens, dropout 0.1 (``--dropout``), AdamW. The
+                            reference has no bottleneck: it is the Flax T5 train step on the same batch as an
+                            autoencoder (64 -> 64 tokens; its decoder cross-attends to 64 encoder states, ours to 8).
+  seq2seq_train_{bf16,f32}  encoder-decoder train step, batch 64, 512 input / 128 target tokens, dropout 0.1.
+  generate_{bf16,f32}       greedy generation, batch 64, 64 input tokens, exactly 64 new tokens (no EOS).
+
+Per workload NAME: ``NAME_speedup`` (reference / ours median seconds: > 1 means ours is faster),
+``NAME_mfu`` (model FLOPs / our median / the bfloat16 matmul ceiling the run measured first; matmul FLOPs
+only, a train step 3x its forward, remat's recomputation not counted, generation counted as the forward over
+its input and its new tokens), ``NAME_compile_s``, and for training ``NAME_peak_memory_ratio`` (ours /
+reference of XLA's buffer plan for the compiled step, ``memory_analysis()``: arguments + outputs +
+temporaries - donated aliases; the same static measure on every backend, not an allocator's runtime peak).
+f32 workloads also check the numbers: the dropout-free loss difference, and generation's token agreement.
+
+The JSON is rewritten atomically after every workload, so a run that is cut off keeps what it measured;
+``complete`` is true only when every workload finished.
+
+Budget, one H200, <= 8 minutes with compiles (estimated from the CPU runs and XLA's compile times, not yet
+measured there): about 1 min to start (imports, the reference's random t5-base init, the ceilings); per
+train workload two compiles (the Flax model is unrolled, ours scanned; about 50 s together) plus, in f32,
+two forward compiles for the loss check, then 2 warm-up and 5 timed steps per side (a few seconds);
+per generation workload two compiles (about 40 s) and 2 + 5 calls per side. bf16 runs first (the targets
+are for bf16). ``--deadline-minutes`` (default 7.5) starts no workload after it: a slow machine ends with
+``complete: false`` and the workloads it measured. ``--tiny`` (the tiny preset, tiny shapes, 1 repeat, its
+train steps compiled at XLA's -O0: code generation is most of a tiny run) runs every workload on the CPU, for CI.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import t5vae as tv
+from benchmarks import harness, reference
+from benchmarks.harness import RESULTS, log
+from t5vae import kernels
+from t5vae.config import KERNELS
+
+TINY_COMPILE = {"xla_backend_optimization_level": 0}
+# (batch, input tokens, target or new tokens) per workload kind, full and --tiny
+SHAPES = {"vae_train": (256, 64, 64), "seq2seq_train": (64, 512, 128), "generate": (64, 64, 64)}
+TINY_SHAPES = {"vae_train": (4, 16, 16), "seq2seq_train": (4, 16, 8), "generate": (4, 8, 4)}
+DTYPES = {"bf16": "bfloat16", "f32": "float32"}
+WORKLOADS = tuple(f"{kind}_{d}" for d in DTYPES for kind in SHAPES)  # bf16 first
+
+
+def write_atomic(path: Path, obj: dict) -> None:
+    """Write JSON through a temporary file in the same directory and ``os.replace``: never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(obj, indent=2) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def planned_bytes(compiled) -> int:
+    """XLA's buffer plan of a compiled program: arguments + outputs + temporaries - donated aliases."""
+    m = compiled.memory_analysis()
+    peak = getattr(m, "peak_memory_in_bytes", None)
+    if peak is None:
+        peak = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+    return int(peak)
+
+
+def with_dtype(model, dtype):
+    """The Flax reference in another compute dtype (its params stay float32: pass them explicitly)."""
+    return type(model)(model.config, dtype=jnp.dtype(dtype), _do_init=False)
+
+
+def time_train(steps: dict, params: dict, batch: dict, ctx: dict) -> dict:
+    """Compile each side's train step on its params (timed, memory planned), then alternate the steps."""
+    opt, key = optax.adamw(1e-4), jax.random.key(0)
+    state, compiled, out = {}, {}, {"compile_s": {}, "planned_bytes": {}}
+    for side, step in steps.items():
+        p = jax.tree.map(jnp.copy, params[side])  # the steps donate their state
+        o = opt.init(p)
+        out["compile_s"][side], compiled[side] = harness.compile_seconds(step, p, o, batch, key,
+                                                                         compiler_options=ctx["compile"])
+        out["planned_bytes"][side] = planned_bytes(compiled[side])
+        state[side] = (p, o)
+
+    run = {side: harness.stepping(compiled[side], state, side, batch, key) for side in steps}
+    out["timings"] = harness.alternate(run, ctx["repeats"], ctx["warmup"])
+    losses = {side: float(run[side]()) for side in steps}
+    if not all(math.isfinite(v) for v in losses.values()):
+        raise FloatingPointError(f"non-finite train loss after the timed steps: {losses}")
+    return out
+
+
+def vae_train(ctx, dtype: str, shape) -> dict:
+    B, L, _ = shape
+    t5cfg = ctx["cfg"].replace(dtype=dtype, dropout_rate=ctx["dropout"])
+    vcfg = tv.Config(t5=t5cfg, max_length=L)
+    batch = harness.random_batch(t5cfg.vocab_size, B, L, seed=1)
+
+    def ours(p, b, k):  # the VAE reconstructs its input; step 1000 is past the MMD weight's warm-up
+        return tv.loss(p, vcfg, {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}, k, 1000)[0]
+
+    ref = reference.with_dropout(with_dtype(ctx["model"], dtype), ctx["dropout"])
+    steps = {"ours": harness.make_train_step(ours, optax.adamw(1e-4)),
+             "reference_jit": harness.make_train_step(harness.logits_loss(reference.train_loss_fn(ref)),
+                                                      optax.adamw(1e-4))}
+    params = {"ours": tv.from_t5(vcfg, ctx["params"], jax.random.key(2)), "reference_jit": ctx["ref_params"]}
+    out = time_train(steps, params, batch, ctx)
+    out["flops"] = 3 * harness.t5_forward_flops(t5cfg, B, L, L, cross_len=vcfg.n_latent_tokens)
+    return out
+
+
+def seq2seq_train(ctx, dtype: str, shape) -> dict:
+    B, S, T = shape
+    cfg = ctx["cfg"].replace(dtype=dtype)
+    batch = harness.random_batch(cfg.vocab_size, B, S, seed=2, target_length=T)
+    ref = with_dtype(ctx["model"], dtype)
+    rate = ctx["dropout"]
+    steps = {"ours": harness.make_train_step(harness.t5vae_loss(cfg.replace(dropout_rate=rate)), optax.adamw(1e-4)),
+             "reference_jit": harness.make_train_step(
+                 harness.logits_loss(reference.train_loss_fn(reference.with_dropout(ref, rate))), optax.adamw(1e-4))}
+    out = {}
+    if dtype == "float32":  # the two steps optimise the same function: equal dropout-free losses
+        key = jax.random.key(0)
+        jit = lambda f: jax.jit(f, compiler_options=ctx["compile"])  # noqa: E731
+        ours_loss = jit(harness.t5vae_loss(cfg))(ctx["params"], batch, key)
+        ref_loss = jit(harness.logits_loss(lambda p, b, k: reference.forward_fn(ref)(p, b)))(
+            ctx["ref_params"], batch, key)
+        out["loss_abs_diff_no_dropout"] = abs(float(ours_loss) - float(ref_loss))
+    out.update(time_train(steps, {"ours": ctx["params"], "reference_jit": ctx["ref_params"]}, batch, ctx))
+    out["flops"] = 3 * harness.t5_forward_flops(cfg, B, S, T)
+    return out
+
+
+def generate(ctx, dtype: str, shape) -> dict:
+    B, S, NEW = shape
+    never = ctx["cfg"].vocab_size  # an id argmax cannot return: both sides generate exactly NEW tokens
+    cfg = ctx["cfg"].replace(dtype=dtype, eos_token_id=never)
+    ref = with_dtype(ctx["model"], dtype)
+    ref.generation_config.eos_token_id = never
+    batch = harness.random_batch(cfg.vocab_size, B, S, seed=3)
+    ids, mask, params = batch["input_ids"], batch["attention_mask"], ctx["params"]
+    w = kernels.decoder_weights(params, cfg) if kernels.ops(cfg).decoder_layout else None
+    ref_gen = jax.jit(reference.generate_fn(ref, NEW))
+    fns = {"ours": lambda: tv.t5.generate(params, cfg, ids, mask, NEW, decoder_weights=w),
+           "reference_jit": lambda: ref_gen(ctx["ref_params"], ids, mask)}
+    out = {"compile_s": {side: harness.run_once(fn) for side, fn in fns.items()}}  # first call: compiles
+    tokens = np.asarray(fns["ours"]()), np.asarray(fns["reference_jit"]())[:, 1:]  # the reference adds start
+    out["same_tokens_fraction"] = float(np.mean(tokens[0] == tokens[1]))
+    out["timings"] = harness.alternate(fns, ctx["repeats"], ctx["warmup"])
+    out["flops"] = harness.t5_forward_flops(cfg, B, S, NEW)
+    return out
+
+
+KINDS = {"vae_train": vae_train, "seq2seq_train": seq2seq_train, "generate": generate}
+
+
+def record(res: dict, name: str, out: dict, bf16_ceiling: float) -> None:
+    """The workload's top-level keys: speedup, mfu, compile seconds, peak memory ratio (training)."""
+    med = {side: v["median_s"] for side, v in out["timings"].items()}
+    res[f"{name}_speedup"] = med["reference_jit"] / med["ours"]
+    res[f"{name}_mfu"] = out["flops"] / med["ours"] / bf16_ceiling
+    res[f"{name}_mfu_reference"] = out["flops"] / med["reference_jit"] / bf16_ceiling
+    res[f"{name}_ms"] = {side: 1e3 * s for side, s in med.items()}
+    res[f"{name}_compile_s"] = out["compile_s"]
+    if "planned_bytes" in out:
+        pb = out["planned_bytes"]
+        res[f"{name}_peak_memory_ratio"] = pb["ours"] / pb["reference_jit"]
+        res[f"{name}_peak_memory_mb"] = {side: b / 2 ** 20 for side, b in pb.items()}
+    for k in ("loss_abs_diff_no_dropout", "same_tokens_fraction"):
+        if k in out:
+            res[f"{name}_{k}"] = out[k]
+    res["timings"][name] = out["timings"]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks --suite accelerator", description=__doc__.splitlines()[0])
+    ap.add_argument("--json", help="write the results here (default benchmarks/results/<device>-<date>-accelerator"
+                                   "[-tiny].json)")
+    ap.add_argument("--tiny", action="store_true", help="tiny preset and shapes, 1 repeat: the CI check of the suite")
+    ap.add_argument("--preset", default=None, help="T5 preset (default t5-base; tiny with --tiny)")
+    ap.add_argument("--repeats", type=int, help="timed rounds per workload (default 5; 1 with --tiny)")
+    ap.add_argument("--only", help=f"comma-separated subset of {','.join(WORKLOADS)} (default: all)")
+    ap.add_argument("--kernels", default="auto", help=f"T5Config.kernels for our side: {', '.join(KERNELS)} or "
+                                                      "fast paths joined by '+' (e.g. dpa; default auto)")
+    ap.add_argument("--dropout", type=float, default=0.1,
+                    help="dropout rate of both train steps (default 0.1; 0 lets the dpa fast path run in training)")
+    ap.add_argument("--deadline-minutes", type=float, default=7.5,
+                    help="start no workload after this many minutes (default 7.5)")
+    args = ap.parse_args(argv)
+    only = WORKLOADS if not args.only else tuple(w.strip() for w in args.only.split(","))
+    unknown = sorted(set(only) - set(WORKLOADS))
+    if unknown:
+        ap.error(f"--only: unknown workload(s) {unknown}; choose from {list(WORKLOADS)}")
+    if args.repeats is not None and args.repeats < 1:
+        ap.error(f"--repeats must be at least 1, got {args.repeats}")
+    if not 0.0 <= args.dropout < 1.0:
+        ap.error(f"--dropout must be in [0, 1), got {args.dropout}")
+    preset = args.preset or ("tiny" if args.tiny else "t5-base")
+    try:
+        cfg = tv.preset(preset, dropout_rate=0.0, kernels=args.kernels)
+    except ValueError as e:
+        ap.error(str(e))
+    t_start = time.perf_counter()
+    shapes = TINY_SHAPES if args.tiny else SHAPES
+    repeats = args.repeats or (1 if args.tiny else 5)
+    on_host = jax.devices()[0].platform == "cpu"
+    log(f"devices: {jax.devices()}  jax {jax.__version__}  preset {preset}  repeats={repeats}")
+    n, read = (256, 1 << 22) if args.tiny else ((2048, 1 << 28) if on_host else (8192, 1 << 32))
+    mach = harness.machine(n, read, 2 if args.tiny else 5)
+    res = {"suite": "accelerator", "model": preset, "complete": False, **mach,
+           "date": datetime.date.today().isoformat(), "tiny": args.tiny, "kernels": args.kernels,
+           "fast_paths": sorted(kernels.enabled(args.kernels)), "repeats": repeats, "dropout": args.dropout,
+           "workloads": list(only),
+           "shapes": {name: shapes[name.rsplit("_", 1)[0]] for name in only}, "timings": {}, "phase_s": {},
+           "skipped": []}
+    suffix = "-tiny" if args.tiny else ""
+    path = Path(args.json) if args.json else RESULTS / f"{res['device']}-{res['date']}-accelerator{suffix}.json"
+
+    def save():
+        res["wall_s"] = time.perf_counter() - t_start
+        write_atomic(path, res)
+
+    model, ref_params, params = reference.make_reference(cfg)
+    ctx = {"cfg": cfg, "model": model, "ref_params": ref_params, "params": params, "repeats": repeats,
+           "warmup": 1 if args.tiny else 2, "compile": TINY_COMPILE if args.tiny else None, "dropout": args.dropout}
+    res["phase_s"]["setup"] = time.perf_counter() - t_start
+    save()
+    for name in only:
+        if time.perf_counter() - t_start > 60 * args.deadline_minutes:
+            res["skipped"].append(name)
+            log(f"{name}: skipped (past --deadline-minutes {args.deadline_minutes})")
+            continue
+        kind, d = name.rsplit("_", 1)
+        t0 = time.perf_counter()
+        log(f"{name} {shapes[kind]} ...")
+        record(res, name, KINDS[kind](ctx, DTYPES[d], shapes[kind]), mach["matmul_flops_bf16"])
+        res["phase_s"][name] = time.perf_counter() - t0
+        log(f"{name}: {res[f'{name}_speedup']:.2f}x the reference, MFU {res[f'{name}_mfu']:.1%} "
+            f"({res['phase_s'][name]:.0f} s)")
+        save()
+    res["complete"] = not res["skipped"] and all(f"{w}_speedup" in res for w in WORKLOADS)
+    save()
+    log(f"wrote {path} in {res['wall_s']:.0f} s (complete: {res['complete']})")
+    return 0
