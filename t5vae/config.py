@@ -266,7 +266,7 @@ class Config(_Settings):
     mmd_b: float = 6.25
     latent_noise: float = 0.0
     latent_dropout: float = 0.1
-    max_length: int = 48
+    max_length: int = 64
 
     def __post_init__(self):
         if isinstance(self.t5, dict):
@@ -315,11 +315,11 @@ class TrainConfig(_Settings):
     seed: int = 0
     corpus: str | None = None        # None/"stdlib", "tfds:NAME[:FIELD]" or comma-separated text files
     min_chars: int = 10              # stdlib corpus line length bounds
-    max_chars: int = 40
+    max_chars: int = 80             # = corpus.MAX_CHARS
     validation_percent: float = 2.0
     tokenizer: str | None = None     # a spiece.model; None trains one on the corpus
     vocab_size: int = 1024           # for a trained tokenizer
-    rename_prob: float = 0.0         # per epoch, the chance a training line's names are renamed (t5vae.augment)
+    rename_prob: float = 0.8         # per epoch, the chance a training line's names are renamed (t5vae.augment)
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 10

@@ -16,6 +16,10 @@ from pathlib import Path
 from typing import Sequence
 
 
+# The embedded corpus's line-length cap in characters (TrainConfig.max_chars's default): real code lines run
+# past 40 characters, and a model that never saw one reconstructs almost none (docs/results.md).
+MAX_CHARS = 80
+
 def split_of(line: str, validation_percent: float) -> str:
     """``"validation"`` or ``"train"``, fixed by a CRC32 hash of the line (stable across machines)."""
     return "validation" if zlib.crc32(line.encode("utf-8")) % 10_000 < validation_percent * 100 else "train"
@@ -45,7 +49,7 @@ def _is_statement(s: str) -> bool:
     return "#" not in s and "\\" not in s
 
 
-def stdlib_lines(min_chars: int = 10, max_chars: int = 40, root: str | None = None) -> list[str]:
+def stdlib_lines(min_chars: int = 10, max_chars: int = MAX_CHARS, root: str | None = None) -> list[str]:
     """The embedded default corpus: single-line Python statements from the installed standard library.
 
     Every stripped line of every ``.py`` file (tests, encodings tables and vendored packages skipped) that
@@ -70,7 +74,7 @@ def package_root(name_or_dir: str) -> str:
     return list(spec.submodule_search_locations)[0]
 
 
-def python_lines(root: str, min_chars: int = 10, max_chars: int = 40) -> list[str]:
+def python_lines(root: str, min_chars: int = 10, max_chars: int = MAX_CHARS) -> list[str]:
     """Single-line statements of the ``.py`` files under ``root``, chosen as :func:`stdlib_lines` chooses."""
     skip = {"site-packages", "test", "tests", "idlelib", "lib2to3", "encodings", "__pycache__", "turtledemo"}
     found = set()

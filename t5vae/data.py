@@ -87,7 +87,7 @@ def _train_spm(spm, lines, out, vocab_size):
 
 
 def load_corpus(spec: str | None = None, validation_percent: float = 2.0, min_chars: int = 10,
-                max_chars: int = 40) -> corpus.Corpus:
+                max_chars: int = corpus.MAX_CHARS) -> corpus.Corpus:
     """``None``/"stdlib": the embedded corpus; "py:PACKAGE_OR_DIR": the statements of other Python code chosen
     the same way (``py:optax``, ``py:/path/to/src``); "tfds:NAME[/CONFIG][:VERSION][:FIELD]": a TFDS dataset read
     TF-free (``tfds:python_statements`` is the embedded corpus as a TFDS builder, the same split; a catalog

@@ -44,12 +44,12 @@ class PythonStatementsConfig(tfds.core.BuilderConfig):
     """``corpus.stdlib_lines(min_chars, max_chars, root)`` split by ``corpus.Corpus.from_lines``."""
 
     min_chars: int = 10
-    max_chars: int = 40
+    max_chars: int = corpus.MAX_CHARS
     validation_percent: float = 2.0
     root: str = ""
 
 
-def python_statements_config(min_chars: int = 10, max_chars: int = 40, validation_percent: float = 2.0,
+def python_statements_config(min_chars: int = 10, max_chars: int = corpus.MAX_CHARS, validation_percent: float = 2.0,
                              root: str | os.PathLike | None = None) -> PythonStatementsConfig:
     """A config named by its settings and a hash of (Python version, stdlib root), so corpora of different
     interpreters or roots never share a directory."""
@@ -140,7 +140,7 @@ class TextLines(_Lines):
 
 
 def python_statements_builder(data_dir: str | os.PathLike | None = None, *, min_chars: int = 10,
-                              max_chars: int = 40, validation_percent: float = 2.0,
+                              max_chars: int = corpus.MAX_CHARS, validation_percent: float = 2.0,
                               root: str | os.PathLike | None = None) -> PythonStatements:
     cfg = python_statements_config(min_chars, max_chars, validation_percent, root)
     if cfg.name in PythonStatements.builder_configs:  # TFDS wants a registered config by name
@@ -173,7 +173,7 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return name, field
 
 
-def get_builder(name: str, data_dir=None, *, min_chars: int = 10, max_chars: int = 40,
+def get_builder(name: str, data_dir=None, *, min_chars: int = 10, max_chars: int = corpus.MAX_CHARS,
                 validation_percent: float = 2.0) -> tfds.core.DatasetBuilder:
     """A prepared builder: ``python_statements`` is prepared on first use; a catalog dataset must already
     be prepared in ``data_dir`` (nothing is downloaded), else FileNotFoundError naming both."""
@@ -230,7 +230,7 @@ def read_split(builder, split: str, field: str = "text", limit: int | None = Non
 
 
 def load_tfds_corpus(name_or_builder, data_dir=None, field: str = "text", *, validation_percent: float = 2.0,
-                     min_chars: int = 10, max_chars: int = 40) -> corpus.Corpus:
+                     min_chars: int = 10, max_chars: int = corpus.MAX_CHARS) -> corpus.Corpus:
     """Train and validation lines of a TFDS dataset (a name or a builder), prepared first if it is one of
     ours. Validation is the ``validation`` split, else ``test``, else a hash-fixed share of ``train``."""
     if isinstance(name_or_builder, tfds.core.DatasetBuilder):

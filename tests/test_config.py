@@ -124,3 +124,8 @@ def test_train_config_validation_and_json_round_trip(tmp_path):
         tv.TrainConfig(eval_every=-1)
     with pytest.raises(dataclasses.FrozenInstanceError):
         tc.steps = 3
+
+
+def test_train_config_corpus_cap_is_the_embedded_corpus_cap():
+    from t5vae import corpus  # config is a leaf module, so the default is written in both places
+    assert tv.TrainConfig().max_chars == corpus.MAX_CHARS

@@ -13,7 +13,7 @@ def test_stdlib_corpus_is_parseable_deduplicated_bounded_and_split(stdlib_corpus
     both = c.train + c.validation
     assert len(set(both)) == len(both)
     assert not set(c.train) & set(c.validation)
-    assert all(10 <= len(s) <= 40 for s in both)
+    assert all(10 <= len(s) <= corpus.MAX_CHARS for s in both) and max(map(len, both)) > 60
     for s in c.validation[:200]:
         ast.parse(s)
     assert all(corpus.split_of(s, 2.0) == "validation" for s in c.validation)
