@@ -28,7 +28,7 @@ def test_tiny_mode_writes_every_key_finite_and_positive(tiny_results):
 
     r, path = tiny_results
     assert r["suite"] == "accelerator" and r["model"] == "tiny" and r["complete"] is True
-    assert r["skipped"] == [] and r["tiny"] is True
+    assert r["skipped"] == [] and r["errors"] == {} and r["tiny"] is True
     assert isinstance(r["device_kind"], str) and r["device_kind"]
     assert isinstance(r["cpu_model"], str) and r["cpu_model"]  # lscpu's "Model name"
     assert set(accelerator.WORKLOADS) == {f"{k}_{d}" for k in ("vae_train", "seq2seq_train", "generate")
@@ -66,6 +66,27 @@ def test_suite_rejects_an_unknown_workload_and_bad_repeats(capsys):
         with pytest.raises(SystemExit) as e:
             main(["--suite", "accelerator", "--tiny"] + argv)
         assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
+def test_a_failing_workload_is_kept_and_the_deadline_skips(tmp_path, monkeypatch):
+    """A workload that raises is recorded under "errors" and the others still run (exit 1, not complete); past
+    --deadline-minutes no workload starts (exit 0, not complete)."""
+    require("flax")
+    from benchmarks import accelerator
+
+    def out_of_memory(ctx, dtype, shape):
+        raise MemoryError(f"fake: no memory for {dtype}")
+
+    monkeypatch.setitem(accelerator.KINDS, "generate", out_of_memory)
+    p = tmp_path / "r.json"
+    assert accelerator.main(["--tiny", "--only", "generate_bf16,generate_f32", "--json", str(p)]) == 1
+    r = json.loads(p.read_text())
+    assert r["errors"] == {"generate_bf16": "MemoryError: fake: no memory for bfloat16",
+                           "generate_f32": "MemoryError: fake: no memory for float32"}
+    assert r["complete"] is False and "generate_f32_speedup" not in r
+    assert accelerator.main(["--tiny", "--only", "generate_f32", "--deadline-minutes", "0", "--json", str(p)]) == 0
+    r = json.loads(p.read_text())
+    assert r["skipped"] == ["generate_f32"] and r["errors"] == {} and r["complete"] is False
 
 
 # -- mixed precision -----------------------------------------------------------------------------------
