@@ -145,28 +145,41 @@ def tokenizer_path(path: str | os.PathLike) -> Path | None:
 CHECKPOINTS_DIR, TRAIN_CONFIG_FILE = "checkpoints", "train_config.json"
 
 
-def checkpoint_manager(run_dir: str | os.PathLike, max_to_keep: int = 2):
-    """An orbax CheckpointManager over ``run_dir/checkpoints`` (async saves, keeps the newest ``max_to_keep``)."""
+# The train state is orbax's single unnamed item ("default"); a run on the grain input pipeline also saves the
+# pipeline's position (JSON) as a second item, "data", in the same step directory.
+STATE_ITEM, DATA_ITEM = "default", "data"
+
+
+def checkpoint_manager(run_dir: str | os.PathLike, max_to_keep: int = 2, with_data: bool = False):
+    """An orbax CheckpointManager over ``run_dir/checkpoints`` (async saves, keeps the newest ``max_to_keep``);
+    ``with_data``: its checkpoints hold the input pipeline's state too (:data:`DATA_ITEM`)."""
     import orbax.checkpoint as ocp
 
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True)
-    return ocp.CheckpointManager(Path(run_dir).absolute() / CHECKPOINTS_DIR, options=options)
+    items = {"item_names": (STATE_ITEM, DATA_ITEM)} if with_data else {}
+    return ocp.CheckpointManager(Path(run_dir).absolute() / CHECKPOINTS_DIR, options=options, **items)
 
 
-def save_train_state(manager, step: int, state) -> None:
-    """Save a train state pytree at ``step`` (asynchronously; call ``manager.wait_until_finished()``)."""
+def save_train_state(manager, step: int, state, data_state: dict | None = None) -> None:
+    """Save a train state pytree at ``step`` (asynchronously; call ``manager.wait_until_finished()``), with the
+    input pipeline's JSON ``data_state`` when given (a ``with_data`` manager)."""
     import orbax.checkpoint as ocp
 
     floats = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)]
     # one jitted reduction: works on arrays sharded over several processes, where np.asarray cannot
     if not bool(jax.jit(lambda xs: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs])))(floats)):
         raise FloatingPointError(f"refusing to checkpoint step {step}: the train state holds NaN or inf")
-    manager.save(step, args=ocp.args.StandardSave(state))
+    args = ocp.args.StandardSave(state)
+    if data_state is not None:
+        args = ocp.args.Composite(**{STATE_ITEM: args, DATA_ITEM: ocp.args.JsonSave(data_state)})
+    manager.save(step, args=args)
 
 
-def restore_train_state(manager, abstract_state, step: int | None = None, log=print, set_aside: bool = True):
+def restore_train_state(manager, abstract_state, step: int | None = None, log=print, set_aside: bool = True,
+                        with_data: bool = False):
     """Restore the newest checkpoint that can be restored (or the given step) into the structure of
-    ``abstract_state`` -> ``(step, state)``; ``(None, None)`` when there is no checkpoint.
+    ``abstract_state`` -> ``(step, state)``; ``(None, None)`` when there is no checkpoint. ``with_data`` (a
+    ``with_data`` manager): ``(step, state, input pipeline state)``, a checkpoint without the latter is damaged.
 
     A checkpoint whose files are damaged or missing is skipped with a warning naming it and, with
     ``set_aside``, moved to ``RUN/checkpoints-damaged/`` (kept, not deleted); an older one is tried next.
@@ -184,7 +197,12 @@ def restore_train_state(manager, abstract_state, step: int | None = None, log=pr
             raise ValueError(f"checkpoint {s} in {manager.directory} does not match this model/optimizer "
                              f"(was the run started with a different config?): {_difference(stored, abstract_state)}")
         try:
-            state = manager.restore(s, args=ocp.args.StandardRestore(_placed(abstract_state)))
+            args = ocp.args.StandardRestore(_placed(abstract_state))
+            if with_data:
+                got = manager.restore(s, args=ocp.args.Composite(**{STATE_ITEM: args, DATA_ITEM: ocp.args.JsonRestore()}))
+                state = (got[STATE_ITEM], got[DATA_ITEM])
+            else:
+                state = manager.restore(s, args=args)
         except Exception as e:  # noqa: BLE001  tensorstore, orbax and OS errors all mean: cannot be read
             why = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__
             aside = _set_aside(where) if set_aside else None
@@ -195,12 +213,12 @@ def restore_train_state(manager, abstract_state, step: int | None = None, log=pr
         if tried:
             manager.reload()  # the set-aside steps are gone from its list
             log(f"resuming from the older checkpoint {where} instead")
-        return s, state
+        return (s, *state) if with_data else (s, state)
     if tried:
         manager.reload()
         raise ValueError(f"no checkpoint in {manager.directory} could be restored; tried:\n  " + "\n  ".join(tried)
                          + "\nstart over with --overwrite, or restore a backup of the run directory")
-    return None, None
+    return (None, None, None) if with_data else (None, None)
 
 
 def _stored_tree(step_dir: Path):
@@ -208,7 +226,7 @@ def _stored_tree(step_dir: Path):
     absl = logging.getLogger("absl")
     level, absl.level = absl.level, logging.ERROR  # orbax warns about an optional metadata file it never wrote
     try:
-        return _checkpointer().metadata(step_dir / "default").item_metadata.tree
+        return _checkpointer().metadata(step_dir / STATE_ITEM).item_metadata.tree
     except Exception:  # noqa: BLE001  missing or damaged metadata: left to the restore to decide
         return None
     finally:

@@ -298,6 +298,7 @@ class Config(_Settings):
 
 
 OPTIMIZERS = ("adamw", "adafactor")
+PIPELINES = ("memory", "grain")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,6 +330,9 @@ class TrainConfig(_Settings):
     eval_pairs: int = 400             # interpolation pairs of the final evaluation, 9 interior points each
     eval_batch_size: int = 128
     eval_every: int = 2000            # steps between learning-curve evaluations (eval_curve.jsonl); 0: none
+    pipeline: str = "memory"          # "memory": the corpus encoded in host memory (data.BatchStream); "grain":
+                                      # streamed from array_record by grain (t5vae.pipeline, docs/pipeline.md)
+    pipeline_workers: int = 0         # grain worker processes (0: in the training process)
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -336,7 +340,9 @@ class TrainConfig(_Settings):
         for name in ("steps", "batch_size", "checkpoint_every", "log_every", "vocab_size", "keep_checkpoints"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                 raise ValueError(f"TrainConfig.{name} must be a positive int, got {getattr(self, name)!r}")
-        for name in ("eval_every", "eval_pairs", "warmup_steps", "seed", "min_chars"):
+        if self.pipeline not in PIPELINES:
+            raise ValueError(f"TrainConfig.pipeline must be one of {list(PIPELINES)}, got {self.pipeline!r}")
+        for name in ("eval_every", "eval_pairs", "warmup_steps", "seed", "min_chars", "pipeline_workers"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be an int >= 0, got {getattr(self, name)!r}")
         if self.seed >= 2 ** 32:

@@ -103,7 +103,7 @@ def _is_finite(metrics: dict) -> bool:
     return all(math.isfinite(float(v)) for v in metrics.values())
 
 
-def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: data.Encoded, params: dict,
+def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: data.Encoded | None, params: dict,
         log=print, mesh=None, curve=None, renamer=None, tok: data.Tokenizer | None = None) -> tuple[dict, dict]:
     """Train in ``run_dir`` (resuming from its newest checkpoint) -> ``(params, last metrics)``.
 
@@ -114,6 +114,7 @@ def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: dat
     ``curve(params) -> dict`` of held-out metrics, if given, runs every ``tc.eval_every`` steps; its rows go
     to ``eval_curve.jsonl`` (and TensorBoard). Its time counts against ``max_minutes``.
     ``renamer`` and ``tok``: rename the training lines' identifiers afresh every epoch (see :class:`t5vae.data.BatchStream`).
+    ``tc.pipeline == "grain"``: the batches stream from ``tc.corpus`` (:mod:`t5vae.pipeline`; needs ``tok``).
     """
     run_dir = Path(run_dir)
     _check_same_config(run_dir, cfg, tc)
@@ -122,9 +123,10 @@ def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: dat
     else:  # created directly in the rules' shardings
         opt = make_optimizer(tc.optimizer, tc.clip_norm, tc.weight_decay)
         state = jax.jit(lambda p: init_state(cfg, tc, p), out_shardings=_state_shardings(cfg, opt, mesh))(params)
-    mngr = checkpoint.checkpoint_manager(run_dir, tc.keep_checkpoints)
-    start, restored = checkpoint.restore_train_state(mngr, jax.eval_shape(lambda: state), log=log,
-                                                     set_aside=jax.process_index() == 0)
+    streamed = tc.pipeline == "grain"  # the stream's position is checkpointed with the state
+    mngr = checkpoint.checkpoint_manager(run_dir, tc.keep_checkpoints, with_data=streamed)
+    start, restored, *data_state = checkpoint.restore_train_state(
+        mngr, jax.eval_shape(lambda: state), log=log, set_aside=jax.process_index() == 0, with_data=streamed)
     if restored is not None:
         state = restored
         log(f"resumed from {run_dir / checkpoint.CHECKPOINTS_DIR}/{start} (step {int(state['step'])})")
@@ -132,7 +134,13 @@ def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: dat
     train_step = make_train_step(cfg, tc.optimizer, tc.clip_norm, tc.weight_decay, mesh)
     chief = jax.process_index() == 0  # one process writes metrics and shows progress
     lr_at = schedule(tc)
-    stream = data.BatchStream(enc_train, tc.batch_size, data.length_buckets(cfg), tc.seed, renamer, tok)
+    rows = sharding.process_slice(tc.batch_size, mesh) if mesh is not None or streamed else None  # its own rows
+    if streamed:
+        from t5vae import pipeline  # imports grain: only a run that asks for it pays for it
+
+        stream = pipeline.for_training(tc, tok, data.length_buckets(cfg), rows.stop - rows.start, data_state[0])
+    else:
+        stream = data.BatchStream(enc_train, tc.batch_size, data.length_buckets(cfg), tc.seed, renamer, tok)
     if renamer is not None:
         stream(step)
         log(f"identifier renaming: {stream.swapped} of {len(enc_train)} training lines renamed this epoch "
@@ -194,7 +202,7 @@ def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: dat
 
     def save(step: int) -> None:
         nonlocal incomplete
-        checkpoint.save_train_state(mngr, step, state)
+        checkpoint.save_train_state(mngr, step, state, stream.get_state() if streamed else None)
         if incomplete:  # the mark goes once a checkpoint is committed: from then on the run can be resumed
             mngr.wait_until_finished()
             rundir.mark_complete(run_dir)
@@ -219,9 +227,12 @@ def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: dat
                 log(f"stopping at step {step}: max_minutes={tc.max_minutes} reached")
                 break
             batch = stream(step)
-            if mesh is not None:  # every process draws the same batch and keeps only its own rows
-                rows = sharding.process_slice(len(batch["input_ids"]), mesh)
-                batch = sharding.global_batch({k: v[rows] for k, v in batch.items()}, mesh)
+            if streamed:  # each process read its own rows: one padded length for all of them
+                batch = pipeline.agree_length(batch)
+            elif mesh is not None:  # every process draws the same batch and keeps only its own rows
+                batch = {k: v[rows] for k, v in batch.items()}
+            if mesh is not None:
+                batch = sharding.global_batch(batch, mesh)
             state, metrics = train_step(state, batch, key, float(lr_at(progress(step))))
             step += 1
             if pending is not None:
@@ -247,6 +258,8 @@ def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: dat
         if bar is not None:
             bar.close()
         mngr.close()
+        if streamed:
+            stream.close()
     return state["params"], last
 
 
@@ -283,8 +296,14 @@ def prepare(cfg: Config, tc: TrainConfig, out: str | os.PathLike, init_from: str
     out = Path(out)
     chief = jax.process_index() == 0
     resuming = rundir.reuse_or_clear(out, overwrite, log) if chief else None
-    corpus = data.load_corpus(tc.corpus, tc.validation_percent, tc.min_chars, tc.max_chars)
-    log(f"corpus {corpus.source}: {len(corpus.train)} train / {len(corpus.validation)} validation lines")
+    if tc.pipeline == "grain":  # streamed: only a tokenizer sample and the held-out lines are read here
+        from t5vae import pipeline
+
+        corpus, n_train = pipeline.load_corpus(tc)
+    else:
+        corpus = data.load_corpus(tc.corpus, tc.validation_percent, tc.min_chars, tc.max_chars)
+        n_train = len(corpus.train)
+    log(f"corpus {corpus.source}: {n_train} train / {len(corpus.validation)} validation lines ({tc.pipeline} pipeline)")
     t5_params = None
     if init_from is not None:
         t5_cfg, t5_params = checkpoint.load_t5(init_from)
@@ -298,11 +317,13 @@ def prepare(cfg: Config, tc: TrainConfig, out: str | os.PathLike, init_from: str
         _check_same_config(out, cfg, tc)
         if chief:
             tc.save_json(out / checkpoint.TRAIN_CONFIG_FILE)
-        enc = _encode(tok, corpus, cfg, log)
+        enc = _encode(tok, corpus, cfg, log, tc)
     return cfg, tok, corpus, enc, t5_params
 
 
-def _encode(tok: data.Tokenizer, corpus, cfg: Config, log) -> data.Encoded:
+def _encode(tok: data.Tokenizer, corpus, cfg: Config, log, tc: TrainConfig) -> data.Encoded | None:
+    if tc.pipeline == "grain":  # the grain pipeline tokenises as it streams
+        return None
     enc = data.encode_lines(tok, corpus.train, cfg.max_length)
     if enc.n_truncated:
         log(f"warning: {enc.n_truncated} of {len(enc)} training lines are longer than max_length="
@@ -324,8 +345,9 @@ def _start(cfg: Config, tc: TrainConfig, out: Path, init_from, corpus, log):
     if init_from is None and tc.tokenizer is None:
         cfg = cfg.replace(t5=cfg.t5.replace(vocab_size=tok.vocab_size))
     check_vocab(cfg, tok)
-    enc = _encode(tok, corpus, cfg, log)
-    data.BatchStream(enc, tc.batch_size, data.length_buckets(cfg), tc.seed)  # raises if no batch fills: before any write
+    enc = _encode(tok, corpus, cfg, log, tc)
+    if enc is not None:  # raises if no batch fills: before any write (a grain corpus: checked as it was opened)
+        data.BatchStream(enc, tc.batch_size, data.length_buckets(cfg), tc.seed)
     rundir.mark_incomplete(out)
     tok.save(out / checkpoint.TOKENIZER_FILE)
     tc.save_json(out / checkpoint.TRAIN_CONFIG_FILE)
@@ -365,7 +387,9 @@ def _run(cfg, tc, out: Path, init_from, overwrite, log, mesh):
                               seed=tc.seed)
         return {k: r[k] for k in evaluate.CURVE_KEYS if k in r}
 
-    renamer = augment.Renamer(corpus.train, p_line=tc.rename_prob) if tc.rename_prob > 0 else None
+    renamer = augment.Renamer(corpus.train, p_line=tc.rename_prob) if tc.rename_prob > 0 and enc is not None else None
+    if tc.rename_prob > 0 and enc is None:
+        log(f"note: the grain pipeline does not rename identifiers (rename_prob {tc.rename_prob} is not applied)")
     params, last = fit(cfg, tc, out, enc, params, log, mesh, curve if curve_lines else None, renamer, tok)
     checkpoint.save_params_replacing(out / checkpoint.PARAMS_DIR, params)  # orbax: every process takes part
     log(f"training took {time.time() - t_start:.0f}s; evaluating on {len(corpus.validation)} held-out lines")

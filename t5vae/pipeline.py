@@ -1,0 +1,367 @@
+"""The input pipeline at corpus scale (``TrainConfig.pipeline = "grain"``): grain over array_record text lines
+(a TFDS dataset's split, read TF-free, or plain array_record files), each process reading its own shard, lines
+tokenised and bucketed into the batches of :func:`t5vae.data.pad_batch` in grain's workers, and an iterator
+state that is saved with the checkpoint, so a resumed run continues the data exactly where it stopped.
+
+Nothing else imports this module at import time: the default in-memory run (:class:`t5vae.data.BatchStream`)
+never imports grain. See docs/pipeline.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from t5vae import corpus, data
+
+try:
+    import grain
+except ImportError as e:
+    raise ImportError(f"the grain input pipeline needs grain, which cannot be imported ({e}): "
+                      f"pip install 'grain>=0.2.18'  (or: pip install 't5vae[scale]')") from None
+
+STATE_FORMAT = 1
+TOKENIZER_LINES = 100_000  # training lines sampled (evenly spaced) to train a tokenizer on
+HELD_OUT_MAX = 2_000       # validation lines taken from the head of a source that has no held-out split
+LONG_LINES = ("truncate", "error")
+
+
+# -- sources ---------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A random-access source of records (``len``, ``[i]``), the dict key of their text (None: a record is
+    the UTF-8 text itself), a name for error messages, and which records it holds: ``[start, stop)``."""
+
+    records: Any
+    field: str | None
+    name: str
+    start: int = 0
+    stop: int | None = None  # None: to the end
+
+    def __len__(self) -> int:
+        return (len(self.records) if self.stop is None else self.stop) - self.start
+
+    def texts(self, indices: Sequence[int]) -> list[str]:
+        """The texts of records ``indices`` of this source (counted from ``start``), read in batches."""
+        out = []
+        for s in range(0, len(indices), 4096):
+            part = [self.start + int(i) for i in indices[s: s + 4096]]
+            out += [record_text(r, self.field, self.name) for r in self.records.__getitems__(part)]
+        return out
+
+
+def record_text(record, field: str | None, name: str) -> str:
+    if field is not None:
+        if not isinstance(record, dict) or field not in record:
+            have = sorted(record) if isinstance(record, dict) else type(record).__name__
+            raise ValueError(f"{name}: a record has no text feature {field!r} (it has {have})")
+        record = record[field]
+    if isinstance(record, bytes):
+        return record.decode("utf-8")
+    if isinstance(record, str):
+        return record
+    raise ValueError(f"{name}: a record's text is a {type(record).__name__}, not bytes or str")
+
+
+def is_array_record_spec(spec: str | None) -> bool:
+    """``array_record:PATH[,PATH]``, or comma-separated paths whose names are array_record files or shards."""
+    if not spec:
+        return False
+    if spec.startswith("array_record:"):
+        return True
+    return all(".array_record" in Path(p).name for p in spec.split(","))
+
+
+def open_source(spec: str | None, split: str = "train", validation_percent: float = 2.0, *, min_chars: int = 10,
+                max_chars: int = corpus.MAX_CHARS, data_dir: str | None = None) -> tuple[Source, Source | None]:
+    """``(training source, held-out source or None)`` of a corpus spec: ``tfds:NAME[/CONFIG][:VERSION][:FIELD]``
+    (None/"stdlib": ``tfds:python_statements``), array_record files of UTF-8 lines, or text files (prepared once
+    as the ``text_lines`` TFDS dataset). A source without a validation/test split holds out its first records
+    (``validation_percent`` of them, at most ``HELD_OUT_MAX``) and trains on the rest."""
+    if spec in (None, "", "stdlib"):
+        spec = "tfds:python_statements"
+    if spec.startswith("py:"):
+        raise ValueError(f"corpus {spec!r} is built in memory; use it with --pipeline memory (the default)")
+    if is_array_record_spec(spec):
+        paths = spec.removeprefix("array_record:").split(",")
+        for p in paths:
+            if not Path(p).is_file():
+                raise FileNotFoundError(f"no array_record file {p} (corpus {spec!r})")
+        records = grain.sources.ArrayRecordDataSource([os.fspath(Path(p).absolute()) for p in paths])
+        return _hold_out(Source(records, None, spec), validation_percent)
+    from t5vae import tfds_data  # optional: raises an ImportError naming the pip install
+
+    if spec.startswith("tfds:"):
+        name, field = tfds_data.parse_spec(spec)
+        builder = tfds_data.get_builder(name, data_dir, min_chars=min_chars, max_chars=max_chars,
+                                        validation_percent=validation_percent)
+    else:
+        builder, field = tfds_data.text_lines_builder(spec.split(","), data_dir,
+                                                      validation_percent=validation_percent), "text"
+        if not builder.is_prepared():
+            builder.download_and_prepare()
+    train = _tfds_split(tfds_data, builder, split, field)
+    for held in ("validation", "test"):
+        if held in builder.info.splits and held != split:
+            return train, _tfds_split(tfds_data, builder, held, field)
+    return _hold_out(train, validation_percent)
+
+
+def _tfds_split(tfds_data, builder, split: str, field: str) -> Source:
+    """A split as a source, after the checks :func:`t5vae.tfds_data.read_split` makes (array_record, split, text)."""
+    tfds_data.read_split(builder, split, field, limit=1)  # raises naming the dataset, split or feature
+    return Source(builder.as_data_source(split=split), field, f"tfds:{builder.info.full_name}[{split}]")
+
+
+def _hold_out(src: Source, validation_percent: float) -> tuple[Source, Source]:
+    n = len(src.records)
+    held = min(HELD_OUT_MAX, max(2, int(n * validation_percent / 100)))
+    if n < held + 1:
+        raise ValueError(f"{src.name} holds {n} lines: too few to hold out {held} for validation and train on the rest")
+    return dataclasses.replace(src, start=held), Source(src.records, src.field, f"{src.name}[:{held}]", 0, held)
+
+
+def held_lines(src: Source, n: int | None = None) -> list[str]:
+    """The first ``n`` (all) texts of ``src`` (a held-out source: :func:`open_source`'s second item)."""
+    return src.texts(range(len(src) if n is None else min(n, len(src))))
+
+
+def sample_lines(src: Source, n: int = TOKENIZER_LINES) -> list[str]:
+    """``n`` texts evenly spaced over the source (all of it when smaller): what a tokenizer is trained on."""
+    return src.texts(np.unique(np.linspace(0, len(src) - 1, min(n, len(src))).astype(np.int64)))
+
+
+def write_lines(path: str | os.PathLike, lines) -> int:
+    """Write ``lines`` (an iterable of str) as an array_record file of UTF-8 records -> how many were written.
+    One record per chunk (``group_size:1``, as TFDS writes them) so that shuffled reads decode one line each."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    writer, n = ArrayRecordWriter(os.fspath(path), "group_size:1"), 0
+    try:
+        for s in lines:
+            writer.write(s.encode("utf-8"))
+            n += 1
+    finally:
+        writer.close()
+    return n
+
+
+# -- the grain pipeline ----------------------------------------------------------------------------
+
+class _Tokenize(grain.transforms.Map):
+    """A chunk of records -> their int32 token ids, each ending in EOS; a line longer than the largest bucket is
+    cut to it (keeping EOS, as :func:`t5vae.data.encode_lines` does) or, with ``long_lines="error"``, raises."""
+
+    def __init__(self, proto: bytes, field: str | None, max_length: int, long_lines: str, name: str):
+        self.proto, self.field, self.max_length, self.long_lines, self.name = proto, field, max_length, long_lines, name
+        self._sp = None
+
+    def __getstate__(self):  # a sentencepiece processor does not pickle: each worker builds its own
+        return {**self.__dict__, "_sp": None}
+
+    def map(self, records) -> list[np.ndarray]:
+        if self._sp is None:
+            import sentencepiece as spm
+
+            self._sp = spm.SentencePieceProcessor(model_proto=self.proto)
+        texts = [record_text(r, self.field, self.name) for r in records]
+        out = []
+        for text, ids in zip(texts, self._sp.encode(texts)):
+            ids.append(data.EOS)
+            if len(ids) > self.max_length:
+                if self.long_lines == "error":
+                    raise ValueError(f"{self.name}: the line {text[:60]!r}... has {len(ids)} tokens (EOS included), "
+                                     f"more than the largest bucket {self.max_length} (max_length)")
+                ids = ids[: self.max_length - 1] + [data.EOS]
+            out.append(np.asarray(ids, np.int32))
+        return out
+
+
+# Lines are read and tokenised CHUNK at a time (one batched array_record read, one sentencepiece call: single
+# reads run at ~1,000/s, batched ones at ~70,000/s on the 2-core EPYC), READ_AHEAD chunks in READ_THREADS threads.
+CHUNK, READ_AHEAD, READ_THREADS = 512, 4, 2
+
+
+class _BucketBatches(grain.IterDataset):
+    """Batches of ``batch_size`` lines of one length bucket, padded to it, from an endless MapDataset of records.
+
+    A line waits in its bucket until the bucket fills; the iterator's state is (the chunk iterator's state
+    before the current chunk, the offset in it, the stream positions of the waiting lines), and a restored
+    iterator reads its waiting lines again by position, so it continues exactly where the saved one stopped."""
+
+    def __init__(self, records: grain.MapDataset, tokenize: _Tokenize, buckets: Sequence[int], batch_size: int):
+        self.records, self.tokenize, self.buckets, self.batch_size = records, tokenize, tuple(buckets), batch_size
+        self.part = (0, 1)  # this copy reads chunks part[0], part[0] + part[1], ... (a grain worker's slice)
+        super().__init__(self._chunks())
+
+    def _chunks(self) -> grain.IterDataset:
+        first, step = self.part
+        chunks = self.records.batch(CHUNK, batch_fn=list)[first::step].map(self.tokenize)
+        return chunks.to_iter_dataset(grain.ReadOptions(num_threads=READ_THREADS, prefetch_buffer_size=READ_AHEAD))
+
+    def set_slice(self, sl: slice, sequential_slice: bool = False) -> None:
+        """What ``mp_prefetch`` calls in each worker: read every ``sl.step``-th chunk from ``sl.start``."""
+        if sl.stop is not None or sequential_slice:
+            raise ValueError(f"the bucketed pipeline splits over workers by strided slices, got {sl}")
+        first, step = self.part
+        self.part = (first + (sl.start or 0) * step, step * (sl.step or 1))
+        self._parents = (self._chunks(),)
+
+    def line(self, position: int) -> np.ndarray:
+        """The tokens of line ``position`` of this copy's stream (read again on a restore)."""
+        j, offset = divmod(position, CHUNK)
+        return self.tokenize.map([self.records[(self.part[0] + j * self.part[1]) * CHUNK + offset]])[0]
+
+    def __iter__(self):
+        return _BucketIterator(self)
+
+
+class _BucketIterator(grain.DatasetIterator):
+    def __init__(self, ds: _BucketBatches):
+        super().__init__(ds._parent.__iter__())
+        self.ds, self.chunk, self.offset, self.position = ds, [], 0, 0
+        self.chunk_state = self._parent.get_state()
+        self.waiting: dict[int, list[tuple[int, np.ndarray]]] = {b: [] for b in ds.buckets}
+
+    def __next__(self) -> dict:
+        while True:
+            if self.offset == len(self.chunk):
+                self.chunk_state = self._parent.get_state()
+                self.chunk, self.offset = next(self._parent), 0
+            ids = self.chunk[self.offset]
+            self.offset += 1
+            b = data.bucket_of(len(ids), self.ds.buckets)
+            self.waiting[b].append((self.position, ids))
+            self.position += 1
+            if len(self.waiting[b]) == self.ds.batch_size:
+                batch, self.waiting[b] = self.waiting[b], []
+                return data.pad_batch([x for _, x in batch], b)
+
+    def get_state(self) -> dict:
+        return {"chunk": self.chunk_state, "offset": self.offset, "position": self.position,
+                "waiting": {str(b): [i for i, _ in w] for b, w in self.waiting.items()}}
+
+    def set_state(self, state: dict) -> None:
+        self._parent.set_state(state["chunk"])
+        self.chunk_state, self.offset, self.position = state["chunk"], int(state["offset"]), int(state["position"])
+        self.chunk = next(self._parent) if self.offset else []
+        self.waiting = {b: [(i, self.ds.line(i)) for i in state["waiting"][str(b)]] for b in self.ds.buckets}
+
+
+class GrainBatches:
+    """The training batches of one process's shard of ``source``, as a stream: ``stream(i)`` is batch ``i``
+    (asked for in order), :meth:`get_state` / :meth:`set_state` a JSON-able position to checkpoint and resume.
+
+    Each epoch of the shard is shuffled afresh (seeded); ``worker_count`` grain processes (0: in this process)
+    each tokenise and bucket their own slice of it, so the stream depends on the worker count (a resume with
+    another count is refused). ``shard``: grain ``ShardOptions`` (default: this JAX process of all of them)."""
+
+    def __init__(self, source: Source, tok: data.Tokenizer, buckets: Sequence[int], batch_size: int, seed: int,
+                 worker_count: int = 0, shard=None, long_lines: str = "truncate"):
+        if long_lines not in LONG_LINES:
+            raise ValueError(f"long_lines must be one of {LONG_LINES}, got {long_lines!r}")
+        shard = shard if shard is not None else grain.sharding.ShardByJaxProcess(drop_remainder=True)
+        lo, hi = shard_bounds(len(source), shard.shard_index, shard.shard_count, shard.drop_remainder)
+        where = f"{source.name} (shard {shard.shard_index} of {shard.shard_count}: {hi - lo} lines)"
+        if hi - lo < batch_size * max(1, worker_count):
+            raise ValueError(f"batch of {batch_size} is larger than the lines each of {max(1, worker_count)} "
+                             f"worker(s) reads in {where}; lower batch_size or add data")
+        self.worker_count, self.batch_size, self.where, self.position = worker_count, batch_size, where, 0
+        records = grain.MapDataset.source(source.records)[source.start + lo: source.start + hi]  # this shard
+        tokenize = _Tokenize(tok.proto, source.field, max(buckets), long_lines, source.name)
+        ds = _BucketBatches(records.shuffle(seed=seed).repeat(), tokenize, buckets, batch_size)
+        if worker_count:
+            _absl_flags_defaults()
+            ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+        self.dataset, self._it = ds, iter(ds)
+
+    def __next__(self) -> dict:
+        self.position += 1
+        return next(self._it)
+
+    def __iter__(self):
+        return self
+
+    def __call__(self, i: int) -> dict:
+        if i != self.position:
+            raise ValueError(f"the grain stream is at batch {self.position}, asked for batch {i}: it reads in order")
+        return next(self)
+
+    def get_state(self) -> dict:
+        return {"format": STATE_FORMAT, "batches": self.position, "workers": self.worker_count,
+                "where": self.where, "grain": self._it.get_state()}
+
+    def set_state(self, state: dict) -> None:
+        if state.get("format") != STATE_FORMAT or "grain" not in state:
+            raise ValueError(f"not a t5vae grain pipeline state (format {state.get('format')!r})")
+        if state["workers"] != self.worker_count or state["where"] != self.where:
+            raise ValueError(f"the saved data position is for {state['where']} read by {state['workers']} worker(s); "
+                             f"this run reads {self.where} with {self.worker_count}: resume with the same settings")
+        self._it.set_state(state["grain"])
+        self.position = int(state["batches"])
+
+    def close(self) -> None:
+        if hasattr(self._it, "close"):
+            self._it.close()
+
+
+def _absl_flags_defaults() -> None:
+    """grain's worker processes read absl flags, which only an absl ``app.run`` parses: outside one, use
+    their defaults (marking them parsed, as absl's own ``flags.FLAGS(argv)`` would with no flags given)."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def shard_bounds(n: int, index: int, count: int, drop_remainder: bool = True) -> tuple[int, int]:
+    """Records ``[lo, hi)`` of shard ``index`` of ``count`` contiguous shards of ``n`` (the first ``n % count``
+    shards take one extra record each unless ``drop_remainder``)."""
+    if not 0 <= index < count:
+        raise ValueError(f"shard index {index} is outside 0..{count - 1}")
+    per, extra = divmod(n, count)
+    if drop_remainder:
+        return index * per, (index + 1) * per
+    lo = index * per + min(index, extra)
+    return lo, lo + per + (index < extra)
+
+
+# -- what training asks for ------------------------------------------------------------------------
+
+def load_corpus(tc) -> tuple[corpus.Corpus, int]:
+    """What ``t5vae.train.prepare`` needs of a ``TrainConfig`` with ``pipeline="grain"`` -> ``(Corpus of a
+    tokenizer-training sample of the training lines and every held-out line, the number of training lines)``."""
+    train, held = open_source(tc.corpus, "train", tc.validation_percent, min_chars=tc.min_chars,
+                              max_chars=tc.max_chars)
+    if len(train) < tc.batch_size:
+        raise ValueError(f"the training set of {train.name} ({len(train)} lines) does not fill one batch of "
+                         f"{tc.batch_size}; lower batch_size or add data")
+    return corpus.Corpus(sample_lines(train), held_lines(held), train.name), len(train)
+
+
+def for_training(tc, tok: data.Tokenizer, buckets: Sequence[int], batch_size: int, state: dict | None = None,
+                 shard=None) -> GrainBatches:
+    """This process's stream of ``batch_size``-line batches of ``tc.corpus`` (continued from ``state``)."""
+    train, _ = open_source(tc.corpus, "train", tc.validation_percent, min_chars=tc.min_chars, max_chars=tc.max_chars)
+    stream = GrainBatches(train, tok, buckets, batch_size, tc.seed, tc.pipeline_workers, shard)
+    if state is not None:
+        stream.set_state(state)
+    return stream
+
+
+def agree_length(batch: dict) -> dict:
+    """Pad each process's batch to the longest of them (one shape for the global batch); one process: as is."""
+    import jax
+
+    if jax.process_count() == 1:
+        return batch
+    from jax.experimental import multihost_utils
+
+    ids = batch["input_ids"]
+    n = int(np.max(multihost_utils.process_allgather(np.int32(ids.shape[1]))))
+    ids = np.pad(ids, ((0, 0), (0, n - ids.shape[1])), constant_values=data.PAD)
+    return {"input_ids": ids, "attention_mask": ids != data.PAD}
