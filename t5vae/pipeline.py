@@ -182,25 +182,43 @@ class _Tokenize(grain.transforms.Map):
 
 
 # Lines are read and tokenised CHUNK at a time (one batched array_record read, one sentencepiece call: single
-# reads run at ~1,000/s, batched ones at ~70,000/s on the 2-core EPYC), READ_AHEAD chunks in READ_THREADS threads.
-CHUNK, READ_AHEAD, READ_THREADS = 512, 4, 2
+# reads run at ~1,000/s, batched ones at ~15,000-70,000/s on the 2-core EPYC), READ_AHEAD chunks in READ_THREADS
+# threads. Chunk j holds positions [j * CHUNK, (j + 1) * CHUNK) of the endless stream of the shard's records,
+# each epoch in its own order (grain's index_shuffle, seeded by seed + epoch: no permutation is stored).
+CHUNK, READ_AHEAD, READ_THREADS, ENDLESS = 512, 4, 2, 2 ** 62
+
+
+class _ReadChunk(grain.transforms.Map):
+    """Chunk index -> the tokens of its CHUNK lines: records ``[lo, lo + n)`` of ``records``, shuffled per epoch."""
+
+    def __init__(self, records, lo: int, n: int, seed: int, tokenize: _Tokenize):
+        self.records, self.lo, self.n, self.seed, self.tokenize = records, lo, n, seed, tokenize
+
+    def record_index(self, position: int) -> int:
+        epoch, i = divmod(position, self.n)
+        return self.lo + grain.experimental.index_shuffle(i, max_index=self.n - 1, seed=(self.seed + epoch) % 2 ** 32,
+                                                          rounds=4)
+
+    def map(self, j: int) -> list[np.ndarray]:
+        idx = [self.record_index(q) for q in range(j * CHUNK, (j + 1) * CHUNK)]
+        return self.tokenize.map(self.records.__getitems__(idx))
 
 
 class _BucketBatches(grain.IterDataset):
-    """Batches of ``batch_size`` lines of one length bucket, padded to it, from an endless MapDataset of records.
+    """Batches of ``batch_size`` lines of one length bucket, padded to it, from the chunks of ``read``.
 
     A line waits in its bucket until the bucket fills; the iterator's state is (the chunk iterator's state
     before the current chunk, the offset in it, the stream positions of the waiting lines), and a restored
     iterator reads its waiting lines again by position, so it continues exactly where the saved one stopped."""
 
-    def __init__(self, records: grain.MapDataset, tokenize: _Tokenize, buckets: Sequence[int], batch_size: int):
-        self.records, self.tokenize, self.buckets, self.batch_size = records, tokenize, tuple(buckets), batch_size
+    def __init__(self, read: _ReadChunk, buckets: Sequence[int], batch_size: int):
+        self.read, self.buckets, self.batch_size = read, tuple(buckets), batch_size
         self.part = (0, 1)  # this copy reads chunks part[0], part[0] + part[1], ... (a grain worker's slice)
         super().__init__(self._chunks())
 
     def _chunks(self) -> grain.IterDataset:
         first, step = self.part
-        chunks = self.records.batch(CHUNK, batch_fn=list)[first::step].map(self.tokenize)
+        chunks = grain.MapDataset.range(ENDLESS)[first::step].map(self.read)
         return chunks.to_iter_dataset(grain.ReadOptions(num_threads=READ_THREADS, prefetch_buffer_size=READ_AHEAD))
 
     def set_slice(self, sl: slice, sequential_slice: bool = False) -> None:
@@ -214,7 +232,8 @@ class _BucketBatches(grain.IterDataset):
     def line(self, position: int) -> np.ndarray:
         """The tokens of line ``position`` of this copy's stream (read again on a restore)."""
         j, offset = divmod(position, CHUNK)
-        return self.tokenize.map([self.records[(self.part[0] + j * self.part[1]) * CHUNK + offset]])[0]
+        q = (self.part[0] + j * self.part[1]) * CHUNK + offset  # its position in the whole stream
+        return self.read.tokenize.map(self.read.records.__getitems__([self.read.record_index(q)]))[0]
 
     def __iter__(self):
         return _BucketIterator(self)
@@ -271,9 +290,8 @@ class GrainBatches:
             raise ValueError(f"batch of {batch_size} is larger than the lines each of {max(1, worker_count)} "
                              f"worker(s) reads in {where}; lower batch_size or add data")
         self.worker_count, self.batch_size, self.where, self.position = worker_count, batch_size, where, 0
-        records = grain.MapDataset.source(source.records)[source.start + lo: source.start + hi]  # this shard
         tokenize = _Tokenize(tok.proto, source.field, max(buckets), long_lines, source.name)
-        ds = _BucketBatches(records.shuffle(seed=seed).repeat(), tokenize, buckets, batch_size)
+        ds = _BucketBatches(_ReadChunk(source.records, source.start + lo, hi - lo, seed, tokenize), buckets, batch_size)
         if worker_count:
             _absl_flags_defaults()
             ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
