@@ -31,15 +31,13 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.harness import log
+
 H200_BF16_PEAK, MFU_ASSUMED, LATENT_TOKENS = 989e12, 0.40, 8
 SHAPES = {"256x64": (256, 64, "lines"), "64x512": (64, 512, "paragraphs")}
 PARAGRAPH = 20  # synthetic lines per paragraph record
 _NAME = re.compile(r"[A-Za-z_]\w*")
 _KEEP = set(keyword.kwlist) | set(dir(builtins)) | {"self", "cls"}
-
-
-def log(msg: str) -> None:
-    print(msg, flush=True)
 
 
 def vm_mb(pid: int | str = "self", field: str = "VmHWM") -> float:
@@ -226,11 +224,13 @@ def main(argv=None) -> int:
         print(json.dumps(measure(args) if args.measure else measure_memory_path(args)))
         return 0
 
-    from benchmarks.harness import RESULTS, cpu_model, git_commit
+    from benchmarks.harness import RESULTS, machine
 
     t_start = time.time()
-    res = {"suite": "pipeline", "date": datetime.date.today().isoformat(), "commit": git_commit(),
-           "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "load_average_at_start": os.getloadavg(),
+    mach = machine(2048, 1 << 28, 3)  # what every results file records: CPU model, matmul ceilings, bandwidth
+    res = {"suite": "pipeline", "date": datetime.date.today().isoformat(), "commit": mach["commit"],
+           "cpu_model": mach["cpu_model"], "cpu_count": mach["cpu_count"], "machine": mach,
+           "load_average_at_start": os.getloadavg(),
            "corpus": build(args), "grain": {}, "consumption_estimate": {
                "what": f"ESTIMATE, not a measurement: t5-base train step = 3 x forward FLOPs "
                        f"(benchmarks.harness.t5_forward_flops, {LATENT_TOKENS} latent tokens) at "

@@ -388,6 +388,4 @@ def agree_length(batch: dict) -> dict:
     from jax.experimental import multihost_utils
 
     ids = batch["input_ids"]
-    n = int(np.max(multihost_utils.process_allgather(np.int32(ids.shape[1]))))
-    ids = np.pad(ids, ((0, 0), (0, n - ids.shape[1])), constant_values=data.PAD)
-    return {"input_ids": ids, "attention_mask": ids != data.PAD}
+    return data.pad_batch(ids, int(np.max(multihost_utils.process_allgather(np.int32(ids.shape[1])))))
