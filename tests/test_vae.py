@@ -7,7 +7,8 @@ import pytest
 import t5vae as tv
 from references import greedy_uncached
 
-CFG = tv.Config(t5=tv.preset("tiny"), n_latent_tokens=3, latent_size=8, pooling="mean", latent_dropout=0.0)
+CFG = tv.Config(t5=tv.preset("tiny"), n_latent_tokens=3, latent_size=8, pooling="mean", latent_dropout=0.0,
+                latent_noise=0.0)  # neither training-only perturbation unless a test asks for it
 IDS = jnp.array([[5, 6, 7, 8, 1, 0, 0], [9, 10, 1, 0, 0, 0, 0], [11, 12, 13, 14, 15, 16, 1]], jnp.int32)
 BATCH = {"input_ids": IDS, "attention_mask": IDS != 0}
 
