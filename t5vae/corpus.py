@@ -116,6 +116,31 @@ def read_text_lines(paths: Sequence[str | os.PathLike]) -> list[str]:
     return lines
 
 
+def record_text(record, field: str | None, name: str) -> str:
+    """The text of one record of a random-access source: the record itself (bytes or str) when ``field`` is
+    None, else its ``field`` (a TFDS example's feature); ``name`` says which source in the errors."""
+    if field is not None:
+        if not isinstance(record, dict) or field not in record:
+            have = sorted(record) if isinstance(record, dict) else type(record).__name__
+            raise ValueError(f"{name}: a record has no text feature {field!r} (it has {have})")
+        record = record[field]
+    if isinstance(record, bytes):
+        return record.decode("utf-8")
+    if isinstance(record, str):
+        return record
+    raise ValueError(f"{name}: a record's text is a {type(record).__name__}, not bytes or str")
+
+
+def read_texts(records, indices: Sequence[int], field: str | None, name: str) -> list[str]:
+    """The texts of ``records[i]`` for ``i`` in ``indices``, read 4,096 at a time through ``__getitems__`` (an
+    array_record or TFDS data source: one batched read each, not a read per record)."""
+    out = []
+    for s in range(0, len(indices), 4096):
+        part = [int(i) for i in indices[s: s + 4096]]
+        out += [record_text(r, field, name) for r in records.__getitems__(part)]
+    return out
+
+
 @dataclasses.dataclass
 class Corpus:
     """Train and validation lines plus where they came from."""

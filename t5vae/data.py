@@ -124,15 +124,21 @@ class Encoded:
         return int(np.sum(self.truncated))
 
 
+def with_eos(ids: Sequence[int], max_length: int) -> tuple[np.ndarray, bool]:
+    """One line's token ids -> ``(int32 ids ending in EOS, whether they were cut)``: a line longer than
+    ``max_length`` (EOS included) is cut to it, keeping EOS."""
+    ids = list(ids) + [EOS]
+    cut = len(ids) > max_length
+    return np.asarray(ids[: max_length - 1] + [EOS] if cut else ids, np.int32), cut
+
+
 def encode_lines(tok: Tokenizer, lines: Sequence[str], max_length: int) -> Encoded:
     """Tokenize; lines longer than ``max_length`` (EOS included) are cut to it, keeping EOS, and counted."""
     out, cut = [], []
     for ids in tok.sp.encode(list(lines)):
-        ids = ids + [EOS]
-        cut.append(len(ids) > max_length)
-        if cut[-1]:
-            ids = ids[: max_length - 1] + [EOS]
-        out.append(np.asarray(ids, np.int32))
+        line, was_cut = with_eos(ids, max_length)
+        out.append(line)
+        cut.append(was_cut)
     return Encoded(out, np.array(cut, bool))
 
 

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from t5vae import corpus, data
+from t5vae.corpus import record_text
 
 try:
     import grain
@@ -47,24 +48,7 @@ class Source:
 
     def texts(self, indices: Sequence[int]) -> list[str]:
         """The texts of records ``indices`` of this source (counted from ``start``), read in batches."""
-        out = []
-        for s in range(0, len(indices), 4096):
-            part = [self.start + int(i) for i in indices[s: s + 4096]]
-            out += [record_text(r, self.field, self.name) for r in self.records.__getitems__(part)]
-        return out
-
-
-def record_text(record, field: str | None, name: str) -> str:
-    if field is not None:
-        if not isinstance(record, dict) or field not in record:
-            have = sorted(record) if isinstance(record, dict) else type(record).__name__
-            raise ValueError(f"{name}: a record has no text feature {field!r} (it has {have})")
-        record = record[field]
-    if isinstance(record, bytes):
-        return record.decode("utf-8")
-    if isinstance(record, str):
-        return record
-    raise ValueError(f"{name}: a record's text is a {type(record).__name__}, not bytes or str")
+        return corpus.read_texts(self.records, [self.start + int(i) for i in indices], self.field, self.name)
 
 
 def is_array_record_spec(spec: str | None) -> bool:
@@ -171,13 +155,11 @@ class _Tokenize(grain.transforms.Map):
         texts = [record_text(r, self.field, self.name) for r in records]
         out = []
         for text, ids in zip(texts, self._sp.encode(texts)):
-            ids.append(data.EOS)
-            if len(ids) > self.max_length:
-                if self.long_lines == "error":
-                    raise ValueError(f"{self.name}: the line {text[:60]!r}... has {len(ids)} tokens (EOS included), "
-                                     f"more than the largest bucket {self.max_length} (max_length)")
-                ids = ids[: self.max_length - 1] + [data.EOS]
-            out.append(np.asarray(ids, np.int32))
+            line, cut = data.with_eos(ids, self.max_length)
+            if cut and self.long_lines == "error":
+                raise ValueError(f"{self.name}: the line {text[:60]!r}... has {len(ids) + 1} tokens (EOS included), "
+                                 f"more than the largest bucket {self.max_length} (max_length)")
+            out.append(line)
         return out
 
 

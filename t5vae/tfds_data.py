@@ -220,13 +220,8 @@ def read_split(builder, split: str, field: str = "text", limit: int | None = Non
         have = {k: type(v).__name__ for k, v in info.features.items()}
         raise ValueError(f"TFDS dataset {name!r} has no text feature {field!r} (its features: {have})")
     src = builder.as_data_source(split=split)
-    n = len(src) if limit is None else min(limit, len(src))
-    out = []
-    for s in range(0, n, 4096):
-        for ex in src.__getitems__(list(range(s, min(n, s + 4096)))):
-            v = ex[field]
-            out.append(v.decode("utf-8") if isinstance(v, bytes) else str(v))
-    return out
+    return corpus.read_texts(src, range(len(src) if limit is None else min(limit, len(src))), field,
+                             f"tfds:{name}[{split}]")
 
 
 def load_tfds_corpus(name_or_builder, data_dir=None, field: str = "text", *, validation_percent: float = 2.0,
