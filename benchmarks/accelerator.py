@@ -102,19 +102,22 @@ def concurrently(fns: dict[str, Callable]) -> dict:
         return {name: f.result() for name, f in futures.items()}
 
 
-def time_train(steps: dict, params: dict, batch: dict, ctx: dict) -> dict:
+def time_train(steps: dict, params: dict, batch: dict, ctx: dict, also: dict | None = None) -> dict:
     """Compile each side's train step on its params (timed, side by side, memory planned), then alternate
-    the steps; with ``ctx["profile"]`` (a folder), trace one more step of each side there and summarise it."""
+    the steps; with ``ctx["profile"]`` (a folder), trace one more step of each side there and summarise it.
+    ``also``: more zero-arg functions to run beside the compiles (their results under ``out["also"]``)."""
     opt, key = optax.adamw(1e-4), jax.random.key(0)
     state = {}
     for side in steps:
         p = jax.tree.map(jnp.copy, params[side])  # the steps donate their state
         state[side] = (p, opt.init(p))
     built = concurrently({side: functools.partial(harness.compile_seconds, step, *state[side], batch, key,
-                                                  compiler_options=ctx["compile"]) for side, step in steps.items()})
+                                                  compiler_options=ctx["compile"]) for side, step in steps.items()}
+                         | {f"also:{k}": fn for k, fn in (also or {}).items()})
+    extra = {k.split(":", 1)[1]: built.pop(k) for k in list(built) if k.startswith("also:")}
     compiled = {side: c for side, (_, c) in built.items()}
     out = {"compile_s": {side: s for side, (s, _) in built.items()},
-           "planned_bytes": {side: planned_bytes(c) for side, c in compiled.items()}}
+           "planned_bytes": {side: planned_bytes(c) for side, c in compiled.items()}, "also": extra}
 
     run = {side: harness.stepping(compiled[side], state, side, batch, key) for side in steps}
     out["timings"] = harness.alternate(run, ctx["repeats"], ctx["warmup"])
@@ -156,16 +159,16 @@ def seq2seq_train(ctx, dtype: str, shape) -> dict:
     steps = {"ours": harness.make_train_step(harness.t5vae_loss(cfg.replace(dropout_rate=rate)), optax.adamw(1e-4)),
              "reference_jit": harness.make_train_step(
                  harness.logits_loss(reference.train_loss_fn(reference.with_dropout(ref, rate))), optax.adamw(1e-4))}
-    out = {}
+    also = {}
     if dtype == "float32":  # the two steps optimise the same function: equal dropout-free losses
         key = jax.random.key(0)
         jit = lambda f: jax.jit(f, compiler_options=ctx["compile"])  # noqa: E731
-        losses = concurrently({
-            "ours": lambda: float(jit(harness.t5vae_loss(cfg))(ctx["params"], batch, key)),
-            "reference": lambda: float(jit(harness.logits_loss(lambda p, b, k: reference.forward_fn(ref)(p, b)))(
-                ctx["ref_params"], batch, key))})
-        out["loss_abs_diff_no_dropout"] = abs(losses["ours"] - losses["reference"])
-    out.update(time_train(steps, {"ours": ctx["params"], "reference_jit": ctx["ref_params"]}, batch, ctx))
+        also = {"ours": lambda: float(jit(harness.t5vae_loss(cfg))(ctx["params"], batch, key)),
+                "reference": lambda: float(jit(harness.logits_loss(lambda p, b, k: reference.forward_fn(ref)(p, b)))(
+                    ctx["ref_params"], batch, key))}
+    out = time_train(steps, {"ours": ctx["params"], "reference_jit": ctx["ref_params"]}, batch, ctx, also)
+    if also:
+        out["loss_abs_diff_no_dropout"] = abs(out["also"]["ours"] - out["also"]["reference"])
     out["flops"] = 3 * harness.t5_forward_flops(cfg, B, S, T)
     return out
 
@@ -188,6 +191,30 @@ def generate(ctx, dtype: str, shape) -> dict:
     out["timings"] = harness.alternate(fns, ctx["repeats"], ctx["warmup"])
     out["flops"] = harness.t5_forward_flops(cfg, B, S, NEW)
     return out
+
+
+# settings a resumed run must share with the run it completes
+SAME_RUN = ("suite", "model", "device", "tiny", "kernels", "remat", "repeats", "dropout")
+
+
+def resume(prev_path: Path, res: dict) -> list[str]:
+    """Take the workloads that an earlier run with the same settings finished (one cut short by its deadline)
+    into ``res`` -> their names. Each workload's ratio still comes from one process, both sides alternating;
+    ``runs`` says which run measured which workloads, on which ceilings."""
+    try:
+        prev = json.loads(prev_path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--resume {prev_path}: not a readable results file ({e})") from e
+    differ = {k: (prev.get(k), res[k]) for k in SAME_RUN if prev.get(k) != res[k]}
+    if differ:
+        raise ValueError(f"--resume {prev_path}: measured with other settings (theirs, ours): {differ}")
+    done = [w for w in prev.get("workloads", []) if f"{w}_speedup" in prev]
+    res.update({k: v for k, v in prev.items() if any(k.startswith(f"{w}_") for w in done)})
+    for w in done:
+        res["timings"][w], res["phase_s"][w], res["shapes"][w] = prev["timings"][w], prev["phase_s"][w], prev["shapes"][w]
+    res["runs"] = prev.get("runs") or [{k: prev.get(k) for k in ("date", "commit", "wall_s", "matmul_flops_bf16")}
+                                       | {"workloads": done}]
+    return done
 
 
 KINDS = {"vae_train": vae_train, "seq2seq_train": seq2seq_train, "generate": generate}
@@ -227,6 +254,8 @@ def main(argv=None) -> int:
                     help="dropout rate of both train steps (default 0.1; 0 lets the dpa fast path run in training)")
     ap.add_argument("--deadline-minutes", type=float, default=4.5,
                     help="start no workload after this many minutes (default 4.5)")
+    ap.add_argument("--resume", metavar="JSON", help="an earlier run's results with the same settings: keep the "
+                                                     "workloads it finished, run the others")
     ap.add_argument("--profile", metavar="DIR", help="trace one step of each side of every training workload "
                                                       "into DIR (jax.profiler) and put a summary in the JSON")
     args = ap.parse_args(argv)
@@ -264,6 +293,15 @@ def main(argv=None) -> int:
         res["wall_s"] = time.perf_counter() - t_start
         write_atomic(path, res)
 
+    if args.resume:
+        try:
+            done = resume(Path(args.resume), res)
+        except ValueError as e:
+            ap.error(str(e))
+        only = tuple(w for w in only if w not in done)
+        res["workloads"] = done + list(only)
+        res["shapes"].update({w: shapes[w.rsplit("_", 1)[0]] for w in only})
+        log(f"resuming {args.resume}: {len(done)} workloads kept, running {list(only)}")
     model, ref_params, params = reference.make_reference(cfg)
     ctx = {"cfg": cfg, "model": model, "ref_params": ref_params, "params": params, "repeats": repeats,
            "warmup": 1 if args.tiny else 2, "compile": TINY_COMPILE if args.tiny else None, "dropout": args.dropout,
@@ -290,6 +328,9 @@ def main(argv=None) -> int:
                 f"({res['phase_s'][name]:.0f} s)")
         save()
     res["complete"] = not res["skipped"] and not res["errors"] and all(f"{w}_speedup" in res for w in WORKLOADS)
+    if "runs" in res:
+        res["runs"].append({"date": res["date"], "commit": res["commit"], "wall_s": time.perf_counter() - t_start,
+                            "matmul_flops_bf16": res["matmul_flops_bf16"], "workloads": list(only)})
     save()
     log(f"wrote {path} in {res['wall_s']:.0f} s (complete: {res['complete']})")
     return 1 if res["errors"] else 0

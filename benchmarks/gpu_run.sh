@@ -4,14 +4,17 @@
 #   2. python -m benchmarks --suite accelerator, with a jax.profiler trace of one step of each side of every
 #      training workload (summarised in its JSON, raw traces packed in profiles.tar.gz);
 #   3. python -m benchmarks.dpa: cuDNN attention against the einsum path (loss, gradients, speed);
-#   4. python -m benchmarks.train_speed: the default `t5vae train` at batch 64 and 1024, about 30 s each.
+#   4. python -m benchmarks.train_speed: the default `t5vae train` at batch 64 and 1024, about 30 s each;
+#   5. (only when asked: --only ...,variants) python -m benchmarks.variants $VARIANT_ARGS: our train step
+#      under other settings (default remat dots against none), without the reference.
 # Every JSON, the log and the traces go to OUTDIR. A stage that runs past its limit is stopped and the next
 # one starts; each stage's JSON keeps what it measured before it was stopped.
 #
 #   bash benchmarks/gpu_run.sh OUTDIR [--tiny] [--only STAGES] [-- SUITE_ARGS...]
 #
 # --tiny: tiny shapes and short runs, for checking this script on the CPU. --only: comma-separated subset of
-# env,suite,dpa,train (default all). Arguments after -- go to the accelerator suite (e.g. --only
+# env,suite,dpa,train,variants (default env,suite,dpa,train). LIMITS_OVERRIDE="E,S,D,T,V" overrides the stages' time
+# limits in seconds (the suite starts no workload in its last 60 s). Arguments after -- go to the accelerator suite (e.g. --only
 # generate_bf16 --kernels dpa). Wheels the machine lacks travel in .whl/ (carry it; benchmarks/NOTES.md
 # says which): they are installed into /tmp/site first.
 set -uo pipefail
@@ -50,10 +53,12 @@ stage() {  # stage NAME LIMIT_SECONDS COMMAND...: run with a time limit, log to 
 }
 
 if [ ${#TINY[@]} -gt 0 ]; then
-  LIMITS=(60 600 300 300) TRAIN=(--batch-sizes 8,16 --seconds 25)
+  LIMITS=(60 600 300 300 300) TRAIN=(--batch-sizes 8,16 --seconds 25)
 else
-  LIMITS=(30 270 80 110) TRAIN=(--batch-sizes 64,1024 --seconds 25)
+  LIMITS=(30 270 80 110 120) TRAIN=(--batch-sizes 64,1024 --seconds 25)
 fi
+[ -n "${LIMITS_OVERRIDE:-}" ] && IFS=, read -r -a LIMITS <<<"$LIMITS_OVERRIDE"
+read -r -a VARIANTS <<<"${VARIANT_ARGS:---set remat=dots --set remat=none}"
 wants env && stage env "${LIMITS[0]}" bash -c "nvidia-smi; $PY - <<'EOF'
 import jax
 jax.print_environment_info()
@@ -71,6 +76,8 @@ wants suite && stage suite "${LIMITS[1]}" $PY -m benchmarks --suite accelerator 
   --deadline-minutes "$(awk "BEGIN { print (${LIMITS[1]} - 60) / 60 }")" "${SUITE_ARGS[@]}"
 wants dpa && stage dpa "${LIMITS[2]}" $PY -m benchmarks.dpa "${TINY[@]}" --json "$OUTDIR/dpa.json"
 wants train && stage train "${LIMITS[3]}" $PY -m benchmarks.train_speed "${TRAIN[@]}" --json "$OUTDIR/train-speed.json"
+wants variants && stage variants "${LIMITS[4]}" $PY -m benchmarks.variants "${TINY[@]}" "${VARIANTS[@]}" \
+  --json "$OUTDIR/variants.json"
 if [ -d /tmp/gpu_run_profiles ]; then
   tar -czf "$OUTDIR/profiles.tar.gz" -C /tmp gpu_run_profiles && ls -l "$OUTDIR/profiles.tar.gz" | tee -a "$LOG"
 fi
