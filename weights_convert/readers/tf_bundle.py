@@ -46,15 +46,33 @@ def _proto_fields(buf: bytes) -> Iterator[tuple[int, object]]:
         yield field, value
 
 
+def _decompress(block: bytes, kind: int) -> bytes:
+    """A table block's bytes by its trailer's type: 0 raw, 1 snappy (TF before about 2.6 compressed index blocks)."""
+    if kind == 0:
+        return block
+    if kind != 1:
+        raise ValueError(f"table block of unknown compression type {kind}")
+    try:
+        import cramjam
+    except ImportError:
+        raise _NeedsSnappy() from None
+    try:
+        return bytes(cramjam.snappy.decompress_raw(block))
+    except cramjam.DecompressionError as e:
+        raise ValueError(f"corrupt snappy-compressed table block ({e})") from None
+
+
+class _NeedsSnappy(Exception):
+    pass
+
+
 def _block_entries(data: bytes, handle: bytes) -> Iterator[tuple[bytes, bytes]]:
     """Entries of one LevelDB-format table block (prefix-compressed keys, restart array at the end)."""
     offset, pos = _varint(handle, 0)
     size, _ = _varint(handle, pos)
     if offset + size + 5 > len(data):
         raise ValueError("block extends past the end of the file")
-    if data[offset + size] != 0:
-        raise ValueError(f"compressed table block (type {data[offset + size]}) is not supported")
-    block = data[offset:offset + size]
+    block = _decompress(data[offset:offset + size], data[offset + size])
     (n_restarts,) = struct.unpack("<I", block[-4:])
     end, pos, key = len(block) - 4 - 4 * n_restarts, 0, b""
     while pos < end:
@@ -82,6 +100,9 @@ def read_tf_bundle(prefix: Path) -> Tensors:
                 entries[key.decode()] = value
     except (ValueError, IndexError, struct.error) as e:
         raise ConversionError(f"{index}: not a readable TensorFlow checkpoint index ({e})") from None
+    except _NeedsSnappy:
+        raise ConversionError(f"{index}: its table blocks are snappy-compressed (written by an older TensorFlow); "
+                              "reading them needs cramjam (pip install 't5vae[snappy]')") from None
     header = dict(_proto_fields(entries.pop("", b"")))
     num_shards = header.get(1, 1)
     if header.get(2, 0) != 0:
