@@ -19,8 +19,8 @@ from weights_convert.readers.tensors import Tensors
 from weights_convert.readers.tf_bundle import read_tf_bundle
 from weights_convert.rules import ConversionError
 
-__all__ = ["Tensors", "detect", "flatten", "read_flax", "read_msgpack_tree", "read_safetensors", "read_t5x", "read_t5x_orbax",
-           "read_tf_bundle", "read_torch"]
+__all__ = ["Tensors", "detect", "flatten", "read_flax", "read_msgpack_tree", "read_safetensors", "read_t5x",
+           "read_t5x_orbax", "read_tf_bundle", "read_torch"]
 
 log = logging.getLogger("weights_convert")
 
@@ -77,5 +77,6 @@ def detect(src: Path) -> tuple[str, Callable[[], Tensors]]:
         return "tf", lambda: read_tf_bundle(Path(str(indexes[-1][1])[:-len(".index")]))
     raise ConversionError(
         f"{src}: no recognised checkpoint; looked for model.safetensors(.index.json), pytorch_model.bin(.index.json), "
-        "flax_model.msgpack, a T5X 'checkpoint' or Orbax 'state/_METADATA' (or checkpoint_N/ holding one) and a TensorFlow '*.index' bundle; "
+        "flax_model.msgpack, a T5X 'checkpoint' or Orbax 'state/_METADATA' (or checkpoint_N/ holding one) and a "
+        "TensorFlow '*.index' bundle; "
         f"found {sorted(p.name for p in src.iterdir())[:20] if src.is_dir() else src.name}")

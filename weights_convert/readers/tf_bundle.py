@@ -47,7 +47,7 @@ def _proto_fields(buf: bytes) -> Iterator[tuple[int, object]]:
 
 
 def _decompress(block: bytes, kind: int) -> bytes:
-    """A table block's bytes by its trailer's type: 0 raw, 1 snappy (TF before about 2.6 compressed index blocks)."""
+    """A table block's bytes by its trailer's type: 0 raw, 1 snappy (some TF builds wrote them, e.g. 2.5.0)."""
     if kind == 0:
         return block
     if kind != 1:
@@ -101,7 +101,7 @@ def read_tf_bundle(prefix: Path) -> Tensors:
     except (ValueError, IndexError, struct.error) as e:
         raise ConversionError(f"{index}: not a readable TensorFlow checkpoint index ({e})") from None
     except _NeedsSnappy:
-        raise ConversionError(f"{index}: its table blocks are snappy-compressed (written by an older TensorFlow); "
+        raise ConversionError(f"{index}: its table blocks are snappy-compressed; "
                               "reading them needs cramjam (pip install 't5vae[snappy]')") from None
     header = dict(_proto_fields(entries.pop("", b"")))
     num_shards = header.get(1, 1)
