@@ -1,7 +1,9 @@
 """English sentences from the Python installation's own text: the language reference that ``pydoc`` ships
 (``pydoc_data.topics``) and the docstrings of the standard library's modules, classes and functions (read
 with ``ast``, nothing imported). The same Python version gives the same sentences on every machine, with no
-download and no data file in the repository.
+download and no data file in the repository. Where Debian's Python documentation is installed
+(``apt-get install python3.11-doc``: the reST sources of docs.python.org under
+/usr/share/doc/python3.X/html/_sources), its sentences are added: :func:`docs_sources` says whether.
 
 The text is technical English, full of code. A paragraph is kept only as prose (no indented block, no
 ``>>>`` session, no reST table or directive); it is split into sentences; a sentence is kept when it reads as
@@ -13,6 +15,7 @@ around words are English and stay. Duplicates are dropped.
 from __future__ import annotations
 
 import ast
+import glob
 import os
 import re
 import sysconfig
@@ -30,18 +33,32 @@ _CALL = re.compile(r"\w\(|\(\)")
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]*|\d+")
 _WRAP_OPEN, _WRAP_CLOSE = "(\"'", ")\"'.,:;!?"
 _TABLE = re.compile(r"^[\s=+\-*~^|]+$")
+# reST inline markup, replaced by the text it shows: :role:`text <target>` / :role:`~a.b`, ``literal``,
+# **strong**, *emphasis*, `link <url>`_
+_ROLE = re.compile(r":[a-z]+(?::[a-z]+)*:`~?([^`<]*?)\s*(?:<[^>]*>)?`")
+_LITERAL = re.compile(r"``([^`]+)``")
+_EMPHASIS = re.compile(r"\*\*?([^*\s][^*]*?)\*\*?")
+_LINK = re.compile(r"`([^`<]+?)\s*(?:<[^>]*>)?`_{1,2}")
+
+
+def unmark(text: str) -> str:
+    """reST inline markup replaced by the text it shows (roles, literals, emphasis, links)."""
+    for pattern in (_ROLE, _LITERAL, _EMPHASIS, _LINK):
+        text = pattern.sub(r"\1", text)
+    return text
 
 
 def paragraphs(text: str) -> Iterator[str]:
     """Paragraphs of prose joined onto one line: blocks separated by blank lines, without indented (code or
-    grammar) blocks, interactive sessions, reST tables, directives, headings or list items."""
+    grammar) blocks, interactive sessions, reST tables, directives, headings or list items; inline reST
+    markup is replaced by its text."""
     block: list[str] = []
     for line in text.splitlines() + [""]:
         if line.strip():
             block.append(line)
             continue
         if block and _is_prose(block):
-            yield " ".join(ln.strip() for ln in block)
+            yield unmark(" ".join(ln.strip() for ln in block))
         block = []
 
 
@@ -127,12 +144,28 @@ def clean_sentences(texts: Iterable[str], min_words: int = MIN_WORDS, max_words:
     return list(seen)
 
 
-def python_prose(min_words: int = MIN_WORDS, max_words: int = MAX_WORDS, root: str | None = None) -> list[str]:
-    """The ``prose`` corpus: the clean sentences of the reference topics, then of the standard library's
-    docstrings (``root``, default this Python's stdlib directory)."""
+def docs_sources(pattern: str = "/usr/share/doc/python3*/html/_sources") -> list[str]:
+    """The reST sources of the newest installed Debian Python documentation (``*.rst.txt``), sorted; [] when
+    none is installed."""
+    roots = sorted(glob.glob(pattern), key=lambda p: [int(x) for x in re.findall(r"\d+", p)])
+    return sorted(glob.glob(os.path.join(roots[-1], "**", "*.txt"), recursive=True)) if roots else []
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+
+def python_prose(min_words: int = MIN_WORDS, max_words: int = MAX_WORDS, root: str | None = None,
+                 docs: list[str] | None = None) -> list[str]:
+    """The ``prose`` corpus: the clean sentences of the reference topics, of the standard library's docstrings
+    (``root``, default this Python's stdlib directory), then of the documentation sources ``docs`` (default
+    :func:`docs_sources`: none where the documentation is not installed)."""
     root = root or sysconfig.get_paths()["stdlib"]
+    docs = docs_sources() if docs is None else docs
 
     def texts():
         yield from reference_topics()
         yield from docstrings(root)
+        yield from map(_read, docs)
     return clean_sentences(texts(), min_words, max_words)

@@ -53,9 +53,26 @@ def test_clean_sentences_deduplicates_in_order():
                                                 "The second sentence is right here."]
 
 
+def test_unmark_replaces_rest_inline_markup_by_its_text():
+    assert sentences.unmark("The :mod:`logging` module, :func:`~os.getcwd`, :ref:`the tutorial <tut>`, "
+                            "``x``, *very* **much** and `Python <https://python.org>`_.") == \
+        "The logging module, os.getcwd, the tutorial, x, very much and Python."
+
+
+def test_documentation_sources_add_their_sentences(tmp_path):
+    (tmp_path / "lib").mkdir()
+    doc = tmp_path / "guide.rst.txt"
+    doc.write_text("Guide\n=====\n\nThe :mod:`logging` module writes messages to many places.\n\n"
+                   "   code = block\n")
+    base = sentences.python_prose(root=str(tmp_path / "lib"), docs=[])
+    more = sentences.python_prose(root=str(tmp_path / "lib"), docs=[str(doc)])
+    assert more == base + ["The logging module writes messages to many places."]
+    assert sentences.docs_sources(str(tmp_path / "none*")) == []
+
+
 def test_the_installed_python_yields_thousands_of_clean_sentences():
-    got = sentences.python_prose()
-    assert len(got) > 5000  # about 8,300 on CPython 3.11
+    got = sentences.python_prose(docs=[])
+    assert len(got) > 5000  # about 8,600 on CPython 3.11
     assert len(set(got)) == len(got)
     assert all(sentences.is_clean(s) and 5 <= len(s.split()) <= 25 for s in got)
-    assert sentences.python_prose() == got  # the same text gives the same corpus
+    assert sentences.python_prose(docs=[]) == got  # the same text gives the same corpus
