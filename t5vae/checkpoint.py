@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5vae import t5
+from t5vae import files, t5
 from t5vae.config import T5Config
 from t5vae.specs import check_tree
 
@@ -34,48 +31,6 @@ def _checkpointer():
     import orbax.checkpoint as ocp  # imported lazily: it is slow to import
 
     return ocp.StandardCheckpointer()
-
-
-@contextmanager
-def atomic_directory(out: str | os.PathLike, overwrite: bool = False):
-    """Yield a temporary directory that becomes ``out`` only if the block finishes without error."""
-    out = Path(out).absolute()
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; choose another output or pass overwrite=True (--overwrite)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir()  # not mkdtemp, whose 0700 the finished directory would keep: mkdir applies the umask
-    try:
-        yield tmp
-        _swap_into_place(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-@contextmanager
-def atomic_file(path: str | os.PathLike, mode: str = "wb"):
-    """Yield a file opened in ``mode`` that replaces ``path`` (``os.replace``) only if the block finishes
-    without error; otherwise the temporary file is removed and ``path`` is untouched."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename a finished ``tmp`` to ``out``; an existing ``out`` is moved aside first and deleted last."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out)
 
 
 def save_params(path: str | os.PathLike, params) -> None:
@@ -89,7 +44,7 @@ def save_t5(out: str | os.PathLike, cfg: T5Config, params, tokenizer: str | os.P
             overwrite: bool = False) -> Path:
     """Write config.json + params (+ spiece.model) atomically into ``out``; params are checked against the specs."""
     check_tree(params, t5.abstract_params(cfg), "params")
-    with atomic_directory(out, overwrite) as tmp:
+    with files.atomic_directory(out, overwrite) as tmp:
         cfg.save_json(tmp / CONFIG_FILE)
         if tokenizer is not None:
             shutil.copyfile(tokenizer, tmp / TOKENIZER_FILE)
@@ -273,4 +228,4 @@ def save_params_replacing(path: str | os.PathLike, params) -> None:
     if tmp.exists():
         shutil.rmtree(tmp)
     save_params(tmp, params)
-    _swap_into_place(tmp, path)
+    files.replace_directory(tmp, path)

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5vae.checkpoint import atomic_file
+from t5vae.files import atomic_file
 from t5vae.config import Config
 
 PRIORS = ("gaussian", "tanh", "aggregate")

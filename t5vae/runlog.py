@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from t5vae import checkpoint
+from t5vae import files
 
 METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "eval_curve.jsonl"
@@ -99,6 +99,6 @@ def _drop_rows_after(path: Path, step: int, write: bool = True) -> float:
         if row.get("step", step + 1) <= step:
             rows.append(row)
     if write:
-        with checkpoint.atomic_file(path, "w") as f:
+        with files.atomic_file(path, "w") as f:
             f.write("".join(json.dumps(r) + "\n" for r in rows))
     return float(rows[-1].get("time", 0.0)) if rows else 0.0
