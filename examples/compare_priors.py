@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import t5vae as tv
-from t5vae import data, evaluate
+from t5vae import data, names
 
 
 def main():
@@ -30,7 +30,7 @@ def main():
     print("|---|---|---|---|---|")
     for prior in tv.PRIORS:
         texts = m.sample(args.n, prior=prior, seed=args.seed)
-        ok = [evaluate.parses(t) for t in texts]
+        ok = [names.parses(t) for t in texts]
         new = [t not in train for t in texts]
         both = sum(a and b for a, b in zip(ok, new))
         print(f"| {prior} | {sum(ok) / len(texts):.3f} | {sum(new) / len(texts):.3f} | {both / len(texts):.3f} | "

@@ -17,11 +17,10 @@ from pathlib import Path
 
 from t5vae import hugepages
 from t5vae.config import DEFAULT_T5, Config, T5Config, TrainConfig
+from t5vae.names import DECODERS, INTERPOLATIONS, PRIORS
 from t5vae.rundir import RunDirBusy
 
 DEFAULT_OUT = "t5vae-run"
-# t5vae.latent.INTERPOLATIONS and t5vae.evaluate.DECODERS, spelled out so building the parser imports no jax
-KINDS, METHODS = ("slerp", "slerp_flat", "lerp"), ("greedy", "beam")
 
 
 def _fields():
@@ -249,8 +248,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("dir")
     e.add_argument("--pairs", type=_int_at_least(0), help="interpolation pairs (default: the run's eval_pairs; "
                                                          "0: reconstruction only)")
-    e.add_argument("--kind", default="slerp", choices=KINDS, help="interpolation path")
-    e.add_argument("--method", default="greedy", choices=METHODS,
+    e.add_argument("--kind", default="slerp", choices=INTERPOLATIONS, help="interpolation path")
+    e.add_argument("--method", default="greedy", choices=DECODERS,
                    help="how the interpolation paths are decoded (reconstruction is always greedy; beam: 4 beams)")
     e.add_argument("--lines", help="evaluate on another corpus instead of the run's validation split, e.g. "
                                    "py:optax (an installed package's statements), py:DIR or a text file; lines "
@@ -263,15 +262,15 @@ def parser() -> argparse.ArgumentParser:
                                            "and whether it parses")
     i.add_argument("dir"), i.add_argument("a"), i.add_argument("b")
     i.add_argument("--steps", type=_int_at_least(2), default=9, help="points on the path, both endpoints included (default 9)")
-    i.add_argument("--kind", default="slerp", choices=KINDS,
+    i.add_argument("--kind", default="slerp", choices=INTERPOLATIONS,
                    help="slerp per latent token (default), slerp of the whole flattened code, or lerp")
     i.add_argument("--max-new-tokens", type=_int_at_least(1), help="tokens decoded per point (default: the model's max_length)")
-    i.add_argument("--method", default="greedy", choices=METHODS, help="decoding (beam: 4 beams)")
+    i.add_argument("--method", default="greedy", choices=DECODERS, help="decoding (beam: 4 beams)")
     i.set_defaults(fn=cmd_interpolate)
     s = sub.add_parser("sample", help="decode codes drawn from a prior: a table of text and whether it parses")
     s.add_argument("dir"), s.add_argument("-n", type=_int_at_least(1), default=10)
     s.add_argument("--seed", type=_int_at_least(0), default=0)
-    s.add_argument("--prior", choices=["aggregate", "gaussian", "tanh"],
+    s.add_argument("--prior", choices=PRIORS,
                    help="aggregate (default): a Gaussian fitted to the training codes (computed on first use and saved "
                         "in DIR); gaussian: N(0, I) clipped to the tanh range; tanh: tanh of N(0, I)")
     s.add_argument("--max-new-tokens", type=_int_at_least(1), help="tokens decoded per sample (default: the model's max_length)")

@@ -10,10 +10,11 @@ import ast
 import dataclasses
 import os
 import sysconfig
-import warnings
 import zlib
 from pathlib import Path
 from typing import Sequence
+
+from t5vae.names import parse_quietly
 
 
 # The embedded corpus's line-length cap in characters (TrainConfig.max_chars's default): real code lines run
@@ -23,18 +24,6 @@ MAX_CHARS = 80
 def split_of(line: str, validation_percent: float) -> str:
     """``"validation"`` or ``"train"``, fixed by a CRC32 hash of the line (stable across machines)."""
     return "validation" if zlib.crc32(line.encode("utf-8")) % 10_000 < validation_percent * 100 else "train"
-
-
-def parse_quietly(s: str) -> ast.Module | None:
-    """``ast.parse(s)``, or None if ``s`` does not parse. Python's warnings for odd but valid source
-    (``1if x else y``, ``"\\d"``) are not printed: generated text is full of them, and they said
-    nothing a person reading the training log needed."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            return ast.parse(s)
-        except (SyntaxError, ValueError):
-            return None
 
 
 def _is_statement(s: str) -> bool:

@@ -16,9 +16,9 @@ import jax.numpy as jnp
 
 from t5vae import kernels, layers
 from t5vae.config import T5Config
+from t5vae.names import METHODS
 from t5vae.kernels import DecoderWeights, decoder_weights  # noqa: F401  (decoding's public names)
 
-METHODS = ("greedy", "sample", "beam")
 
 
 # -- the plain step: a scan over the stacked decoder layers ---------------------------------------------

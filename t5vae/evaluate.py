@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5vae import bottleneck, corpus, data, decoding, latent, vae
+from t5vae import bottleneck, data, decoding, latent, vae
+from t5vae.names import DECODERS, parses, statement_kind
 from t5vae.config import Config
 
 
@@ -30,7 +31,6 @@ def _beam(params, cfg: Config, z, max_new_tokens: int, vocab_limit: int | None, 
     return vae.generate(params, cfg, z, max_new_tokens, method="beam", num_beams=num_beams, vocab_limit=vocab_limit)
 
 
-DECODERS = ("greedy", "beam")  # how evaluation decodes the interpolation paths ("beam": 4 beams)
 
 
 def encode_lines(params, cfg: Config, enc: data.Encoded, batch_size: int) -> np.ndarray:
@@ -62,11 +62,6 @@ def padded_batches(x: np.ndarray, batch_size: int):
     for s in range(0, len(x), batch_size):
         part = x[s: s + batch_size]
         yield s, np.concatenate([part, np.zeros((batch_size - len(part),) + part.shape[1:], part.dtype)]), len(part)
-
-
-def parses(s: str) -> bool:
-    """Whether ``s`` parses with ``ast.parse`` (without printing Python's warnings about it)."""
-    return corpus.parse_quietly(s) is not None
 
 
 def evaluate(params, cfg: Config, tok: data.Tokenizer, lines: Sequence[str], *, pairs: int = 100,
@@ -154,12 +149,6 @@ def mutual_information(z: np.ndarray, sigma: float, seed: int = 0, max_lines: in
     log_marginal = np.logaddexp.reduce(log_q, axis=1) - np.log(len(x))
     return {"mutual_info": float(np.mean(np.diag(log_q) - log_marginal)), "mutual_info_max": float(np.log(len(x))),
             "mutual_info_sigma": float(sigma)}
-
-
-def statement_kind(line: str) -> str:
-    """The kind of a line's first statement, as ``ast`` names it (Assign, Return, Import, Expr, ...)."""
-    tree = corpus.parse_quietly(line)
-    return type(tree.body[0]).__name__ if tree is not None and tree.body else "unparsed"
 
 
 def linear_probe(lines: Sequence[str], z: np.ndarray, seed: int = 0, steps: int = 300, l2: float = 1e-3) -> dict:

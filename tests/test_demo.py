@@ -33,7 +33,7 @@ def test_check_int_names_the_bounds(value):
 def test_stated_bounds():
     assert core.STEPS_RANGE == (2, 32) and core.SAMPLES_RANGE == (1, 32)
     assert core.STEPS_RANGE[0] <= core.DEFAULT_STEPS <= core.STEPS_RANGE[1]
-    assert core.KINDS == ("slerp", "slerp_flat", "lerp")
+    assert core.INTERPOLATIONS == ("slerp", "slerp_flat", "lerp")
 
 
 def words(s):  # a stand-in tokenizer: one token per word, plus EOS

@@ -81,4 +81,4 @@ def test_linear_probe_reads_a_kind_written_into_the_codes():
     assert got["probe_classes"] == 3 and got["probe_accuracy"] > 0.85 > 0.7 > got["probe_majority"]
     blind = evaluate.linear_probe(lines, noise)
     assert blind["probe_accuracy"] < 0.8  # noise carries no kind: near the majority baseline, not above the coded one
-    assert evaluate.statement_kind("return x") == "Return" and evaluate.statement_kind("x = (") == "unparsed"
+    assert evaluate.statement_kind("return x") == "Return" and evaluate.statement_kind("x = (") == "no parse"

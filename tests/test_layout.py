@@ -88,13 +88,17 @@ def test_cycle_finder_finds_a_planted_cycle():
     assert find_cycle(g) is not None
 
 
-@pytest.mark.parametrize("leaf", ["t5vae.files", "t5vae.specs", "t5vae.corpus", "t5vae.augment"])
+@pytest.mark.parametrize("leaf", ["t5vae.files", "t5vae.names", "t5vae.specs", "t5vae.augment"])
 def test_leaf_modules_import_nothing_from_the_project(leaf):
     assert graph()[leaf] == set()
 
 
 def test_config_imports_only_the_atomic_write_helper():
     assert graph()["t5vae.config"] == {"t5vae.files"}
+
+
+def test_corpus_imports_only_the_shared_names():
+    assert graph()["t5vae.corpus"] == {"t5vae.names"}
 
 
 def test_no_module_over_400_lines():

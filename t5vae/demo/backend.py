@@ -105,7 +105,7 @@ class Backend:
                     truncate: bool = False) -> Interpolation:
         """The decoded path from a to b, ``steps`` points with both ends; InputError names a bad argument."""
         steps = core.check_int(steps, "steps", core.STEPS_RANGE)
-        kind = core.check_choice(kind, "kind", core.KINDS)
+        kind = core.check_choice(kind, "kind", core.INTERPOLATIONS)
         decoder = core.check_choice(decoder, "decoder", core.DECODERS)
         a, b = self.check_line(a, "line A", truncate), self.check_line(b, "line B", truncate)
         with self.lock, warnings.catch_warnings():

@@ -3,17 +3,15 @@ shareable links ``?a=<line>&b=<line>&steps=<n>``, parse marks and statement kind
 nearest neighbours in code space (numpy on flattened codes [n, N * Z])."""
 from __future__ import annotations
 
-import ast
 import dataclasses
 import math
-import warnings
 from collections.abc import Callable, Mapping
 from urllib.parse import quote, urlencode
 
 import numpy as np
 
-KINDS = ("slerp", "slerp_flat", "lerp")  # t5vae.latent.INTERPOLATIONS
-DECODERS = ("greedy", "beam")
+from t5vae.names import DECODERS, INTERPOLATIONS, parses, statement_kind  # noqa: F401  (the page's names)
+
 STEPS_RANGE = (2, 32)  # points on a path, both endpoints included: decoded in one batch of at most 32
 SAMPLES_RANGE = (1, 32)  # samples per request
 DEFAULT_STEPS, DEFAULT_SAMPLES = 9, 8
@@ -84,7 +82,7 @@ def parse_link(query: Mapping[str, str]) -> Link | None:
     if a is None or b is None:
         raise InputError(f"the link names only line {'a' if a is not None else 'b'}: a link needs both a= and b=")
     steps = check_int(query.get("steps", DEFAULT_STEPS), "steps", STEPS_RANGE)
-    kind = check_choice(query.get("kind", "slerp"), "kind", KINDS)
+    kind = check_choice(query.get("kind", "slerp"), "kind", INTERPOLATIONS)
     decoder = check_choice(query.get("decoder", "greedy"), "decoder", DECODERS)
     return Link(a, b, steps, kind, decoder)
 
@@ -97,31 +95,6 @@ def link_query(link: Link) -> str:
     if link.decoder != "greedy":
         fields["decoder"] = link.decoder
     return "?" + urlencode(fields, quote_via=quote, safe="")
-
-
-# -- lines ----------------------------------------------------------------------------------------
-
-def _parse(line: str) -> ast.Module | None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # SyntaxWarning etc. for odd but valid source
-        try:
-            return ast.parse(line)
-        except (SyntaxError, ValueError):
-            return None
-
-
-def parses(line: str) -> bool:
-    """Whether ``line`` parses with ``ast.parse``."""
-    return _parse(line) is not None
-
-
-def statement_kind(line: str) -> str:
-    """The class name of the line's first statement (``Assign``, ``Return``, ``Expr``...), ``"no parse"`` or
-    ``"empty"``."""
-    tree = _parse(line)
-    if tree is None:
-        return "no parse"
-    return type(tree.body[0]).__name__ if tree.body else "empty"
 
 
 # -- the map and neighbours in code space ------------------------------------------------------------

@@ -145,7 +145,7 @@ def build(backend: Backend) -> gr.Blocks:
             b = gr.Textbox(label="Line B", elem_id="line-b", placeholder="return [a, b]")
         with gr.Row():
             steps = gr.Slider(slo, shi, value=core.DEFAULT_STEPS, step=1, label="Steps", elem_id="steps")
-            kind = gr.Radio(list(core.KINDS), value="slerp", label="Kind", elem_id="kind")
+            kind = gr.Radio(list(core.INTERPOLATIONS), value="slerp", label="Kind", elem_id="kind")
             decoder = gr.Radio(list(core.DECODERS), value="greedy", label="Decoder", elem_id="decoder")
             truncate = gr.Checkbox(False, label=f"Cut lines longer than {cfg.max_length} tokens", elem_id="truncate")
         go = gr.Button("Interpolate", variant="primary", elem_id="interpolate")
