@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5vae import checkpoint, data, evaluate, kernels, latent, train, vae
+from t5vae import checkpoint, data, decoding, evaluate, kernels, latent, train, vae
 from t5vae.config import Config, TrainConfig
 
 
@@ -104,7 +104,7 @@ class Model:
             out += [self.tokenizer.decode(t) for t in toks[:n]]
         return out
 
-    def decoder_weights(self) -> kernels.DecoderWeights | None:
+    def decoder_weights(self) -> decoding.DecoderWeights | None:
         """With the "decoder_layout" fast path on: the backbone's decoder laid out for decoding, built on first
         use and kept while ``self.params`` stays the same object (a second copy of the decoder's weights);
         otherwise None (decoding runs on the params)."""
@@ -112,7 +112,7 @@ class Model:
             return None
         built_from, w = self._decoder_weights
         if built_from is not self.params:
-            w = kernels.decoder_weights(self.params["t5"], self.cfg.t5)
+            w = decoding.decoder_weights(self.params["t5"], self.cfg.t5)
             self._decoder_weights = (self.params, w)
         return w
 
