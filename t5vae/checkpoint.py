@@ -97,7 +97,7 @@ def tokenizer_path(path: str | os.PathLike) -> Path | None:
 # CheckpointManager: every save is written to a temporary directory and committed by rename, so a kill -9
 # mid-save leaves the previous checkpoint as the latest), params/ (final params), metrics.jsonl, eval.*.
 
-CHECKPOINTS_DIR, TRAIN_CONFIG_FILE = "checkpoints", "train_config.json"
+CHECKPOINTS_DIR = "checkpoints"
 
 
 # The train state is orbax's single unnamed item ("default"); a run on the grain input pipeline also saves the
@@ -174,6 +174,35 @@ def restore_train_state(manager, abstract_state, step: int | None = None, log=pr
         raise ValueError(f"no checkpoint in {manager.directory} could be restored; tried:\n  " + "\n  ".join(tried)
                          + "\nstart over with --overwrite, or restore a backup of the run directory")
     return (None, None, None) if with_data else (None, None)
+
+
+def committed_steps(run_dir: str | os.PathLike) -> list[int]:
+    """Steps of the checkpoints orbax has committed, oldest first (a save in progress lives in a
+    ``*.orbax-checkpoint-tmp-*`` directory until it is renamed to its step)."""
+    ck = Path(run_dir) / CHECKPOINTS_DIR
+    return sorted(int(p.name) for p in ck.iterdir() if p.name.isdigit() and p.is_dir()) if ck.is_dir() else []
+
+
+def restore_checkpoint_params(run_dir: str | os.PathLike, abstract_params, log=print) -> tuple[int | None, dict | None]:
+    """The params alone of the newest train-state checkpoint in ``run_dir`` that can be read -> ``(step,
+    params)``, ``(None, None)`` when there is none. Nothing else of the state is read (no optimizer state is
+    built or restored), and a damaged checkpoint is skipped with a warning but never moved: this is a reader."""
+    import orbax.checkpoint as ocp
+
+    item = {"params": _placed(abstract_params)}
+    args = ocp.args.PyTreeRestore(item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                                  partial_restore=True)
+    for s in reversed(committed_steps(run_dir)):
+        where = Path(run_dir).absolute() / CHECKPOINTS_DIR / str(s)
+        stored = _stored_tree(where)
+        if stored is not None:  # intact but another model's: an error of its own, no other checkpoint fits either
+            check_tree(stored["params"], abstract_params, f"the params of checkpoint {where}")
+        try:
+            return s, ocp.PyTreeCheckpointer().restore(where / STATE_ITEM, args=args)["params"]
+        except Exception as e:  # noqa: BLE001  tensorstore, orbax and OS errors all mean: cannot be read
+            why = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__
+            log(f"warning: checkpoint {where} cannot be restored ({why})")
+    return None, None
 
 
 def _stored_tree(step_dir: Path):

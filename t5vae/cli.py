@@ -17,7 +17,7 @@ from pathlib import Path
 
 from t5vae import hugepages
 from t5vae.config import DEFAULT_T5, Config, T5Config, TrainConfig
-from t5vae.names import DECODERS, INTERPOLATIONS, PRIORS
+from t5vae.names import DECODERS, INTERPOLATIONS, PRIORS, parses
 from t5vae.rundir import RunDirBusy
 
 DEFAULT_OUT = "t5vae-run"
@@ -142,12 +142,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from t5vae import checkpoint, data, evaluate, text
+    from t5vae import data, evaluate, rundir, text
 
     m = text.load(args.dir)
-    tc = TrainConfig.load_json(Path(args.dir) / checkpoint.TRAIN_CONFIG_FILE)
-    corpus = data.load_corpus(tc.corpus, tc.validation_percent, tc.min_chars, tc.max_chars)
-    lines, name = corpus.validation, "eval"
+    tc = rundir.train_config(args.dir)
+    corpus = rundir.corpus(args.dir)
+    lines, name = corpus.validation, rundir.EVAL_NAME
     if args.lines:  # a held-out set: every line of another corpus that the run did not train on
         other = data.load_corpus(args.lines, 50.0, args.min_chars, args.max_chars)
         seen = set(corpus.train)
@@ -159,8 +159,8 @@ def cmd_eval(args) -> int:
         if len(lines) < 2:
             raise ValueError(f"{args.lines} holds fewer than 2 lines the run has not trained on")
     pairs = tc.eval_pairs if args.pairs is None else args.pairs
-    results = evaluate.evaluate(m.params, m.cfg, m.tokenizer, lines, pairs=pairs, batch_size=tc.eval_batch_size,
-                                seed=tc.seed, kind=args.kind, method=args.method)
+    results = evaluate.evaluate(m, lines, pairs=pairs, batch_size=tc.eval_batch_size, seed=tc.seed, kind=args.kind,
+                                method=args.method)
     if args.lines:
         results["source"] = f"Held out ({args.lines}, {args.min_chars}-{args.max_chars} characters)"
     print(evaluate.save(results, args.dir, name))
@@ -180,8 +180,6 @@ def _show(text: str) -> str:
 
 def print_table(rows, first: str) -> None:
     """``first | text | valid?`` rows (valid: parses with ast.parse) and a count of the valid ones."""
-    from t5vae.evaluate import parses
-
     rows = [(k, _show(t), parses(t)) for k, t in rows]
     width = max([len(t) for _, t, _ in rows] + [4])
     print(f"{first:>6}  {'text':<{width}}  valid")
@@ -191,13 +189,11 @@ def print_table(rows, first: str) -> None:
 
 
 def cmd_interpolate(args) -> int:
-    import numpy as np
-
     from t5vae import text
 
-    texts = text.load(args.dir).interpolate(args.a, args.b, args.steps, args.kind,
-                                                max_new_tokens=args.max_new_tokens, method=args.method)
-    print_table(zip((f"{r:.3f}" for r in np.linspace(0.0, 1.0, args.steps)), texts), "ratio")
+    path = text.load(args.dir).path(args.a, args.b, args.steps, args.kind, max_new_tokens=args.max_new_tokens,
+                                    method=args.method)
+    print_table(zip((f"{r:.3f}" for r in path.ratios), path.lines), "ratio")
     return 0
 
 
@@ -217,17 +213,16 @@ def cmd_info(args) -> int:
 
     print(f"t5vae {t5vae.__version__}, jax {jax.__version__}, devices {jax.devices()}")
     if args.dir:
-        from t5vae import checkpoint, vae
+        from t5vae import checkpoint, rundir, vae
 
-        cfg = Config.load_json(Path(args.dir) / checkpoint.CONFIG_FILE)
+        cfg = Config.load_json(Path(args.dir) / rundir.CONFIG_FILE)
         n = sum(math.prod(a.shape) for a in jax.tree.leaves(vae.abstract_params(cfg)))
         print(json.dumps(cfg.to_dict(), indent=2))
         print(f"parameters: {n:,}")
-        ck = Path(args.dir) / checkpoint.CHECKPOINTS_DIR
-        steps = sorted(int(p.name) for p in ck.iterdir() if p.name.isdigit()) if ck.is_dir() else []
-        print(f"checkpoints: {steps or 'none'}; final params: {(Path(args.dir) / 'params').is_dir()}")
-        if (Path(args.dir) / "eval.md").is_file():
-            print((Path(args.dir) / "eval.md").read_text())
+        steps = checkpoint.committed_steps(args.dir)
+        print(f"checkpoints: {steps or 'none'}; final params: {(Path(args.dir) / rundir.PARAMS_DIR).is_dir()}")
+        if (Path(args.dir) / f"{rundir.EVAL_NAME}.md").is_file():
+            print((Path(args.dir) / f"{rundir.EVAL_NAME}.md").read_text())
     return 0
 
 

@@ -9,7 +9,7 @@ import pytest
 
 import t5vae as tv
 from conftest import run_cli
-from t5vae import cli, data, evaluate, latent, runlog
+from t5vae import cli, data, evaluate, runlog
 
 
 def test_cli_train_writes_a_complete_run_directory(run):

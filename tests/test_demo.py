@@ -174,11 +174,20 @@ def test_spread_is_even_and_keeps_both_ends():
     assert len(backend.spread(lines, 10)) == 10
 
 
-def test_corpus_settings_from_train_config(tmp_path):
-    assert backend.corpus_settings(tmp_path) is None
-    tv.TrainConfig(corpus="lines.txt", validation_percent=5.0, min_chars=3).save_json(tmp_path / "train_config.json")
-    assert backend.corpus_settings(tmp_path) == {"corpus": "lines.txt", "validation_percent": 5.0, "min_chars": 3,
-                                                 "max_chars": tv.TrainConfig().max_chars}
+def test_the_runs_corpus_is_read_with_the_runs_settings(tmp_path):
+    """The demo's lines come from rundir.corpus: the run's spec and settings, or another spec with them."""
+    from t5vae import rundir
+
+    with pytest.raises(FileNotFoundError, match="train_config.json is missing"):
+        rundir.corpus(tmp_path)
+    lines = [f"name_{i} = value_{i}" + "x" * (i % 30) for i in range(200)]
+    (tmp_path / "a.txt").write_text("\n".join(lines) + "\n")
+    (tmp_path / "b.txt").write_text("\n".join(lines[:50]) + "\n")
+    tv.TrainConfig(corpus=str(tmp_path / "a.txt"), validation_percent=20.0).save_json(tmp_path / "train_config.json")
+    got = rundir.corpus(tmp_path)
+    assert sorted(got.train + got.validation) == sorted(lines) and 20 <= len(got.validation) <= 60
+    other = rundir.corpus(tmp_path, str(tmp_path / "b.txt"))
+    assert sorted(other.train + other.validation) == sorted(lines[:50]) and other.source == str(tmp_path / "b.txt")
 
 
 # -- the backend on a fake model ---------------------------------------------------------------------
@@ -190,7 +199,7 @@ class FakeModel:
     def __init__(self, n_latent=2, size=3, max_length=8):
         self.cfg = SimpleNamespace(n_latent_tokens=n_latent, latent_size=size, max_length=max_length)
         self.tokenizer = SimpleNamespace(encode=lambda s: s.split() + ["</s>"])
-        self.path, self.active, self.most, self.calls = "fake-run", 0, 0, 0
+        self.run_dir, self.active, self.most, self.calls = "fake-run", 0, 0, 0
 
     def _call(self):
         self.calls += 1
@@ -212,6 +221,11 @@ class FakeModel:
         if prior == "aggregate":
             raise FileNotFoundError("the run names no corpus")
         return np.random.default_rng(seed).uniform(-0.9, 0.9, (n, self.cfg.n_latent_tokens, self.cfg.latent_size))
+
+    def path(self, a, b, steps, kind, truncate=False, method="greedy"):
+        z = self.encode([a, b])
+        codes = np.asarray(tv.interpolate(z[0], z[1], steps, kind))
+        return SimpleNamespace(ratios=np.linspace(0, 1, steps), codes=codes, lines=self.decode(codes, method))
 
     def analogy(self, a, b, c, truncate=False, method="greedy"):
         za, zb, zc = self.encode([a, b, c])

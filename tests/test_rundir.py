@@ -117,7 +117,7 @@ def test_a_config_mismatch_is_not_taken_for_damage(run, tmp_path):
     from t5vae.config import Config, TrainConfig
 
     cfg = Config.load_json(run["out"] / checkpoint.CONFIG_FILE)
-    tc = TrainConfig.load_json(run["out"] / checkpoint.TRAIN_CONFIG_FILE).replace(optimizer="adafactor")
+    tc = TrainConfig.load_json(run["out"] / rundir.TRAIN_CONFIG_FILE).replace(optimizer="adafactor")
     other = jax.eval_shape(lambda: train.init_state(cfg, tc, vae.init(cfg, jax.random.key(0))))
     mngr = checkpoint.checkpoint_manager(run["out"])
     try:

@@ -4,7 +4,6 @@ and two JAX calls at once only share the same two cores)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import threading
 import warnings
 from pathlib import Path
@@ -12,12 +11,11 @@ from pathlib import Path
 import numpy as np
 
 import t5vae as tv
-from t5vae import data
+from t5vae import rundir
 from t5vae.demo import core, mapview
 from t5vae.demo.core import InputError
 
 EXAMPLE_A, EXAMPLE_B = "total = price * quantity", "return sorted(items)"
-TRAIN_CONFIG = "train_config.json"
 
 
 @dataclasses.dataclass
@@ -30,22 +28,6 @@ class Interpolation:
     parses: list[bool]
     codes: np.ndarray
     xy: np.ndarray | None
-
-
-def corpus_settings(run_dir) -> dict | None:
-    """The corpus a run was trained on: {"corpus", "validation_percent", "min_chars", "max_chars"} from its
-    train_config.json, or None when the run has none (an export)."""
-    file = Path(run_dir) / TRAIN_CONFIG
-    if not file.is_file():
-        return None
-    try:
-        tc = tv.TrainConfig.load_json(file)
-        got = {k: getattr(tc, k) for k in ("corpus", "validation_percent", "min_chars", "max_chars")}
-    except (AttributeError, TypeError, ValueError):
-        raw = json.loads(file.read_text())
-        got = {"corpus": raw.get("corpus"), "validation_percent": raw.get("validation_percent", 2.0),
-               "min_chars": raw.get("min_chars", 10), "max_chars": raw.get("max_chars", 40)}
-    return got
 
 
 def spread(lines: list[str], cap: int | None) -> list[str]:
@@ -78,14 +60,13 @@ class Backend:
         """Load a run; the map shows (up to ``map_lines`` of) its validation lines and the neighbours come from
         (up to ``pool_lines`` of) its training lines, from the corpus in train_config.json or ``corpus``."""
         model = tv.load(run_dir)
-        settings = corpus_settings(run_dir) or {"validation_percent": 2.0, "min_chars": 10, "max_chars": 40}
-        if corpus is not None:
-            settings["corpus"] = corpus
-        if "corpus" not in settings:
-            return cls(model, note=f"{run_dir} has no {TRAIN_CONFIG} naming its corpus (pass --corpus): no map, "
-                                   f"no nearest lines")
-        lines = data.load_corpus(settings["corpus"], settings["validation_percent"], settings["min_chars"],
-                                 settings["max_chars"])
+        if (Path(run_dir) / rundir.TRAIN_CONFIG_FILE).is_file():
+            lines = rundir.corpus(run_dir, corpus)
+        elif corpus is not None:  # an export: the corpus read with the default settings
+            lines = rundir.training_corpus(tv.TrainConfig(corpus=corpus))[0]
+        else:
+            return cls(model, note=f"{run_dir} has no {rundir.TRAIN_CONFIG_FILE} naming its corpus (pass --corpus): "
+                                   f"no map, no nearest lines")
         return cls(model, spread(list(lines.validation), map_lines), spread(list(lines.train), pool_lines))
 
     # -- requests --------------------------------------------------------------------------------
@@ -110,12 +91,10 @@ class Backend:
         a, b = self.check_line(a, "line A", truncate), self.check_line(b, "line B", truncate)
         with self.lock, warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            z = self.model.encode([a, b], truncate=truncate)
-            path = np.asarray(tv.interpolate(z[0], z[1], steps, kind))  # [steps, N, Z]
-            lines = self.model.decode(path, method=decoder)
-        codes = core.flat(path)
-        return Interpolation(core.Link(a, b, steps, kind, decoder), np.linspace(0, 1, steps).tolist(), lines,
-                     [core.parses(s) for s in lines], codes, self.pca.project(codes) if self.pca else None)
+            path = self.model.path(a, b, steps, kind, truncate=truncate, method=decoder)
+        codes = core.flat(path.codes)
+        return Interpolation(core.Link(a, b, steps, kind, decoder), np.asarray(path.ratios).tolist(), path.lines,
+                             [core.parses(s) for s in path.lines], codes, self.pca.project(codes) if self.pca else None)
 
     def sample(self, prior="aggregate", n=core.DEFAULT_SAMPLES, seed=0, decoder="greedy") -> list[str]:
         """``n`` lines decoded from codes drawn from ``prior``."""

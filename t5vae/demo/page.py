@@ -137,7 +137,7 @@ def build(backend: Backend) -> gr.Blocks:
     h, cfg = Handlers(backend), backend.model.cfg
     (slo, shi), (nlo, nhi) = core.STEPS_RANGE, core.SAMPLES_RANGE
     with gr.Blocks(title="t5vae: paths between lines of Python", analytics_enabled=False) as page:
-        gr.Markdown(f"## t5vae: the latent space of a T5-VAE\n`{backend.model.path}`: {cfg.n_latent_tokens} latent "
+        gr.Markdown(f"## t5vae: the latent space of a T5-VAE\n`{backend.model.run_dir}`: {cfg.n_latent_tokens} latent "
                     f"tokens x {cfg.latent_size}, lines up to {cfg.max_length} tokens. Type two lines of Python and "
                     f"decode the path between their codes ({slo} to {shi} points, both ends included).")
         with gr.Row():
