@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 import t5vae as tv
-from t5vae import rundir
+from t5vae import rundir, text
 from t5vae.demo import core, mapview
 from t5vae.demo.core import InputError
 
@@ -28,6 +28,11 @@ class Interpolation:
     parses: list[bool]
     codes: np.ndarray
     xy: np.ndarray | None
+
+
+def _text(line) -> str:
+    """A line from the page or a link: None (a cleared box) is an empty line."""
+    return "" if line is None else str(line)
 
 
 def spread(lines: list[str], cap: int | None) -> list[str]:
@@ -74,8 +79,18 @@ class Backend:
     def n_tokens(self, line: str) -> int:
         return len(self.model.tokenizer.encode(line))
 
-    def check_line(self, line, name: str, truncate: bool) -> str:
-        return core.check_line(line, name, self.n_tokens, self.model.cfg.max_length, truncate)
+    def _lines(self, labels: dict[str, str], run):
+        """``run()`` under the lock; the Model's refusal of a line (checked before anything is encoded) becomes
+        the page's error naming the line by its label."""
+        with self.lock, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the truncation warning: the page asked for the cut
+            try:
+                return run()
+            except text.EmptyLine as e:
+                raise core.empty_line(labels[e.name]) from None
+            except text.TooLong as e:
+                name, n = e.too_long[0]
+                raise core.too_long(labels[name], n, self.model.cfg.max_length) from None
 
     def _encode(self, lines: list[str], truncate: bool = True) -> np.ndarray:
         with self.lock, warnings.catch_warnings():
@@ -88,10 +103,9 @@ class Backend:
         steps = core.check_int(steps, "steps", core.STEPS_RANGE)
         kind = core.check_choice(kind, "kind", core.INTERPOLATIONS)
         decoder = core.check_choice(decoder, "decoder", core.DECODERS)
-        a, b = self.check_line(a, "line A", truncate), self.check_line(b, "line B", truncate)
-        with self.lock, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            path = self.model.path(a, b, steps, kind, truncate=truncate, method=decoder)
+        a, b = _text(a), _text(b)
+        path = self._lines({"a": "line A", "b": "line B"},
+                           lambda: self.model.path(a, b, steps, kind, truncate=truncate, method=decoder))
         codes = core.flat(path.codes)
         return Interpolation(core.Link(a, b, steps, kind, decoder), np.asarray(path.ratios).tolist(), path.lines,
                              [core.parses(s) for s in path.lines], codes, self.pca.project(codes) if self.pca else None)
@@ -112,10 +126,9 @@ class Backend:
     def analogy(self, a, b, c, decoder="greedy", truncate: bool = False) -> str:
         """The line decoded at code(a) + (code(b) - code(c))."""
         decoder = core.check_choice(decoder, "decoder", core.DECODERS)
-        a, b, c = (self.check_line(s, f"line {n}", truncate) for s, n in ((a, "a"), (b, "b"), (c, "c")))
-        with self.lock, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return self.model.analogy(a, b, c, truncate=truncate, method=decoder)
+        a, b, c = _text(a), _text(b), _text(c)
+        return self._lines({n: f"line {n}" for n in "abc"},
+                           lambda: self.model.analogy(a, b, c, truncate=truncate, method=decoder))
 
     def nearest(self, code, k: int = core.NEAREST_K) -> list[tuple[str, float]]:
         """The ``k`` pool lines whose codes are closest to ``code`` [N * Z], with their distances."""

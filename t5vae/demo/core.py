@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from urllib.parse import quote, urlencode
 
 import numpy as np
@@ -49,15 +49,16 @@ def check_choice(value, name: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-def check_line(line, name: str, n_tokens: Callable[[str], int], max_length: int, truncate: bool) -> str:
-    """``line`` if it can be encoded: not empty, and at most ``max_length`` tokens (EOS included) unless
-    ``truncate`` (the model then cuts it). ``n_tokens`` counts a line's tokens with EOS."""
-    if not isinstance(line, str) or not line.strip():
-        raise InputError(f"{name} is empty: type a line of Python")
-    if not truncate and (n := n_tokens(line)) > max_length:
-        raise TooLong(f"{name} is {n} tokens, longer than the model's max length of {max_length} tokens (end of "
-                      f"line included): shorten it, or cut it to {max_length} tokens")
-    return line
+def empty_line(label: str) -> InputError:
+    """The page's error for an empty line (the Model refuses it: t5vae.text.EmptyLine)."""
+    return InputError(f"{label} is empty: type a line of Python")
+
+
+def too_long(label: str, n_tokens: int, max_length: int) -> TooLong:
+    """The page's error for a line of ``n_tokens`` tokens (EOS included) past ``max_length`` (the Model refuses
+    it unless asked to cut it: t5vae.text.TooLong); the page then offers to cut it."""
+    return TooLong(f"{label} is {n_tokens} tokens, longer than the model's max length of {max_length} tokens (end "
+                   f"of line included): shorten it, or cut it to {max_length} tokens")
 
 
 # -- shareable links ------------------------------------------------------------------------------
