@@ -235,9 +235,8 @@ class Config(_Settings):
     ``sigmoid(mmd_k * step - mmd_b)``; ``max_length`` bounds tokenized lines (EOS included).
     ``latent_noise`` is the standard deviation of Gaussian noise added, in training only, to the codes the
     decoder reconstructs from (the MMD sees the clean codes): the decoder must then decode a neighbourhood
-    of each code, not a point, which is what makes the space between codes decodable. The default 0.1 was
-    chosen by the ablation of docs/results.md: on code outside the corpus, +0.03 interior points that parse
-    for -0.02 exact match; on the corpus's own held-out lines, +0.04 validity.
+    of each code, not a point, which is what makes the space between codes decodable (the default: see the
+    ablation in docs/results.md).
     ``latent_dropout`` is the probability, in training only, that the decoder's cross-attention loses each
     latent token (at least one is kept): the decoder must then fill in the missing part of a line itself.
     """

@@ -165,10 +165,9 @@ class _Tokenize(grain.transforms.Map):
         return out
 
 
-# Lines are read and tokenised a chunk at a time: one batched array_record read, one sentencepiece call. Single
-# reads run at ~1,000/s; a batched read of a file of N one-record chunks (group_size:1, as TFDS writes them) costs
-# a fixed ~0.2 s per call at N = 10M (array_record 0.8.6, measured on the 2-core EPYC) on top of ~100,000
-# records/s, so chunks grow with the shard: N / 500 lines, within [512, 32768]. READ_AHEAD chunks are read
+# Lines are read and tokenised a chunk at a time: one batched array_record read, one sentencepiece call. A
+# batched read of a file of one-record chunks (group_size:1, as TFDS writes them) has a fixed cost per call
+# that grows with the file (docs/pipeline.md), so chunks grow with the shard: N / 500 lines, within [512, 32768]. READ_AHEAD chunks are read
 # ahead in READ_THREADS threads. Chunk j holds positions [j * size, (j + 1) * size) of the endless stream of the
 # shard's records, each epoch in its own order (grain's index_shuffle, seeded by seed + epoch: none is stored).
 MIN_CHUNK, MAX_CHUNK, READ_AHEAD, READ_THREADS, ENDLESS = 512, 32768, 4, 2, 2 ** 62
