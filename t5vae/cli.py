@@ -285,7 +285,7 @@ def _add_demo_arguments(p: argparse.ArgumentParser) -> None:
         from t5vae import demo
     except ImportError as e:  # the demo extra is not installed: say so when the command runs
         p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(fn=lambda args: _missing_demo(e))
+        p.set_defaults(fn=lambda args, why=e: _missing_demo(why))  # bound now: ``e`` ends with the block
         return
     demo.add_arguments(p)
     p.set_defaults(fn=demo.cmd_demo)
