@@ -9,10 +9,9 @@ modify first).
 """
 import argparse
 import time
-from pathlib import Path
 
 import t5vae as tv
-from t5vae import data, names
+from t5vae import names, rundir
 
 
 def main():
@@ -20,8 +19,7 @@ def main():
     p.add_argument("run"), p.add_argument("-n", type=int, default=200), p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     m = tv.load(args.run)
-    tc = tv.TrainConfig.load_json(Path(args.run) / "train_config.json")
-    train = set(data.load_corpus(tc.corpus, tc.validation_percent, tc.min_chars, tc.max_chars).train)
+    train = set(rundir.corpus(args.run).train)
     t0 = time.time()
     g = m.aggregate_posterior()
     print(f"aggregate posterior: {g.n_codes} training codes, fitted or loaded in {time.time() - t0:.0f}s")
