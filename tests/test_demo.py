@@ -162,22 +162,6 @@ def test_spread_is_even_and_keeps_both_ends():
     assert len(backend.spread(lines, 10)) == 10
 
 
-def test_the_runs_corpus_is_read_with_the_runs_settings(tmp_path):
-    """The demo's lines come from rundir.corpus: the run's spec and settings, or another spec with them."""
-    from t5vae import rundir
-
-    with pytest.raises(FileNotFoundError, match="train_config.json is missing"):
-        rundir.corpus(tmp_path)
-    lines = [f"name_{i} = value_{i}" + "x" * (i % 30) for i in range(200)]
-    (tmp_path / "a.txt").write_text("\n".join(lines) + "\n")
-    (tmp_path / "b.txt").write_text("\n".join(lines[:50]) + "\n")
-    tv.TrainConfig(corpus=str(tmp_path / "a.txt"), validation_percent=20.0).save_json(tmp_path / "train_config.json")
-    got = rundir.corpus(tmp_path)
-    assert sorted(got.train + got.validation) == sorted(lines) and 20 <= len(got.validation) <= 60
-    other = rundir.corpus(tmp_path, str(tmp_path / "b.txt"))
-    assert sorted(other.train + other.validation) == sorted(lines[:50]) and other.source == str(tmp_path / "b.txt")
-
-
 # -- the backend on a fake model ---------------------------------------------------------------------
 
 class FakeModel:
