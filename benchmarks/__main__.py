@@ -104,12 +104,12 @@ def bench_generate(model, ref_params, params, cfg, batch, new_tokens, repeats):
     ids, mask = batch["input_ids"], batch["attention_mask"]
     # ours: the decoder's weights laid out for decoding once, as for any repeated decoding (the reference's
     # params are already per layer); ours_params: from the training params tree, laid out again every call
-    w = kernels.decoder_weights(params, gcfg) if kernels.ops(gcfg).decoder_layout else None
+    w = tv.decoding.decoder_weights(params, gcfg) if kernels.ops(gcfg).decoder_layout else None
     ours = lambda: tv.t5.generate(params, gcfg, ids, mask, new_tokens, decoder_weights=w)  # noqa: E731
     ours_params = lambda: tv.t5.generate(params, gcfg, ids, mask, new_tokens)  # noqa: E731
     p16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
     c16 = gcfg.replace(dtype="bfloat16", param_dtype="bfloat16")
-    w16 = kernels.decoder_weights(p16, c16) if kernels.ops(c16).decoder_layout else None
+    w16 = tv.decoding.decoder_weights(p16, c16) if kernels.ops(c16).decoder_layout else None
     ours16 = lambda: tv.t5.generate(p16, c16, ids, mask, new_tokens, decoder_weights=w16)  # noqa: E731
     ref_tokens = np.asarray(ref_gen(ref_params, ids, mask))[:, 1:]
     same = all(np.array_equal(np.asarray(f()), ref_tokens) for f in (ours, ours_params))

@@ -181,7 +181,7 @@ def generate(ctx, dtype: str, shape) -> dict:
     ref.generation_config.eos_token_id = never
     batch = harness.random_batch(cfg.vocab_size, B, S, seed=3)
     ids, mask, params = batch["input_ids"], batch["attention_mask"], ctx["params"]
-    w = kernels.decoder_weights(params, cfg) if kernels.ops(cfg).decoder_layout else None
+    w = tv.decoding.decoder_weights(params, cfg) if kernels.ops(cfg).decoder_layout else None
     ref_gen = jax.jit(reference.generate_fn(ref, NEW))
     fns = {"ours": lambda: tv.t5.generate(params, cfg, ids, mask, NEW, decoder_weights=w),
            "reference_jit": lambda: ref_gen(ctx["ref_params"], ids, mask)}

@@ -82,11 +82,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from benchmarks import harness
-    from t5vae import checkpoint, data
-    from t5vae.config import TrainConfig
+    from t5vae import rundir
 
-    tc = TrainConfig.load_json(Path(args.run) / checkpoint.TRAIN_CONFIG_FILE)
-    corpus = data.load_corpus(tc.corpus, tc.validation_percent, tc.min_chars, tc.max_chars)
+    corpus = rundir.corpus(args.run)
     known = set(corpus.train) | set(corpus.validation)
     proc, url, startup = _serve(args.run)
     print(f"served at {url} after {startup:.1f} s (load + warm-up)")

@@ -57,7 +57,7 @@ def t5_generate(kernels_value: str, repeats: int):
     cfg = tv.preset("t5-small", dropout_rate=0.0, kernels=kernels_value, eos_token_id=32128)  # never stops early
     batch = harness.random_batch(cfg.vocab_size, 8, 64)
     params = tv.t5.init(cfg, jax.random.key(0))
-    w = kernels.decoder_weights(params, cfg) if kernels.ops(cfg).decoder_layout else None
+    w = tv.decoding.decoder_weights(params, cfg) if kernels.ops(cfg).decoder_layout else None
     return lambda: tv.t5.generate(params, cfg, batch["input_ids"], batch["attention_mask"], 32, decoder_weights=w)
 
 

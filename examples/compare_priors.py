@@ -9,10 +9,9 @@ modify first).
 """
 import argparse
 import time
-from pathlib import Path
 
 import t5vae as tv
-from t5vae import data, evaluate
+from t5vae import names, rundir
 
 
 def main():
@@ -20,8 +19,7 @@ def main():
     p.add_argument("run"), p.add_argument("-n", type=int, default=200), p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     m = tv.load(args.run)
-    tc = tv.TrainConfig.load_json(Path(args.run) / "train_config.json")
-    train = set(data.load_corpus(tc.corpus, tc.validation_percent, tc.min_chars, tc.max_chars).train)
+    train = set(rundir.corpus(args.run).train)
     t0 = time.time()
     g = m.aggregate_posterior()
     print(f"aggregate posterior: {g.n_codes} training codes, fitted or loaded in {time.time() - t0:.0f}s")
@@ -30,7 +28,7 @@ def main():
     print("|---|---|---|---|---|")
     for prior in tv.PRIORS:
         texts = m.sample(args.n, prior=prior, seed=args.seed)
-        ok = [evaluate.parses(t) for t in texts]
+        ok = [names.parses(t) for t in texts]
         new = [t not in train for t in texts]
         both = sum(a and b for a, b in zip(ok, new))
         print(f"| {prior} | {sum(ok) / len(texts):.3f} | {sum(new) / len(texts):.3f} | {both / len(texts):.3f} | "

@@ -10,23 +10,19 @@ components (numpy SVD), coloured by statement kind (the ast node of the line), w
 drawn on top. Sampling from the default (aggregate) prior writes aggregate_posterior.npz into the run.
 """
 import argparse
-import ast
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 import t5vae as tv
-from t5vae import cli, data, train
+from t5vae import cli, names, rundir, train
 
 
 def statement_kind(line: str) -> str:
-    node = ast.parse(line).body[0]
-    if isinstance(node, (ast.Import, ast.ImportFrom)):
-        return "import"
-    if isinstance(node, ast.Expr):
-        return "call"
-    return type(node).__name__.lower()
+    """The plot's groups of the library's statement kinds: imports together, expressions (calls) as "call"."""
+    kind = names.statement_kind(line)
+    return {"Import": "import", "ImportFrom": "import", "Expr": "call"}.get(kind, kind.lower())
 
 
 def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -53,8 +49,7 @@ def main():
                                seed=args.seed)
         train.run(tv.Config(), tc, run_dir)
     m = tv.load(run_dir)
-    tc = tv.TrainConfig.load_json(run_dir / "train_config.json")
-    val = data.load_corpus(tc.corpus, tc.validation_percent, tc.min_chars, tc.max_chars).validation
+    val = rundir.corpus(run_dir).validation
 
     rng = np.random.default_rng(args.seed)
     a, b = (val[i] for i in rng.choice(len(val), 2, replace=False))

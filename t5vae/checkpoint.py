@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5vae import t5
+from t5vae import files, t5
 from t5vae.config import T5Config
 from t5vae.specs import check_tree
 
@@ -34,48 +31,6 @@ def _checkpointer():
     import orbax.checkpoint as ocp  # imported lazily: it is slow to import
 
     return ocp.StandardCheckpointer()
-
-
-@contextmanager
-def atomic_directory(out: str | os.PathLike, overwrite: bool = False):
-    """Yield a temporary directory that becomes ``out`` only if the block finishes without error."""
-    out = Path(out).absolute()
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; choose another output or pass overwrite=True (--overwrite)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir()  # not mkdtemp, whose 0700 the finished directory would keep: mkdir applies the umask
-    try:
-        yield tmp
-        _swap_into_place(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-@contextmanager
-def atomic_file(path: str | os.PathLike, mode: str = "wb"):
-    """Yield a file opened in ``mode`` that replaces ``path`` (``os.replace``) only if the block finishes
-    without error; otherwise the temporary file is removed and ``path`` is untouched."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename a finished ``tmp`` to ``out``; an existing ``out`` is moved aside first and deleted last."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out)
 
 
 def save_params(path: str | os.PathLike, params) -> None:
@@ -89,7 +44,7 @@ def save_t5(out: str | os.PathLike, cfg: T5Config, params, tokenizer: str | os.P
             overwrite: bool = False) -> Path:
     """Write config.json + params (+ spiece.model) atomically into ``out``; params are checked against the specs."""
     check_tree(params, t5.abstract_params(cfg), "params")
-    with atomic_directory(out, overwrite) as tmp:
+    with files.atomic_directory(out, overwrite) as tmp:
         cfg.save_json(tmp / CONFIG_FILE)
         if tokenizer is not None:
             shutil.copyfile(tokenizer, tmp / TOKENIZER_FILE)
@@ -142,7 +97,7 @@ def tokenizer_path(path: str | os.PathLike) -> Path | None:
 # CheckpointManager: every save is written to a temporary directory and committed by rename, so a kill -9
 # mid-save leaves the previous checkpoint as the latest), params/ (final params), metrics.jsonl, eval.*.
 
-CHECKPOINTS_DIR, TRAIN_CONFIG_FILE = "checkpoints", "train_config.json"
+CHECKPOINTS_DIR = "checkpoints"
 
 
 # The train state is orbax's single unnamed item ("default"); a run on the grain input pipeline also saves the
@@ -221,6 +176,35 @@ def restore_train_state(manager, abstract_state, step: int | None = None, log=pr
     return (None, None, None) if with_data else (None, None)
 
 
+def committed_steps(run_dir: str | os.PathLike) -> list[int]:
+    """Steps of the checkpoints orbax has committed, oldest first (a save in progress lives in a
+    ``*.orbax-checkpoint-tmp-*`` directory until it is renamed to its step)."""
+    ck = Path(run_dir) / CHECKPOINTS_DIR
+    return sorted(int(p.name) for p in ck.iterdir() if p.name.isdigit() and p.is_dir()) if ck.is_dir() else []
+
+
+def restore_checkpoint_params(run_dir: str | os.PathLike, abstract_params, log=print) -> tuple[int | None, dict | None]:
+    """The params alone of the newest train-state checkpoint in ``run_dir`` that can be read -> ``(step,
+    params)``, ``(None, None)`` when there is none. Nothing else of the state is read (no optimizer state is
+    built or restored), and a damaged checkpoint is skipped with a warning but never moved: this is a reader."""
+    import orbax.checkpoint as ocp
+
+    item = {"params": _placed(abstract_params)}
+    args = ocp.args.PyTreeRestore(item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                                  partial_restore=True)
+    for s in reversed(committed_steps(run_dir)):
+        where = Path(run_dir).absolute() / CHECKPOINTS_DIR / str(s)
+        stored = _stored_tree(where)
+        if stored is not None:  # intact but another model's: an error of its own, no other checkpoint fits either
+            check_tree(stored["params"], abstract_params, f"the params of checkpoint {where}")
+        try:
+            return s, ocp.PyTreeCheckpointer().restore(where / STATE_ITEM, args=args)["params"]
+        except Exception as e:  # noqa: BLE001  tensorstore, orbax and OS errors all mean: cannot be read
+            why = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__
+            log(f"warning: checkpoint {where} cannot be restored ({why})")
+    return None, None
+
+
 def _stored_tree(step_dir: Path):
     """The tree of array metadata a train-state checkpoint holds, or None if its metadata cannot be read."""
     absl = logging.getLogger("absl")
@@ -273,4 +257,4 @@ def save_params_replacing(path: str | os.PathLike, params) -> None:
     if tmp.exists():
         shutil.rmtree(tmp)
     save_params(tmp, params)
-    _swap_into_place(tmp, path)
+    files.replace_directory(tmp, path)

@@ -17,11 +17,10 @@ from pathlib import Path
 
 from t5vae import hugepages
 from t5vae.config import DEFAULT_T5, Config, T5Config, TrainConfig
+from t5vae.names import DECODERS, INTERPOLATIONS, PRIORS, parses
 from t5vae.rundir import RunDirBusy
 
 DEFAULT_OUT = "t5vae-run"
-# t5vae.latent.INTERPOLATIONS and t5vae.evaluate.DECODERS, spelled out so building the parser imports no jax
-KINDS, METHODS = ("slerp", "slerp_flat", "lerp"), ("greedy", "beam")
 
 
 def _fields():
@@ -143,12 +142,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from t5vae import checkpoint, data, evaluate, text
+    from t5vae import data, evaluate, rundir, text
 
     m = text.load(args.dir)
-    tc = TrainConfig.load_json(Path(args.dir) / checkpoint.TRAIN_CONFIG_FILE)
-    corpus = data.load_corpus(tc.corpus, tc.validation_percent, tc.min_chars, tc.max_chars)
-    lines, name = corpus.validation, "eval"
+    tc = rundir.train_config(args.dir)
+    corpus = rundir.corpus(args.dir)
+    lines, name = corpus.validation, rundir.EVAL_NAME
     if args.lines:  # a held-out set: every line of another corpus that the run did not train on
         other = data.load_corpus(args.lines, 50.0, args.min_chars, args.max_chars)
         seen = set(corpus.train)
@@ -160,8 +159,8 @@ def cmd_eval(args) -> int:
         if len(lines) < 2:
             raise ValueError(f"{args.lines} holds fewer than 2 lines the run has not trained on")
     pairs = tc.eval_pairs if args.pairs is None else args.pairs
-    results = evaluate.evaluate(m.params, m.cfg, m.tokenizer, lines, pairs=pairs, batch_size=tc.eval_batch_size,
-                                seed=tc.seed, kind=args.kind, method=args.method)
+    results = evaluate.evaluate(m, lines, pairs=pairs, batch_size=tc.eval_batch_size, seed=tc.seed, kind=args.kind,
+                                method=args.method)
     if args.lines:
         results["source"] = f"Held out ({args.lines}, {args.min_chars}-{args.max_chars} characters)"
     print(evaluate.save(results, args.dir, name))
@@ -181,8 +180,6 @@ def _show(text: str) -> str:
 
 def print_table(rows, first: str) -> None:
     """``first | text | valid?`` rows (valid: parses with ast.parse) and a count of the valid ones."""
-    from t5vae.evaluate import parses
-
     rows = [(k, _show(t), parses(t)) for k, t in rows]
     width = max([len(t) for _, t, _ in rows] + [4])
     print(f"{first:>6}  {'text':<{width}}  valid")
@@ -192,13 +189,11 @@ def print_table(rows, first: str) -> None:
 
 
 def cmd_interpolate(args) -> int:
-    import numpy as np
-
     from t5vae import text
 
-    texts = text.load(args.dir).interpolate(args.a, args.b, args.steps, args.kind,
-                                                max_new_tokens=args.max_new_tokens, method=args.method)
-    print_table(zip((f"{r:.3f}" for r in np.linspace(0.0, 1.0, args.steps)), texts), "ratio")
+    path = text.load(args.dir).path(args.a, args.b, args.steps, args.kind, max_new_tokens=args.max_new_tokens,
+                                    method=args.method)
+    print_table(zip((f"{r:.3f}" for r in path.ratios), path.lines), "ratio")
     return 0
 
 
@@ -218,17 +213,16 @@ def cmd_info(args) -> int:
 
     print(f"t5vae {t5vae.__version__}, jax {jax.__version__}, devices {jax.devices()}")
     if args.dir:
-        from t5vae import checkpoint, vae
+        from t5vae import checkpoint, rundir, vae
 
-        cfg = Config.load_json(Path(args.dir) / checkpoint.CONFIG_FILE)
+        cfg = Config.load_json(Path(args.dir) / rundir.CONFIG_FILE)
         n = sum(math.prod(a.shape) for a in jax.tree.leaves(vae.abstract_params(cfg)))
         print(json.dumps(cfg.to_dict(), indent=2))
         print(f"parameters: {n:,}")
-        ck = Path(args.dir) / checkpoint.CHECKPOINTS_DIR
-        steps = sorted(int(p.name) for p in ck.iterdir() if p.name.isdigit()) if ck.is_dir() else []
-        print(f"checkpoints: {steps or 'none'}; final params: {(Path(args.dir) / 'params').is_dir()}")
-        if (Path(args.dir) / "eval.md").is_file():
-            print((Path(args.dir) / "eval.md").read_text())
+        steps = checkpoint.committed_steps(args.dir)
+        print(f"checkpoints: {steps or 'none'}; final params: {(Path(args.dir) / rundir.PARAMS_DIR).is_dir()}")
+        if (Path(args.dir) / f"{rundir.EVAL_NAME}.md").is_file():
+            print((Path(args.dir) / f"{rundir.EVAL_NAME}.md").read_text())
     return 0
 
 
@@ -249,8 +243,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("dir")
     e.add_argument("--pairs", type=_int_at_least(0), help="interpolation pairs (default: the run's eval_pairs; "
                                                          "0: reconstruction only)")
-    e.add_argument("--kind", default="slerp", choices=KINDS, help="interpolation path")
-    e.add_argument("--method", default="greedy", choices=METHODS,
+    e.add_argument("--kind", default="slerp", choices=INTERPOLATIONS, help="interpolation path")
+    e.add_argument("--method", default="greedy", choices=DECODERS,
                    help="how the interpolation paths are decoded (reconstruction is always greedy; beam: 4 beams)")
     e.add_argument("--lines", help="evaluate on another corpus instead of the run's validation split, e.g. "
                                    "py:optax (an installed package's statements), py:DIR or a text file; lines "
@@ -263,15 +257,15 @@ def parser() -> argparse.ArgumentParser:
                                            "and whether it parses")
     i.add_argument("dir"), i.add_argument("a"), i.add_argument("b")
     i.add_argument("--steps", type=_int_at_least(2), default=9, help="points on the path, both endpoints included (default 9)")
-    i.add_argument("--kind", default="slerp", choices=KINDS,
+    i.add_argument("--kind", default="slerp", choices=INTERPOLATIONS,
                    help="slerp per latent token (default), slerp of the whole flattened code, or lerp")
     i.add_argument("--max-new-tokens", type=_int_at_least(1), help="tokens decoded per point (default: the model's max_length)")
-    i.add_argument("--method", default="greedy", choices=METHODS, help="decoding (beam: 4 beams)")
+    i.add_argument("--method", default="greedy", choices=DECODERS, help="decoding (beam: 4 beams)")
     i.set_defaults(fn=cmd_interpolate)
     s = sub.add_parser("sample", help="decode codes drawn from a prior: a table of text and whether it parses")
     s.add_argument("dir"), s.add_argument("-n", type=_int_at_least(1), default=10)
     s.add_argument("--seed", type=_int_at_least(0), default=0)
-    s.add_argument("--prior", choices=["aggregate", "gaussian", "tanh"],
+    s.add_argument("--prior", choices=PRIORS,
                    help="aggregate (default): a Gaussian fitted to the training codes (computed on first use and saved "
                         "in DIR); gaussian: N(0, I) clipped to the tanh range; tanh: tanh of N(0, I)")
     s.add_argument("--max-new-tokens", type=_int_at_least(1), help="tokens decoded per sample (default: the model's max_length)")
@@ -291,7 +285,7 @@ def _add_demo_arguments(p: argparse.ArgumentParser) -> None:
         from t5vae import demo
     except ImportError as e:  # the demo extra is not installed: say so when the command runs
         p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(fn=lambda args: _missing_demo(e))
+        p.set_defaults(fn=lambda args, why=e: _missing_demo(why))  # bound now: ``e`` ends with the block
         return
     demo.add_arguments(p)
     p.set_defaults(fn=demo.cmd_demo)

@@ -5,8 +5,9 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from typing import Any
+
+from t5vae import files
 
 _ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu")
 
@@ -42,25 +43,8 @@ def read_json_object(path: str | os.PathLike) -> dict:
 
 
 def write_json_object(path: str | os.PathLike, d: dict) -> None:
-    """The inverse of :func:`read_json_object`: indented, keys sorted, a final newline; written to a temporary
-    file next to ``path`` and renamed over it, so a crash never leaves half a file."""
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path) or ".")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(d, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """The inverse of :func:`read_json_object`: indented, keys sorted, a final newline, written atomically."""
+    files.write_json(path, d)
 
 
 def _is_int(x) -> bool:
@@ -251,9 +235,8 @@ class Config(_Settings):
     ``sigmoid(mmd_k * step - mmd_b)``; ``max_length`` bounds tokenized lines (EOS included).
     ``latent_noise`` is the standard deviation of Gaussian noise added, in training only, to the codes the
     decoder reconstructs from (the MMD sees the clean codes): the decoder must then decode a neighbourhood
-    of each code, not a point, which is what makes the space between codes decodable. The default 0.1 was
-    chosen by the ablation of docs/results.md: on code outside the corpus, +0.03 interior points that parse
-    for -0.02 exact match; on the corpus's own held-out lines, +0.04 validity.
+    of each code, not a point, which is what makes the space between codes decodable (the default: see the
+    ablation in docs/results.md).
     ``latent_dropout`` is the probability, in training only, that the decoder's cross-attention loses each
     latent token (at least one is kept): the decoder must then fill in the missing part of a line itself.
     """

@@ -1,40 +1,84 @@
-"""Corpora of lines: the embedded default (single-line Python statements of the installed standard
-library), text files, and their train/validation split.
+"""Corpora of lines: the one parser of corpus specs (:func:`parse_spec`), the embedded default (single-line
+Python statements of the installed standard library), text files, and their train/validation split.
 
-A line's split is fixed by a hash of the line, so it never depends on file order or the machine. TFDS
-corpora (t5vae.tfds_data) build on this module; ``t5vae.data.load_corpus`` chooses between them.
+A line's split is fixed by a hash of the line, so it never depends on file order or the machine; a source
+read by position (array_record files, a TFDS dataset without a held-out split) holds out its first records
+(:func:`held_out_count`). TFDS corpora (t5vae.tfds_data) build on this module; ``t5vae.data.load_corpus``
+(in memory) and ``t5vae.pipeline.open_source`` (streamed) read a spec the same way.
 """
 from __future__ import annotations
 
 import ast
 import dataclasses
 import os
+import re
 import sysconfig
-import warnings
 import zlib
 from pathlib import Path
 from typing import Sequence
+
+from t5vae.names import parse_quietly
 
 
 # The embedded corpus's line-length cap in characters (TrainConfig.max_chars's default): real code lines run
 # past 40 characters, and a model that never saw one reconstructs almost none (docs/results.md).
 MAX_CHARS = 80
 
+HELD_OUT_MAX = 2_000  # validation lines taken from the head of a source read by position
+_VERSION = re.compile(r"(\d+|\*)(\.(\d+|\*)){2}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """A parsed corpus spec: its ``kind`` (one of names.CORPUS_KINDS) and what it names: the package or
+    directory of ``py:``, the dataset ``NAME[/CONFIG][:VERSION]`` and text ``field`` of ``tfds:``, the files of
+    ``array_record:`` and of text."""
+
+    kind: str
+    text: str
+    name: str = ""
+    field: str = "text"
+    paths: tuple[str, ...] = ()
+
+
+def parse_spec(spec: str | None) -> Spec:
+    """``None``/""/"stdlib": the embedded corpus; "py:PACKAGE_OR_DIR"; "tfds:NAME[/CONFIG][:VERSION][:FIELD]";
+    "array_record:PATH[,PATH]" or comma-separated paths that all name array_record files (or shards);
+    otherwise comma-separated text files. A malformed spec is a ValueError that shows the expected form."""
+    if spec in (None, "", "stdlib"):
+        return Spec("stdlib", "stdlib")
+    if not isinstance(spec, str):
+        raise TypeError(f"a corpus spec is a string, got {type(spec).__name__}")
+    if spec.startswith("py:"):
+        if not spec[3:]:
+            raise ValueError(f"corpus {spec!r} names no package or directory: expected py:PACKAGE_OR_DIR")
+        return Spec("py", spec, name=spec[3:])
+    if spec.startswith("tfds:"):
+        parts = spec.removeprefix("tfds:").split(":")
+        name = parts.pop(0)
+        if parts and _VERSION.fullmatch(parts[0]):
+            name += ":" + parts.pop(0)
+        field = parts.pop(0) if parts else "text"
+        if not name or not field or parts:
+            raise ValueError(f"bad TFDS corpus spec {spec!r}: expected tfds:NAME[/CONFIG][:VERSION][:FIELD]")
+        return Spec("tfds", spec, name=name, field=field)
+    paths = tuple(p for p in spec.removeprefix("array_record:").split(","))
+    if any(not p for p in paths):
+        raise ValueError(f"corpus {spec!r} has an empty path: expected PATH[,PATH...]")
+    if spec.startswith("array_record:") or all(".array_record" in Path(p).name for p in paths):
+        return Spec("array_record", spec, paths=paths)
+    return Spec("text", spec, paths=paths)
+
+
+def held_out_count(n: int, validation_percent: float) -> int:
+    """How many of a position-read source's ``n`` records are held out (its first ones): ``validation_percent``
+    of them, at least 2 and at most HELD_OUT_MAX."""
+    return min(HELD_OUT_MAX, max(2, int(n * validation_percent / 100)))
+
+
 def split_of(line: str, validation_percent: float) -> str:
     """``"validation"`` or ``"train"``, fixed by a CRC32 hash of the line (stable across machines)."""
     return "validation" if zlib.crc32(line.encode("utf-8")) % 10_000 < validation_percent * 100 else "train"
-
-
-def parse_quietly(s: str) -> ast.Module | None:
-    """``ast.parse(s)``, or None if ``s`` does not parse. Python's warnings for odd but valid source
-    (``1if x else y``, ``"\\d"``) are not printed: generated text is full of them, and they said
-    nothing a person reading the training log needed."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            return ast.parse(s)
-        except (SyntaxError, ValueError):
-            return None
 
 
 def _is_statement(s: str) -> bool:
@@ -131,6 +175,19 @@ def record_text(record, field: str | None, name: str) -> str:
     raise ValueError(f"{name}: a record's text is a {type(record).__name__}, not bytes or str")
 
 
+def array_records(paths: Sequence[str], spec: str):
+    """A random-access source (``len``, ``__getitems__``) over array_record files; each must exist."""
+    for p in paths:
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"no array_record file {p} (corpus {spec!r})")
+    try:
+        from array_record.python.array_record_data_source import ArrayRecordDataSource
+    except ImportError as e:
+        raise ImportError(f"reading array_record corpora needs array_record ({e}): pip install array_record  "
+                          f"(or: pip install 't5vae[tfds]')") from None
+    return ArrayRecordDataSource([os.fspath(Path(p).absolute()) for p in paths])
+
+
 def read_texts(records, indices: Sequence[int], field: str | None, name: str) -> list[str]:
     """The texts of ``records[i]`` for ``i`` in ``indices``, read 4,096 at a time through ``__getitems__`` (an
     array_record or TFDS data source: one batched read each, not a read per record)."""
@@ -148,6 +205,15 @@ class Corpus:
     train: list[str]
     validation: list[str]
     source: str
+
+    @classmethod
+    def held_out_head(cls, lines: Sequence[str], source: str, validation_percent: float = 2.0) -> "Corpus":
+        """A position-read source's split: its first :func:`held_out_count` lines validate, the rest train."""
+        held = held_out_count(len(lines), validation_percent)
+        if len(lines) < held + 1:
+            raise ValueError(f"{source} holds {len(lines)} lines: too few to hold out {held} for validation and "
+                             f"train on the rest")
+        return cls(list(lines[held:]), list(lines[:held]), source)
 
     @classmethod
     def from_lines(cls, lines: Sequence[str], source: str, validation_percent: float = 2.0) -> "Corpus":

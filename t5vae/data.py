@@ -7,7 +7,7 @@ import dataclasses
 import io
 import os
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -88,23 +88,35 @@ def _train_spm(spm, lines, out, vocab_size):
 
 def load_corpus(spec: str | None = None, validation_percent: float = 2.0, min_chars: int = 10,
                 max_chars: int = corpus.MAX_CHARS) -> corpus.Corpus:
-    """``None``/"stdlib": the embedded corpus; "py:PACKAGE_OR_DIR": the statements of other Python code chosen
-    the same way (``py:optax``, ``py:/path/to/src``); "tfds:NAME[/CONFIG][:VERSION][:FIELD]": a TFDS dataset read
-    TF-free (``tfds:python_statements`` is the embedded corpus as a TFDS builder, the same split; a catalog
-    dataset must be prepared as array_record in ``$TFDS_DATA_DIR``, see ``tfds_data``); otherwise a
-    comma-separated list of text files."""
-    if spec in (None, "", "stdlib"):
+    """Every line of a corpus spec (:func:`t5vae.corpus.parse_spec`) in memory: ``None``/"stdlib" the embedded
+    corpus; "py:PACKAGE_OR_DIR" the statements of other Python code chosen the same way (``py:optax``);
+    "tfds:NAME[/CONFIG][:VERSION][:FIELD]" a TFDS dataset read TF-free (``tfds:python_statements`` is the
+    embedded corpus as a TFDS builder, the same split; a catalog dataset must be prepared as array_record in
+    ``$TFDS_DATA_DIR``, see ``tfds_data``); array_record files of UTF-8 lines (their first records held out, as
+    the grain pipeline holds them out); otherwise a comma-separated list of text files."""
+    spec = corpus.parse_spec(spec)
+    if spec.kind == "stdlib":
         return corpus.Corpus.from_lines(corpus.stdlib_lines(min_chars, max_chars), "stdlib", validation_percent)
-    if spec.startswith("py:"):  # the statements of another Python tree: a directory or an installed package
-        lines = corpus.python_lines(corpus.package_root(spec[3:]), min_chars, max_chars)
-        return corpus.Corpus.from_lines(lines, spec, validation_percent)
-    if spec.startswith("tfds:"):
+    if spec.kind == "py":  # the statements of another Python tree: a directory or an installed package
+        lines = corpus.python_lines(corpus.package_root(spec.name), min_chars, max_chars)
+        return corpus.Corpus.from_lines(lines, spec.text, validation_percent)
+    if spec.kind == "tfds":
         from t5vae import tfds_data  # optional: raises an ImportError naming the pip install when TFDS is missing
 
-        name, field = tfds_data.parse_spec(spec)
-        return tfds_data.load_tfds_corpus(name, field=field, validation_percent=validation_percent,
+        return tfds_data.load_tfds_corpus(spec.name, field=spec.field, validation_percent=validation_percent,
                                           min_chars=min_chars, max_chars=max_chars)
-    return corpus.Corpus.from_lines(corpus.read_text_lines(spec.split(",")), spec, validation_percent)
+    if spec.kind == "array_record":
+        records = corpus.array_records(spec.paths, spec.text)
+        lines = corpus.read_texts(records, range(len(records)), None, spec.text)
+        return corpus.Corpus.held_out_head(lines, spec.text, validation_percent)
+    return corpus.Corpus.from_lines(corpus.read_text_lines(spec.paths), spec.text, validation_percent)
+
+
+def check_vocab(tok: Tokenizer, embedding_rows: int) -> None:
+    """A tokenizer with more pieces than the model's embedding has rows belongs to another model."""
+    if tok.vocab_size > embedding_rows:
+        raise ValueError(f"the tokenizer has {tok.vocab_size} pieces but the model's embedding has only "
+                         f"{embedding_rows} rows: tokenizer and checkpoint do not match")
 
 
 # -- tokenization and batches ----------------------------------------------------------------------
@@ -220,6 +232,20 @@ def eval_batches(data: Encoded, batch_size: int, buckets: Sequence[int]) -> Iter
             yield part, pad_batch(seqs, b)
 
 
+class Stream(Protocol):
+    """What the training loop reads batches from, whichever pipeline: :class:`BatchStream` (in memory) or
+    ``t5vae.pipeline.GrainBatches`` (streamed)."""
+
+    def __call__(self, step: int) -> dict:
+        """The batch of step ``step``: {"input_ids", "attention_mask"} [B, L]."""
+
+    def get_state(self) -> dict | None:
+        """The position to save with a checkpoint (None: the step alone determines it)."""
+
+    def close(self) -> None:
+        """Release workers and files."""
+
+
 # A renamed training line whose tokens leave its length bucket is renamed again with other names this often.
 RENAME_ATTEMPTS = 4
 
@@ -254,6 +280,12 @@ class BatchStream:
                 enc, self.swapped = self._renamed(epoch)
             self._epoch, self._batches = epoch, list(batches(enc, self.bs, self.buckets, self.seed, epoch))
         return self._batches[i % self.per_epoch]
+
+    def get_state(self) -> None:
+        return None  # batch i is a function of (seed, i): the step is the whole position
+
+    def close(self) -> None:
+        pass
 
     def _renamed(self, epoch: int, attempts: int = RENAME_ATTEMPTS) -> tuple[Encoded, int]:
         """This epoch's lines with the chosen ones renamed; a line whose renaming leaves its length bucket is

@@ -5,7 +5,7 @@ cross-attention keys/values are projected once per call, each step runs one toke
 layers and writes its self-attention keys/values into a fixed-size cache. The loop stops early once every
 row (every beam) has produced EOS. Output: int32 tokens [B, max_new_tokens], without the decoder start
 token, pad (``cfg.pad_token_id``) after EOS. The plain step scans the stacked params; with the
-"decoder_layout" fast path it runs on ``kernels.DecoderWeights``.
+"decoder_layout" fast path it runs on ``decoder_layout.DecoderWeights``.
 """
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from t5vae import kernels, layers
+from t5vae import decoder_layout, kernels, layers
 from t5vae.config import T5Config
-from t5vae.kernels import DecoderWeights, decoder_weights  # noqa: F401  (decoding's public names)
+from t5vae.decoder_layout import DecoderWeights, decoder_weights  # noqa: F401  (decoding's public names)
+from t5vae.names import METHODS
 
-METHODS = ("greedy", "sample", "beam")
 
 
 # -- the plain step: a scan over the stacked decoder layers ---------------------------------------------
@@ -71,7 +71,7 @@ def _step(params: dict, cfg: T5Config, cross_kv, tok_B: jax.Array, t: jax.Array,
 def _decoder(w, cfg: T5Config):
     """(cross_kv, cache, step, the cache's batch axis) for plain params or DecoderWeights."""
     if isinstance(w, DecoderWeights):
-        return kernels.layout_cross_kv, kernels.layout_cache, kernels.layout_step, 0
+        return decoder_layout.layout_cross_kv, decoder_layout.layout_cache, decoder_layout.layout_step, 0
     return _cross_kv, _cache, _step, 1
 
 
@@ -187,7 +187,7 @@ def generate(params: dict | DecoderWeights, cfg: T5Config, encoder_states: jax.A
              vocab_limit: int | None = None) -> jax.Array:
     """Decode from encoder states [B, S, D] (mask [B, S] or None) -> int32 tokens [B, max_new_tokens].
 
-    ``params``: the T5 params tree. ``decoder_weights``: ``kernels.decoder_weights(params, cfg)`` built once
+    ``params``: the T5 params tree. ``decoder_weights``: ``decoder_weights(params, cfg)`` built once
     for many calls (the same tokens; used in place of ``params``); without them, the "decoder_layout" fast
     path lays the weights out on every call, and the plain path decodes on the stacked params.
     ``vocab_limit``: only ids below it are ever produced (pass the tokenizer's size: T5 checkpoints have more
@@ -207,7 +207,7 @@ def generate(params: dict | DecoderWeights, cfg: T5Config, encoder_states: jax.A
     vocab_limit = effective_vocab_limit(vocab_limit, cfg.vocab_size)
     w = params if decoder_weights is None else decoder_weights
     if isinstance(w, DecoderWeights) or kernels.ops(cfg).decoder_layout:
-        w = kernels.check_decoder_weights(kernels.decoder_weights(w, cfg), cfg)
+        w = decoder_layout.check_decoder_weights(decoder_layout.decoder_weights(w, cfg), cfg)
     elif not isinstance(w, dict) or not {"shared", "decoder"} <= w.keys():
         got = sorted(w) if isinstance(w, dict) else type(w).__name__
         raise ValueError(f"generate needs a T5 params tree (keys 'shared', 'decoder', ...), got {got}"

@@ -1,82 +1,33 @@
-"""Evaluation on held-out lines: greedy reconstruction from the latent, held-out MMD, active units, and
-interpolation quality (slerp between random pairs: how many interior points parse, how many are new)."""
+"""Evaluation on held-out lines, through :class:`t5vae.text.Model`: greedy reconstruction from the latent,
+held-out MMD, active units, and interpolation quality (paths between random pairs: how many interior points
+parse, how many are new)."""
+
 from __future__ import annotations
 
 import json
-from functools import partial
 from pathlib import Path
 from typing import Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5vae import bottleneck, corpus, data, decoding, latent, vae
-from t5vae.config import Config
+from t5vae import bottleneck, data, files, latent, rundir
+from t5vae.names import DECODERS, DEFAULT_BEAMS, DEFAULT_INTERPOLATION, parses, statement_kind
+from t5vae.text import Model
 
 
-@partial(jax.jit, static_argnums=(1,))
-def _encode(params, cfg: Config, ids, mask):
-    return vae.encode(params, cfg, ids, mask)
-
-
-@partial(jax.jit, static_argnums=(1, 3, 4))
-def _greedy(params, cfg: Config, z, max_new_tokens: int, vocab_limit: int | None):
-    return vae.generate(params, cfg, z, max_new_tokens, method="greedy", vocab_limit=vocab_limit)
-
-
-@partial(jax.jit, static_argnums=(1, 3, 4, 5))
-def _beam(params, cfg: Config, z, max_new_tokens: int, vocab_limit: int | None, num_beams: int):
-    return vae.generate(params, cfg, z, max_new_tokens, method="beam", num_beams=num_beams, vocab_limit=vocab_limit)
-
-
-DECODERS = ("greedy", "beam")  # how evaluation decodes the interpolation paths ("beam": 4 beams)
-
-
-def encode_lines(params, cfg: Config, enc: data.Encoded, batch_size: int) -> np.ndarray:
-    """Latent codes [n, N, Z] of every encoded line (deterministic encoder)."""
-    out = np.zeros((len(enc), cfg.n_latent_tokens, cfg.latent_size), np.float32)
-    for idx, b in data.eval_batches(enc, batch_size, data.length_buckets(cfg)):
-        z = np.asarray(_encode(params, cfg, b["input_ids"], b["attention_mask"]))
-        out[idx] = z[: len(idx)]
-    return out
-
-
-def decode_codes(params, cfg: Config, z: np.ndarray, batch_size: int, method: str = "greedy",
-                 vocab_limit: int | None = None) -> np.ndarray:
-    """Token ids [n, max_length] for codes [n, N, Z], greedy or by beam search (4 beams), in fixed-size batches
-    (one compile); ids at or past ``vocab_limit`` (the tokenizer's size) are never produced."""
+def evaluate(model: Model, lines: Sequence[str], *, pairs: int = 100, batch_size: int = 128, seed: int = 0,
+             steps: int = 9, kind: str = DEFAULT_INTERPOLATION, method: str = "greedy",
+             num_beams: int = DEFAULT_BEAMS) -> dict:
+    """All held-out metrics as a flat dict (see the module docstring); ``examples`` holds one interpolation.
+    Reconstruction is always greedy; ``method`` decodes the interpolation paths ("greedy", or "beam" with
+    ``num_beams``)."""
     if method not in DECODERS:
         raise ValueError(f"method must be one of {DECODERS}, got {method!r}")
-    decode = _greedy if method == "greedy" else partial(_beam, num_beams=4)
-    vocab_limit = decoding.effective_vocab_limit(vocab_limit, cfg.t5.vocab_size)  # one compile when it masks nothing
-    out = np.zeros((len(z), cfg.max_length), np.int32)
-    for s, padded, n in padded_batches(z, batch_size):
-        out[s: s + n] = np.asarray(decode(params, cfg, jnp.asarray(padded), cfg.max_length, vocab_limit))[:n]
-    return out
-
-
-def padded_batches(x: np.ndarray, batch_size: int):
-    """``(start, rows [batch_size, ...], n real rows)`` over ``x`` in order; the last batch is zero-padded, so
-    every call sees one shape."""
-    for s in range(0, len(x), batch_size):
-        part = x[s: s + batch_size]
-        yield s, np.concatenate([part, np.zeros((batch_size - len(part),) + part.shape[1:], part.dtype)]), len(part)
-
-
-def parses(s: str) -> bool:
-    """Whether ``s`` parses with ``ast.parse`` (without printing Python's warnings about it)."""
-    return corpus.parse_quietly(s) is not None
-
-
-def evaluate(params, cfg: Config, tok: data.Tokenizer, lines: Sequence[str], *, pairs: int = 100,
-             batch_size: int = 128, seed: int = 0, steps: int = 9, kind: str = "slerp",
-             method: str = "greedy") -> dict:
-    """All held-out metrics as a flat dict (see the module docstring); ``examples`` holds one interpolation.
-    Reconstruction is always greedy; ``method`` decodes the interpolation paths ("greedy" or "beam")."""
-    enc = data.encode_lines(tok, lines, cfg.max_length)
-    z = encode_lines(params, cfg, enc, batch_size)
-    toks = decode_codes(params, cfg, z, batch_size, vocab_limit=tok.vocab_size)
+    cfg = model.cfg
+    enc = data.encode_lines(model.tokenizer, lines, cfg.max_length)
+    z = model.codes(enc, batch_size)
+    toks = model.decode_ids(z, batch_size=batch_size)
     n_tok = n_ok = 0
     exact = np.zeros(len(lines), bool)
     for i, (target, got) in enumerate(zip(enc.ids, toks)):
@@ -85,33 +36,40 @@ def evaluate(params, cfg: Config, tok: data.Tokenizer, lines: Sequence[str], *, 
         n_ok += int(np.sum(got == target[: len(got)]))
         exact[i] = len(got) == len(target) and np.array_equal(got, target)
     exact &= ~enc.truncated  # a line cut to max_length tokens is never reconstructed exactly
-    n_exact = int(exact.sum())
-    flat = z.reshape(-1, cfg.latent_size)
     rng = np.random.default_rng(seed)
-    sub = flat[rng.permutation(len(flat))[:2048]]
-    prior = rng.standard_normal(sub.shape).astype(np.float32)
-    held_mmd = float(bottleneck.mmd(jnp.asarray(sub), jnp.asarray(prior), cfg.bandwidth, unbiased=True))
-    unit_var = z.reshape(len(z), -1).var(axis=0)
     results = {"n_lines": len(lines), "n_truncated": enc.n_truncated,
-               "recon_token_acc": n_ok / max(n_tok, 1), "recon_exact_match": n_exact / max(len(lines), 1),
-               "heldout_mmd": held_mmd, "active_units": int(np.sum(unit_var > 0.01)), "latent_units": unit_var.size}
+               "recon_token_acc": n_ok / max(n_tok, 1), "recon_exact_match": int(exact.sum()) / max(len(lines), 1),
+               **latent_spread(z, cfg.bandwidth, rng)}
     results.update(exact_by_length(lines, exact))
     results.update(mutual_information(z, cfg.latent_noise or MI_SIGMA, seed))
     results.update(linear_probe(lines, z, seed))
-    results.update(interpolation_quality(params, cfg, tok, lines, z, pairs, batch_size, rng, steps, kind, method))
+    how = {"steps": steps, "kind": kind, "method": method, "num_beams": num_beams, "batch_size": batch_size}
+    results.update(interpolation_quality(model, lines, z, pairs, rng, **how))
     return results
 
 
-def interpolation_quality(params, cfg: Config, tok, lines, z, pairs, batch_size, rng, steps=9, kind="slerp",
-                          method="greedy") -> dict:
+def latent_spread(z: np.ndarray, bandwidth: float, rng: np.random.Generator) -> dict:
+    """Held-out MMD between (up to 2,048 of) the codes' latent vectors and Gaussian samples, and how many of
+    the code's units vary across lines (variance > 0.01)."""
+    flat = z.reshape(-1, z.shape[-1])
+    sub = flat[rng.permutation(len(flat))[:2048]]
+    prior = rng.standard_normal(sub.shape).astype(np.float32)
+    held_mmd = float(bottleneck.mmd(jnp.asarray(sub), jnp.asarray(prior), bandwidth, unbiased=True))
+    unit_var = z.reshape(len(z), -1).var(axis=0)
+    return {"heldout_mmd": held_mmd, "active_units": int(np.sum(unit_var > 0.01)), "latent_units": unit_var.size}
+
+
+def interpolation_quality(model: Model, lines, z, pairs, rng, steps=9, kind=DEFAULT_INTERPOLATION,
+                          method="greedy", num_beams=DEFAULT_BEAMS, batch_size=128) -> dict:
     """For ``pairs`` random pairs of distinct lines: decode (``method``) ``steps`` interior points of their
     codes' path (``kind`` as in :func:`t5vae.interpolate`)."""
     if len(lines) < 2 or pairs <= 0:
         return {"interp_pairs": 0}
     idx = np.stack([rng.choice(len(lines), 2, replace=False) for _ in range(pairs)])
     paths = np.stack([np.asarray(latent.interpolate(z[a], z[b], steps + 2, kind))[1:-1] for a, b in idx])
-    texts = [tok.decode(t) for t in decode_codes(params, cfg, paths.reshape((-1,) + z.shape[1:]), batch_size, method,
-                                                     tok.vocab_size)]
+    beams = {"num_beams": num_beams} if method == "beam" else {}
+    flat = paths.reshape((-1,) + z.shape[1:])
+    texts = [model.tokenizer.decode(t) for t in model.decode_ids(flat, method=method, batch_size=batch_size, **beams)]
     texts = np.array(texts, dtype=object).reshape(pairs, steps)
     valid = np.vectorize(parses, otypes=[bool])(texts)
     distinct = np.array([[t != lines[a] and t != lines[b] for t in row] for (a, b), row in zip(idx, texts)])
@@ -154,12 +112,6 @@ def mutual_information(z: np.ndarray, sigma: float, seed: int = 0, max_lines: in
     log_marginal = np.logaddexp.reduce(log_q, axis=1) - np.log(len(x))
     return {"mutual_info": float(np.mean(np.diag(log_q) - log_marginal)), "mutual_info_max": float(np.log(len(x))),
             "mutual_info_sigma": float(sigma)}
-
-
-def statement_kind(line: str) -> str:
-    """The kind of a line's first statement, as ``ast`` names it (Assign, Return, Import, Expr, ...)."""
-    tree = corpus.parse_quietly(line)
-    return type(tree.body[0]).__name__ if tree is not None and tree.body else "unparsed"
 
 
 def linear_probe(lines: Sequence[str], z: np.ndarray, seed: int = 0, steps: int = 300, l2: float = 1e-3) -> dict:
@@ -229,10 +181,11 @@ def table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save(results: dict, run_dir: str | Path, name: str = "eval") -> str:
-    """Write NAME.json and NAME.md into the run directory; returns the table."""
-    run_dir = Path(run_dir)
+def save(results: dict, run_dir, name: str = rundir.EVAL_NAME) -> str:
+    """Write NAME.json and NAME.md into the run directory (atomically); returns the table."""
     text = table(results)
-    (run_dir / f"{name}.md").write_text(text)
-    (run_dir / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    with files.atomic_file(Path(run_dir) / f"{name}.md", "w") as f:
+        f.write(text)
+    with files.atomic_file(Path(run_dir) / f"{name}.json", "w") as f:
+        f.write(json.dumps(results, indent=2) + "\n")
     return text

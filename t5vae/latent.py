@@ -21,12 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5vae.checkpoint import atomic_file
+from t5vae.files import atomic_file
+from t5vae.names import DEFAULT_PRIOR, INTERPOLATIONS, PRIORS  # noqa: F401  (DEFAULT_PRIOR: latent's name too)
 from t5vae.config import Config
 
-PRIORS = ("gaussian", "tanh", "aggregate")
-DEFAULT_PRIOR = "aggregate"
-AGGREGATE_FILE = "aggregate_posterior.npz"
 CLIP = 0.999  # tanh(3.8): sampled codes are clipped into (-CLIP, CLIP), inside the tanh range
 
 
@@ -44,7 +42,6 @@ def slerp(a: jax.Array, b: jax.Array, t: jax.Array) -> jax.Array:
     return s * a + e * b
 
 
-INTERPOLATIONS = ("slerp", "slerp_flat", "lerp")
 
 
 def interpolate(z_a: jax.Array, z_b: jax.Array, steps: int = 9, kind: str = "slerp") -> jax.Array:

@@ -148,17 +148,18 @@ ACTIVATIONS = {
 }
 
 
-def mlp(p: dict, x_BLD: jax.Array, activation: str, drop: Callable | None = None) -> jax.Array:
+def mlp(p: dict, x_BLD: jax.Array, activation: str, rate: float = 0.0, key: jax.Array | None = None,
+        dropout: Callable = dropout) -> jax.Array:
     """T5 feed-forward: ``wo(act(wi x))`` or, gated, ``wo(act(wi_0 x) * wi_1 x)``; wi* [D,F], wo [F,D];
-    ``drop`` is the dropout on the hidden activations [B, L, F]."""
+    the hidden activations [B, L, F] go through ``dropout(h, rate, key)`` (none when key is None or rate 0)."""
     dt, act = x_BLD.dtype, ACTIVATIONS[activation]
     if "wi" in p:
         h = act(jnp.einsum("BLD,DF->BLF", x_BLD, p["wi"].astype(dt)))
     else:
         h = (act(jnp.einsum("BLD,DF->BLF", x_BLD, p["wi_0"].astype(dt)))
              * jnp.einsum("BLD,DF->BLF", x_BLD, p["wi_1"].astype(dt)))
-    if drop is not None:
-        h = drop(h)
+    if key is not None and rate > 0.0:
+        h = dropout(h, rate, key)
     return jnp.einsum("BLF,FD->BLD", h, p["wo"].astype(dt))
 
 

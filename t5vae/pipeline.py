@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -26,7 +25,6 @@ except ImportError as e:
 
 STATE_FORMAT = 1
 TOKENIZER_LINES = 100_000  # training lines sampled (evenly spaced) to train a tokenizer on
-HELD_OUT_MAX = 2_000       # validation lines taken from the head of a source that has no held-out split
 LONG_LINES = ("truncate", "error")
 
 
@@ -51,40 +49,28 @@ class Source:
         return corpus.read_texts(self.records, [self.start + int(i) for i in indices], self.field, self.name)
 
 
-def is_array_record_spec(spec: str | None) -> bool:
-    """``array_record:PATH[,PATH]``, or comma-separated paths whose names are array_record files or shards."""
-    if not spec:
-        return False
-    if spec.startswith("array_record:"):
-        return True
-    return all(".array_record" in Path(p).name for p in spec.split(","))
-
-
 def open_source(spec: str | None, split: str = "train", validation_percent: float = 2.0, *, min_chars: int = 10,
                 max_chars: int = corpus.MAX_CHARS, data_dir: str | None = None) -> tuple[Source, Source | None]:
-    """``(training source, held-out source or None)`` of a corpus spec: ``tfds:NAME[/CONFIG][:VERSION][:FIELD]``
-    (None/"stdlib": ``tfds:python_statements``), array_record files of UTF-8 lines, or text files (prepared once
-    as the ``text_lines`` TFDS dataset). A source without a validation/test split holds out its first records
-    (``validation_percent`` of them, at most ``HELD_OUT_MAX``) and trains on the rest."""
-    if spec in (None, "", "stdlib"):
-        spec = "tfds:python_statements"
-    if spec.startswith("py:"):
-        raise ValueError(f"corpus {spec!r} is built in memory; use it with --pipeline memory (the default)")
-    if is_array_record_spec(spec):
-        paths = spec.removeprefix("array_record:").split(",")
-        for p in paths:
-            if not Path(p).is_file():
-                raise FileNotFoundError(f"no array_record file {p} (corpus {spec!r})")
-        records = grain.sources.ArrayRecordDataSource([os.fspath(Path(p).absolute()) for p in paths])
-        return _hold_out(Source(records, None, spec), validation_percent)
+    """``(training source, held-out source or None)`` of a corpus spec (:func:`t5vae.corpus.parse_spec`), the
+    same lines :func:`t5vae.data.load_corpus` reads: ``tfds:NAME[/CONFIG][:VERSION][:FIELD]`` (None/"stdlib":
+    ``tfds:python_statements``, the embedded corpus's split), array_record files of UTF-8 lines, text files
+    (prepared once as the ``text_lines`` TFDS dataset), or ``py:`` statements (collected in memory). A source
+    without a validation/test split holds out its first records (:func:`t5vae.corpus.held_out_count`)."""
+    parsed = corpus.parse_spec(spec)
+    if parsed.kind == "py":  # built in memory: the same split as the in-memory pipeline's
+        lines = data.load_corpus(spec, validation_percent, min_chars, max_chars)
+        return (Source(_Lines(lines.train), None, f"{spec}[train]"),
+                Source(_Lines(lines.validation), None, f"{spec}[validation]"))
+    if parsed.kind == "array_record":
+        return _hold_out(Source(corpus.array_records(parsed.paths, spec), None, spec), validation_percent)
     from t5vae import tfds_data  # optional: raises an ImportError naming the pip install
 
-    if spec.startswith("tfds:"):
-        name, field = tfds_data.parse_spec(spec)
+    if parsed.kind in ("tfds", "stdlib"):
+        name, field = ("python_statements", "text") if parsed.kind == "stdlib" else (parsed.name, parsed.field)
         builder = tfds_data.get_builder(name, data_dir, min_chars=min_chars, max_chars=max_chars,
                                         validation_percent=validation_percent)
     else:
-        builder, field = tfds_data.text_lines_builder(spec.split(","), data_dir,
+        builder, field = tfds_data.text_lines_builder(list(parsed.paths), data_dir,
                                                       validation_percent=validation_percent), "text"
         if not builder.is_prepared():
             builder.download_and_prepare()
@@ -101,9 +87,25 @@ def _tfds_split(tfds_data, builder, split: str, field: str) -> Source:
     return Source(builder.as_data_source(split=split), field, f"tfds:{builder.info.full_name}[{split}]")
 
 
+class _Lines:
+    """Lines in memory as a random-access source of UTF-8 records, as an array_record file would give them."""
+
+    def __init__(self, lines: Sequence[str]):
+        self._records = [s.encode("utf-8") for s in lines]
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, i: int) -> bytes:
+        return self._records[i]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[bytes]:
+        return [self._records[i] for i in indices]
+
+
 def _hold_out(src: Source, validation_percent: float) -> tuple[Source, Source]:
     n = len(src.records)
-    held = min(HELD_OUT_MAX, max(2, int(n * validation_percent / 100)))
+    held = corpus.held_out_count(n, validation_percent)
     if n < held + 1:
         raise ValueError(f"{src.name} holds {n} lines: too few to hold out {held} for validation and train on the rest")
     return dataclasses.replace(src, start=held), Source(src.records, src.field, f"{src.name}[:{held}]", 0, held)
@@ -163,10 +165,9 @@ class _Tokenize(grain.transforms.Map):
         return out
 
 
-# Lines are read and tokenised a chunk at a time: one batched array_record read, one sentencepiece call. Single
-# reads run at ~1,000/s; a batched read of a file of N one-record chunks (group_size:1, as TFDS writes them) costs
-# a fixed ~0.2 s per call at N = 10M (array_record 0.8.6, measured on the 2-core EPYC) on top of ~100,000
-# records/s, so chunks grow with the shard: N / 500 lines, within [512, 32768]. READ_AHEAD chunks are read
+# Lines are read and tokenised a chunk at a time: one batched array_record read, one sentencepiece call. A
+# batched read of a file of one-record chunks (group_size:1, as TFDS writes them) has a fixed cost per call
+# that grows with the file (docs/pipeline.md), so chunks grow with the shard: N / 500 lines, within [512, 32768]. READ_AHEAD chunks are read
 # ahead in READ_THREADS threads. Chunk j holds positions [j * size, (j + 1) * size) of the endless stream of the
 # shard's records, each epoch in its own order (grain's index_shuffle, seeded by seed + epoch: none is stored).
 MIN_CHUNK, MAX_CHUNK, READ_AHEAD, READ_THREADS, ENDLESS = 512, 32768, 4, 2, 2 ** 62

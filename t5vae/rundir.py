@@ -1,4 +1,10 @@
-"""Who may write a run directory, and whether what is in it may be resumed.
+"""The run directory: the name of each file in it, the corpus it trained on, who may write it, and whether
+what is in it may be resumed.
+
+- **Its files.** config.json (tv.Config), spiece.model, params/ (the final params) and checkpoints/<step>/
+  (orbax, see t5vae.checkpoint), train_config.json, metrics.jsonl and eval_curve.jsonl (t5vae.runlog),
+  eval.json and eval.md, aggregate_posterior.npz (t5vae.text), and the two marks below.
+- **Its corpus.** :func:`corpus` gives the lines the run trained on and held out, whichever pipeline read them.
 
 - **One writer.** :func:`claim` takes an exclusive OS lock (``flock``) on ``RUN/.lock`` for the whole run. The
   lock dies with its process, so a run killed with ``kill -9`` never blocks the next one; a second writer is
@@ -18,9 +24,43 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-from t5vae import checkpoint
+from t5vae import checkpoint, data
+from t5vae.checkpoint import CHECKPOINTS_DIR, CONFIG_FILE, PARAMS_DIR, TOKENIZER_FILE  # noqa: F401  (its files)
+from t5vae.checkpoint import committed_steps  # noqa: F401  (which checkpoints it holds)
+from t5vae.config import TrainConfig
+from t5vae.corpus import Corpus
 
 LOCK_FILE, INCOMPLETE_FILE = ".lock", ".incomplete"
+TRAIN_CONFIG_FILE = "train_config.json"
+METRICS_FILE, CURVE_FILE = "metrics.jsonl", "eval_curve.jsonl"
+EVAL_NAME = "eval"  # eval.json and eval.md
+AGGREGATE_FILE = "aggregate_posterior.npz"
+
+
+def train_config(run_dir: str | os.PathLike) -> TrainConfig:
+    """The run's train_config.json; FileNotFoundError naming it when the directory has none (an export)."""
+    file = Path(run_dir) / TRAIN_CONFIG_FILE
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} is missing: {run_dir} does not record the corpus it trained on")
+    return TrainConfig.load_json(file)
+
+
+def training_corpus(tc: TrainConfig) -> tuple[Corpus, int]:
+    """The corpus ``tc`` names, read by its pipeline -> ``(Corpus, the number of training lines)``. In memory
+    the Corpus holds every line; streamed (grain) its training part is the tokenizer's sample of them."""
+    if tc.pipeline == "grain":
+        from t5vae import pipeline  # imports grain: only a run that asks for it pays for it
+
+        return pipeline.load_corpus(tc)
+    lines = data.load_corpus(tc.corpus, tc.validation_percent, tc.min_chars, tc.max_chars)
+    return lines, len(lines.train)
+
+
+def corpus(run_dir: str | os.PathLike, spec: str | None = None) -> Corpus:
+    """The lines a run trained on and held out, as its train_config.json names them (the one place that reads
+    a run's corpus: evaluation, the aggregate prior, the demo), or ``spec`` read with the run's settings."""
+    tc = train_config(run_dir)
+    return training_corpus(tc if spec is None else tc.replace(corpus=spec))[0]
 
 
 class RunDirBusy(RuntimeError):
@@ -72,16 +112,9 @@ def _lock(out: Path) -> int:
     return fd
 
 
-def committed_steps(out: Path) -> list[int]:
-    """Steps of the checkpoints orbax has committed (a save in progress lives in a ``*.orbax-checkpoint-tmp-*``
-    directory until it is renamed to its step)."""
-    ck = Path(out) / checkpoint.CHECKPOINTS_DIR
-    return sorted(int(p.name) for p in ck.iterdir() if p.name.isdigit() and p.is_dir()) if ck.is_dir() else []
-
-
 def is_incomplete(out: Path) -> bool:
     """Marked incomplete and without a committed checkpoint: nothing in ``out`` may be reused."""
-    return (Path(out) / INCOMPLETE_FILE).exists() and not committed_steps(out)
+    return (Path(out) / INCOMPLETE_FILE).exists() and not checkpoint.committed_steps(out)
 
 
 def mark_incomplete(out: Path) -> None:

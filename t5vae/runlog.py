@@ -6,10 +6,9 @@ import json
 import time
 from pathlib import Path
 
-from t5vae import checkpoint
+from t5vae import files
+from t5vae.rundir import CURVE_FILE, METRICS_FILE
 
-METRICS_FILE = "metrics.jsonl"
-CURVE_FILE = "eval_curve.jsonl"
 
 
 class TensorBoard:
@@ -76,6 +75,54 @@ class StepBar:
         self._bar.close()
 
 
+BAR_KEYS = ("loss", "ce", "mmd", "w", "token_acc", "seq_acc")  # what the progress bar shows of a step
+
+
+class RunLog:
+    """A run's metrics as training writes them: one JSON row per step in metrics.jsonl (and TensorBoard),
+    the learning curve in eval_curve.jsonl, messages, and the progress bar. Only the chief process writes
+    files and shows the bar; every process may call it."""
+
+    def __init__(self, run_dir: Path, steps: int, step: int, log_every: int, max_minutes: float | None,
+                 t0: float, progress: bool, chief: bool, log=print):
+        self.run_dir, self.steps, self.log_every, self.t0, self.chief = Path(run_dir), steps, log_every, t0, chief
+        self.bar = StepBar(steps, step, max_minutes, t0) if progress and chief else None
+        self.log, self.say = log, self.bar.write if self.bar is not None else log
+        self.metrics_file = open(self.run_dir / METRICS_FILE, "a") if chief else None
+        self.tensorboard = TensorBoard.open(self.run_dir) if chief else None
+
+    def step(self, n: int, metrics: dict) -> None:
+        """Step ``n``'s metrics (floats): a row, a flush every ``log_every`` steps, the bar advanced."""
+        if self.chief:
+            self.metrics_file.write(json.dumps({"step": n, "time": round(time.time() - self.t0, 3), **metrics}) + "\n")
+            if self.tensorboard is not None:
+                self.tensorboard.write(n, metrics)
+        if n % self.log_every == 0 or n == self.steps:
+            if self.chief:
+                self.metrics_file.flush()
+            if self.tensorboard is not None:
+                self.tensorboard.flush()
+            if self.bar is not None:
+                self.bar.set_postfix({k: f"{metrics[k]:.3g}" for k in BAR_KEYS if k in metrics}, refresh=False)
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def curve(self, n: int, row: dict, seconds: float) -> None:
+        """A learning-curve row of held-out metrics at step ``n`` that took ``seconds`` to compute."""
+        if not self.chief:
+            return
+        with open(self.run_dir / CURVE_FILE, "a") as f:
+            f.write(json.dumps({"step": n, "time": round(time.time() - seconds - self.t0, 3), **row}) + "\n")
+        if self.tensorboard is not None:
+            self.tensorboard.write(n, row, "eval")
+        self.say(f"step {n}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()) + f" ({seconds:.1f}s)")
+
+    def close(self) -> None:
+        for f in (self.metrics_file, self.tensorboard, self.bar):
+            if f is not None:
+                f.close()
+
+
 def resume_logs(run_dir: Path, step: int, write: bool) -> float:
     """The training time recorded at the restored ``step`` in metrics.jsonl (so a resumed run's time budget
     continues rather than starting over); with ``write``, the rows past it are dropped from metrics.jsonl
@@ -99,6 +146,6 @@ def _drop_rows_after(path: Path, step: int, write: bool = True) -> float:
         if row.get("step", step + 1) <= step:
             rows.append(row)
     if write:
-        with checkpoint.atomic_file(path, "w") as f:
+        with files.atomic_file(path, "w") as f:
             f.write("".join(json.dumps(r) + "\n" for r in rows))
     return float(rows[-1].get("time", 0.0)) if rows else 0.0

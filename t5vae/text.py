@@ -1,4 +1,5 @@
-"""Text in, text out: ``tv.load(dir)`` -> :class:`Model` with encode / decode / interpolate / sample / analogy.
+"""Text in, text out, the one inference layer: ``tv.load(dir)`` -> :class:`Model` with encode / decode /
+path / interpolate / sample / analogy. The command line, evaluation and the demo all stand on it.
 
 Every method takes any number of strings or codes and runs them in padded power-of-two batches, so only a
 few shapes are ever compiled. Bad input is a ValueError naming the argument: an empty (or whitespace-only)
@@ -7,23 +8,17 @@ cuts it and warns; codes whose [N, Z] are not this model's; ``steps < 2``; ``max
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from t5vae import checkpoint, data, evaluate, kernels, latent, train, vae
-from t5vae.config import Config, TrainConfig
-
-
-def _batch_size(n: int) -> int:
-    """Pad to a power of two from 8 to 128, so only five batch shapes are ever compiled (a compile takes
-    seconds; padding a few rows costs milliseconds)."""
-    return min(128, max(8, 1 << max(0, (n - 1).bit_length())))
+from t5vae import batched, checkpoint, data, decoding, kernels, latent, rundir, vae
+from t5vae.config import Config
+from t5vae.names import DEFAULT_INTERPOLATION, DEFAULT_PRIOR, INTERPOLATIONS
 
 
 def _as_lines(lines, name: str) -> tuple[list[str], list[str]]:
@@ -47,17 +42,49 @@ def _check_max_new_tokens(max_new_tokens, default: int) -> int:
     return int(max_new_tokens)
 
 
+def _check_steps(steps) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 2:
+        raise ValueError(f"steps is the number of points including both endpoints and must be an integer >= 2, "
+                         f"got {steps!r}")
+    return int(steps)
+
+
+class TooLong(ValueError):
+    """Lines longer than the model's ``max_length`` tokens: ``too_long`` holds (argument name, tokens) each."""
+
+    def __init__(self, message: str, too_long: list[tuple[str, int]]):
+        super().__init__(message)
+        self.too_long = too_long
+
+
+class EmptyLine(ValueError):
+    """An empty or whitespace-only line: ``name`` is its argument's name."""
+
+    def __init__(self, message: str, name: str):
+        super().__init__(message)
+        self.name = name
+
+
+@dataclasses.dataclass(frozen=True)
+class LinePath:
+    """A decoded path between two lines: ratios [steps] from 0 to 1, codes [steps, N, Z], lines [steps]."""
+
+    ratios: np.ndarray
+    codes: np.ndarray
+    lines: list[str]
+
+
 class Model:
     """A trained T5-VAE with its tokenizer. Codes are numpy arrays [n, n_latent_tokens, latent_size]."""
 
-    def __init__(self, cfg: Config, params: dict, tokenizer: data.Tokenizer, path: str | None = None):
-        train.check_vocab(cfg, tokenizer)
-        self.cfg, self.params, self.tokenizer, self.path = cfg, params, tokenizer, path
+    def __init__(self, cfg: Config, params: dict, tokenizer: data.Tokenizer, run_dir: str | None = None):
+        data.check_vocab(tokenizer, cfg.t5.vocab_size)
+        self.cfg, self.params, self.tokenizer, self.run_dir = cfg, params, tokenizer, run_dir
         self._decoder_weights = (None, None)  # (the params they were built from, the decoder laid out for decoding)
         self._aggregate: latent.FittedGaussian | None = None
 
     def __repr__(self):
-        return (f"Model({self.path or 'in memory'}: {self.cfg.n_latent_tokens} latent tokens x {self.cfg.latent_size}, "
+        return (f"Model({self.run_dir or 'in memory'}: {self.cfg.n_latent_tokens} latent tokens x {self.cfg.latent_size}, "
                 f"max_length {self.cfg.max_length})")
 
     # -- strings <-> codes -------------------------------------------------------------------------
@@ -65,7 +92,7 @@ class Model:
     def _tokenize(self, lines: list[str], names: list[str], truncate: bool) -> data.Encoded:
         for s, name in zip(lines, names):
             if not s.strip():
-                raise ValueError(f"{name} is empty{' (only whitespace)' if s else ''}: there is nothing to encode")
+                raise EmptyLine(f"{name} is empty{' (only whitespace)' if s else ''}: there is nothing to encode", name)
         enc = data.encode_lines(self.tokenizer, lines, self.cfg.max_length)
         if enc.n_truncated:
             lengths = [len(self.tokenizer.encode(s)) for s in lines]
@@ -73,8 +100,9 @@ class Model:
             what = "; ".join(f"{name} is {n} tokens ({s[:40]!r}{'...' if len(s) > 40 else ''})" for name, n, s in long[:3])
             what += f" and {len(long) - 3} more" if len(long) > 3 else ""
             if not truncate:
-                raise ValueError(f"{what}: longer than the model's max_length={self.cfg.max_length} tokens (EOS "
-                                 f"included); shorten it or pass truncate=True to cut it to max_length")
+                raise TooLong(f"{what}: longer than the model's max_length={self.cfg.max_length} tokens (EOS "
+                          f"included); shorten it or pass truncate=True to cut it to max_length",
+                          [(name, n) for name, n, _ in long])
             warnings.warn(f"{len(long)} input(s) truncated to max_length={self.cfg.max_length} tokens: {what}",
                           stacklevel=3)
         return enc
@@ -85,26 +113,30 @@ class Model:
         lines, names = _as_lines(lines, "lines")
         if not lines:
             return np.zeros((0, self.cfg.n_latent_tokens, self.cfg.latent_size), np.float32)
-        enc = self._tokenize(lines, names, truncate)
-        return evaluate.encode_lines(self.params, self.cfg, enc, _batch_size(len(lines)))
+        return self.codes(self._tokenize(lines, names, truncate))
+
+    def codes(self, enc: data.Encoded, batch_size: int | None = None) -> np.ndarray:
+        """Codes [n, N, Z] of lines already tokenized (:func:`t5vae.data.encode_lines`)."""
+        return batched.encode(self.params, self.cfg, enc, batch_size or batched.batch_size(len(enc)))
 
     def decode(self, z, max_new_tokens: int | None = None, method: str = "greedy", seed: int = 0,
                **kwargs) -> list[str]:
         """Strings for codes [n, N, Z] (or one code [N, Z]); at most ``max_new_tokens`` tokens each (default
-        ``max_length``). ``method`` "greedy", "sample" (seeded; temperature/top_k/top_p in kwargs) or "beam"."""
+        ``max_length``). ``method`` "greedy", "sample" (seeded; temperature/top_k/top_p in kwargs) or "beam"
+        (``num_beams``, default 4)."""
+        return [self.tokenizer.decode(t) for t in self.decode_ids(z, max_new_tokens, method, seed, **kwargs)]
+
+    def decode_ids(self, z, max_new_tokens: int | None = None, method: str = "greedy", seed: int = 0,
+                   batch_size: int | None = None, **kwargs) -> np.ndarray:
+        """Token ids [n, max_new_tokens] for codes, as :meth:`decode` (pad after EOS); ids the tokenizer does
+        not have (T5's extra embedding rows) are never produced."""
         z = latent.check_codes(z, self.cfg, "z")
         T = _check_max_new_tokens(max_new_tokens, self.cfg.max_length)
-        out, key = [], jax.random.key(seed)
-        for s, padded, n in evaluate.padded_batches(z, _batch_size(len(z))):
-            if method == "sample":
-                kwargs["key"] = jax.random.fold_in(key, s)
-            toks = np.asarray(vae.generate(self.params, self.cfg, jnp.asarray(padded), T, method=method,
-                                           decoder_weights=self.decoder_weights(),
-                                           vocab_limit=self.tokenizer.vocab_size, **kwargs))
-            out += [self.tokenizer.decode(t) for t in toks[:n]]
-        return out
+        return batched.decode(self.params, self.cfg, z, T, batch_size or batched.batch_size(len(z)), method, seed,
+                              decoder_weights=self.decoder_weights(), vocab_limit=self.tokenizer.vocab_size,
+                              **kwargs)
 
-    def decoder_weights(self) -> kernels.DecoderWeights | None:
+    def decoder_weights(self) -> decoding.DecoderWeights | None:
         """With the "decoder_layout" fast path on: the backbone's decoder laid out for decoding, built on first
         use and kept while ``self.params`` stays the same object (a second copy of the decoder's weights);
         otherwise None (decoding runs on the params)."""
@@ -112,35 +144,48 @@ class Model:
             return None
         built_from, w = self._decoder_weights
         if built_from is not self.params:
-            w = kernels.decoder_weights(self.params["t5"], self.cfg.t5)
+            w = decoding.decoder_weights(self.params["t5"], self.cfg.t5)
             self._decoder_weights = (self.params, w)
         return w
 
     # -- latent-space operations -------------------------------------------------------------------
 
-    def interpolate(self, a: str | Sequence[str], b: str | Sequence[str], steps: int = 9, kind: str = "slerp",
-                    truncate: bool = False, **decode_kwargs) -> list[str] | list[list[str]]:
-        """``steps`` strings decoded along the path from a's code to b's, both endpoints included (ratios
-        ``np.linspace(0, 1, steps)``). Lists of a and b (equal lengths) -> one path per pair, decoded in one go.
-        ``kind``: "slerp" (per latent token), "slerp_flat" (the whole code) or "lerp"."""
+    def path(self, a: str, b: str, steps: int = 9, kind: str = DEFAULT_INTERPOLATION, truncate: bool = False,
+             **decode_kwargs) -> LinePath:
+        """The path from a's code to b's: ``steps`` ratios from 0 to 1 (both endpoints included), the codes
+        there and the lines they decode to (``decode_kwargs`` as in :meth:`decode`)."""
+        if not isinstance(a, str) or not isinstance(b, str):
+            raise TypeError(f"a and b must be strings, got {type(a).__name__} and {type(b).__name__}")
+        codes = self._path_codes([a], [b], ["a"], ["b"], steps, kind, truncate, decode_kwargs)[:, 0]
+        return LinePath(np.linspace(0, 1, len(codes)), codes, self.decode(codes, **decode_kwargs))
+
+    def interpolate(self, a: str | Sequence[str], b: str | Sequence[str], steps: int = 9,
+                    kind: str = DEFAULT_INTERPOLATION, truncate: bool = False,
+                    **decode_kwargs) -> list[str] | list[list[str]]:
+        """The lines of :meth:`path` from a to b. Lists of a and b (equal lengths) -> one path per pair, decoded
+        in one go. ``kind``: "slerp" (per latent token), "slerp_flat" (the whole code) or "lerp"."""
         la, na = _as_lines(a, "a")
         lb, nb = _as_lines(b, "b")
         if len(la) != len(lb):
             raise ValueError(f"a and b must hold equally many lines, got {len(la)} and {len(lb)}")
-        if kind not in latent.INTERPOLATIONS:
-            raise ValueError(f"kind must be one of {latent.INTERPOLATIONS}, got {kind!r}")
-        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 2:
-            raise ValueError(f"steps is the number of points including both endpoints and must be an integer >= 2, "
-                             f"got {steps!r}")
-        _check_max_new_tokens(decode_kwargs.get("max_new_tokens"), 1)  # before any encoding
+        paths = self._path_codes(la, lb, na, nb, steps, kind, truncate, decode_kwargs)  # [steps, pairs, N, Z]
         if not la:
             return []
-        z = evaluate.encode_lines(self.params, self.cfg, self._tokenize(la + lb, na + nb, truncate),
-                                  _batch_size(2 * len(la)))
-        paths = np.asarray(latent.interpolate(z[: len(la)], z[len(la):], steps, kind))  # [steps, pairs, N, Z]
-        texts = self.decode(paths.transpose(1, 0, 2, 3).reshape((-1,) + z.shape[1:]), **decode_kwargs)
-        rows = [texts[i * steps: (i + 1) * steps] for i in range(len(la))]
+        steps = len(paths)
+        texts = self.decode(paths.transpose(1, 0, 2, 3).reshape((-1,) + paths.shape[2:]), **decode_kwargs)
+        rows = [texts[i * steps : (i + 1) * steps] for i in range(len(la))]
         return rows[0] if isinstance(a, str) else rows
+
+    def _path_codes(self, la, lb, na, nb, steps, kind, truncate, decode_kwargs) -> np.ndarray:
+        """Codes [steps, pairs, N, Z] on the paths between the lines, every argument checked before encoding."""
+        if kind not in INTERPOLATIONS:
+            raise ValueError(f"kind must be one of {INTERPOLATIONS}, got {kind!r}")
+        steps = _check_steps(steps)
+        _check_max_new_tokens(decode_kwargs.get("max_new_tokens"), 1)
+        if not la:
+            return np.zeros((steps, 0, self.cfg.n_latent_tokens, self.cfg.latent_size), np.float32)
+        z = self.codes(self._tokenize(la + lb, na + nb, truncate))
+        return np.asarray(latent.interpolate(z[: len(la)], z[len(la) :], steps, kind))
 
     def analogy(self, a: str | Sequence[str], b: str, c: str, scale: float = 1.0, truncate: bool = False,
                 **decode_kwargs) -> str | list[str]:
@@ -153,18 +198,17 @@ class Model:
                                 f"got {type(s).__name__}")
         if not la:
             return []
-        z = evaluate.encode_lines(self.params, self.cfg, self._tokenize(la + [b, c], na + ["b", "c"], truncate),
-                                  _batch_size(len(la) + 2))
+        z = self.codes(self._tokenize(la + [b, c], na + ["b", "c"], truncate))
         texts = self.decode(latent.analogy(z[:-2], z[-2], z[-1], scale), **decode_kwargs)
         return texts[0] if isinstance(a, str) else texts
 
-    def sample_codes(self, n: int, prior: str = latent.DEFAULT_PRIOR, seed: int = 0) -> np.ndarray:
+    def sample_codes(self, n: int, prior: str = DEFAULT_PRIOR, seed: int = 0) -> np.ndarray:
         """``n`` codes [n, N, Z] from a prior (see :func:`t5vae.latent.sample_prior`; "aggregate" is fitted on
         first use, see :meth:`aggregate_posterior`)."""
         agg = self.aggregate_posterior() if prior == "aggregate" else None
         return latent.sample_prior(prior, n, self.cfg, seed, agg)
 
-    def sample(self, n: int, prior: str = latent.DEFAULT_PRIOR, seed: int = 0, **decode_kwargs) -> list[str]:
+    def sample(self, n: int, prior: str = DEFAULT_PRIOR, seed: int = 0, **decode_kwargs) -> list[str]:
         """Decode ``n`` codes drawn from ``prior``: "aggregate" (default: a Gaussian fitted to the training
         codes, the prior whose samples parse most often, see t5vae.latent), "gaussian" or "tanh"."""
         _check_max_new_tokens(decode_kwargs.get("max_new_tokens"), 1)  # before fitting the aggregate posterior
@@ -178,37 +222,32 @@ class Model:
         if len(lines) < 2:
             raise ValueError(f"fit_aggregate needs at least two lines, got {len(lines)}")
         enc = data.encode_lines(self.tokenizer, lines, self.cfg.max_length)  # as in training: long lines cut
-        codes = evaluate.encode_lines(self.params, self.cfg, enc, batch_size)
+        codes = self.codes(enc, batch_size)
         self._aggregate = latent.FittedGaussian.fit(codes, fingerprint=latent.params_fingerprint(self.params))
         return self._aggregate
 
     def aggregate_posterior(self) -> latent.FittedGaussian:
         """The Gaussian fitted to the codes of the run's training lines: from ``aggregate_posterior.npz`` in the
         run directory when it was computed with these params, else computed now (the corpus rebuilt from
-        train_config.json) and written there atomically (a read-only directory: kept in memory, with a warning)."""
+        train_config.json, :func:`t5vae.rundir.corpus`) and written there atomically (a read-only directory: kept in memory, with a warning)."""
         fp = latent.params_fingerprint(self.params)
         if self._aggregate is not None and self._aggregate.fingerprint == fp:
             return self._aggregate
-        if self.path is None:
+        if self.run_dir is None:
             raise ValueError("this model has no run directory to find its training lines in: call "
                              "model.fit_aggregate(lines) first, or sample with prior='tanh' or 'gaussian'")
-        file = Path(self.path) / latent.AGGREGATE_FILE
+        file = Path(self.run_dir) / rundir.AGGREGATE_FILE
         if file.is_file():
             g = latent.FittedGaussian.load(file)
             if g.fingerprint == fp and g.shape == (self.cfg.n_latent_tokens, self.cfg.latent_size):
                 self._aggregate = g
                 return g
-        tc_file = Path(self.path) / checkpoint.TRAIN_CONFIG_FILE
-        if not tc_file.is_file():
-            raise FileNotFoundError(f"the aggregate prior is fitted to the run's training lines, but {tc_file} (which "
-                                    f"names the corpus) is missing: call model.fit_aggregate(lines) first, or sample "
-                                    f"with prior='tanh' or 'gaussian'")
-        tc = TrainConfig.load_json(tc_file)
         try:
-            corpus = data.load_corpus(tc.corpus, tc.validation_percent, tc.min_chars, tc.max_chars)
+            corpus = rundir.corpus(self.run_dir)
         except FileNotFoundError as e:
-            raise FileNotFoundError(f"{e}: the training corpus named in {tc_file} is needed to fit the aggregate "
-                                    f"prior; call model.fit_aggregate(lines) first, or sample with prior='tanh'") from None
+            raise FileNotFoundError(f"{e}: the aggregate prior is fitted to the lines of the run's training corpus; call "
+                                    f"model.fit_aggregate(lines) first, or sample with prior='tanh' or "
+                                    f"'gaussian'") from None
         g = self.fit_aggregate(corpus.train)
         try:
             g.save(file)
@@ -218,24 +257,18 @@ class Model:
 
 
 def load(path: str | os.PathLike) -> Model:
-    """Load a training run directory (its final ``params/`` or else its newest checkpoint) or an export."""
+    """Load a training run directory (its final ``params/`` or else the params of its newest checkpoint that
+    can be read) or an export. Only params are read: no optimizer state is built or restored."""
     path = Path(path)
-    if not (path / checkpoint.CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"{path} is not a t5vae run directory: {path / checkpoint.CONFIG_FILE} is missing")
-    cfg = Config.load_json(path / checkpoint.CONFIG_FILE)
-    tok = data.Tokenizer.load(path / checkpoint.TOKENIZER_FILE)
-    if (path / checkpoint.PARAMS_DIR).is_dir():
-        params = checkpoint.restore_params(path / checkpoint.PARAMS_DIR, vae.abstract_params(cfg))
+    if not (path / rundir.CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{path} is not a t5vae run directory: {path / rundir.CONFIG_FILE} is missing")
+    cfg = Config.load_json(path / rundir.CONFIG_FILE)
+    tok = data.Tokenizer.load(path / rundir.TOKENIZER_FILE)
+    if (path / rundir.PARAMS_DIR).is_dir():
+        params = checkpoint.restore_params(path / rundir.PARAMS_DIR, vae.abstract_params(cfg))
     else:
-        tc = TrainConfig.load_json(path / checkpoint.TRAIN_CONFIG_FILE)
-        abstract = jax.eval_shape(lambda: train.init_state(cfg, tc, vae.init(cfg, jax.random.key(0))))
-        mngr = checkpoint.checkpoint_manager(path, tc.keep_checkpoints)
-        try:
-            _, state = checkpoint.restore_train_state(mngr, abstract, set_aside=False,  # a reader moves nothing
-                                                      log=lambda m: warnings.warn(m, stacklevel=3))
-        finally:
-            mngr.close()
-        if state is None:
+        _, params = checkpoint.restore_checkpoint_params(path, vae.abstract_params(cfg),
+                                                         log=lambda m: warnings.warn(m, stacklevel=3))
+        if params is None:
             raise FileNotFoundError(f"{path} has neither final params nor a checkpoint yet")
-        params = state["params"]
     return Model(cfg, params, tok, str(path))

@@ -30,7 +30,6 @@ for _mod, _why in (("array_record", "the storage format"),
         raise ImportError(f"TFDS corpora need {_mod} ({_why}), which is not installed: {_INSTALL}")
 
 _ARRAY_RECORD = tfds.core.FileFormat.ARRAY_RECORD
-_VERSION = re.compile(r"(\d+|\*)(\.(\d+|\*)){2}")
 
 
 def _features():
@@ -161,18 +160,6 @@ def _data_dir(data_dir) -> str:
     return str(data_dir or os.environ.get("TFDS_DATA_DIR") or tfds.core.constants.DATA_DIR)
 
 
-def parse_spec(spec: str) -> tuple[str, str]:
-    """``"tfds:NAME[/CONFIG][:VERSION][:FIELD]"`` -> (``NAME[/CONFIG][:VERSION]``, ``FIELD`` or "text")."""
-    parts = spec.removeprefix("tfds:").split(":")
-    name = parts.pop(0)
-    if parts and _VERSION.fullmatch(parts[0]):
-        name += ":" + parts.pop(0)
-    field = parts.pop(0) if parts else "text"
-    if not name or not field or parts:
-        raise ValueError(f"bad TFDS corpus spec {spec!r}: expected tfds:NAME[/CONFIG][:VERSION][:FIELD]")
-    return name, field
-
-
 def get_builder(name: str, data_dir=None, *, min_chars: int = 10, max_chars: int = corpus.MAX_CHARS,
                 validation_percent: float = 2.0) -> tfds.core.DatasetBuilder:
     """A prepared builder: ``python_statements`` is prepared on first use; a catalog dataset must already
@@ -227,7 +214,8 @@ def read_split(builder, split: str, field: str = "text", limit: int | None = Non
 def load_tfds_corpus(name_or_builder, data_dir=None, field: str = "text", *, validation_percent: float = 2.0,
                      min_chars: int = 10, max_chars: int = corpus.MAX_CHARS) -> corpus.Corpus:
     """Train and validation lines of a TFDS dataset (a name or a builder), prepared first if it is one of
-    ours. Validation is the ``validation`` split, else ``test``, else a hash-fixed share of ``train``."""
+    ours. Validation is the ``validation`` split, else ``test``, else the first records of ``train``
+    (:func:`t5vae.corpus.held_out_count`), as the grain pipeline holds them out."""
     if isinstance(name_or_builder, tfds.core.DatasetBuilder):
         builder = name_or_builder
         _prepare(builder)
@@ -240,7 +228,7 @@ def load_tfds_corpus(name_or_builder, data_dir=None, field: str = "text", *, val
     for held in ("validation", "test"):
         if held in splits:
             return corpus.Corpus(train, read_split(builder, held, field), source)
-    return corpus.Corpus.from_lines(train, source, validation_percent)
+    return corpus.Corpus.held_out_head(train, source, validation_percent)  # as the grain pipeline holds out
 
 
 def tfds_lines(name: str, split: str, field: str = "text", limit: int | None = None,

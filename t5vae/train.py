@@ -3,7 +3,6 @@ orbax checkpoints, progress bar, metrics.jsonl, NaN/inf guard)."""
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import signal
@@ -15,9 +14,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from t5vae import augment, checkpoint, data, evaluate, rundir, sharding, vae
+from t5vae import augment, checkpoint, data, evaluate, rundir, sharding, text, vae
 from t5vae.config import Config, TrainConfig
-from t5vae.runlog import CURVE_FILE, METRICS_FILE, StepBar, TensorBoard, resume_logs
+from t5vae.runlog import RunLog, resume_logs
 
 # Settings that may change when a run is resumed; any other difference is an error.
 RESUMABLE = ("steps", "checkpoint_every", "keep_checkpoints", "log_every", "progress", "max_minutes",
@@ -88,8 +87,8 @@ def _state_shardings(cfg: Config, opt, mesh):
 
 
 def _check_same_config(run_dir: Path, cfg: Config, tc: TrainConfig) -> None:
-    old_cfg = Config.load_json(run_dir / checkpoint.CONFIG_FILE)
-    old_tc = TrainConfig.load_json(run_dir / checkpoint.TRAIN_CONFIG_FILE)
+    old_cfg = Config.load_json(run_dir / rundir.CONFIG_FILE)
+    old_tc = TrainConfig.load_json(run_dir / rundir.TRAIN_CONFIG_FILE)
     diffs = [f"model.{k}: {v!r} -> {cfg.to_dict()[k]!r}" for k, v in old_cfg.to_dict().items()
              if cfg.to_dict()[k] != v]
     diffs += [f"train.{k}: {v!r} -> {getattr(tc, k)!r}" for k, v in old_tc.to_dict().items()
@@ -97,10 +96,6 @@ def _check_same_config(run_dir: Path, cfg: Config, tc: TrainConfig) -> None:
     if diffs:
         raise ValueError(f"{run_dir} holds a run with a different config; refusing to resume it "
                          f"(use another --out, or --overwrite to start over):\n  " + "\n  ".join(diffs))
-
-
-def _is_finite(metrics: dict) -> bool:
-    return all(math.isfinite(float(v)) for v in metrics.values())
 
 
 def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: data.Encoded | None, params: dict,
@@ -115,152 +110,164 @@ def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: dat
     to ``eval_curve.jsonl`` (and TensorBoard). Its time counts against ``max_minutes``.
     ``renamer`` and ``tok``: rename the training lines' identifiers afresh every epoch (see :class:`t5vae.data.BatchStream`).
     ``tc.pipeline == "grain"``: the batches stream from ``tc.corpus`` (:mod:`t5vae.pipeline`; needs ``tok``).
+
+    Step n's metrics are read after step n + 1 is dispatched, so the device never waits on the host; a state
+    is checkpointed or evaluated only after its own metrics have been read and found finite.
     """
     run_dir = Path(run_dir)
     _check_same_config(run_dir, cfg, tc)
+    mngr = checkpoint.checkpoint_manager(run_dir, tc.keep_checkpoints, with_data=tc.pipeline == "grain")
+    state, data_state, t0 = _initial_state(cfg, tc, params, mesh, mngr, run_dir, log)
+    step, last, pending = int(state["step"]), {}, None
+    train_step = make_train_step(cfg, tc.optimizer, tc.clip_norm, tc.weight_decay, mesh)
+    lr_at, key = schedule(tc), jax.random.key(tc.seed, impl="unsafe_rbg")  # fast PRNG for dropout and priors
+    stream = _open_stream(cfg, tc, enc_train, renamer, tok, mesh, data_state, step, log)
+    out = RunLog(run_dir, tc.steps, step, tc.log_every, tc.max_minutes, t0, tc.progress, _chief(), log)
+    saver, interrupt = _Saver(mngr, run_dir, stream), _Interrupt()
+    try:
+        while step < tc.steps:
+            if interrupt.requested:
+                if pending is not None:
+                    last, pending = saver.read(*pending, out), None
+                saver.final(step, state)
+                out.say(f"interrupted: saved a checkpoint at step {step} in {run_dir / rundir.CHECKPOINTS_DIR}; "
+                        f"run the same command again to resume")
+                raise KeyboardInterrupt
+            if tc.max_minutes is not None and time.time() - t0 > 60 * tc.max_minutes:
+                log(f"stopping at step {step}: max_minutes={tc.max_minutes} reached")
+                break
+            state, metrics = train_step(state, stream(step), key, float(lr_at(_progress(tc, step, t0))))
+            step += 1
+            if pending is not None:
+                last = saver.read(*pending, out)
+            pending = (step, metrics)
+            evaluate_now = curve is not None and tc.eval_every and step % tc.eval_every == 0
+            if step % tc.checkpoint_every == 0 or evaluate_now:
+                last, pending = saver.read(*pending, out), None
+                if step % tc.checkpoint_every == 0:
+                    saver.save(step, state)
+                if evaluate_now:
+                    t = time.time()
+                    row = {k: round(float(v), 4) for k, v in curve(state["params"]).items()}
+                    out.curve(step, row, time.time() - t)
+        if pending is not None:
+            last = saver.read(*pending, out)
+        saver.final(step, state)
+    finally:
+        interrupt.restore()
+        out.close()
+        mngr.close()
+        stream.close()
+    return state["params"], last
+
+
+def _chief() -> bool:
+    return jax.process_index() == 0  # one process writes metrics and shows progress
+
+
+def _progress(tc: TrainConfig, step: int, t0: float) -> int:
+    """The schedule's position: the step, or further along when the time budget is being used faster."""
+    if tc.max_minutes is None:
+        return step
+    return max(step, int(tc.steps * (time.time() - t0) / (60 * tc.max_minutes)))
+
+
+def _initial_state(cfg: Config, tc: TrainConfig, params: dict, mesh, mngr, run_dir: Path, log):
+    """The train state (restored from the newest checkpoint when there is one, else new; with a ``mesh``
+    created directly in the rules' shardings) -> ``(state, the input pipeline's saved state or None, the
+    start time, set back by the training time a resumed run already used)``."""
     if mesh is None:
         state = init_state(cfg, tc, params)
-    else:  # created directly in the rules' shardings
+    else:
         opt = make_optimizer(tc.optimizer, tc.clip_norm, tc.weight_decay)
         state = jax.jit(lambda p: init_state(cfg, tc, p), out_shardings=_state_shardings(cfg, opt, mesh))(params)
     streamed = tc.pipeline == "grain"  # the stream's position is checkpointed with the state
-    mngr = checkpoint.checkpoint_manager(run_dir, tc.keep_checkpoints, with_data=streamed)
     start, restored, *data_state = checkpoint.restore_train_state(
-        mngr, jax.eval_shape(lambda: state), log=log, set_aside=jax.process_index() == 0, with_data=streamed)
-    if restored is not None:
-        state = restored
-        log(f"resumed from {run_dir / checkpoint.CHECKPOINTS_DIR}/{start} (step {int(state['step'])})")
-    step = int(state["step"])
-    train_step = make_train_step(cfg, tc.optimizer, tc.clip_norm, tc.weight_decay, mesh)
-    chief = jax.process_index() == 0  # one process writes metrics and shows progress
-    lr_at = schedule(tc)
+        mngr, jax.eval_shape(lambda: state), log=log, set_aside=_chief(), with_data=streamed)
+    if restored is None:
+        return state, None, time.time()
+    log(f"resumed from {run_dir / rundir.CHECKPOINTS_DIR}/{start} (step {int(restored['step'])})")
+    elapsed = resume_logs(run_dir, int(restored["step"]), write=_chief())
+    if elapsed:
+        log(f"{elapsed / 60:.1f} min of training time already used before the resume")
+    return restored, data_state[0] if streamed else None, time.time() - elapsed
+
+
+def _open_stream(cfg: Config, tc: TrainConfig, enc_train, renamer, tok, mesh, data_state, step: int, log):
+    """The run's :class:`t5vae.data.Stream` of batches, placed on the ``mesh`` when there is one."""
+    streamed = tc.pipeline == "grain"
     rows = sharding.process_slice(tc.batch_size, mesh) if mesh is not None or streamed else None  # its own rows
     if streamed:
         from t5vae import pipeline  # imports grain: only a run that asks for it pays for it
 
-        stream = pipeline.for_training(tc, tok, data.length_buckets(cfg), rows.stop - rows.start, data_state[0])
+        stream = pipeline.for_training(tc, tok, data.length_buckets(cfg), rows.stop - rows.start, data_state)
     else:
         stream = data.BatchStream(enc_train, tc.batch_size, data.length_buckets(cfg), tc.seed, renamer, tok)
     if renamer is not None:
         stream(step)
         log(f"identifier renaming: {stream.swapped} of {len(enc_train)} training lines renamed this epoch "
             f"(rename_prob {tc.rename_prob}; a line whose renamings all leave its length bucket is kept as it was)")
-    key = jax.random.key(tc.seed, impl="unsafe_rbg")  # fast counter-based PRNG for dropout and prior samples
-    elapsed = resume_logs(run_dir, step, write=chief) if restored is not None else 0.0
-    if elapsed:
-        log(f"{elapsed / 60:.1f} min of training time already used before the resume")
-    t0, last = time.time() - elapsed, {}
-    bar = StepBar(tc.steps, step, tc.max_minutes, t0) if tc.progress and chief else None
+    return stream if mesh is None and not streamed else _Placed(stream, mesh, rows, streamed)
 
-    def progress(step: int) -> int:
-        """The schedule's position: the step, or further along when the time budget is being used faster."""
-        if tc.max_minutes is None:
-            return step
-        return max(step, int(tc.steps * (time.time() - t0) / (60 * tc.max_minutes)))
 
-    metrics_file = open(run_dir / METRICS_FILE, "a")
-    write = bar.write if bar is not None else log
+class _Placed:
+    """A :class:`t5vae.data.Stream` whose batches are this process's part of the global batch: streamed, each
+    process read its own rows (padded to one length for all of them); in memory, every process drew the same
+    batch and keeps its own rows. With a mesh, the parts become one global array."""
 
-    def record_curve(step: int) -> None:
-        t = time.time()
-        row = {k: round(float(v), 4) for k, v in curve(state["params"]).items()}
-        if chief:
-            with open(run_dir / CURVE_FILE, "a") as f:
-                f.write(json.dumps({"step": step, "time": round(t - t0, 3), **row}) + "\n")
-            if tensorboard is not None:
-                tensorboard.write(step, row, "eval")
-            write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()) + f" ({time.time() - t:.1f}s)")
+    def __init__(self, stream, mesh, rows: slice, streamed: bool):
+        self.stream, self.mesh, self.rows, self.streamed = stream, mesh, rows, streamed
 
-    tensorboard = TensorBoard.open(run_dir) if chief else None
+    def __call__(self, step: int) -> dict:
+        batch = self.stream(step)
+        if self.streamed:
+            from t5vae import pipeline
 
-    def record(n: int, metrics: dict) -> dict:
-        """Read step ``n``'s metrics off the device: stop on NaN/inf, write the row, advance the bar."""
+            batch = pipeline.agree_length(batch)
+        elif self.mesh is not None:
+            batch = {k: v[self.rows] for k, v in batch.items()}
+        return batch if self.mesh is None else sharding.global_batch(batch, self.mesh)
+
+    def get_state(self) -> dict | None:
+        return self.stream.get_state()
+
+    def close(self) -> None:
+        self.stream.close()
+
+
+class _Saver:
+    """Checkpoints of a run, and the check that the metrics of a state are finite before it is saved. The
+    run's incomplete mark goes once its first checkpoint is committed: from then on it can be resumed."""
+
+    def __init__(self, mngr, run_dir: Path, stream):
+        self.mngr, self.run_dir, self.stream = mngr, run_dir, stream
+        self.incomplete = _chief() and (run_dir / rundir.INCOMPLETE_FILE).exists()
+
+    def read(self, n: int, metrics: dict, out: RunLog) -> dict:
+        """Read step ``n``'s metrics off the device: stop on NaN/inf, else write them -> the floats."""
         metrics = {k: float(v) for k, v in metrics.items()}
-        if not _is_finite(metrics):
-            bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
-            mngr.wait_until_finished()
+        bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+        if bad:
+            self.mngr.wait_until_finished()
             raise FloatingPointError(
                 f"non-finite training metrics at step {n}: {bad}. Stopped; the newest checkpoint "
-                f"({mngr.latest_step()}) in {run_dir / checkpoint.CHECKPOINTS_DIR} is the last good state. "
+                f"({self.mngr.latest_step()}) in {self.run_dir / rundir.CHECKPOINTS_DIR} is the last good state. "
                 f"Try a lower learning_rate or clip_norm.")
-        if chief:
-            metrics_file.write(json.dumps({"step": n, "time": round(time.time() - t0, 3), **metrics}) + "\n")
-            if tensorboard is not None:
-                tensorboard.write(n, metrics)
-        if n % tc.log_every == 0 or n == tc.steps:
-            metrics_file.flush()
-            if tensorboard is not None:
-                tensorboard.flush()
-            if bar is not None:
-                bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("loss", "ce", "mmd", "w", "token_acc", "seq_acc")},
-                                refresh=False)
-        if bar is not None:
-            bar.update(n)
+        out.step(n, metrics)
         return metrics
 
-    incomplete = chief and (run_dir / rundir.INCOMPLETE_FILE).exists()
+    def save(self, step: int, state: dict) -> None:
+        checkpoint.save_train_state(self.mngr, step, state, self.stream.get_state())
+        if self.incomplete:
+            self.mngr.wait_until_finished()
+            rundir.mark_complete(self.run_dir)
+            self.incomplete = False
 
-    def save(step: int) -> None:
-        nonlocal incomplete
-        checkpoint.save_train_state(mngr, step, state, stream.get_state() if streamed else None)
-        if incomplete:  # the mark goes once a checkpoint is committed: from then on the run can be resumed
-            mngr.wait_until_finished()
-            rundir.mark_complete(run_dir)
-            incomplete = False
-
-    # Step n's metrics are read after step n + 1 is dispatched, so the device never waits on the host; a
-    # state is checkpointed or evaluated only after its own metrics have been read and found finite.
-    pending = None
-    try:
-        interrupt = _Interrupt()
-        while step < tc.steps:
-            if interrupt.requested:
-                if pending is not None:
-                    last, pending = record(*pending), None
-                if mngr.latest_step() != step:
-                    save(step)
-                mngr.wait_until_finished()
-                write(f"interrupted: saved a checkpoint at step {step} in {run_dir / checkpoint.CHECKPOINTS_DIR}; "
-                      f"run the same command again to resume")
-                raise KeyboardInterrupt
-            if tc.max_minutes is not None and time.time() - t0 > 60 * tc.max_minutes:
-                log(f"stopping at step {step}: max_minutes={tc.max_minutes} reached")
-                break
-            batch = stream(step)
-            if streamed:  # each process read its own rows: one padded length for all of them
-                batch = pipeline.agree_length(batch)
-            elif mesh is not None:  # every process draws the same batch and keeps only its own rows
-                batch = {k: v[rows] for k, v in batch.items()}
-            if mesh is not None:
-                batch = sharding.global_batch(batch, mesh)
-            state, metrics = train_step(state, batch, key, float(lr_at(progress(step))))
-            step += 1
-            if pending is not None:
-                last = record(*pending)
-            pending = (step, metrics)
-            evaluate_now = curve is not None and tc.eval_every and step % tc.eval_every == 0
-            if step % tc.checkpoint_every == 0 or evaluate_now:
-                last, pending = record(*pending), None
-                if step % tc.checkpoint_every == 0:
-                    save(step)
-                if evaluate_now:
-                    record_curve(step)
-        if pending is not None:
-            last, pending = record(*pending), None
-        if mngr.latest_step() != step:
-            save(step)
-        mngr.wait_until_finished()
-    finally:
-        interrupt.restore()
-        metrics_file.close()
-        if tensorboard is not None:
-            tensorboard.close()
-        if bar is not None:
-            bar.close()
-        mngr.close()
-        if streamed:
-            stream.close()
-    return state["params"], last
+    def final(self, step: int, state: dict) -> None:
+        """Checkpoint ``step`` unless it already is, and wait until every save is committed."""
+        if self.mngr.latest_step() != step:
+            self.save(step, state)
+        self.mngr.wait_until_finished()
 
 
 class _Interrupt:
@@ -296,13 +303,7 @@ def prepare(cfg: Config, tc: TrainConfig, out: str | os.PathLike, init_from: str
     out = Path(out)
     chief = jax.process_index() == 0
     resuming = rundir.reuse_or_clear(out, overwrite, log) if chief else None
-    if tc.pipeline == "grain":  # streamed: only a tokenizer sample and the held-out lines are read here
-        from t5vae import pipeline
-
-        corpus, n_train = pipeline.load_corpus(tc)
-    else:
-        corpus = data.load_corpus(tc.corpus, tc.validation_percent, tc.min_chars, tc.max_chars)
-        n_train = len(corpus.train)
+    corpus, n_train = rundir.training_corpus(tc)  # streamed: only a tokenizer sample and the held-out lines
     log(f"corpus {corpus.source}: {n_train} train / {len(corpus.validation)} validation lines ({tc.pipeline} pipeline)")
     t5_params = None
     if init_from is not None:
@@ -312,11 +313,11 @@ def prepare(cfg: Config, tc: TrainConfig, out: str | os.PathLike, init_from: str
         cfg, tok, enc = _start(cfg, tc, out, init_from, corpus, log)
     sharding.barrier("t5vae.train.prepare")  # the others read the files process 0 has written
     if not chief or resuming:
-        tok = data.Tokenizer.load(out / checkpoint.TOKENIZER_FILE)
+        tok = data.Tokenizer.load(out / rundir.TOKENIZER_FILE)
         cfg = cfg if init_from is not None else cfg.replace(t5=cfg.t5.replace(vocab_size=tok.vocab_size))
         _check_same_config(out, cfg, tc)
         if chief:
-            tc.save_json(out / checkpoint.TRAIN_CONFIG_FILE)
+            tc.save_json(out / rundir.TRAIN_CONFIG_FILE)
         enc = _encode(tok, corpus, cfg, log, tc)
     return cfg, tok, corpus, enc, t5_params
 
@@ -344,21 +345,15 @@ def _start(cfg: Config, tc: TrainConfig, out: Path, init_from, corpus, log):
         log(f"trained a {tok.vocab_size}-piece sentencepiece tokenizer in {time.time() - t0:.1f}s")
     if init_from is None and tc.tokenizer is None:
         cfg = cfg.replace(t5=cfg.t5.replace(vocab_size=tok.vocab_size))
-    check_vocab(cfg, tok)
+    data.check_vocab(tok, cfg.t5.vocab_size)
     enc = _encode(tok, corpus, cfg, log, tc)
     if enc is not None:  # raises if no batch fills: before any write (a grain corpus: checked as it was opened)
         data.BatchStream(enc, tc.batch_size, data.length_buckets(cfg), tc.seed)
     rundir.mark_incomplete(out)
-    tok.save(out / checkpoint.TOKENIZER_FILE)
-    tc.save_json(out / checkpoint.TRAIN_CONFIG_FILE)
-    cfg.save_json(out / checkpoint.CONFIG_FILE)
+    tok.save(out / rundir.TOKENIZER_FILE)
+    tc.save_json(out / rundir.TRAIN_CONFIG_FILE)
+    cfg.save_json(out / rundir.CONFIG_FILE)
     return cfg, tok, enc
-
-
-def check_vocab(cfg: Config, tok: data.Tokenizer) -> None:
-    if tok.vocab_size > cfg.t5.vocab_size:
-        raise ValueError(f"the tokenizer has {tok.vocab_size} pieces but the model's embedding has only "
-                         f"{cfg.t5.vocab_size} rows: tokenizer and checkpoint do not match")
 
 
 def run(cfg: Config, tc: TrainConfig, out: str | os.PathLike, init_from: str | None = None,
@@ -383,17 +378,17 @@ def _run(cfg, tc, out: Path, init_from, overwrite, log, mesh):
     curve_lines = corpus.validation[:CURVE_LINES]
 
     def curve(params):
-        r = evaluate.evaluate(params, cfg, tok, curve_lines, pairs=CURVE_PAIRS, batch_size=tc.eval_batch_size,
-                              seed=tc.seed)
+        r = evaluate.evaluate(text.Model(cfg, params, tok), curve_lines, pairs=CURVE_PAIRS,
+                              batch_size=tc.eval_batch_size, seed=tc.seed)
         return {k: r[k] for k in evaluate.CURVE_KEYS if k in r}
 
     renamer = augment.Renamer(corpus.train, p_line=tc.rename_prob) if tc.rename_prob > 0 and enc is not None else None
     if tc.rename_prob > 0 and enc is None:
         log(f"note: the grain pipeline does not rename identifiers (rename_prob {tc.rename_prob} is not applied)")
     params, last = fit(cfg, tc, out, enc, params, log, mesh, curve if curve_lines else None, renamer, tok)
-    checkpoint.save_params_replacing(out / checkpoint.PARAMS_DIR, params)  # orbax: every process takes part
+    checkpoint.save_params_replacing(out / rundir.PARAMS_DIR, params)  # orbax: every process takes part
     log(f"training took {time.time() - t_start:.0f}s; evaluating on {len(corpus.validation)} held-out lines")
-    results = evaluate.evaluate(params, cfg, tok, corpus.validation, pairs=tc.eval_pairs,
+    results = evaluate.evaluate(text.Model(cfg, params, tok, str(out)), corpus.validation, pairs=tc.eval_pairs,
                                 batch_size=tc.eval_batch_size, seed=tc.seed)
     results["train_seconds"] = round(time.time() - t_start, 1)
     log(evaluate.save(results, out) if jax.process_index() == 0 else evaluate.table(results))

@@ -69,8 +69,8 @@ def loss(params: dict, cfg: Config, batch: dict, key: jax.Array | None, step, *,
     valid = (labels != -100) & (labels != cfg.t5.pad_token_id) if "labels" in batch else labels != -100
     if key is None:
         key, deterministic = jax.random.key(0), True
-    k_enc, k_dec, k_mmd = jax.random.split(key, 3)  # as before latent_noise existed: same runs, same streams
-    k_noise = jax.random.fold_in(key, 1)
+    k_enc, k_dec, k_mmd = jax.random.split(key, 3)  # encoder dropout, decoder dropout, the MMD's prior samples
+    k_noise = jax.random.fold_in(key, 1)  # the latent noise: a stream of its own, so the three above stay put
     if deterministic:
         k_enc = k_dec = None
     z = encode(params, cfg, ids, mask, dropout_key=k_enc)

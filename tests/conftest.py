@@ -86,14 +86,14 @@ def text_run_dir(tmp_path_factory, text_cfg, text_tok, text_model):
     train_config naming the corpus. One per test module: tests may write an aggregate posterior into it."""
     import json
 
-    from t5vae import checkpoint
+    from t5vae import checkpoint, rundir
 
     d = tmp_path_factory.mktemp("text") / "run"
     d.mkdir()
     (d.parent / "corpus.txt").write_text("\n".join(TEXT_LINES) + "\n")
     text_tok.save(d / checkpoint.TOKENIZER_FILE)
     checkpoint.save_params(d / checkpoint.PARAMS_DIR, text_model.params)
-    (d / checkpoint.TRAIN_CONFIG_FILE).write_text(json.dumps({"corpus": str(d.parent / "corpus.txt")}))
+    (d / rundir.TRAIN_CONFIG_FILE).write_text(json.dumps({"corpus": str(d.parent / "corpus.txt")}))
     text_cfg.save_json(d / checkpoint.CONFIG_FILE)
     return d
 

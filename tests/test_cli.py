@@ -9,7 +9,7 @@ import pytest
 
 import t5vae as tv
 from conftest import run_cli
-from t5vae import cli, data, evaluate, latent, runlog
+from t5vae import cli, data, evaluate, runlog
 
 
 def test_cli_train_writes_a_complete_run_directory(run):
@@ -50,7 +50,6 @@ def test_eval_and_info_commands(run, tmp_path, capsys):
     assert "2 interpolation pairs x 9 interior points (lerp, beam)" in capsys.readouterr().out
     results = json.loads((d / "eval.json").read_text())
     assert (results["interp_method"], results["interp_kind"]) == ("beam", "lerp")
-    assert (cli.KINDS, cli.METHODS) == (latent.INTERPOLATIONS, evaluate.DECODERS)  # the parser's copies
     assert cli.main(["info", str(d)]) == 0
     out = capsys.readouterr().out
     assert "parameters:" in out and "final params: True" in out
@@ -146,3 +145,15 @@ def test_eval_on_held_out_lines_leaves_the_training_lines_out(run, tmp_path):
     saved = json.loads(next(run["out"].glob("eval-*held.txt.json")).read_text())
     assert saved["n_lines"] == 12 and saved["n_len_0_40"] == 12 and "probe_accuracy" not in saved  # < 20 lines
     assert "Exact match by line length" in out and (run["out"] / "eval.md").read_text() != out
+
+
+def test_demo_without_its_extra_names_the_install(monkeypatch):
+    import sys
+
+    import t5vae
+
+    monkeypatch.setitem(sys.modules, "t5vae.demo", None)  # as if gradio (the demo extra) were missing
+    monkeypatch.delattr(t5vae, "demo", raising=False)
+    args = cli.parser().parse_args(["demo", "RUN"])
+    with pytest.raises(ValueError, match=r"needs the demo extra \(pip install -e '\.\[demo\]'\)"):
+        args.fn(args)

@@ -13,7 +13,7 @@ import pytest
 
 import t5vae as tv
 from conftest import require
-from t5vae import demo
+from t5vae import demo, text
 from t5vae.demo import backend, core, mapview
 
 
@@ -33,26 +33,14 @@ def test_check_int_names_the_bounds(value):
 def test_stated_bounds():
     assert core.STEPS_RANGE == (2, 32) and core.SAMPLES_RANGE == (1, 32)
     assert core.STEPS_RANGE[0] <= core.DEFAULT_STEPS <= core.STEPS_RANGE[1]
-    assert core.KINDS == ("slerp", "slerp_flat", "lerp")
+    assert core.INTERPOLATIONS == ("slerp", "slerp_flat", "lerp")
 
 
-def words(s):  # a stand-in tokenizer: one token per word, plus EOS
-    return len(s.split()) + 1
-
-
-@pytest.mark.parametrize("line", ["", "   ", "\t\n", None])
-def test_empty_line_message_says_empty(line):
-    with pytest.raises(core.InputError, match="line A is empty"):
-        core.check_line(line, "line A", words, 8, truncate=False)
-
-
-def test_too_long_line_offers_truncation_unless_asked_to_cut():
-    long = "a b c d e f g h"  # 8 words + EOS = 9 tokens
-    with pytest.raises(core.TooLong, match="line B is 9 tokens, longer than the model's max length of 8") as e:
-        core.check_line(long, "line B", words, 8, truncate=False)
-    assert "cut it to 8 tokens" in str(e.value)
-    assert core.check_line(long, "line B", words, 8, truncate=True) == long
-    assert core.check_line("a b c d e f g", "line B", words, 8, truncate=False) == "a b c d e f g"  # exactly 8
+def test_the_models_refusals_read_as_the_pages_errors():
+    assert str(core.empty_line("line A")) == "line A is empty: type a line of Python"
+    e = core.too_long("line B", 9, 8)
+    assert isinstance(e, core.TooLong) and isinstance(e, core.InputError)
+    assert str(e).startswith("line B is 9 tokens, longer than the model's max length of 8") and "cut it to 8" in str(e)
 
 
 # -- links -----------------------------------------------------------------------------------------
@@ -174,13 +162,6 @@ def test_spread_is_even_and_keeps_both_ends():
     assert len(backend.spread(lines, 10)) == 10
 
 
-def test_corpus_settings_from_train_config(tmp_path):
-    assert backend.corpus_settings(tmp_path) is None
-    tv.TrainConfig(corpus="lines.txt", validation_percent=5.0, min_chars=3).save_json(tmp_path / "train_config.json")
-    assert backend.corpus_settings(tmp_path) == {"corpus": "lines.txt", "validation_percent": 5.0, "min_chars": 3,
-                                                 "max_chars": tv.TrainConfig().max_chars}
-
-
 # -- the backend on a fake model ---------------------------------------------------------------------
 
 class FakeModel:
@@ -190,7 +171,7 @@ class FakeModel:
     def __init__(self, n_latent=2, size=3, max_length=8):
         self.cfg = SimpleNamespace(n_latent_tokens=n_latent, latent_size=size, max_length=max_length)
         self.tokenizer = SimpleNamespace(encode=lambda s: s.split() + ["</s>"])
-        self.path, self.active, self.most, self.calls = "fake-run", 0, 0, 0
+        self.run_dir, self.active, self.most, self.calls = "fake-run", 0, 0, 0
 
     def _call(self):
         self.calls += 1
@@ -213,7 +194,24 @@ class FakeModel:
             raise FileNotFoundError("the run names no corpus")
         return np.random.default_rng(seed).uniform(-0.9, 0.9, (n, self.cfg.n_latent_tokens, self.cfg.latent_size))
 
+    def _check(self, lines, names, truncate):
+        """The Model's line checks (t5vae.text): before any encoding, an empty line, then too many tokens."""
+        for s, n in zip(lines, names):
+            if not s.strip():
+                raise text.EmptyLine(f"{n} is empty", n)
+        long = [(n, len(self.tokenizer.encode(s))) for s, n in zip(lines, names)]
+        long = [(n, k) for n, k in long if k > self.cfg.max_length]
+        if long and not truncate:
+            raise text.TooLong("too long", long)
+
+    def path(self, a, b, steps, kind, truncate=False, method="greedy"):
+        self._check([a, b], "ab", truncate)
+        z = self.encode([a, b])
+        codes = np.asarray(tv.interpolate(z[0], z[1], steps, kind))
+        return SimpleNamespace(ratios=np.linspace(0, 1, steps), codes=codes, lines=self.decode(codes, method))
+
     def analogy(self, a, b, c, truncate=False, method="greedy"):
+        self._check([a, b, c], "abc", truncate)
         za, zb, zc = self.encode([a, b, c])
         return self.decode([np.clip(za + zb - zc, -0.999, 0.999)], method)[0]
 

@@ -9,30 +9,36 @@ from conftest import TEXT_LINES
 from t5vae import evaluate
 
 
-def test_padded_batches_cover_every_row_in_one_shape():
-    x = np.arange(20, dtype=np.float32).reshape(10, 2) + 1
-    got = list(evaluate.padded_batches(x, 4))
-    assert [(s, n) for s, _, n in got] == [(0, 4), (4, 4), (8, 2)]
-    assert all(b.shape == (4, 2) and b.dtype == x.dtype for _, b, _ in got)
-    np.testing.assert_array_equal(np.concatenate([b[:n] for _, b, n in got]), x)
-    np.testing.assert_array_equal(got[-1][1][2:], 0)  # the last batch is zero-padded
-    assert list(evaluate.padded_batches(x[:0], 4)) == []
-    assert [n for *_, n in evaluate.padded_batches(x, 16)] == [10]
-
-
-def test_decode_codes_in_fixed_batches_gives_the_models_decodings(text_model, text_cfg, text_tok):
+def test_decoding_in_fixed_batches_gives_the_models_decodings(text_model, text_cfg, text_tok):
     lines = TEXT_LINES[:5]
     z = text_model.encode(lines)
-    toks = evaluate.decode_codes(text_model.params, text_cfg, z, batch_size=4)  # batches of 4: 4 + 1 padded
+    toks = text_model.decode_ids(z, batch_size=4)  # batches of 4: 4 + 1 padded
     assert toks.shape == (5, text_cfg.max_length) and toks.dtype == np.int32
     assert [text_tok.decode(t) for t in toks] == text_model.decode(z)
+    beam2 = text_model.decode_ids(z, method="beam", num_beams=2, batch_size=4)
+    assert beam2.shape == toks.shape
     with pytest.raises(ValueError, match="method must be one of"):
-        evaluate.decode_codes(None, None, np.zeros((1, 2, 8), np.float32), 1, method="sampled")
+        evaluate.evaluate(text_model, lines, method="sampled")
 
 
 def test_interpolation_quality_needs_two_lines_and_a_pair():
-    assert evaluate.interpolation_quality(None, None, None, ["x = 1"], None, 5, 8, None) == {"interp_pairs": 0}
-    assert evaluate.interpolation_quality(None, None, None, ["x = 1", "y = 2"], None, 0, 8, None) == {"interp_pairs": 0}
+    rng = np.random.default_rng(0)
+    assert evaluate.interpolation_quality(None, ["x = 1"], None, 5, rng) == {"interp_pairs": 0}
+    assert evaluate.interpolation_quality(None, ["x = 1", "y = 2"], None, 0, rng) == {"interp_pairs": 0}
+
+
+def test_evaluation_decodes_through_the_model(text_model, monkeypatch):
+    """Every token evaluation reads comes from Model.decode_ids: the one decode path."""
+    calls = []
+    real = type(text_model).decode_ids
+
+    def spy(self, z, *args, **kwargs):
+        calls.append((len(z), kwargs.get("method", "greedy"), kwargs.get("num_beams")))
+        return real(self, z, *args, **kwargs)
+
+    monkeypatch.setattr(type(text_model), "decode_ids", spy)
+    r = evaluate.evaluate(text_model, TEXT_LINES[:6], pairs=2, steps=3, method="beam", num_beams=3, batch_size=8)
+    assert calls == [(6, "greedy", None), (6, "beam", 3)] and r["interp_method"] == "beam"
 
 
 def test_table_and_files(tmp_path):
@@ -81,4 +87,4 @@ def test_linear_probe_reads_a_kind_written_into_the_codes():
     assert got["probe_classes"] == 3 and got["probe_accuracy"] > 0.85 > 0.7 > got["probe_majority"]
     blind = evaluate.linear_probe(lines, noise)
     assert blind["probe_accuracy"] < 0.8  # noise carries no kind: near the majority baseline, not above the coded one
-    assert evaluate.statement_kind("return x") == "Return" and evaluate.statement_kind("x = (") == "unparsed"
+    assert evaluate.statement_kind("return x") == "Return" and evaluate.statement_kind("x = (") == "no parse"

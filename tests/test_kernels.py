@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 
 import t5vae as tv
-from t5vae import decoding, kernels, layers
+from t5vae import kernels, layers
 from t5vae.config import CPU_PATHS, FAST_PATHS
 
 
@@ -90,9 +90,8 @@ def test_mlp_2d_matches_plain_mlp_values_and_grads(gated, activation):
     r = jax.random.normal(jax.random.key(9), (B, L, D))  # a linear read-out: a well-conditioned loss
     for rate, key, dropout in ((0.0, None, layers.dropout), (0.3, k[4], layers.dropout),
                                (0.3, k[4], kernels.hash_dropout)):
-        drop = None if key is None else (lambda h, key=key, dropout=dropout: dropout(h, rate, key))
         fast = lambda p, x: jnp.sum(r * kernels.mlp_2d(p, x, activation, rate, key, dropout))  # noqa: E731
-        plain = lambda p, x: jnp.sum(r * layers.mlp(p, x, activation, drop))  # noqa: E731
+        plain = lambda p, x: jnp.sum(r * layers.mlp(p, x, activation, rate, key, dropout))  # noqa: E731
         (v1, g1), (v2, g2) = (jax.value_and_grad(f, argnums=(0, 1))(p, x) for f in (fast, plain))
         assert _rel(v1, v2) < 1e-5
         for a, c in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
@@ -208,28 +207,6 @@ def test_t5_logits_with_dpa_equal_the_einsum_path():
     dmask = jnp.arange(5)[None] < jnp.array([5, 5, 3])[:, None]
     a, b = (tv.t5.apply(params, cfg.replace(kernels=k), ids, mask, dec, dmask) for k in ("plain", "dpa"))
     assert _rel(a, b) < 1e-5
-
-
-# -- decoding on DecoderWeights ------------------------------------------------------------------------
-
-@pytest.mark.parametrize("name", ["tiny", "tiny-v1.1"])
-def test_layout_step_matches_the_plain_step(name):
-    """Three decode steps on DecoderWeights give the plain step's logits, cache by cache."""
-    cfg = tv.preset("tiny") if name == "tiny" else tv.preset("tiny", feed_forward_proj="gated-gelu",
-                                                              tie_word_embeddings=False)
-    params = tv.t5.init(cfg, jax.random.key(0))
-    enc = jax.random.normal(jax.random.key(1), (2, 5, cfg.d_model))
-    mask = jnp.asarray(np.array([[1] * 5, [1, 1, 1, 0, 0]], bool))[:, None, :]
-    w = kernels.decoder_weights(params, cfg)
-    fast = (kernels.layout_cross_kv(w, cfg, enc), kernels.layout_cache(cfg, 2, 4))
-    plain = (decoding._cross_kv(params, cfg, enc), decoding._cache(cfg, 2, 4))
-    tok = jnp.array([0, 0], jnp.int32)
-    for t in range(3):
-        lf, cache_f = kernels.layout_step(w, cfg, fast[0], tok, jnp.int32(t), fast[1], mask)
-        lp, cache_p = decoding._step(params, cfg, plain[0], tok, jnp.int32(t), plain[1], mask)
-        assert _rel(lf, lp) < 1e-5
-        fast, plain = (fast[0], cache_f), (plain[0], cache_p)
-        tok = layers.argmax(lp)
 
 
 # -- the whole model ----------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import t5vae as tv
-from t5vae import latent
+from t5vae import latent, rundir
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +144,7 @@ def test_fitted_gaussian_recovers_mean_and_covariance(cfg):
 def test_fitted_gaussian_file_is_written_atomically(tmp_path, monkeypatch):
     rng = np.random.default_rng(1)
     g = tv.FittedGaussian.fit(rng.uniform(-1, 1, (50, 3, 8)), fingerprint="f00d")
-    path = tmp_path / latent.AGGREGATE_FILE
+    path = tmp_path / rundir.AGGREGATE_FILE
     g.save(path)
     back = tv.FittedGaussian.load(path)
     np.testing.assert_array_equal(back.cov, g.cov)
@@ -158,7 +158,7 @@ def test_fitted_gaussian_file_is_written_atomically(tmp_path, monkeypatch):
     monkeypatch.setattr(np, "savez", broken)
     with pytest.raises(OSError, match="disk full"):
         tv.FittedGaussian.fit(rng.uniform(-1, 1, (50, 3, 8))).save(path)
-    assert path.read_bytes() == before and os.listdir(tmp_path) == [latent.AGGREGATE_FILE]
+    assert path.read_bytes() == before and os.listdir(tmp_path) == [rundir.AGGREGATE_FILE]
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="junk.npz is not an aggregate-posterior file"):
         tv.FittedGaussian.load(tmp_path / "junk.npz")

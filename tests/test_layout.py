@@ -88,11 +88,63 @@ def test_cycle_finder_finds_a_planted_cycle():
     assert find_cycle(g) is not None
 
 
-@pytest.mark.parametrize("leaf", ["t5vae.config", "t5vae.specs", "t5vae.corpus", "t5vae.augment"])
+@pytest.mark.parametrize("leaf", ["t5vae.files", "t5vae.names", "t5vae.specs", "t5vae.augment"])
 def test_leaf_modules_import_nothing_from_the_project(leaf):
     assert graph()[leaf] == set()
 
 
+def test_config_imports_only_the_atomic_write_helper():
+    assert graph()["t5vae.config"] == {"t5vae.files"}
+
+
+def test_corpus_imports_only_the_shared_names():
+    assert graph()["t5vae.corpus"] == {"t5vae.names"}
+
+
 def test_no_module_over_400_lines():
     long = {m: n for m, p in modules().items() if (n := len(p.read_text().splitlines())) > 400}
+    assert not long, long
+
+
+def reachable(g: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for t in g.get(todo.pop(), ()):
+            if t not in seen:
+                seen.add(t)
+                todo.append(t)
+    return seen
+
+
+def test_the_inference_layer_reaches_neither_training_nor_evaluation():
+    g = graph()
+    below = reachable(g, "t5vae.text")
+    assert {"t5vae.vae", "t5vae.data", "t5vae.rundir"} <= below  # the walk sees real edges
+    assert not below & {"t5vae.train", "t5vae.evaluate", "t5vae.runlog"}, below
+    assert "t5vae.text" in reachable(g, "t5vae.evaluate") and "t5vae.evaluate" in reachable(g, "t5vae.train")
+
+
+def test_the_demo_and_the_cli_decode_only_through_the_model():
+    g = graph()
+    for m in ("t5vae.cli", "t5vae.demo.backend", "t5vae.demo.core", "t5vae.demo.page"):
+        assert not g[m] & {"t5vae.decoding", "t5vae.batched", "t5vae.decoder_layout", "t5vae.latent"}, (m, g[m])
+
+
+def long_functions(pkg: str) -> list[str]:
+    long = []
+    for m, p in modules().items():
+        if m.split(".")[0] != pkg:
+            continue
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > 80:
+                    long.append(f"{m}.{node.name}: {n}")
+    return long
+
+
+@pytest.mark.parametrize("pkg", ["t5vae", "weights_convert", pytest.param("benchmarks", marks=pytest.mark.xfail(
+    strict=True, reason="benchmarks/__main__.py:main (114 lines) is split under its own issue"))])
+def test_no_function_over_80_lines(pkg):
+    long = long_functions(pkg)
     assert not long, long

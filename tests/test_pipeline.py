@@ -10,7 +10,7 @@ import pytest
 
 import t5vae as tv
 from conftest import TEXT_LINES, random_params, require
-from t5vae import checkpoint, data, train
+from t5vae import checkpoint, data, rundir, train
 
 grain = require("grain")
 from t5vae import pipeline  # noqa: E402  (imports grain)
@@ -145,8 +145,8 @@ def test_bad_input_is_named(tmp_path, corpus_file, tok):
         pipeline.record_text({"title": b"x"}, "text", "tfds:demo[train]")
     with pytest.raises(ValueError, match=r"batch of 400 is larger .*shard 1 of 2: 294 lines"):
         stream(corpus_file, tok, batch_size=400, sh=shard(1, 2))
-    with pytest.raises(ValueError, match="--pipeline memory"):
-        pipeline.open_source("py:optax")
+    with pytest.raises(ValueError, match="names no package"):
+        pipeline.open_source("py:")
     tc = tv.TrainConfig(corpus=str(corpus_file), pipeline="grain", batch_size=1000)
     with pytest.raises(ValueError, match="588 lines.*one batch of 1000"):
         pipeline.load_corpus(tc)
@@ -217,7 +217,7 @@ def test_fit_resumes_the_grain_stream_where_it_stopped(tmp_path, corpus_file, to
                             progress=False, rename_prob=0.0, max_minutes=None)
         out.mkdir(exist_ok=True)
         cfg.save_json(out / checkpoint.CONFIG_FILE)
-        tc.save_json(out / checkpoint.TRAIN_CONFIG_FILE)
+        tc.save_json(out / rundir.TRAIN_CONFIG_FILE)
         seen["batches"] = []
         train.fit(cfg, tc, out, None, params, log=lambda *a: None, tok=tok)
         return seen["batches"]
@@ -230,3 +230,30 @@ def test_fit_resumes_the_grain_stream_where_it_stopped(tmp_path, corpus_file, to
     for a, b in zip(whole, first + rest):
         np.testing.assert_array_equal(a, b)
     assert (tmp_path / "b" / "checkpoints" / "8" / checkpoint.DATA_ITEM).is_dir()
+
+
+# -- a run on an array_record corpus, end to end ------------------------------------------------------
+
+def test_a_grain_run_on_an_array_record_corpus_evaluates_interpolates_and_serves(tmp_path, corpus_file):
+    """Every reader of a run's corpus finds the lines of a streamed array_record run: eval, the aggregate
+    prior behind interpolate/sample, and the demo's map and neighbours; both pipelines read the spec alike."""
+    from conftest import TINY_FLAGS, run_cli
+
+    spec = f"array_record:{corpus_file}"
+    memory, streamed = data.load_corpus(spec), pipeline.load_corpus(tv.TrainConfig(corpus=spec, pipeline="grain"))[0]
+    assert memory.validation == streamed.validation and set(streamed.train) <= set(memory.train)
+    assert len(memory.train) + len(memory.validation) == len(LINES)
+    out = tmp_path / "run"
+    rc, stdout, err = run_cli(["train", "--out", str(out), "--corpus", spec, "--pipeline", "grain", "--steps", "4",
+                               "--checkpoint-every", "2", "--rename-prob", "0", *TINY_FLAGS])
+    assert rc == 0, err
+    assert rundir.corpus(out).validation == memory.validation
+    rc, stdout, err = run_cli(["eval", str(out), "--pairs", "2"])
+    assert rc == 0 and f"Validation: {len(memory.validation)} lines" in stdout, err
+    rc, stdout, err = run_cli(["interpolate", str(out), "v1 = f", "v2", "--steps", "3"])
+    assert rc == 0 and "0.500" in stdout, err
+    rc, stdout, err = run_cli(["sample", str(out), "-n", "2"])  # the aggregate prior: fitted to the run's lines
+    assert rc == 0 and (out / rundir.AGGREGATE_FILE).is_file(), err
+    demo = pytest.importorskip("t5vae.demo.backend")
+    b = demo.Backend.from_run(out, map_lines=20, pool_lines=50)
+    assert b.map_lines and set(b.map_lines) <= set(memory.validation) and set(b.pool_lines) <= set(memory.train)

@@ -15,6 +15,7 @@ import pytest
 
 from conftest import TINY_FLAGS, run_cli
 from t5vae import checkpoint, cli, data, rundir
+from t5vae.config import TrainConfig
 
 HOLD = """import sys, time
 from pathlib import Path
@@ -117,7 +118,7 @@ def test_a_config_mismatch_is_not_taken_for_damage(run, tmp_path):
     from t5vae.config import Config, TrainConfig
 
     cfg = Config.load_json(run["out"] / checkpoint.CONFIG_FILE)
-    tc = TrainConfig.load_json(run["out"] / checkpoint.TRAIN_CONFIG_FILE).replace(optimizer="adafactor")
+    tc = TrainConfig.load_json(run["out"] / rundir.TRAIN_CONFIG_FILE).replace(optimizer="adafactor")
     other = jax.eval_shape(lambda: train.init_state(cfg, tc, vae.init(cfg, jax.random.key(0))))
     mngr = checkpoint.checkpoint_manager(run["out"])
     try:
@@ -249,3 +250,18 @@ def test_killed_before_the_first_checkpoint_then_a_different_corpus(run, tmp_pat
     killed = data.Tokenizer.load(run["out"] / checkpoint.TOKENIZER_FILE)  # what the killed run had trained
     new = data.Tokenizer.load(out / checkpoint.TOKENIZER_FILE)
     assert new.vocab_size == data.train_tokenizer(other.read_text().splitlines(), 300).vocab_size != killed.vocab_size
+
+
+def test_the_runs_corpus_is_read_with_the_runs_settings(tmp_path):
+    """Every reader of a run's corpus (eval, the aggregate prior, the demo) gets the run's spec and settings,
+    or another spec read with them."""
+    with pytest.raises(FileNotFoundError, match="train_config.json is missing"):
+        rundir.corpus(tmp_path)
+    lines = [f"name_{i} = value_{i}" + "x" * (i % 30) for i in range(200)]
+    (tmp_path / "a.txt").write_text("\n".join(lines) + "\n")
+    (tmp_path / "b.txt").write_text("\n".join(lines[:50]) + "\n")
+    TrainConfig(corpus=str(tmp_path / "a.txt"), validation_percent=20.0).save_json(tmp_path / "train_config.json")
+    got = rundir.corpus(tmp_path)
+    assert sorted(got.train + got.validation) == sorted(lines) and 20 <= len(got.validation) <= 60
+    other = rundir.corpus(tmp_path, str(tmp_path / "b.txt"))
+    assert sorted(other.train + other.validation) == sorted(lines[:50]) and other.source == str(tmp_path / "b.txt")

@@ -9,7 +9,7 @@ import pytest
 
 import t5vae as tv
 from conftest import TEXT_LINES as LINES
-from t5vae import checkpoint, data, evaluate, latent
+from t5vae import checkpoint, data, latent, rundir
 
 
 # the shared text-level model and its run directory (conftest), under this file's short names
@@ -114,13 +114,13 @@ def test_analogy_decodes_the_arithmetic(m):
 
 
 def test_aggregate_posterior_is_fitted_lazily_stored_and_refreshed(run_dir, monkeypatch):
-    file = run_dir / latent.AGGREGATE_FILE
+    file = run_dir / rundir.AGGREGATE_FILE
     mm = tv.load(run_dir)
     assert not file.exists()
     g = mm.aggregate_posterior()
     assert file.is_file() and g.n_codes == len(data.load_corpus(str(run_dir.parent / "corpus.txt")).train)
     train = data.load_corpus(str(run_dir.parent / "corpus.txt")).train
-    codes = evaluate.encode_lines(mm.params, mm.cfg, data.encode_lines(mm.tokenizer, train, 24), 128)
+    codes = mm.codes(data.encode_lines(mm.tokenizer, train, 24))
     np.testing.assert_allclose(g.mean, codes.reshape(len(codes), -1).mean(0), atol=1e-5)
     texts = mm.sample(3, seed=5)  # the default prior
     assert texts == mm.decode(g.sample(3, 5)) and latent.DEFAULT_PRIOR == "aggregate"
@@ -160,7 +160,7 @@ def test_aggregate_in_a_read_only_run_is_kept_in_memory(m, cfg, tok, tmp_path, m
     ro = tv.Model(cfg, m.params, tok, str(tmp_path))
     with pytest.warns(UserWarning, match="could not write .*aggregate_posterior.npz.*in memory only"):
         g = ro.aggregate_posterior()
-    assert not (tmp_path / latent.AGGREGATE_FILE).exists()
+    assert not (tmp_path / rundir.AGGREGATE_FILE).exists()
     assert ro.aggregate_posterior() is g  # no second fit, no second warning
 
 
@@ -189,7 +189,7 @@ def test_load_falls_back_to_the_newest_checkpoint(run, tmp_path):
     shutil.copytree(run["out"], d)
     shutil.rmtree(d / checkpoint.PARAMS_DIR)
     m = tv.load(d)
-    assert m.path == str(d) and m.cfg == final.cfg
+    assert m.run_dir == str(d) and m.cfg == final.cfg
     jax.tree.map(np.testing.assert_array_equal, m.params, final.params)  # step 6: the final params
     shutil.rmtree(d / checkpoint.CHECKPOINTS_DIR)
     with pytest.raises(FileNotFoundError, match="neither final params nor a checkpoint"):

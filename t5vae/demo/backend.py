@@ -4,7 +4,6 @@ and two JAX calls at once only share the same two cores)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import threading
 import warnings
 from pathlib import Path
@@ -12,12 +11,11 @@ from pathlib import Path
 import numpy as np
 
 import t5vae as tv
-from t5vae import data
+from t5vae import rundir, text
 from t5vae.demo import core, mapview
 from t5vae.demo.core import InputError
 
 EXAMPLE_A, EXAMPLE_B = "total = price * quantity", "return sorted(items)"
-TRAIN_CONFIG = "train_config.json"
 
 
 @dataclasses.dataclass
@@ -32,20 +30,9 @@ class Interpolation:
     xy: np.ndarray | None
 
 
-def corpus_settings(run_dir) -> dict | None:
-    """The corpus a run was trained on: {"corpus", "validation_percent", "min_chars", "max_chars"} from its
-    train_config.json, or None when the run has none (an export)."""
-    file = Path(run_dir) / TRAIN_CONFIG
-    if not file.is_file():
-        return None
-    try:
-        tc = tv.TrainConfig.load_json(file)
-        got = {k: getattr(tc, k) for k in ("corpus", "validation_percent", "min_chars", "max_chars")}
-    except (AttributeError, TypeError, ValueError):
-        raw = json.loads(file.read_text())
-        got = {"corpus": raw.get("corpus"), "validation_percent": raw.get("validation_percent", 2.0),
-               "min_chars": raw.get("min_chars", 10), "max_chars": raw.get("max_chars", 40)}
-    return got
+def _text(line) -> str:
+    """A line from the page or a link: None (a cleared box) is an empty line."""
+    return "" if line is None else str(line)
 
 
 def spread(lines: list[str], cap: int | None) -> list[str]:
@@ -78,14 +65,13 @@ class Backend:
         """Load a run; the map shows (up to ``map_lines`` of) its validation lines and the neighbours come from
         (up to ``pool_lines`` of) its training lines, from the corpus in train_config.json or ``corpus``."""
         model = tv.load(run_dir)
-        settings = corpus_settings(run_dir) or {"validation_percent": 2.0, "min_chars": 10, "max_chars": 40}
-        if corpus is not None:
-            settings["corpus"] = corpus
-        if "corpus" not in settings:
-            return cls(model, note=f"{run_dir} has no {TRAIN_CONFIG} naming its corpus (pass --corpus): no map, "
-                                   f"no nearest lines")
-        lines = data.load_corpus(settings["corpus"], settings["validation_percent"], settings["min_chars"],
-                                 settings["max_chars"])
+        if (Path(run_dir) / rundir.TRAIN_CONFIG_FILE).is_file():
+            lines = rundir.corpus(run_dir, corpus)
+        elif corpus is not None:  # an export: the corpus read with the default settings
+            lines = rundir.training_corpus(tv.TrainConfig(corpus=corpus))[0]
+        else:
+            return cls(model, note=f"{run_dir} has no {rundir.TRAIN_CONFIG_FILE} naming its corpus (pass --corpus): "
+                                   f"no map, no nearest lines")
         return cls(model, spread(list(lines.validation), map_lines), spread(list(lines.train), pool_lines))
 
     # -- requests --------------------------------------------------------------------------------
@@ -93,8 +79,18 @@ class Backend:
     def n_tokens(self, line: str) -> int:
         return len(self.model.tokenizer.encode(line))
 
-    def check_line(self, line, name: str, truncate: bool) -> str:
-        return core.check_line(line, name, self.n_tokens, self.model.cfg.max_length, truncate)
+    def _lines(self, labels: dict[str, str], run):
+        """``run()`` under the lock; the Model's refusal of a line (checked before anything is encoded) becomes
+        the page's error naming the line by its label."""
+        with self.lock, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the truncation warning: the page asked for the cut
+            try:
+                return run()
+            except text.EmptyLine as e:
+                raise core.empty_line(labels[e.name]) from None
+            except text.TooLong as e:
+                name, n = e.too_long[0]
+                raise core.too_long(labels[name], n, self.model.cfg.max_length) from None
 
     def _encode(self, lines: list[str], truncate: bool = True) -> np.ndarray:
         with self.lock, warnings.catch_warnings():
@@ -105,17 +101,14 @@ class Backend:
                     truncate: bool = False) -> Interpolation:
         """The decoded path from a to b, ``steps`` points with both ends; InputError names a bad argument."""
         steps = core.check_int(steps, "steps", core.STEPS_RANGE)
-        kind = core.check_choice(kind, "kind", core.KINDS)
+        kind = core.check_choice(kind, "kind", core.INTERPOLATIONS)
         decoder = core.check_choice(decoder, "decoder", core.DECODERS)
-        a, b = self.check_line(a, "line A", truncate), self.check_line(b, "line B", truncate)
-        with self.lock, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            z = self.model.encode([a, b], truncate=truncate)
-            path = np.asarray(tv.interpolate(z[0], z[1], steps, kind))  # [steps, N, Z]
-            lines = self.model.decode(path, method=decoder)
-        codes = core.flat(path)
-        return Interpolation(core.Link(a, b, steps, kind, decoder), np.linspace(0, 1, steps).tolist(), lines,
-                     [core.parses(s) for s in lines], codes, self.pca.project(codes) if self.pca else None)
+        a, b = _text(a), _text(b)
+        path = self._lines({"a": "line A", "b": "line B"},
+                           lambda: self.model.path(a, b, steps, kind, truncate=truncate, method=decoder))
+        codes = core.flat(path.codes)
+        return Interpolation(core.Link(a, b, steps, kind, decoder), np.asarray(path.ratios).tolist(), path.lines,
+                             [core.parses(s) for s in path.lines], codes, self.pca.project(codes) if self.pca else None)
 
     def sample(self, prior="aggregate", n=core.DEFAULT_SAMPLES, seed=0, decoder="greedy") -> list[str]:
         """``n`` lines decoded from codes drawn from ``prior``."""
@@ -133,10 +126,9 @@ class Backend:
     def analogy(self, a, b, c, decoder="greedy", truncate: bool = False) -> str:
         """The line decoded at code(a) + (code(b) - code(c))."""
         decoder = core.check_choice(decoder, "decoder", core.DECODERS)
-        a, b, c = (self.check_line(s, f"line {n}", truncate) for s, n in ((a, "a"), (b, "b"), (c, "c")))
-        with self.lock, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return self.model.analogy(a, b, c, truncate=truncate, method=decoder)
+        a, b, c = _text(a), _text(b), _text(c)
+        return self._lines({n: f"line {n}" for n in "abc"},
+                           lambda: self.model.analogy(a, b, c, truncate=truncate, method=decoder))
 
     def nearest(self, code, k: int = core.NEAREST_K) -> list[tuple[str, float]]:
         """The ``k`` pool lines whose codes are closest to ``code`` [N * Z], with their distances."""

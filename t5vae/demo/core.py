@@ -3,17 +3,15 @@ shareable links ``?a=<line>&b=<line>&steps=<n>``, parse marks and statement kind
 nearest neighbours in code space (numpy on flattened codes [n, N * Z])."""
 from __future__ import annotations
 
-import ast
 import dataclasses
 import math
-import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from urllib.parse import quote, urlencode
 
 import numpy as np
 
-KINDS = ("slerp", "slerp_flat", "lerp")  # t5vae.latent.INTERPOLATIONS
-DECODERS = ("greedy", "beam")
+from t5vae.names import DECODERS, INTERPOLATIONS, parses, statement_kind  # noqa: F401  (the page's names)
+
 STEPS_RANGE = (2, 32)  # points on a path, both endpoints included: decoded in one batch of at most 32
 SAMPLES_RANGE = (1, 32)  # samples per request
 DEFAULT_STEPS, DEFAULT_SAMPLES = 9, 8
@@ -51,15 +49,16 @@ def check_choice(value, name: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-def check_line(line, name: str, n_tokens: Callable[[str], int], max_length: int, truncate: bool) -> str:
-    """``line`` if it can be encoded: not empty, and at most ``max_length`` tokens (EOS included) unless
-    ``truncate`` (the model then cuts it). ``n_tokens`` counts a line's tokens with EOS."""
-    if not isinstance(line, str) or not line.strip():
-        raise InputError(f"{name} is empty: type a line of Python")
-    if not truncate and (n := n_tokens(line)) > max_length:
-        raise TooLong(f"{name} is {n} tokens, longer than the model's max length of {max_length} tokens (end of "
-                      f"line included): shorten it, or cut it to {max_length} tokens")
-    return line
+def empty_line(label: str) -> InputError:
+    """The page's error for an empty line (the Model refuses it: t5vae.text.EmptyLine)."""
+    return InputError(f"{label} is empty: type a line of Python")
+
+
+def too_long(label: str, n_tokens: int, max_length: int) -> TooLong:
+    """The page's error for a line of ``n_tokens`` tokens (EOS included) past ``max_length`` (the Model refuses
+    it unless asked to cut it: t5vae.text.TooLong); the page then offers to cut it."""
+    return TooLong(f"{label} is {n_tokens} tokens, longer than the model's max length of {max_length} tokens (end "
+                   f"of line included): shorten it, or cut it to {max_length} tokens")
 
 
 # -- shareable links ------------------------------------------------------------------------------
@@ -84,7 +83,7 @@ def parse_link(query: Mapping[str, str]) -> Link | None:
     if a is None or b is None:
         raise InputError(f"the link names only line {'a' if a is not None else 'b'}: a link needs both a= and b=")
     steps = check_int(query.get("steps", DEFAULT_STEPS), "steps", STEPS_RANGE)
-    kind = check_choice(query.get("kind", "slerp"), "kind", KINDS)
+    kind = check_choice(query.get("kind", "slerp"), "kind", INTERPOLATIONS)
     decoder = check_choice(query.get("decoder", "greedy"), "decoder", DECODERS)
     return Link(a, b, steps, kind, decoder)
 
@@ -97,31 +96,6 @@ def link_query(link: Link) -> str:
     if link.decoder != "greedy":
         fields["decoder"] = link.decoder
     return "?" + urlencode(fields, quote_via=quote, safe="")
-
-
-# -- lines ----------------------------------------------------------------------------------------
-
-def _parse(line: str) -> ast.Module | None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # SyntaxWarning etc. for odd but valid source
-        try:
-            return ast.parse(line)
-        except (SyntaxError, ValueError):
-            return None
-
-
-def parses(line: str) -> bool:
-    """Whether ``line`` parses with ``ast.parse``."""
-    return _parse(line) is not None
-
-
-def statement_kind(line: str) -> str:
-    """The class name of the line's first statement (``Assign``, ``Return``, ``Expr``...), ``"no parse"`` or
-    ``"empty"``."""
-    tree = _parse(line)
-    if tree is None:
-        return "no parse"
-    return type(tree.body[0]).__name__ if tree.body else "empty"
 
 
 # -- the map and neighbours in code space ------------------------------------------------------------

@@ -137,7 +137,7 @@ def build(backend: Backend) -> gr.Blocks:
     h, cfg = Handlers(backend), backend.model.cfg
     (slo, shi), (nlo, nhi) = core.STEPS_RANGE, core.SAMPLES_RANGE
     with gr.Blocks(title="t5vae: paths between lines of Python", analytics_enabled=False) as page:
-        gr.Markdown(f"## t5vae: the latent space of a T5-VAE\n`{backend.model.path}`: {cfg.n_latent_tokens} latent "
+        gr.Markdown(f"## t5vae: the latent space of a T5-VAE\n`{backend.model.run_dir}`: {cfg.n_latent_tokens} latent "
                     f"tokens x {cfg.latent_size}, lines up to {cfg.max_length} tokens. Type two lines of Python and "
                     f"decode the path between their codes ({slo} to {shi} points, both ends included).")
         with gr.Row():
@@ -145,7 +145,7 @@ def build(backend: Backend) -> gr.Blocks:
             b = gr.Textbox(label="Line B", elem_id="line-b", placeholder="return [a, b]")
         with gr.Row():
             steps = gr.Slider(slo, shi, value=core.DEFAULT_STEPS, step=1, label="Steps", elem_id="steps")
-            kind = gr.Radio(list(core.KINDS), value="slerp", label="Kind", elem_id="kind")
+            kind = gr.Radio(list(core.INTERPOLATIONS), value="slerp", label="Kind", elem_id="kind")
             decoder = gr.Radio(list(core.DECODERS), value="greedy", label="Decoder", elem_id="decoder")
             truncate = gr.Checkbox(False, label=f"Cut lines longer than {cfg.max_length} tokens", elem_id="truncate")
         go = gr.Button("Interpolate", variant="primary", elem_id="interpolate")

@@ -1,0 +1,46 @@
+"""The vocabulary the library, the command line and the demo share, in one jax-free place: the ways to
+interpolate, decode and sample, the kinds of corpus spec, and the parse check and statement kind of a line.
+Imports nothing from t5vae (the CLI builds its parser, and the demo its page, from these without jax)."""
+
+from __future__ import annotations
+
+import ast
+import warnings
+
+INTERPOLATIONS = ("slerp", "slerp_flat", "lerp")  # per latent token, over the whole code, linear
+DEFAULT_INTERPOLATION = "slerp"
+METHODS = ("greedy", "sample", "beam")  # every way vae.generate decodes
+DECODERS = ("greedy", "beam")  # the deterministic ones: what paths, evaluation and the demo offer
+DEFAULT_BEAMS = 4
+PRIORS = ("gaussian", "tanh", "aggregate")
+DEFAULT_PRIOR = "aggregate"
+# How a corpus spec is read (t5vae.corpus.parse_spec): the embedded standard-library corpus, the statements
+# of another Python tree (py:), a TFDS dataset (tfds:), array_record files of UTF-8 lines, text files.
+CORPUS_KINDS = ("stdlib", "py", "tfds", "array_record", "text")
+NO_PARSE, EMPTY = "no parse", "empty"  # statement_kind of a line that does not parse / holds no statement
+
+
+def parse_quietly(s: str) -> ast.Module | None:
+    """``ast.parse(s)``, or None if ``s`` does not parse. Python's warnings for odd but valid source
+    (``1if x else y``, ``"\\d"``) are not printed: generated text is full of them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return ast.parse(s)
+        except (SyntaxError, ValueError):
+            return None
+
+
+def parses(line: str) -> bool:
+    """Whether ``line`` parses with ``ast.parse``."""
+    return parse_quietly(line) is not None
+
+
+def statement_kind(line: str) -> str:
+    """The class name of the line's first statement (``Assign``, ``Return``, ``Expr``...), :data:`NO_PARSE`
+    or :data:`EMPTY` (a comment or blank)."""
+    tree = parse_quietly(line)
+    if tree is None:
+        return NO_PARSE
+    return type(tree.body[0]).__name__ if tree.body else EMPTY
+
