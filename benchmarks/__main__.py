@@ -131,13 +131,8 @@ WORKLOADS = ("forward", "train", "compile", "generate", "memory")
 SUITES = ("default", "accelerator")
 
 
-def main(argv=None) -> int:
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--suite", choices=SUITES, default="default")
-    suite, rest = pre.parse_known_args(argv)
-    if suite.suite == "accelerator":
-        from benchmarks import accelerator
-        return accelerator.main(rest)
+def default_parser() -> argparse.ArgumentParser:
+    """The t5-small suite's command line."""
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     ap.add_argument("--suite", choices=SUITES, default="default",
                     help="default: t5-small 8 x 64 (this parser); accelerator: t5-base at users' shapes, f32 and "
@@ -148,6 +143,71 @@ def main(argv=None) -> int:
     ap.add_argument("--only", help=f"comma-separated subset of {','.join(WORKLOADS)} (default: all)")
     ap.add_argument("--kernels", default="auto", help=f"T5Config.kernels for our side: {', '.join(KERNELS)} or "
                                                       f"fast paths joined by '+' (default auto)")
+    return ap
+
+
+def _speed(t: dict, k: str = "reference_jit", o: str = "ours") -> float:
+    return t[k]["median_s"] / t[o]["median_s"]
+
+
+def measure(only: tuple, res: dict, phase, c: dict) -> None:
+    """Run the workloads in ``only`` into ``res``, each inside ``phase`` (which logs, times and saves);
+    ``c`` holds the models, params, batch and the machine's ceilings."""
+    model, ref_params, params, cfg, batch = c["model"], c["ref_params"], c["params"], c["cfg"], c["batch"]
+    repeats, NEW, (B, L) = c["repeats"], c["new"], batch["input_ids"].shape
+    tokens, speed, f32, bw = B * L, _speed, c["f32"], c["bw"]
+    if "forward" in only:
+        with phase("forward", "forward"):
+            fwd, fwd_diff = bench_forward(model, ref_params, params, cfg, batch, repeats)
+            res.update(forward_speedup=speed(fwd), forward_speedup_vs_plain=speed(fwd, "reference_plain"),
+                       forward_max_abs_diff=fwd_diff)
+            res["timings"]["forward"] = fwd
+    if "train" in only:
+        with phase("train", "train step"):
+            train, train_loss_diff = bench_train(model, ref_params, params, cfg, batch, repeats)
+            train_flops = 3 * harness.t5_forward_flops(cfg, B, L, L)
+            res.update(train_step_speedup=speed(train), train_loss_abs_diff_no_dropout=train_loss_diff,
+                       train_step_speedup_vs_reference_without_dropout=speed(train, "reference_jit_no_dropout"),
+                       train_tokens_per_s={k: tokens / v["median_s"] for k, v in train.items()},
+                       train_mfu=train_flops / train["ours"]["median_s"] / f32,
+                       train_mfu_reference=train_flops / train["reference_jit"]["median_s"] / f32)
+            res["timings"]["train"] = train
+    if "compile" in only:
+        with phase("compile", "train-step compile"):
+            train_compile = bench_compile(model, cfg, batch, 1 if c["quick"] else 3)
+            res.update(train_compile_s={k: v["median_s"] for k, v in train_compile.items()},
+                       train_compile_time_ratio=train_compile["ours"]["median_s"]
+                       / train_compile["reference_jit"]["median_s"],
+                       train_compile_s_by_depth=None if c["quick"] else bench_depth_compile(cfg, batch))
+            res["timings"]["train_compile"] = train_compile
+    if "generate" in only:
+        with phase("generate", "generate"):
+            gen, gen_same = bench_generate(model, ref_params, params, cfg, batch, NEW, repeats)
+            dec_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params["decoder"]["layers"]))
+            dec_bytes += params["shared"]["embedding"].size * 4  # the output projection reads the (tied) embedding
+            bound_s = dec_bytes / bw
+            res.update(generate_speedup=speed(gen), generate_speedup_params=speed(gen, "reference_jit", "ours_params"),
+                       generate_speedup_bf16=speed(gen, "reference_jit", "ours_bf16"),
+                       generate_speedup_vs_plain=speed(gen, "reference_plain"), generate_same_tokens=gen_same,
+                       generate_ms_per_token={k: 1e3 * v["median_s"] / NEW for k, v in gen.items()},
+                       decode_weight_read_bound_ms_per_token=1e3 * bound_s,
+                       generate_latency_over_bound=gen["ours"]["median_s"] / NEW / bound_s)
+            res["timings"]["generate"] = gen
+    if "memory" in only:
+        with phase("memory", "peak memory (separate processes)"):
+            mem = {impl: memory(impl, 3) for impl in ("ours", "reference")}
+            res.update(peak_memory=mem,
+                       train_peak_memory_ratio=mem["ours"]["training_mb"] / mem["reference"]["training_mb"])
+
+
+def main(argv=None) -> int:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--suite", choices=SUITES, default="default")
+    suite, rest = pre.parse_known_args(argv)
+    if suite.suite == "accelerator":
+        from benchmarks import accelerator
+        return accelerator.main(rest)
+    ap = default_parser()
     args = ap.parse_args(argv)
     only = WORKLOADS if not args.only else tuple(w.strip() for w in args.only.split(","))
     unknown = sorted(set(only) - set(WORKLOADS))
@@ -170,8 +230,6 @@ def main(argv=None) -> int:
 
     model, ref_params, params = reference.make_reference(cfg)
     batch = harness.random_batch(cfg.vocab_size, B, L)
-    tokens = B * L
-    speed = lambda t, k="reference_jit", o="ours": t[k]["median_s"] / t[o]["median_s"]  # noqa: E731
     res = {
         **mach, "date": datetime.date.today().isoformat(),
         "kernels": args.kernels, "fast_paths": sorted(kernels.enabled(args.kernels)), "repeats": repeats, "quick": args.quick,
@@ -198,48 +256,8 @@ def main(argv=None) -> int:
         log(f"{what}: {res['phase_s'][name]:.0f} s")
         save()
 
-    if "forward" in only:
-        with phase("forward", "forward"):
-            fwd, fwd_diff = bench_forward(model, ref_params, params, cfg, batch, repeats)
-            res.update(forward_speedup=speed(fwd), forward_speedup_vs_plain=speed(fwd, "reference_plain"),
-                       forward_max_abs_diff=fwd_diff)
-            res["timings"]["forward"] = fwd
-    if "train" in only:
-        with phase("train", "train step"):
-            train, train_loss_diff = bench_train(model, ref_params, params, cfg, batch, repeats)
-            train_flops = 3 * harness.t5_forward_flops(cfg, B, L, L)
-            res.update(train_step_speedup=speed(train), train_loss_abs_diff_no_dropout=train_loss_diff,
-                       train_step_speedup_vs_reference_without_dropout=speed(train, "reference_jit_no_dropout"),
-                       train_tokens_per_s={k: tokens / v["median_s"] for k, v in train.items()},
-                       train_mfu=train_flops / train["ours"]["median_s"] / f32,
-                       train_mfu_reference=train_flops / train["reference_jit"]["median_s"] / f32)
-            res["timings"]["train"] = train
-    if "compile" in only:
-        with phase("compile", "train-step compile"):
-            train_compile = bench_compile(model, cfg, batch, 1 if args.quick else 3)
-            res.update(train_compile_s={k: v["median_s"] for k, v in train_compile.items()},
-                       train_compile_time_ratio=train_compile["ours"]["median_s"]
-                       / train_compile["reference_jit"]["median_s"],
-                       train_compile_s_by_depth=None if args.quick else bench_depth_compile(cfg, batch))
-            res["timings"]["train_compile"] = train_compile
-    if "generate" in only:
-        with phase("generate", "generate"):
-            gen, gen_same = bench_generate(model, ref_params, params, cfg, batch, NEW, repeats)
-            dec_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params["decoder"]["layers"]))
-            dec_bytes += params["shared"]["embedding"].size * 4  # the output projection reads the (tied) embedding
-            bound_s = dec_bytes / bw
-            res.update(generate_speedup=speed(gen), generate_speedup_params=speed(gen, "reference_jit", "ours_params"),
-                       generate_speedup_bf16=speed(gen, "reference_jit", "ours_bf16"),
-                       generate_speedup_vs_plain=speed(gen, "reference_plain"), generate_same_tokens=gen_same,
-                       generate_ms_per_token={k: 1e3 * v["median_s"] / NEW for k, v in gen.items()},
-                       decode_weight_read_bound_ms_per_token=1e3 * bound_s,
-                       generate_latency_over_bound=gen["ours"]["median_s"] / NEW / bound_s)
-            res["timings"]["generate"] = gen
-    if "memory" in only:
-        with phase("memory", "peak memory (separate processes)"):
-            mem = {impl: memory(impl, 3) for impl in ("ours", "reference")}
-            res.update(peak_memory=mem,
-                       train_peak_memory_ratio=mem["ours"]["training_mb"] / mem["reference"]["training_mb"])
+    measure(only, res, phase, dict(model=model, ref_params=ref_params, params=params, cfg=cfg, batch=batch,
+                                   repeats=repeats, quick=args.quick, f32=f32, bw=bw, new=NEW))
     res["complete"] = True
     save()
     print_table(res)

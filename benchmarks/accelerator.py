@@ -238,7 +238,8 @@ def record(res: dict, name: str, out: dict, bf16_ceiling: float) -> None:
     res["timings"][name] = out["timings"]
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The accelerator suite's command line."""
     ap = argparse.ArgumentParser(prog="python -m benchmarks --suite accelerator", description=__doc__.splitlines()[0])
     ap.add_argument("--json", help="write the results here (default benchmarks/results/<device>-<date>-accelerator"
                                    "[-tiny].json)")
@@ -258,6 +259,35 @@ def main(argv=None) -> int:
                                                      "workloads it finished, run the others")
     ap.add_argument("--profile", metavar="DIR", help="trace one step of each side of every training workload "
                                                       "into DIR (jax.profiler) and put a summary in the JSON")
+    return ap
+
+
+def run_workloads(only, res: dict, ctx: dict, shapes: dict, deadline_minutes: float, t_start: float, save) -> None:
+    """Each workload in turn into ``res`` (saved after each); a failure is kept under ``errors``, and past the
+    deadline a workload is skipped."""
+    for name in only:
+        if time.perf_counter() - t_start > 60 * deadline_minutes:
+            res["skipped"].append(name)
+            log(f"{name}: skipped (past --deadline-minutes {deadline_minutes})")
+            continue
+        kind, d = name.rsplit("_", 1)
+        t0 = time.perf_counter()
+        log(f"{name} {shapes[kind]} ...")
+        ctx["name"] = name
+        try:
+            record(res, name, KINDS[kind](ctx, DTYPES[d], shapes[kind]), res["matmul_flops_bf16"])
+        except Exception as e:  # e.g. out of memory: keep it in the JSON and measure the other workloads
+            res["errors"][name] = f"{type(e).__name__}: {e}"[:2000]
+            log(f"{name}: failed: {res['errors'][name][:300]}")
+        res["phase_s"][name] = time.perf_counter() - t0
+        if name not in res["errors"]:
+            log(f"{name}: {res[f'{name}_speedup']:.2f}x the reference, MFU {res[f'{name}_mfu']:.1%} "
+                f"({res['phase_s'][name]:.0f} s)")
+        save()
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     only = WORKLOADS if not args.only else tuple(w.strip() for w in args.only.split(","))
     unknown = sorted(set(only) - set(WORKLOADS))
@@ -308,25 +338,7 @@ def main(argv=None) -> int:
            "profile": Path(args.profile) if args.profile else None}
     res["phase_s"]["setup"] = time.perf_counter() - t_start
     save()
-    for name in only:
-        if time.perf_counter() - t_start > 60 * args.deadline_minutes:
-            res["skipped"].append(name)
-            log(f"{name}: skipped (past --deadline-minutes {args.deadline_minutes})")
-            continue
-        kind, d = name.rsplit("_", 1)
-        t0 = time.perf_counter()
-        log(f"{name} {shapes[kind]} ...")
-        ctx["name"] = name
-        try:
-            record(res, name, KINDS[kind](ctx, DTYPES[d], shapes[kind]), mach["matmul_flops_bf16"])
-        except Exception as e:  # e.g. out of memory: keep it in the JSON and measure the other workloads
-            res["errors"][name] = f"{type(e).__name__}: {e}"[:2000]
-            log(f"{name}: failed: {res['errors'][name][:300]}")
-        res["phase_s"][name] = time.perf_counter() - t0
-        if name not in res["errors"]:
-            log(f"{name}: {res[f'{name}_speedup']:.2f}x the reference, MFU {res[f'{name}_mfu']:.1%} "
-                f"({res['phase_s'][name]:.0f} s)")
-        save()
+    run_workloads(only, res, ctx, shapes, args.deadline_minutes, t_start, save)
     res["complete"] = not res["skipped"] and not res["errors"] and all(f"{w}_speedup" in res for w in WORKLOADS)
     if "runs" in res:
         res["runs"].append({"date": res["date"], "commit": res["commit"], "wall_s": time.perf_counter() - t_start,

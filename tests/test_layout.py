@@ -143,8 +143,7 @@ def long_functions(pkg: str) -> list[str]:
     return long
 
 
-@pytest.mark.parametrize("pkg", ["t5vae", "weights_convert", pytest.param("benchmarks", marks=pytest.mark.xfail(
-    strict=True, reason="benchmarks/__main__.py:main (114 lines) is split under its own issue"))])
+@pytest.mark.parametrize("pkg", ["t5vae", "weights_convert", "benchmarks"])
 def test_no_function_over_80_lines(pkg):
     long = long_functions(pkg)
     assert not long, long
