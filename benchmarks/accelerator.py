@@ -24,25 +24,29 @@ The JSON is rewritten atomically after every workload, so a run that is cut off 
 a workload that raises (out of memory, say) is kept under ``errors`` and the others still run; ``complete``
 is true only when every workload finished.
 
-Budget, one H200, <= 8 minutes with compiles (estimated from the CPU runs and XLA's compile times, not yet
-measured there): about 1 min to start (imports, the reference's random t5-base init, the ceilings); per
-train workload two compiles (the Flax model is unrolled, ours scanned; about 50 s together) plus, in f32,
-two forward compiles for the loss check, then 2 warm-up and 5 timed steps per side (a few seconds);
-per generation workload two compiles (about 40 s) and 2 + 5 calls per side. bf16 runs first (the targets
-are for bf16). ``--deadline-minutes`` (default 7.5) starts no workload after it: a slow machine ends with
-``complete: false`` and the workloads it measured. ``--tiny`` (the tiny preset, tiny shapes, 1 repeat, its
-train steps compiled at XLA's -O0: code generation is most of a tiny run) runs every workload on the CPU, for CI.
+Budget: at most 5 minutes on one H200 (benchmarks/gpu_run.sh gives it that). Per workload one compile per
+side, the two sides compiling at once in two threads (XLA compiles outside the GIL; the compile seconds are
+therefore side by side, not alone), then 2 warm-up and 5 timed rounds; f32 seq2seq adds the two forward
+compiles of its loss check, also side by side. bf16 runs first (the targets are for bf16).
+``--deadline-minutes`` (default 4.5) starts no workload after it: a slow machine ends with ``complete: false``
+and the workloads it measured. ``--profile DIR`` traces one more step of each side of every training
+workload (``jax.profiler``) into DIR and puts a summary (device time by op and by kernel, kernel launches)
+in the JSON. ``--tiny`` (the tiny preset, tiny shapes, 1 repeat, its train steps compiled at XLA's -O0:
+code generation is most of a tiny run) runs every workload on the CPU, for CI.
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime
+import functools
 import json
 import math
 import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -50,10 +54,10 @@ import numpy as np
 import optax
 
 import t5vae as tv
-from benchmarks import harness, reference
+from benchmarks import harness, profile, reference
 from benchmarks.harness import RESULTS, log
 from t5vae import kernels
-from t5vae.config import KERNELS
+from t5vae.config import KERNELS, REMAT
 
 TINY_COMPILE = {"xla_backend_optimization_level": 0}
 # (batch, input tokens, target or new tokens) per workload kind, full and --tiny
@@ -90,20 +94,36 @@ def with_dtype(model, dtype):
     return type(model)(model.config, dtype=jnp.dtype(dtype), _do_init=False)
 
 
-def time_train(steps: dict, params: dict, batch: dict, ctx: dict) -> dict:
-    """Compile each side's train step on its params (timed, memory planned), then alternate the steps."""
+def concurrently(fns: dict[str, Callable]) -> dict:
+    """Call each zero-arg function in its own thread -> {name: result}. XLA compiles outside the GIL, so the
+    two sides of a workload compile side by side on a many-core host instead of one after the other."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(fns)) as pool:
+        futures = {name: pool.submit(fn) for name, fn in fns.items()}
+        return {name: f.result() for name, f in futures.items()}
+
+
+def time_train(steps: dict, params: dict, batch: dict, ctx: dict, also: dict | None = None) -> dict:
+    """Compile each side's train step on its params (timed, side by side, memory planned), then alternate
+    the steps; with ``ctx["profile"]`` (a folder), trace one more step of each side there and summarise it.
+    ``also``: more zero-arg functions to run beside the compiles (their results under ``out["also"]``)."""
     opt, key = optax.adamw(1e-4), jax.random.key(0)
-    state, compiled, out = {}, {}, {"compile_s": {}, "planned_bytes": {}}
-    for side, step in steps.items():
+    state = {}
+    for side in steps:
         p = jax.tree.map(jnp.copy, params[side])  # the steps donate their state
-        o = opt.init(p)
-        out["compile_s"][side], compiled[side] = harness.compile_seconds(step, p, o, batch, key,
-                                                                         compiler_options=ctx["compile"])
-        out["planned_bytes"][side] = planned_bytes(compiled[side])
-        state[side] = (p, o)
+        state[side] = (p, opt.init(p))
+    built = concurrently({side: functools.partial(harness.compile_seconds, step, *state[side], batch, key,
+                                                  compiler_options=ctx["compile"]) for side, step in steps.items()}
+                         | {f"also:{k}": fn for k, fn in (also or {}).items()})
+    extra = {k.split(":", 1)[1]: built.pop(k) for k in list(built) if k.startswith("also:")}
+    compiled = {side: c for side, (_, c) in built.items()}
+    out = {"compile_s": {side: s for side, (s, _) in built.items()},
+           "planned_bytes": {side: planned_bytes(c) for side, c in compiled.items()}, "also": extra}
 
     run = {side: harness.stepping(compiled[side], state, side, batch, key) for side in steps}
     out["timings"] = harness.alternate(run, ctx["repeats"], ctx["warmup"])
+    if ctx.get("profile"):
+        out["profile"] = {side: profile.summarize(profile.trace_step(fn, ctx["profile"] / f"{ctx['name']}-{side}"))
+                          for side, fn in run.items()}
     losses = {side: float(run[side]()) for side in steps}
     if not all(math.isfinite(v) for v in losses.values()):
         raise FloatingPointError(f"non-finite train loss after the timed steps: {losses}")
@@ -139,15 +159,16 @@ def seq2seq_train(ctx, dtype: str, shape) -> dict:
     steps = {"ours": harness.make_train_step(harness.t5vae_loss(cfg.replace(dropout_rate=rate)), optax.adamw(1e-4)),
              "reference_jit": harness.make_train_step(
                  harness.logits_loss(reference.train_loss_fn(reference.with_dropout(ref, rate))), optax.adamw(1e-4))}
-    out = {}
+    also = {}
     if dtype == "float32":  # the two steps optimise the same function: equal dropout-free losses
         key = jax.random.key(0)
         jit = lambda f: jax.jit(f, compiler_options=ctx["compile"])  # noqa: E731
-        ours_loss = jit(harness.t5vae_loss(cfg))(ctx["params"], batch, key)
-        ref_loss = jit(harness.logits_loss(lambda p, b, k: reference.forward_fn(ref)(p, b)))(
-            ctx["ref_params"], batch, key)
-        out["loss_abs_diff_no_dropout"] = abs(float(ours_loss) - float(ref_loss))
-    out.update(time_train(steps, {"ours": ctx["params"], "reference_jit": ctx["ref_params"]}, batch, ctx))
+        also = {"ours": lambda: float(jit(harness.t5vae_loss(cfg))(ctx["params"], batch, key)),
+                "reference": lambda: float(jit(harness.logits_loss(lambda p, b, k: reference.forward_fn(ref)(p, b)))(
+                    ctx["ref_params"], batch, key))}
+    out = time_train(steps, {"ours": ctx["params"], "reference_jit": ctx["ref_params"]}, batch, ctx, also)
+    if also:
+        out["loss_abs_diff_no_dropout"] = abs(out["also"]["ours"] - out["also"]["reference"])
     out["flops"] = 3 * harness.t5_forward_flops(cfg, B, S, T)
     return out
 
@@ -164,12 +185,36 @@ def generate(ctx, dtype: str, shape) -> dict:
     ref_gen = jax.jit(reference.generate_fn(ref, NEW))
     fns = {"ours": lambda: tv.t5.generate(params, cfg, ids, mask, NEW, decoder_weights=w),
            "reference_jit": lambda: ref_gen(ctx["ref_params"], ids, mask)}
-    out = {"compile_s": {side: harness.run_once(fn) for side, fn in fns.items()}}  # first call: compiles
+    out = {"compile_s": concurrently({side: functools.partial(harness.run_once, fn) for side, fn in fns.items()})}
     tokens = np.asarray(fns["ours"]()), np.asarray(fns["reference_jit"]())[:, 1:]  # the reference adds start
     out["same_tokens_fraction"] = float(np.mean(tokens[0] == tokens[1]))
     out["timings"] = harness.alternate(fns, ctx["repeats"], ctx["warmup"])
     out["flops"] = harness.t5_forward_flops(cfg, B, S, NEW)
     return out
+
+
+# settings a resumed run must share with the run it completes
+SAME_RUN = ("suite", "model", "device", "tiny", "kernels", "remat", "repeats", "dropout")
+
+
+def resume(prev_path: Path, res: dict) -> list[str]:
+    """Take the workloads that an earlier run with the same settings finished (one cut short by its deadline)
+    into ``res`` -> their names. Each workload's ratio still comes from one process, both sides alternating;
+    ``runs`` says which run measured which workloads, on which ceilings."""
+    try:
+        prev = json.loads(prev_path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--resume {prev_path}: not a readable results file ({e})") from e
+    differ = {k: (prev.get(k), res[k]) for k in SAME_RUN if prev.get(k) != res[k]}
+    if differ:
+        raise ValueError(f"--resume {prev_path}: measured with other settings (theirs, ours): {differ}")
+    done = [w for w in prev.get("workloads", []) if f"{w}_speedup" in prev]
+    res.update({k: v for k, v in prev.items() if any(k.startswith(f"{w}_") for w in done)})
+    for w in done:
+        res["timings"][w], res["phase_s"][w], res["shapes"][w] = prev["timings"][w], prev["phase_s"][w], prev["shapes"][w]
+    res["runs"] = prev.get("runs") or [{k: prev.get(k) for k in ("date", "commit", "wall_s", "matmul_flops_bf16")}
+                                       | {"workloads": done}]
+    return done
 
 
 KINDS = {"vae_train": vae_train, "seq2seq_train": seq2seq_train, "generate": generate}
@@ -187,7 +232,7 @@ def record(res: dict, name: str, out: dict, bf16_ceiling: float) -> None:
         pb = out["planned_bytes"]
         res[f"{name}_peak_memory_ratio"] = pb["ours"] / pb["reference_jit"]
         res[f"{name}_peak_memory_mb"] = {side: b / 2 ** 20 for side, b in pb.items()}
-    for k in ("loss_abs_diff_no_dropout", "same_tokens_fraction"):
+    for k in ("loss_abs_diff_no_dropout", "same_tokens_fraction", "profile"):
         if k in out:
             res[f"{name}_{k}"] = out[k]
     res["timings"][name] = out["timings"]
@@ -203,10 +248,16 @@ def main(argv=None) -> int:
     ap.add_argument("--only", help=f"comma-separated subset of {','.join(WORKLOADS)} (default: all)")
     ap.add_argument("--kernels", default="auto", help=f"T5Config.kernels for our side: {', '.join(KERNELS)} or "
                                                       "fast paths joined by '+' (e.g. dpa; default auto)")
+    ap.add_argument("--remat", default=None, help=f"T5Config.remat for our side: {', '.join(REMAT)} (default the "
+                                                  "config's)")
     ap.add_argument("--dropout", type=float, default=0.1,
                     help="dropout rate of both train steps (default 0.1; 0 lets the dpa fast path run in training)")
-    ap.add_argument("--deadline-minutes", type=float, default=7.5,
-                    help="start no workload after this many minutes (default 7.5)")
+    ap.add_argument("--deadline-minutes", type=float, default=4.5,
+                    help="start no workload after this many minutes (default 4.5)")
+    ap.add_argument("--resume", metavar="JSON", help="an earlier run's results with the same settings: keep the "
+                                                     "workloads it finished, run the others")
+    ap.add_argument("--profile", metavar="DIR", help="trace one step of each side of every training workload "
+                                                      "into DIR (jax.profiler) and put a summary in the JSON")
     args = ap.parse_args(argv)
     only = WORKLOADS if not args.only else tuple(w.strip() for w in args.only.split(","))
     unknown = sorted(set(only) - set(WORKLOADS))
@@ -218,7 +269,8 @@ def main(argv=None) -> int:
         ap.error(f"--dropout must be in [0, 1), got {args.dropout}")
     preset = args.preset or ("tiny" if args.tiny else "t5-base")
     try:
-        cfg = tv.preset(preset, dropout_rate=0.0, kernels=args.kernels)
+        cfg = tv.preset(preset, dropout_rate=0.0, kernels=args.kernels,
+                        **({"remat": args.remat} if args.remat else {}))
     except ValueError as e:
         ap.error(str(e))
     t_start = time.perf_counter()
@@ -229,7 +281,7 @@ def main(argv=None) -> int:
     n, read = (256, 1 << 22) if args.tiny else ((2048, 1 << 28) if on_host else (8192, 1 << 32))
     mach = harness.machine(n, read, 2 if args.tiny else 5)
     res = {"suite": "accelerator", "model": preset, "complete": False, **mach,
-           "date": datetime.date.today().isoformat(), "tiny": args.tiny, "kernels": args.kernels,
+           "date": datetime.date.today().isoformat(), "tiny": args.tiny, "kernels": args.kernels, "remat": cfg.remat,
            "fast_paths": sorted(kernels.enabled(args.kernels)), "repeats": repeats, "dropout": args.dropout,
            "workloads": list(only),
            "shapes": {name: shapes[name.rsplit("_", 1)[0]] for name in only}, "timings": {}, "phase_s": {},
@@ -241,9 +293,19 @@ def main(argv=None) -> int:
         res["wall_s"] = time.perf_counter() - t_start
         write_atomic(path, res)
 
+    if args.resume:
+        try:
+            done = resume(Path(args.resume), res)
+        except ValueError as e:
+            ap.error(str(e))
+        only = tuple(w for w in only if w not in done)
+        res["workloads"] = done + list(only)
+        res["shapes"].update({w: shapes[w.rsplit("_", 1)[0]] for w in only})
+        log(f"resuming {args.resume}: {len(done)} workloads kept, running {list(only)}")
     model, ref_params, params = reference.make_reference(cfg)
     ctx = {"cfg": cfg, "model": model, "ref_params": ref_params, "params": params, "repeats": repeats,
-           "warmup": 1 if args.tiny else 2, "compile": TINY_COMPILE if args.tiny else None, "dropout": args.dropout}
+           "warmup": 1 if args.tiny else 2, "compile": TINY_COMPILE if args.tiny else None, "dropout": args.dropout,
+           "profile": Path(args.profile) if args.profile else None}
     res["phase_s"]["setup"] = time.perf_counter() - t_start
     save()
     for name in only:
@@ -254,6 +316,7 @@ def main(argv=None) -> int:
         kind, d = name.rsplit("_", 1)
         t0 = time.perf_counter()
         log(f"{name} {shapes[kind]} ...")
+        ctx["name"] = name
         try:
             record(res, name, KINDS[kind](ctx, DTYPES[d], shapes[kind]), mach["matmul_flops_bf16"])
         except Exception as e:  # e.g. out of memory: keep it in the JSON and measure the other workloads
@@ -265,6 +328,9 @@ def main(argv=None) -> int:
                 f"({res['phase_s'][name]:.0f} s)")
         save()
     res["complete"] = not res["skipped"] and not res["errors"] and all(f"{w}_speedup" in res for w in WORKLOADS)
+    if "runs" in res:
+        res["runs"].append({"date": res["date"], "commit": res["commit"], "wall_s": time.perf_counter() - t_start,
+                            "matmul_flops_bf16": res["matmul_flops_bf16"], "workloads": list(only)})
     save()
     log(f"wrote {path} in {res['wall_s']:.0f} s (complete: {res['complete']})")
     return 1 if res["errors"] else 0

@@ -67,7 +67,7 @@ def pool(p: dict, cfg: Config, h_BLD: jax.Array, mask_BL: jax.Array | None) -> j
         w_BNL = segment_weights(mask_BL, N).astype(h_BLD.dtype)
         return jnp.einsum("BNL,BLD->BND", w_BNL, h_BLD)
     q_BND = jnp.broadcast_to(p["queries"].astype(h_BLD.dtype)[None], (B, N, h_BLD.shape[-1]))
-    return layers.attention(p["attn"], q_BND, h_BLD, None, mask_BL.astype(bool)[:, None, None, :])
+    return layers.attention(p["attn"], q_BND, h_BLD, None, layers.Mask(mask_BL))
 
 
 def latent_encode(p: dict, cfg: Config, h_BLD: jax.Array, mask_BL: jax.Array | None) -> jax.Array:

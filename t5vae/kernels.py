@@ -19,10 +19,11 @@ import jax.numpy as jnp
 from t5vae import layers
 from t5vae.config import CPU_PATHS, T5Config
 
-# What "auto" turns on, per jax.default_backend(); a backend not listed (gpu, tpu) runs the plain model, XLA's
-# own ops. Only what python -m benchmarks.kernels measured faster on that backend goes here (benchmarks/
-# NOTES.md): nothing is measured on an accelerator yet, so "dpa" is in no set (docs/accelerator.md).
-AUTO: dict[str, frozenset] = {"cpu": frozenset(CPU_PATHS)}
+# What "auto" turns on, per jax.default_backend(). Only what was measured faster on that backend goes here
+# (benchmarks/NOTES.md, docs/accelerator.md). On an H200, dpa ran the dropout-free T5-VAE step at t5-base
+# 256 x 64 at 0.90x the einsum path, and the CPU's paths are shaped for the CPU, so "gpu" is XLA's plain ops,
+# the model as written; a backend not listed (tpu) is too, until measured.
+AUTO: dict[str, frozenset] = {"cpu": frozenset(CPU_PATHS), "gpu": frozenset()}
 
 
 def enabled(kernels: str) -> frozenset:
@@ -103,18 +104,22 @@ def dpa_implementation(dtype) -> str | None:
 
 
 def dpa_attend(o_HKD: jax.Array, q_BQHK: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.Array,
-               bias_B1QS: jax.Array | None, mask_B1QS: jax.Array | None, drop: Callable | None = None) -> jax.Array:
+               bias_B1QS: jax.Array | None, mask: layers.Mask | None, drop: Callable | None = None) -> jax.Array:
     """Twin of ``layers.attend`` through ``jax.nn.dot_product_attention``: scale 1 (T5 does not scale), the
-    relative position bias as its ``bias``, the boolean mask as its ``mask``. It has no dropout on the
-    probabilities, so with attention dropout on (``drop`` given) this is ``layers.attend``."""
+    relative position bias as its ``bias`` ([1, H, Q, S], in the inputs' dtype on cuDNN), padding as key
+    lengths and causality as ``is_causal``. Lengths rather than a boolean mask because cuDNN folds a mask
+    into the bias, which makes it [B, H, Q, S] and loses the bias gradient; they assume right padding (real
+    tokens first), as every batch here is. It has no dropout on the probabilities, so with attention dropout
+    on (``drop`` given) this is ``layers.attend``."""
     if drop is not None:
-        return layers.attend(o_HKD, q_BQHK, k_BSHK, v_BSHK, bias_B1QS, mask_B1QS, drop)
+        return layers.attend(o_HKD, q_BQHK, k_BSHK, v_BSHK, bias_B1QS, mask, drop)
     impl = dpa_implementation(q_BQHK.dtype)
     if bias_B1QS is not None and impl == "cudnn":
         bias_B1QS = bias_B1QS.astype(q_BQHK.dtype)  # cuDNN takes the bias in the inputs' dtype
-    out = jax.nn.dot_product_attention(q_BQHK, k_BSHK, v_BSHK, bias_B1QS,
-                                       None if mask_B1QS is None else mask_B1QS.astype(bool),
-                                       scale=1.0, implementation=impl)
+    mask = mask or layers.Mask()
+    lengths = None if mask.keys_BS is None else jnp.sum(mask.keys_BS.astype(jnp.int32), axis=-1)
+    out = jax.nn.dot_product_attention(q_BQHK, k_BSHK, v_BSHK, bias_B1QS, scale=1.0, is_causal=mask.causal,
+                                       key_value_seq_lengths=lengths, implementation=impl)
     return layers.project_out(out, o_HKD)
 
 

@@ -7,13 +7,32 @@ F d_ff, V vocab. Attention logits are *not* scaled by 1/sqrt(d_kv): T5 folds tha
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 NEG_INF = -1e30  # masked attention logits; exp() of it is exactly 0 in float32
+
+
+class Mask(NamedTuple):
+    """Which keys each query may attend to: the keys' padding ``keys_BS`` (True for a real token; None: all
+    real) and, for a decoder's self-attention, ``causal``. Kept as structure rather than one dense
+    [B, 1, Q, S] array so that fused attention (t5vae.kernels.dpa_attend) can take padding as sequence
+    lengths and causality as a flag, which is how cuDNN wants them. Batches are right-padded (real tokens
+    first), which the lengths form assumes."""
+    keys_BS: jax.Array | None = None
+    causal: bool = False
+
+    def dense(self, q_len: int, k_len: int) -> jax.Array | None:
+        """The boolean mask [B or 1, 1, Q, S] (None when every key is visible to every query); causal: query
+        i sees keys 0..i, as ``jax.nn.dot_product_attention``'s ``is_causal``."""
+        out = None if self.keys_BS is None else self.keys_BS.astype(bool)[:, None, None, :]
+        if self.causal:
+            tri = jnp.tril(jnp.ones((q_len, k_len), bool))[None, None]
+            out = tri if out is None else out & tri
+        return out
 
 
 def rms_norm(x_BLD: jax.Array, scale_D: jax.Array, eps: float) -> jax.Array:
@@ -67,7 +86,7 @@ def position_bias(table_RH: jax.Array, q_len: int, k_len: int, bidirectional: bo
 
 
 def attention(p: dict, x_BQD: jax.Array, kv_BSD: jax.Array, bias_B1QS: jax.Array | None,
-              mask_B1QS: jax.Array | None, drop: Callable | None = None, attend_fn: Callable | None = None
+              mask: Mask | None, drop: Callable | None = None, attend_fn: Callable | None = None
               ) -> jax.Array:
     """Multi-head attention with weights q,k,v [D,H,K] and o [H,K,D]; logits in float32, no scaling.
     ``drop`` (an array -> array function) is the dropout applied to the attention probabilities;
@@ -83,13 +102,14 @@ def attention(p: dict, x_BQD: jax.Array, kv_BSD: jax.Array, bias_B1QS: jax.Array
         q = x_BQD.reshape(B * Q, D) @ w("q")
         k, v = jnp.split(kv_BSD.reshape(B * S, D) @ w("k", "v"), 2, axis=1)
     q, k, v = q.reshape(B, Q, H, K), k.reshape(B, S, H, K), v.reshape(B, S, H, K)
-    return (attend_fn or attend)(p["o"], q, k, v, bias_B1QS, mask_B1QS, drop)
+    return (attend_fn or attend)(p["o"], q, k, v, bias_B1QS, mask, drop)
 
 
 def attend(o_HKD: jax.Array, q_BQHK: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.Array,
-           bias_B1QS: jax.Array | None, mask_B1QS: jax.Array | None, drop: Callable | None = None) -> jax.Array:
+           bias_B1QS: jax.Array | None, mask: Mask | None, drop: Callable | None = None) -> jax.Array:
     """Softmax attention over projected q/k/v and the output projection -> [B, Q, D]."""
     dt = q_BQHK.dtype
+    mask_B1QS = None if mask is None else mask.dense(q_BQHK.shape[1], k_BSHK.shape[1])
     logits = jnp.einsum("BQHK,BSHK->BHQS", q_BQHK, k_BSHK, preferred_element_type=jnp.float32)
     if bias_B1QS is not None:
         logits = logits + bias_B1QS

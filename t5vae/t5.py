@@ -136,11 +136,9 @@ def _embed(params: dict, cfg: T5Config, ids_BL: jax.Array) -> jax.Array:
 def encode(params: dict, cfg: T5Config, input_ids: jax.Array, attention_mask: jax.Array | None = None, *,
            dropout_key: jax.Array | None = None) -> jax.Array:
     """Encoder hidden states [B, L, D] (after the final norm) for token ids [B, L] and a 0/1 mask [B, L]."""
-    B, L = input_ids.shape
+    L = input_ids.shape[1]
     ops, rate, eps = kernels.ops(cfg), cfg.dropout_rate, cfg.layer_norm_epsilon
-    if attention_mask is None:
-        attention_mask = jnp.ones((B, L), bool)
-    mask_B11L = attention_mask.astype(bool)[:, None, None, :]
+    mask = layers.Mask(attention_mask)
     bias = layers.position_bias(params["encoder"]["relpos_bias"], L, L, True, cfg.relative_attention_max_distance)
     key_outer, key_layers = _dropout_keys(dropout_key, cfg, cfg.num_layers)
 
@@ -148,7 +146,7 @@ def encode(params: dict, cfg: T5Config, input_ids: jax.Array, attention_mask: ja
         lp, key = lp_key
         k_probs, k_attn, k_hidden, k_mlp = _split(key, 4)
         x = _residual(ops, x, lp["attn_norm"], eps, rate, k_attn,
-                      lambda h: layers.attention(lp["attn"], h, h, bias, mask_B11L, _drop(ops, rate, k_probs),
+                      lambda h: layers.attention(lp["attn"], h, h, bias, mask, _drop(ops, rate, k_probs),
                                                  ops.attend))
         x = _residual(ops, x, lp["mlp_norm"], eps, rate, k_mlp,
                       lambda h: ops.mlp(lp["mlp"], h, cfg.activation, rate, k_hidden))
@@ -164,10 +162,7 @@ def decoder_hidden(params: dict, cfg: T5Config, decoder_input_ids: jax.Array, en
     """Decoder hidden states [B, T, D] (after the final norm), causal self-attention + cross-attention."""
     T = decoder_input_ids.shape[1]
     ops, rate, eps = kernels.ops(cfg), cfg.dropout_rate, cfg.layer_norm_epsilon
-    causal_11TT = jnp.tril(jnp.ones((T, T), bool))[None, None]
-    self_mask = causal_11TT if decoder_attention_mask is None else (
-        causal_11TT & decoder_attention_mask.astype(bool)[:, None, None, :])
-    cross_mask = None if attention_mask is None else attention_mask.astype(bool)[:, None, None, :]
+    self_mask, cross_mask = layers.Mask(decoder_attention_mask, causal=True), layers.Mask(attention_mask)
     bias = layers.position_bias(params["decoder"]["relpos_bias"], T, T, False, cfg.relative_attention_max_distance)
     enc = encoder_states.astype(cfg.dtype)
     key_outer, key_layers = _dropout_keys(dropout_key, cfg, cfg.num_decoder_layers)

@@ -130,3 +130,73 @@ def test_train_dtype_flag_is_the_t5_dtype():
     assert cfg.t5.param_dtype == "bfloat16"
     with pytest.raises(SystemExit, match="--t5-dtype"):
         cli.build_configs(cli.parser().parse_args(["train", "--dtype", "float8"]))
+
+
+# -- the GPU run's other parts (benchmarks/gpu_run.sh): resume, profile summary, dpa verdict, train speed ---
+
+def test_resume_keeps_finished_workloads_and_refuses_other_settings(tiny_results, tmp_path, capsys):
+    """A run cut short is completed by another: the finished workloads are kept as measured, the missing one is
+    run, 'runs' says which run measured what, and a results file of other settings is refused by name."""
+    from benchmarks import accelerator
+
+    r, _ = tiny_results
+    partial = {k: v for k, v in r.items() if not k.startswith("generate_f32")}
+    partial["timings"] = {k: v for k, v in r["timings"].items() if k != "generate_f32"}
+    partial["workloads"] = [w for w in r["workloads"] if w != "generate_f32"]
+    partial["complete"] = False
+    p = tmp_path / "partial.json"
+    p.write_text(json.dumps(partial))
+    assert accelerator.main(["--tiny", "--resume", str(p), "--json", str(p)]) == 0
+    done = json.loads(p.read_text())
+    assert done["complete"] is True and done["generate_f32_speedup"] > 0
+    assert done["vae_train_bf16_ms"] == r["vae_train_bf16_ms"]  # kept, not re-measured
+    assert [run["workloads"] for run in done["runs"]] == [partial["workloads"], ["generate_f32"]]
+    other = dict(partial, dropout=0.0)
+    p.write_text(json.dumps(other))
+    with pytest.raises(SystemExit):
+        accelerator.main(["--tiny", "--resume", str(p), "--json", str(tmp_path / "x.json")])
+    err = capsys.readouterr().err
+    assert "measured with other settings" in err and "'dropout': (0.0, 0.1)" in err
+
+
+def test_profile_summary_counts_the_traced_step(tmp_path):
+    from benchmarks import profile
+
+    f = jax.jit(lambda a: jnp.tanh(a @ a).sum())
+    a = jnp.ones((64, 64))
+    f(a).block_until_ready()
+    s = profile.summarize(profile.trace_step(lambda: f(a), tmp_path / "trace"))
+    assert s["busy_ms"] > 0 and s["op_runs"] > 0 and s["ops"]
+    assert all(row["ms"] >= 0 and row["count"] >= 1 for row in s["ops"])
+
+
+def test_dpa_verdict_passes_equal_gradients_and_fails_a_lost_bias_gradient():
+    from benchmarks import dpa
+
+    g = {"encoder": {"relpos_bias": jnp.arange(1.0, 7.0).reshape(2, 3), "q": jnp.ones((2, 2))}}
+    same = dpa.compare_grads(g, jax.tree.map(lambda x: x * 1.001, g))
+    assert dpa.verdict(dict(same, loss_rel_diff=0.001)) == []
+    lost = dpa.compare_grads(g, {"encoder": {"relpos_bias": jnp.zeros((2, 3)), "q": jnp.ones((2, 2))}})
+    failures = dpa.verdict(dict(lost, loss_rel_diff=0.02))
+    assert any("loss differs" in f for f in failures) and any("bias gradient" in f for f in failures)
+    nan = dpa.compare_grads(g, {"encoder": {"relpos_bias": jnp.full((2, 3), jnp.nan), "q": jnp.ones((2, 2))}})
+    assert any("non-finite" in f for f in dpa.verdict(dict(nan, loss_rel_diff=0.0)))
+
+
+def test_train_speed_steady_rate_and_its_error():
+    from benchmarks import train_speed
+
+    rows = [{"step": 1, "time": 20.0}] + [{"step": n, "time": 20.0 + 0.5 * (n - 1)} for n in range(2, 42)]
+    r = train_speed.steady_rate(rows)
+    assert r["first_step_s"] == 20.0 and r["steps"] == 41 and abs(r["steady_steps_per_s"] - 2.0) < 1e-9
+    with pytest.raises(ValueError, match="more --seconds"):
+        train_speed.steady_rate(rows[:3])
+
+
+def test_variants_parse_set():
+    from benchmarks import variants
+
+    assert variants.parse_set("remat=none,kernels=dpa") == {"remat": "none", "kernels": "dpa"}
+    for bad in ("remat", "dtype=bfloat16"):
+        with pytest.raises(ValueError, match="--set"):
+            variants.parse_set(bad)

@@ -22,8 +22,9 @@ def test_switch_names_the_fast_paths():
     assert kernels.enabled("dropout+xent") == {"dropout", "xent"}
     assert jax.default_backend() == "cpu"  # conftest: the tests run on CPU, where "auto" means AUTO["cpu"]
     assert kernels.enabled("auto") == kernels.AUTO["cpu"]
-    # nothing measured on an accelerator yet: auto there is XLA's plain ops, and dpa is in no auto set
-    assert set(kernels.AUTO) == {"cpu"} and "dpa" not in kernels.AUTO["cpu"]
+    # on a GPU nothing was measured faster than XLA's plain ops (dpa was slower on the H200): auto there is plain
+    assert set(kernels.AUTO) == {"cpu", "gpu"} and kernels.AUTO["gpu"] == frozenset()
+    assert "dpa" not in kernels.AUTO["cpu"]
     assert kernels.ops(tv.T5Config(kernels="dpa")).attend is kernels.dpa_attend
     assert kernels.ops(tv.T5Config(kernels="cpu")).attend is layers.attend
     plain, fast = kernels.ops(tv.T5Config(kernels="plain")), kernels.ops(tv.T5Config(kernels="cpu"))
@@ -119,17 +120,18 @@ def _qkvo(B=2, Q=5, S=7, H=3, K=4, D=6, seed=4):
             jax.random.normal(k[4], (1, H, Q, S)))
 
 
-@pytest.mark.parametrize("masked", ["none", "padding", "causal+padding"])
+@pytest.mark.parametrize("masked", ["none", "padding", "causal", "causal+padding"])
 @pytest.mark.parametrize("biased", [False, True])
 def test_dpa_attend_matches_attend_values_and_grads(masked, biased):
-    """Unscaled logits, T5's additive bias and a boolean mask: the same outputs and gradients (bias included)."""
-    o, q, k, v, bias = _qkvo()
-    B, Q, S = q.shape[0], q.shape[1], k.shape[1]
-    pad_B11S = (jnp.arange(S)[None] < jnp.array([S, 3])[:, None])[:, None, None, :]
-    mask = {"none": None, "padding": pad_B11S,
-            "causal+padding": pad_B11S & jnp.tril(jnp.ones((Q, S), bool), k=S - Q)[None, None]}[masked]
+    """Unscaled logits, T5's additive bias, right padding as key lengths and causality as a flag: the same
+    outputs and gradients (bias included) as the einsum path's dense mask."""
+    o, q, k, v, bias = _qkvo(S=5 if "causal" in masked else 7)
+    B, S = q.shape[0], k.shape[1]
+    keys_BS = jnp.arange(S)[None] < jnp.array([S, 3])[:, None]
+    mask = {"none": None, "padding": layers.Mask(keys_BS), "causal": layers.Mask(causal=True),
+            "causal+padding": layers.Mask(keys_BS, causal=True)}[masked]
     bias = bias if biased else None
-    r = jax.random.normal(jax.random.key(8), (B, Q, o.shape[-1]))
+    r = jax.random.normal(jax.random.key(8), (B, q.shape[1], o.shape[-1]))
     loss = lambda fn: lambda *a: jnp.sum(r * fn(a[0], a[1], a[2], a[3], a[4] if biased else None, mask))  # noqa: E731
     args = (o, q, k, v, bias if biased else jnp.zeros(()))
     (v1, g1), (v2, g2) = (jax.value_and_grad(loss(f), argnums=tuple(range(4 + biased)))(*args)
@@ -139,8 +141,18 @@ def test_dpa_attend_matches_attend_values_and_grads(masked, biased):
     for a, b in zip(g1, g2):
         assert _rel(a, b) < 1e-5
     # T5 does not scale the logits: dot_product_attention's default 1/sqrt(K) would give other numbers
-    scaled = layers.project_out(jax.nn.dot_product_attention(q, k, v, bias, mask), o)
+    dense = None if mask is None else mask.dense(q.shape[1], S)
+    scaled = layers.project_out(jax.nn.dot_product_attention(q, k, v, bias, dense), o)
     assert _rel(scaled, layers.attend(o, q, k, v, bias, mask)) > 1e-2
+
+
+def test_mask_dense():
+    keys = jnp.array([[1, 1, 0], [1, 0, 0]])
+    np.testing.assert_array_equal(jnp.broadcast_to(layers.Mask(keys).dense(2, 3), (2, 1, 2, 3))[:, 0],
+                                  [[[1, 1, 0], [1, 1, 0]], [[1, 0, 0], [1, 0, 0]]])
+    np.testing.assert_array_equal(layers.Mask(keys, causal=True).dense(3, 3)[1, 0], [[1, 0, 0], [1, 0, 0], [1, 0, 0]])
+    np.testing.assert_array_equal(layers.Mask(causal=True).dense(2, 2), [[[[1, 0], [1, 1]]]])
+    assert layers.Mask().dense(2, 3) is None
 
 
 def _count_dpa_calls(monkeypatch) -> list:
@@ -161,7 +173,8 @@ def test_dpa_attend_with_attention_dropout_is_the_einsum_path(monkeypatch):
     kernels.dpa_attend(o, q, k, v, bias, None, drop)
     assert calls == []
     kernels.dpa_attend(o, q, k, v, bias, None, None)
-    assert calls == [{"scale": 1.0, "implementation": None}]  # on the CPU: XLA's implementation, unscaled
+    # on the CPU: XLA's implementation, unscaled
+    assert calls == [{"scale": 1.0, "is_causal": False, "key_value_seq_lengths": None, "implementation": None}]
     assert kernels.dpa_implementation(jnp.bfloat16) is None
 
 

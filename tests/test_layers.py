@@ -92,7 +92,7 @@ def test_self_attention_with_position_bias_matches_transformers(hf, is_decoder):
     ext = torch.tensor(np.where(mask_B11L, 0.0, torch.finfo(torch.float32).min).astype(np.float32))
     want = att(torch.tensor(x), mask=ext, cache_position=torch.arange(L))[0].detach().numpy()
     bias = layers.position_bias(jnp.asarray(w["relative_attention_bias.weight"]), L, L, not is_decoder, 10)
-    got = layers.attention(p, jnp.asarray(x), jnp.asarray(x), bias, jnp.asarray(mask_B11L))
+    got = layers.attention(p, jnp.asarray(x), jnp.asarray(x), bias, layers.Mask(jnp.asarray(valid), causal=is_decoder))
     rows = valid[:, :, None]  # padded query rows are garbage in both; compare the real ones
     assert rel_err(np.where(rows, got, 0), np.where(rows, want, 0)) < 1e-5
 
@@ -108,7 +108,7 @@ def test_cross_attention_has_no_position_bias(hf):
     valid = np.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], bool)
     ext = torch.tensor(np.where(valid[:, None, None, :], 0.0, torch.finfo(torch.float32).min).astype(np.float32))
     want = att(torch.tensor(x), key_value_states=torch.tensor(kv), mask=ext, cache_position=torch.arange(3))[0].detach().numpy()
-    got = layers.attention(p, jnp.asarray(x), jnp.asarray(kv), None, jnp.asarray(valid[:, None, None, :]))
+    got = layers.attention(p, jnp.asarray(x), jnp.asarray(kv), None, layers.Mask(jnp.asarray(valid)))
     assert rel_err(got, want) < 1e-5
 
 
@@ -143,7 +143,7 @@ def test_attend_one_is_attention_of_one_query():
     q, kk, v = (jax.random.normal(k[i], (B, 1 if i == 0 else S, H, K)) for i in range(3))
     o = jax.random.normal(k[3], (H, K, D))
     mask = jnp.asarray(np.array([[1] * 6, [1, 1, 1, 0, 0, 0]], bool))[:, None, None, :]
-    want = layers.attend(o, q, kk, v, None, mask)[:, 0]
+    want = layers.attend(o, q, kk, v, None, layers.Mask(mask[:, 0, 0]))[:, 0]
     t = lambda a: jnp.transpose(a, (0, 2, 1, 3))  # noqa: E731  [B, S, H, K] -> [B, H, S, K]
     got = layers.attend_one(q[:, 0], t(kk), t(v), None, mask[:, :, 0]) @ o.reshape(H * K, D)
     assert rel_err(got, want) < 1e-6

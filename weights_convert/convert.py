@@ -34,17 +34,18 @@ def infer_config(shapes: dict[str, tuple]) -> T5Config:
 
     def n_layers(stack):
         idx = [int(m.group(1)) for k in shapes if (m := re.search(rf"{stack}/(?:layers_|block_)(\d+)/", k))]
-        scanned = find(rf"{stack}/layers/.*(?:query|SelfAttention/q)")
+        scanned = find(rf"{stack}/(?:layers|{stack})/.*(?:query|SelfAttention/q)")
         return max(idx) + 1 if idx else (scanned[1] if scanned else 0)
 
     emb, rel = find(r"(?:token_embedder|shared)/embedding$"), find(r"encoder/.*rel(?:ative_attention_bias|_embedding)$")
     q, wi = find(r"encoder/.*(?:attention/query/kernel|SelfAttention/q)$"), find(r"encoder/.*(?:mlp|DenseReluDense)/wi(?:_0)?/kernel$")
-    if None in (emb, rel, q, wi) or len(q) not in (2, 3):  # [D, H*K] or scanned [D, L, H*K]
+    # q: [D, H*K], scanned [D, L, H*K], or scanned DenseGeneral [D, L, H, K]; rel: [H, R], scanned per layer [H, L, R]
+    if None in (emb, rel, q, wi) or len(q) not in (2, 3, 4) or len(rel) not in (2, 3):
         raise ConversionError("cannot infer the T5 config from this checkpoint's shapes; pass --config config.json "
                               f"(or a preset: {sorted(PRESETS)})")
     gated = any(re.search(r"wi_0", k) for k in shapes)
-    cfg = T5Config(vocab_size=emb[0], d_model=emb[1], num_heads=rel[0], relative_attention_num_buckets=rel[1],
-                   d_kv=q[-1] // rel[0], d_ff=wi[-1], num_layers=n_layers("encoder"),
+    cfg = T5Config(vocab_size=emb[0], d_model=emb[1], num_heads=rel[0], relative_attention_num_buckets=rel[-1],
+                   d_kv=q[-1] if len(q) == 4 else q[-1] // rel[0], d_ff=wi[-1], num_layers=n_layers("encoder"),
                    num_decoder_layers=n_layers("decoder"), feed_forward_proj="gated-gelu" if gated else "relu",
                    tie_word_embeddings=not any(re.search(r"logits", k) for k in shapes))
     log.warning("no config given: inferred %s from the tensor shapes (relative_attention_max_distance=128 and the "

@@ -50,12 +50,15 @@ class Rule:
     ``transform`` names an entry of TRANSFORMS. ``scan_axis``: the source holds all layers stacked on that
     axis (T5X scanned layout) instead of one layer per name (group ``i``). ``alias``: a declared duplicate of
     the same tensor (HF tied embeddings): it may be absent, and when present must equal the filled value.
+    ``copies``: the source stacks this many per-layer copies of a one-per-stack target on ``scan_axis``
+    (scanned T5X's relative-position tables); they must be equal, and one of them fills the target.
     """
     pattern: str
     target: str
     transform: str = "id"
     scan_axis: int | None = None
     alias: bool = False
+    copies: int | None = None
 
     def __post_init__(self):
         if self.transform not in TRANSFORMS:
@@ -121,10 +124,11 @@ _QKVO = {"query": "q", "key": "k", "value": "v", "out": "o"}
 
 
 def t5x(cfg: T5Config) -> Table:
-    """T5X ``target/…`` names, per-layer (``layers_3``) or scanned (``layers``, layer axis 1: param_scan_axis=1)."""
+    """T5X ``target/…`` names, per-layer (``layers_3``) or scanned (``layers``, or ``{stack}`` as in
+    t5x.examples.scalable_t5; layer axis 1: param_scan_axis=1; a per-layer relative-position table each)."""
     rules = [Rule(r"target/token_embedder/embedding", "shared/embedding")]
-    for stack in ("encoder", "decoder"):
-        for layers, scan in ((r"layers_(?P<i>\d+)", None), ("layers", 1)):
+    for stack, n_layers in (("encoder", cfg.num_layers), ("decoder", cfg.num_decoder_layers)):
+        for layers, scan in ((r"layers_(?P<i>\d+)", None), (f"(?:layers|{stack})", 1)):
             base = rf"target/{stack}/{layers}"
             for src, dst in _T5X_ATTN[stack].items():
                 for m, p in _QKVO.items():
@@ -134,6 +138,8 @@ def t5x(cfg: T5Config) -> Table:
                 rules.append(Rule(rf"{base}/{src}/scale", f"{stack}/layers/{dst}", "id", scan))
             rules.append(Rule(rf"{base}/mlp/(?P<w>wi|wi_0|wi_1|wo)/kernel", f"{stack}/layers/mlp/{{w}}", "id", scan))
         rules += [Rule(rf"target/{stack}/relpos_bias/rel_embedding", f"{stack}/relpos_bias", "T"),
+                  Rule(rf"target/{stack}/(?:layers|{stack})/relpos_bias/rel_embedding", f"{stack}/relpos_bias", "T",
+                       scan_axis=1, copies=n_layers),
                   Rule(rf"target/{stack}/{stack}_norm/scale", f"{stack}/final_norm")]
     rules.append(Rule(r"target/decoder/logits_dense/kernel", "lm_head"))
     return Table(tuple(rules), ((r"state/.*", "T5X optimizer state (step, param_states)"),))
@@ -191,6 +197,8 @@ def flat_specs(cfg: T5Config) -> dict[str, ParamSpec]:
 
 def _source_shape(rule: Rule, tgt: tuple) -> list[tuple]:
     shapes = TRANSFORMS[rule.transform][0](tuple(tgt))
+    if rule.copies is not None:  # one target, rule.copies of it stacked on scan_axis
+        return [s[:rule.scan_axis] + (rule.copies,) + s[rule.scan_axis:] for s in shapes]
     if rule.scan_axis is not None:  # target (L, ...) <- source with L moved to scan_axis
         shapes = [s[1:rule.scan_axis + 1] + s[:1] + s[rule.scan_axis + 1:] for s in shapes]
     return shapes
@@ -266,7 +274,9 @@ class MappingError(ConversionError):
 def apply(step: Step, x: np.ndarray, out: dict[str, np.ndarray], specs: dict, dtype) -> None:
     """Transform one source array and write it into its (pre-allocated) target buffer."""
     tgt = specs[step.target].shape
-    if step.rule.scan_axis is not None:
+    if step.rule.copies is not None:
+        x = _one_of_equal_copies(step, x)
+    elif step.rule.scan_axis is not None:
         x = np.moveaxis(x, step.rule.scan_axis, 0)
     y = TRANSFORMS[step.rule.transform][1](x, tgt[1:] if step.layer is not None else tgt)
     if step.rule.alias:
@@ -281,6 +291,16 @@ def apply(step: Step, x: np.ndarray, out: dict[str, np.ndarray], specs: dict, dt
         buf[...] = y
     else:
         buf[step.layer] = y
+
+
+def _one_of_equal_copies(step: Step, x: np.ndarray) -> np.ndarray:
+    copies = np.moveaxis(x, step.rule.scan_axis, 0)
+    differ = [i for i in range(1, len(copies)) if not np.array_equal(copies[i], copies[0])]
+    if differ:
+        raise MappingError(f"{step.source} {x.shape}: a relative-position table per layer, and layers {differ} "
+                           f"differ from layer 0; t5vae holds one table per stack ({step.target}), so this "
+                           "checkpoint (scanned T5X / flaxformer with per-layer biases) cannot be converted exactly")
+    return copies[0]
 
 
 def nest(flat: dict[str, np.ndarray]) -> dict:

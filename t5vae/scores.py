@@ -1,0 +1,54 @@
+"""Scores of decoded text against its source, over whitespace-separated words: corpus BLEU-4 (Papineni et
+al., 2002), word edit distance, and whether a decoded path moves monotonically from one end to the other.
+Pure Python, no jax: evaluation and the demo share them."""
+from __future__ import annotations
+
+import collections
+import math
+from typing import Sequence
+
+
+def _ngrams(words: Sequence[str], n: int) -> collections.Counter:
+    return collections.Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+
+
+def corpus_bleu(references: Sequence[str], hypotheses: Sequence[str], max_n: int = 4) -> float:
+    """Corpus BLEU-``max_n`` with one reference per hypothesis: the geometric mean of the clipped n-gram
+    precisions, each summed over the whole corpus, times the brevity penalty exp(1 - r/c) when the
+    hypotheses' total length c is below the references' r. 0 when some order has no match (no smoothing)."""
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(references)} references for {len(hypotheses)} hypotheses")
+    matched, total = [0] * max_n, [0] * max_n
+    ref_len = hyp_len = 0
+    for ref, hyp in zip(references, hypotheses):
+        r, h = ref.split(), hyp.split()
+        ref_len, hyp_len = ref_len + len(r), hyp_len + len(h)
+        for n in range(1, max_n + 1):
+            hc, rc = _ngrams(h, n), _ngrams(r, n)
+            matched[n - 1] += sum(min(c, rc[g]) for g, c in hc.items())
+            total[n - 1] += max(len(h) - n + 1, 0)
+    if hyp_len == 0 or min(matched) == 0:
+        return 0.0
+    log_p = sum(math.log(m / t) for m, t in zip(matched, total)) / max_n
+    bp = 1.0 if hyp_len > ref_len else math.exp(1 - ref_len / hyp_len)
+    return bp * math.exp(log_p)
+
+
+def word_edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance between two texts' word sequences (insert, delete, substitute a word: 1 each)."""
+    x, y = a.split(), b.split()
+    prev = list(range(len(y) + 1))
+    for i, wx in enumerate(x, 1):
+        cur = [i]
+        for j, wy in enumerate(y, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (wx != wy)))
+        prev = cur
+    return prev[-1]
+
+
+def is_smooth(path: Sequence[str]) -> bool:
+    """A decoded path from a to b is smooth when its word edit distance to the decoded a never falls and its
+    distance to the decoded b never rises, point by point."""
+    to_a = [word_edit_distance(path[0], p) for p in path]
+    to_b = [word_edit_distance(path[-1], p) for p in path]
+    return all(u <= v for u, v in zip(to_a, to_a[1:])) and all(u >= v for u, v in zip(to_b, to_b[1:]))

@@ -1,0 +1,171 @@
+"""English sentences from the Python installation's own text: the language reference that ``pydoc`` ships
+(``pydoc_data.topics``) and the docstrings of the standard library's modules, classes and functions (read
+with ``ast``, nothing imported). The same Python version gives the same sentences on every machine, with no
+download and no data file in the repository. Where Debian's Python documentation is installed
+(``apt-get install python3.11-doc``: the reST sources of docs.python.org under
+/usr/share/doc/python3.X/html/_sources), its sentences are added: :func:`docs_sources` says whether.
+
+The text is technical English, full of code. A paragraph is kept only as prose (no indented block, no
+``>>>`` session, no reST table or directive); it is split into sentences; a sentence is kept when it reads as
+a plain English sentence of ``min_words``-``max_words`` words: a capital first, a full stop, question or
+exclamation mark last, and nothing that marks code or markup (identifiers with ``_`` or dots or inner
+capitals, calls, brackets, operators, backquotes, URLs, reST roles); quotes, apostrophes and parentheses
+around words are English and stay. Duplicates are dropped.
+"""
+from __future__ import annotations
+
+import ast
+import glob
+import os
+import re
+import sysconfig
+from typing import Iterable, Iterator
+
+MIN_WORDS, MAX_WORDS = 5, 25
+
+# abbreviations that end in a full stop inside a sentence
+_ABBREVIATIONS = ("e.g.", "i.e.", "etc.", "vs.", "cf.", "Mr.", "Mrs.", "Dr.", "No.", "approx.", "al.")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+_CODE_CHARS = set("_=<>[]{}`*\\/|@#$%^~")
+_URL = re.compile(r"https?:|www\.|\.com\b|\.org\b", re.I)
+_INNER_CAPITAL = re.compile(r"[a-z][A-Z]")
+_CALL = re.compile(r"\w\(|\(\)")
+_WORD = re.compile(r"[A-Za-z][A-Za-z'-]*|\d+")
+_WRAP_OPEN, _WRAP_CLOSE = "(\"'", ")\"'.,:;!?"
+_TABLE = re.compile(r"^[\s=+\-*~^|]+$")
+# reST inline markup, replaced by the text it shows: :role:`text <target>` / :role:`~a.b`, ``literal``,
+# **strong**, *emphasis*, `link <url>`_
+_ROLE = re.compile(r":[a-z]+(?::[a-z]+)*:`~?([^`<]*?)\s*(?:<[^>]*>)?`")
+_LITERAL = re.compile(r"``([^`]+)``")
+_EMPHASIS = re.compile(r"\*\*?([^*\s][^*]*?)\*\*?")
+_LINK = re.compile(r"`([^`<]+?)\s*(?:<[^>]*>)?`_{1,2}")
+
+
+def unmark(text: str) -> str:
+    """reST inline markup replaced by the text it shows (roles, literals, emphasis, links)."""
+    for pattern in (_ROLE, _LITERAL, _EMPHASIS, _LINK):
+        text = pattern.sub(r"\1", text)
+    return text
+
+
+def paragraphs(text: str) -> Iterator[str]:
+    """Paragraphs of prose joined onto one line: blocks separated by blank lines, without indented (code or
+    grammar) blocks, interactive sessions, reST tables, directives, headings or list items; inline reST
+    markup is replaced by its text."""
+    block: list[str] = []
+    for line in text.splitlines() + [""]:
+        if line.strip():
+            block.append(line)
+            continue
+        if block and _is_prose(block):
+            yield unmark(" ".join(ln.strip() for ln in block))
+        block = []
+
+
+def _is_prose(block: list[str]) -> bool:
+    first = block[0]
+    if first[:1].isspace() or first.lstrip().startswith(("..", ">>>", "-", "*", "+", "#", ":")):
+        return False
+    if any(_TABLE.match(ln) or ln.lstrip().startswith(">>>") for ln in block):
+        return False
+    return not block[-1].rstrip().endswith("::")
+
+
+def split_sentences(paragraph: str) -> list[str]:
+    """Sentences of one paragraph: split after ., ! or ? followed by a capital, except after a common
+    abbreviation (e.g., i.e., etc.) or a single capital letter (an initial)."""
+    out: list[str] = []
+    for piece in _SENTENCE_END.split(paragraph):
+        last = out[-1].split()[-1] if out else ""
+        if out and (last in _ABBREVIATIONS or re.fullmatch(r"[A-Z]\.", last)):
+            out[-1] += " " + piece
+        else:
+            out.append(piece)
+    return [" ".join(s.split()) for s in out]
+
+
+def is_clean(sentence: str, min_words: int = MIN_WORDS, max_words: int = MAX_WORDS) -> bool:
+    """A plain English sentence of ``min_words``-``max_words`` words with no code, markup or URL in it."""
+    words = sentence.split()
+    if not min_words <= len(words) <= max_words:
+        return False
+    if not (sentence[0].isupper() and sentence[-1] in ".!?") or sentence.isupper():
+        return False
+    if _CODE_CHARS & set(sentence) or _CALL.search(sentence) or _URL.search(sentence) or not sentence.isascii():
+        return False
+    if sentence.count('"') % 2 or sentence.count("(") != sentence.count(")") or "\"'" in sentence:
+        return False
+    for w in words:
+        core = w.lstrip(_WRAP_OPEN).rstrip(_WRAP_CLOSE)
+        if w in _ABBREVIATIONS or (not core and w in ("-", "--")):
+            continue
+        if not _WORD.fullmatch(core) or _INNER_CAPITAL.search(core):
+            return False
+    return True
+
+
+def docstrings(root: str) -> Iterator[str]:
+    """Module, class and function docstrings of the ``.py`` files under ``root`` (tests and site-packages
+    left out), in a stable order."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in ("site-packages", "test", "tests", "idle_test",
+                                                               "__pycache__"))
+        for name in sorted(filenames):
+            if not name.endswith(".py"):
+                continue
+            try:
+                with open(os.path.join(dirpath, name), encoding="utf-8") as f:
+                    tree = ast.parse(f.read())
+            except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+                continue
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                    doc = ast.get_docstring(node)
+                    if doc:
+                        yield doc
+
+
+def reference_topics() -> Iterator[str]:
+    """The language reference's topics as pydoc shows them (``pydoc_data.topics``), in key order."""
+    from pydoc_data.topics import topics
+
+    for key in sorted(topics):
+        yield topics[key]
+
+
+def clean_sentences(texts: Iterable[str], min_words: int = MIN_WORDS, max_words: int = MAX_WORDS) -> list[str]:
+    """Every clean sentence of ``texts``, first occurrence kept, in order."""
+    seen: dict[str, None] = {}
+    for text in texts:
+        for para in paragraphs(text):
+            for s in split_sentences(para):
+                if s not in seen and is_clean(s, min_words, max_words):
+                    seen[s] = None
+    return list(seen)
+
+
+def docs_sources(pattern: str = "/usr/share/doc/python3*/html/_sources") -> list[str]:
+    """The reST sources of the newest installed Debian Python documentation (``*.rst.txt``), sorted; [] when
+    none is installed."""
+    roots = sorted(glob.glob(pattern), key=lambda p: [int(x) for x in re.findall(r"\d+", p)])
+    return sorted(glob.glob(os.path.join(roots[-1], "**", "*.txt"), recursive=True)) if roots else []
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+
+def python_prose(min_words: int = MIN_WORDS, max_words: int = MAX_WORDS, root: str | None = None,
+                 docs: list[str] | None = None) -> list[str]:
+    """The ``prose`` corpus: the clean sentences of the reference topics, of the standard library's docstrings
+    (``root``, default this Python's stdlib directory), then of the documentation sources ``docs`` (default
+    :func:`docs_sources`: none where the documentation is not installed)."""
+    root = root or sysconfig.get_paths()["stdlib"]
+    docs = docs_sources() if docs is None else docs
+
+    def texts():
+        yield from reference_topics()
+        yield from docstrings(root)
+        yield from map(_read, docs)
+    return clean_sentences(texts(), min_words, max_words)
