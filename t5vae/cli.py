@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 from t5vae import hugepages
-from t5vae.config import DEFAULT_T5, Config, T5Config, TrainConfig
-from t5vae.names import DECODERS, INTERPOLATIONS, PRIORS, parses
+from t5vae.config import DEFAULT_T5, LANGUAGE_DEFAULTS, Config, T5Config, TrainConfig
+from t5vae.names import DECODERS, INTERPOLATIONS, PRIORS, PROSE, parses
 from t5vae.rundir import RunDirBusy
 
 DEFAULT_OUT = "t5vae-run"
@@ -51,6 +51,18 @@ def _parse_value(text: str, default, type_name: str = ""):
         return text
 
 
+def _setting_help(name: str, default, training: bool) -> str:
+    """A flag's help: its default, or, for a training setting that follows the corpus's language, each
+    language's."""
+    if not training:
+        return f"default {default!r}"
+    if name == "language":
+        return f"code or prose (default: the corpus's: {PROSE!r} is prose, every other corpus code)"
+    if name in LANGUAGE_DEFAULTS["code"]:
+        return "default by language: " + ", ".join(f"{lang} {d[name]!r}" for lang, d in LANGUAGE_DEFAULTS.items())
+    return f"default {default!r}"
+
+
 def _add_setting_flags(p: argparse.ArgumentParser):
     model, t5, train = _fields()
     for group, fields, prefix, defaults in (("model", model, "", Config()), ("T5 backbone", t5, "t5-", DEFAULT_T5),
@@ -63,7 +75,7 @@ def _add_setting_flags(p: argparse.ArgumentParser):
             g.add_argument(f"--{prefix}{f.name.replace('_', '-')}", *alias, dest=f"{prefix.replace('-', '.')}{f.name}",
                            type=lambda s, d=default, t=str(f.type): _parse_value(s, d, t), default=argparse.SUPPRESS,
                            metavar=type(default).__name__.upper() if default is not None else "VALUE",
-                           help=f"default {default!r}")
+                           help=_setting_help(f.name, default, isinstance(defaults, TrainConfig)))
 
 
 def _read_config_file(path: str) -> dict:
@@ -149,6 +161,8 @@ def cmd_eval(args) -> int:
     corpus = rundir.corpus(args.dir)
     lines, name = corpus.validation, rundir.EVAL_NAME
     if args.lines:  # a held-out set: every line of another corpus that the run did not train on
+        args.min_chars = tc.min_chars if args.min_chars is None else args.min_chars
+        args.max_chars = tc.max_chars if args.max_chars is None else args.max_chars
         other = data.load_corpus(args.lines, 50.0, args.min_chars, args.max_chars)
         seen = set(corpus.train)
         lines = [s for s in sorted(other.train + other.validation, key=_stable_hash) if s not in seen]
@@ -160,7 +174,7 @@ def cmd_eval(args) -> int:
             raise ValueError(f"{args.lines} holds fewer than 2 lines the run has not trained on")
     pairs = tc.eval_pairs if args.pairs is None else args.pairs
     results = evaluate.evaluate(m, lines, pairs=pairs, batch_size=tc.eval_batch_size, seed=tc.seed, kind=args.kind,
-                                method=args.method)
+                                method=args.method, language=tc.language)
     if args.lines:
         results["source"] = f"Held out ({args.lines}, {args.min_chars}-{args.max_chars} characters)"
     print(evaluate.save(results, args.dir, name))
@@ -249,8 +263,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--lines", help="evaluate on another corpus instead of the run's validation split, e.g. "
                                    "py:optax (an installed package's statements), py:DIR or a text file; lines "
                                    "the run trained on are left out; saved as eval-<name>.md")
-    e.add_argument("--min-chars", type=_int_at_least(1), default=10, help="with --lines (default 10)")
-    e.add_argument("--max-chars", type=_int_at_least(1), default=80, help="with --lines (default 80)")
+    e.add_argument("--min-chars", type=_int_at_least(1), help="with --lines (default: the run's min_chars)")
+    e.add_argument("--max-chars", type=_int_at_least(1), help="with --lines (default: the run's max_chars)")
     e.add_argument("--max-lines", type=_int_at_least(2), help="with --lines: at most this many (a fixed sample)")
     e.set_defaults(fn=cmd_eval)
     i = sub.add_parser("interpolate", help="decode the path between two lines' codes: a table of ratio, text, "

@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from t5vae import files
+from t5vae.names import LANGUAGES, corpus_language
 
 _ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu")
 
@@ -286,6 +287,15 @@ OPTIMIZERS = ("adamw", "adafactor")
 PIPELINES = ("memory", "grain")
 
 
+# What a TrainConfig leaves unset follows the corpus's language: code lines (the embedded corpus: statements
+# of 10-80 characters, names renamed so the model learns to carry names it never saw) or English sentences
+# (the prose corpus's 5-25 words fit 20-200 characters; renaming is for code; a larger vocabulary for words).
+LANGUAGE_DEFAULTS = {
+    "code": {"min_chars": 10, "max_chars": 80, "rename_prob": 0.8, "vocab_size": 1024},
+    "prose": {"min_chars": 20, "max_chars": 200, "rename_prob": 0.0, "vocab_size": 2048},
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(_Settings):
     """Everything about a training run that is not the model (see :class:`Config`)."""
@@ -299,13 +309,15 @@ class TrainConfig(_Settings):
     weight_decay: float = 0.0        # AdamW only
     clip_norm: float = 1.0
     seed: int = 0
-    corpus: str | None = None        # None/"stdlib", "tfds:NAME[:FIELD]" or comma-separated text files
-    min_chars: int = 10              # stdlib corpus line length bounds
-    max_chars: int = 80             # = corpus.MAX_CHARS
+    corpus: str | None = None        # None/"stdlib", "prose", "py:...", "tfds:NAME[:FIELD]" or text files
+    # None: by the corpus's language (LANGUAGE_DEFAULTS), which is "prose" for the prose corpus, else "code"
+    language: str | None = None
+    min_chars: int | None = None     # line length bounds, characters
+    max_chars: int | None = None
     validation_percent: float = 2.0
     tokenizer: str | None = None     # a spiece.model; None trains one on the corpus
-    vocab_size: int = 1024           # for a trained tokenizer
-    rename_prob: float = 0.8         # per epoch, the chance a training line's names are renamed (t5vae.augment)
+    vocab_size: int | None = None    # for a trained tokenizer
+    rename_prob: float | None = None  # per epoch, the chance a training line's names are renamed (t5vae.augment)
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 10
@@ -320,6 +332,13 @@ class TrainConfig(_Settings):
     pipeline_workers: int = 0         # grain worker processes (0: in the training process)
 
     def __post_init__(self):
+        language = self.language or corpus_language(self.corpus)
+        if language not in LANGUAGES:
+            raise ValueError(f"TrainConfig.language must be one of {list(LANGUAGES)}, got {self.language!r}")
+        object.__setattr__(self, "language", language)
+        for name, value in LANGUAGE_DEFAULTS[language].items():  # the settings left to the language
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"TrainConfig.optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
         for name in ("steps", "batch_size", "checkpoint_every", "log_every", "vocab_size", "keep_checkpoints"):

@@ -17,7 +17,7 @@ import zlib
 from pathlib import Path
 from typing import Sequence
 
-from t5vae.names import parse_quietly
+from t5vae.names import PROSE, parse_quietly
 
 
 # The embedded corpus's line-length cap in characters (TrainConfig.max_chars's default): real code lines run
@@ -42,11 +42,13 @@ class Spec:
 
 
 def parse_spec(spec: str | None) -> Spec:
-    """``None``/""/"stdlib": the embedded corpus; "py:PACKAGE_OR_DIR"; "tfds:NAME[/CONFIG][:VERSION][:FIELD]";
+    """``None``/""/"stdlib": the embedded corpus; "prose": the embedded English sentences; "py:PACKAGE_OR_DIR"; "tfds:NAME[/CONFIG][:VERSION][:FIELD]";
     "array_record:PATH[,PATH]" or comma-separated paths that all name array_record files (or shards);
     otherwise comma-separated text files. A malformed spec is a ValueError that shows the expected form."""
     if spec in (None, "", "stdlib"):
         return Spec("stdlib", "stdlib")
+    if spec == PROSE:
+        return Spec("prose", PROSE)
     if not isinstance(spec, str):
         raise TypeError(f"a corpus spec is a string, got {type(spec).__name__}")
     if spec.startswith("py:"):

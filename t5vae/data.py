@@ -89,7 +89,8 @@ def _train_spm(spm, lines, out, vocab_size):
 def load_corpus(spec: str | None = None, validation_percent: float = 2.0, min_chars: int = 10,
                 max_chars: int = corpus.MAX_CHARS) -> corpus.Corpus:
     """Every line of a corpus spec (:func:`t5vae.corpus.parse_spec`) in memory: ``None``/"stdlib" the embedded
-    corpus; "py:PACKAGE_OR_DIR" the statements of other Python code chosen the same way (``py:optax``);
+    corpus; "prose" the English sentences of :mod:`t5vae.sentences` (5-25 words, then ``min_chars``-``max_chars``
+    characters); "py:PACKAGE_OR_DIR" the statements of other Python code chosen the same way (``py:optax``);
     "tfds:NAME[/CONFIG][:VERSION][:FIELD]" a TFDS dataset read TF-free (``tfds:python_statements`` is the
     embedded corpus as a TFDS builder, the same split; a catalog dataset must be prepared as array_record in
     ``$TFDS_DATA_DIR``, see ``tfds_data``); array_record files of UTF-8 lines (their first records held out, as
@@ -97,6 +98,11 @@ def load_corpus(spec: str | None = None, validation_percent: float = 2.0, min_ch
     spec = corpus.parse_spec(spec)
     if spec.kind == "stdlib":
         return corpus.Corpus.from_lines(corpus.stdlib_lines(min_chars, max_chars), "stdlib", validation_percent)
+    if spec.kind == "prose":  # English sentences of the Python installation's own text
+        from t5vae import sentences
+
+        lines = [s for s in sentences.python_prose() if min_chars <= len(s) <= max_chars]
+        return corpus.Corpus.from_lines(lines, spec.text, validation_percent)
     if spec.kind == "py":  # the statements of another Python tree: a directory or an installed package
         lines = corpus.python_lines(corpus.package_root(spec.name), min_chars, max_chars)
         return corpus.Corpus.from_lines(lines, spec.text, validation_percent)

@@ -1,6 +1,9 @@
-"""Evaluation on held-out lines, through :class:`t5vae.text.Model`: greedy reconstruction from the latent,
-held-out MMD, active units, and interpolation quality (paths between random pairs: how many interior points
-parse, how many are new)."""
+"""Evaluation on held-out lines, through :class:`t5vae.text.Model`: greedy reconstruction from the latent
+(token accuracy, exact match by length, corpus BLEU-4), held-out MMD, active units, mutual information, and
+interpolation quality on paths between random pairs. For code: how many interior points parse and are new,
+and a linear probe of the statement kind. For prose (``language="prose"``): how many interior points differ
+from both decoded ends, how many paths are smooth (t5vae.scores), how many points ran to max_length, and
+lengths in words."""
 
 from __future__ import annotations
 
@@ -11,19 +14,21 @@ from typing import Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from t5vae import bottleneck, data, files, latent, rundir
-from t5vae.names import DECODERS, DEFAULT_BEAMS, DEFAULT_INTERPOLATION, parses, statement_kind
+from t5vae import bottleneck, data, files, latent, rundir, scores
+from t5vae.names import DECODERS, DEFAULT_BEAMS, DEFAULT_INTERPOLATION, LANGUAGES, parses, statement_kind
 from t5vae.text import Model
 
 
 def evaluate(model: Model, lines: Sequence[str], *, pairs: int = 100, batch_size: int = 128, seed: int = 0,
              steps: int = 9, kind: str = DEFAULT_INTERPOLATION, method: str = "greedy",
-             num_beams: int = DEFAULT_BEAMS) -> dict:
+             num_beams: int = DEFAULT_BEAMS, language: str = "code") -> dict:
     """All held-out metrics as a flat dict (see the module docstring); ``examples`` holds one interpolation.
     Reconstruction is always greedy; ``method`` decodes the interpolation paths ("greedy", or "beam" with
-    ``num_beams``)."""
+    ``num_beams``); ``language`` ("code" or "prose") chooses the path measures and the length buckets."""
     if method not in DECODERS:
         raise ValueError(f"method must be one of {DECODERS}, got {method!r}")
+    if language not in LANGUAGES:
+        raise ValueError(f"language must be one of {LANGUAGES}, got {language!r}")
     cfg = model.cfg
     enc = data.encode_lines(model.tokenizer, lines, cfg.max_length)
     z = model.codes(enc, batch_size)
@@ -37,14 +42,18 @@ def evaluate(model: Model, lines: Sequence[str], *, pairs: int = 100, batch_size
         exact[i] = len(got) == len(target) and np.array_equal(got, target)
     exact &= ~enc.truncated  # a line cut to max_length tokens is never reconstructed exactly
     rng = np.random.default_rng(seed)
-    results = {"n_lines": len(lines), "n_truncated": enc.n_truncated,
+    decoded = [model.tokenizer.decode(t) for t in toks]
+    results = {"n_lines": len(lines), "n_truncated": enc.n_truncated, "language": language,
                "recon_token_acc": n_ok / max(n_tok, 1), "recon_exact_match": int(exact.sum()) / max(len(lines), 1),
-               **latent_spread(z, cfg.bandwidth, rng)}
-    results.update(exact_by_length(lines, exact))
+               "recon_bleu4": scores.corpus_bleu(lines, decoded), **latent_spread(z, cfg.bandwidth, rng)}
+    results.update(exact_by_length(lines, exact, language))
     results.update(mutual_information(z, cfg.latent_noise or MI_SIGMA, seed))
-    results.update(linear_probe(lines, z, seed))
     how = {"steps": steps, "kind": kind, "method": method, "num_beams": num_beams, "batch_size": batch_size}
-    results.update(interpolation_quality(model, lines, z, pairs, rng, **how))
+    if language == "code":
+        results.update(linear_probe(lines, z, seed))
+        results.update(interpolation_quality(model, lines, z, pairs, rng, **how))
+    else:
+        results.update(prose_paths(model, lines, z, pairs, rng, **how))
     return results
 
 
@@ -80,17 +89,42 @@ def interpolation_quality(model: Model, lines, z, pairs, rng, steps=9, kind=DEFA
             "example": [lines[a]] + list(texts[0]) + [lines[b]]}
 
 
+def prose_paths(model: Model, lines, z, pairs, rng, steps=9, kind=DEFAULT_INTERPOLATION, method="greedy",
+                num_beams=DEFAULT_BEAMS, batch_size=128) -> dict:
+    """For ``pairs`` random pairs of distinct sentences: decode their codes' whole path (``steps`` interior
+    points and both ends). An interior point is distinct when it differs from both decoded ends; a path is
+    smooth by :func:`t5vae.scores.is_smooth`; a point that ran to max_length tokens without its end (a
+    phrase repeated until the limit, say) counts as degenerate."""
+    if len(lines) < 2 or pairs <= 0:
+        return {"interp_pairs": 0}
+    idx = np.stack([rng.choice(len(lines), 2, replace=False) for _ in range(pairs)])
+    paths = np.stack([np.asarray(latent.interpolate(z[a], z[b], steps + 2, kind)) for a, b in idx])
+    beams = {"num_beams": num_beams} if method == "beam" else {}
+    ids = model.decode_ids(paths.reshape((-1,) + z.shape[1:]), method=method, batch_size=batch_size, **beams)
+    limit = model.cfg.max_length
+    ran_out = np.array([len(t) >= limit for t in ids]).reshape(pairs, steps + 2)
+    texts = np.array([model.tokenizer.decode(t) for t in ids], dtype=object).reshape(pairs, steps + 2)
+    distinct = np.array([[t != row[0] and t != row[-1] for t in row[1:-1]] for row in texts])
+    a, b = idx[0]
+    return {"interp_pairs": int(pairs), "interp_kind": kind, "interp_method": method,
+            "interp_distinct": float(distinct.mean()), "interp_smooth": float(np.mean([scores.is_smooth(r) for r in texts])),
+            "interp_degenerate": float(ran_out[:, 1:-1].mean()),
+            "example": [lines[a]] + list(texts[0][1:-1]) + [lines[b]]}
+
+
 # -- latent diagnostics ------------------------------------------------------------------------------
 
-LENGTH_BUCKETS = ((0, 40), (41, 60), (61, 80), (81, None))  # characters, for exact match by length
+# for exact match by length: characters for code, words for prose
+LENGTH_BUCKETS = {"code": ((0, 40), (41, 60), (61, 80), (81, None)), "prose": ((0, 8), (9, 12), (13, 16), (17, None))}
 MI_SIGMA = 0.1  # the posterior's std for the MI estimate when the model adds no latent noise
 
 
-def exact_by_length(lines: Sequence[str], exact: np.ndarray) -> dict:
-    """Exact-match reconstruction per line-length bucket (characters): ``recon_exact_len_41_60`` etc."""
-    n = np.array([len(s) for s in lines])
+def exact_by_length(lines: Sequence[str], exact: np.ndarray, language: str = "code") -> dict:
+    """Exact-match reconstruction per length bucket (characters for code, words for prose):
+    ``recon_exact_len_41_60`` etc."""
+    n = np.array([len(s) if language == "code" else len(s.split()) for s in lines])
     out = {}
-    for lo, hi in LENGTH_BUCKETS:
+    for lo, hi in LENGTH_BUCKETS[language]:
         sel = (n >= lo) & (n <= (hi if hi is not None else n.max(initial=0)))
         if sel.any():
             name = f"recon_exact_len_{lo}_{hi}" if hi is not None else f"recon_exact_len_{lo}_up"
@@ -141,18 +175,24 @@ def linear_probe(lines: Sequence[str], z: np.ndarray, seed: int = 0, steps: int 
             "probe_majority": float(np.mean(y[is_test] == majority)), "probe_classes": int(len(classes))}
 
 
-# What the learning curve records (t5vae.train.fit's ``curve``).
-CURVE_KEYS = ("recon_token_acc", "recon_exact_match", "interp_valid", "interp_distinct", "heldout_mmd")
+# What the learning curve records (t5vae.train.fit's ``curve``), per language.
+CURVE_KEYS = {"code": ("recon_token_acc", "recon_exact_match", "recon_bleu4", "interp_valid", "interp_distinct",
+                       "heldout_mmd"),
+              "prose": ("recon_token_acc", "recon_exact_match", "recon_bleu4", "interp_distinct", "interp_smooth",
+                        "heldout_mmd")}
 
 ROWS = [("recon_token_acc", "greedy reconstruction token accuracy", "{:.3f}"),
         ("recon_exact_match", "greedy reconstruction exact match", "{:.3f}"),
+        ("recon_bleu4", "greedy reconstruction corpus BLEU-4 (words)", "{:.3f}"),
         ("heldout_mmd", "held-out MMD (unbiased)", "{:.4f}"),
         ("active_units", "active latent units (var > 0.01)", "{}"),
         ("mutual_info", "mutual information I(x; z), nats (Optimus's estimate)", "{:.2f}"),
         ("probe_accuracy", "linear probe: statement kind from the code, accuracy", "{:.3f}"),
         ("interp_valid", "interpolation: interior points that parse", "{:.3f}"),
         ("interp_distinct", "interpolation: interior points distinct from both ends", "{:.3f}"),
-        ("interp_valid_and_distinct", "interpolation: valid and distinct", "{:.3f}")]
+        ("interp_valid_and_distinct", "interpolation: valid and distinct", "{:.3f}"),
+        ("interp_smooth", "interpolation: smooth paths (word edit distance monotone)", "{:.3f}"),
+        ("interp_degenerate", "interpolation: points that ran to max_length", "{:.3f}")]
 
 
 def table(results: dict) -> str:
@@ -174,7 +214,8 @@ def table(results: dict) -> str:
     buckets = [(k, k.replace("recon_exact_len_", "").replace("_up", "+").replace("_", "-")) for k in results
                if k.startswith("recon_exact_len_")]
     if buckets:
-        lines += ["", "Exact match by line length (characters):", "", "| length | lines | exact match |", "|---|---|---|"]
+        unit = "words" if results.get("language") == "prose" else "characters"
+        lines += ["", f"Exact match by line length ({unit}):", "", "| length | lines | exact match |", "|---|---|---|"]
         lines += [f"| {name} | {results[k.replace('recon_exact', 'n')]} | {results[k]:.3f} |" for k, name in buckets]
     if "example" in results:
         lines += ["", "Example interpolation:", ""] + [f"    {s}" for s in results["example"]]

@@ -15,8 +15,19 @@ DEFAULT_BEAMS = 4
 PRIORS = ("gaussian", "tanh", "aggregate")
 DEFAULT_PRIOR = "aggregate"
 # How a corpus spec is read (t5vae.corpus.parse_spec): the embedded standard-library corpus, the statements
-# of another Python tree (py:), a TFDS dataset (tfds:), array_record files of UTF-8 lines, text files.
-CORPUS_KINDS = ("stdlib", "py", "tfds", "array_record", "text")
+# of another Python tree (py:), the embedded English sentences (prose: t5vae.sentences), a TFDS dataset
+# (tfds:), array_record files of UTF-8 lines, text files.
+CORPUS_KINDS = ("stdlib", "py", "prose", "tfds", "array_record", "text")
+PROSE = "prose"  # the spec of the embedded English corpus
+# What a corpus holds, which sets the training defaults (config.LANGUAGE_DEFAULTS) and what evaluation
+# measures: code lines (parse checks, statement kinds) or sentences (BLEU, smooth paths, lengths in words).
+LANGUAGES = ("code", "prose")
+
+
+def corpus_language(spec: str | None) -> str:
+    """The language a corpus spec holds unless told otherwise: "prose" for the embedded English corpus,
+    "code" for every other (a text, TFDS or array_record corpus of sentences says so with language="prose")."""
+    return "prose" if spec == PROSE else "code"
 NO_PARSE, EMPTY = "no parse", "empty"  # statement_kind of a line that does not parse / holds no statement
 
 

@@ -54,10 +54,11 @@ def open_source(spec: str | None, split: str = "train", validation_percent: floa
     """``(training source, held-out source or None)`` of a corpus spec (:func:`t5vae.corpus.parse_spec`), the
     same lines :func:`t5vae.data.load_corpus` reads: ``tfds:NAME[/CONFIG][:VERSION][:FIELD]`` (None/"stdlib":
     ``tfds:python_statements``, the embedded corpus's split), array_record files of UTF-8 lines, text files
-    (prepared once as the ``text_lines`` TFDS dataset), or ``py:`` statements (collected in memory). A source
+    (prepared once as the ``text_lines`` TFDS dataset), or ``py:`` statements and the ``prose`` sentences
+    (collected in memory). A source
     without a validation/test split holds out its first records (:func:`t5vae.corpus.held_out_count`)."""
     parsed = corpus.parse_spec(spec)
-    if parsed.kind == "py":  # built in memory: the same split as the in-memory pipeline's
+    if parsed.kind in ("py", "prose"):  # built in memory: the same split as the in-memory pipeline's
         lines = data.load_corpus(spec, validation_percent, min_chars, max_chars)
         return (Source(_Lines(lines.train), None, f"{spec}[train]"),
                 Source(_Lines(lines.validation), None, f"{spec}[validation]"))

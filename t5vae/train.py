@@ -379,8 +379,8 @@ def _run(cfg, tc, out: Path, init_from, overwrite, log, mesh):
 
     def curve(params):
         r = evaluate.evaluate(text.Model(cfg, params, tok), curve_lines, pairs=CURVE_PAIRS,
-                              batch_size=tc.eval_batch_size, seed=tc.seed)
-        return {k: r[k] for k in evaluate.CURVE_KEYS if k in r}
+                              batch_size=tc.eval_batch_size, seed=tc.seed, language=tc.language)
+        return {k: r[k] for k in evaluate.CURVE_KEYS[tc.language] if k in r}
 
     renamer = augment.Renamer(corpus.train, p_line=tc.rename_prob) if tc.rename_prob > 0 and enc is not None else None
     if tc.rename_prob > 0 and enc is None:
@@ -389,7 +389,7 @@ def _run(cfg, tc, out: Path, init_from, overwrite, log, mesh):
     checkpoint.save_params_replacing(out / rundir.PARAMS_DIR, params)  # orbax: every process takes part
     log(f"training took {time.time() - t_start:.0f}s; evaluating on {len(corpus.validation)} held-out lines")
     results = evaluate.evaluate(text.Model(cfg, params, tok, str(out)), corpus.validation, pairs=tc.eval_pairs,
-                                batch_size=tc.eval_batch_size, seed=tc.seed)
+                                batch_size=tc.eval_batch_size, seed=tc.seed, language=tc.language)
     results["train_seconds"] = round(time.time() - t_start, 1)
     log(evaluate.save(results, out) if jax.process_index() == 0 else evaluate.table(results))
     return params, results

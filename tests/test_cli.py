@@ -24,7 +24,7 @@ def test_cli_train_writes_a_complete_run_directory(run):
     assert {"loss", "ce", "mmd", "w", "token_acc", "seq_acc"} <= set(rows[0])
     curve = [json.loads(l) for l in (out / runlog.CURVE_FILE).read_text().splitlines()]
     assert [r["step"] for r in curve] == [3, 6]  # --eval-every 3: the learning curve
-    assert set(evaluate.CURVE_KEYS) <= set(curve[0]) and 0.0 <= curve[1]["recon_token_acc"] <= 1.0
+    assert set(evaluate.CURVE_KEYS["code"]) <= set(curve[0]) and 0.0 <= curve[1]["recon_token_acc"] <= 1.0
     assert "step 6: recon_token_acc" in run["stdout"]
     # every line is cut at max_length 8, and a cut line is never renamed (tests/test_data.py renames real ones)
     assert re.search(r"identifier renaming: 0 of [0-9]+ training lines renamed", run["stdout"])
@@ -157,3 +157,14 @@ def test_demo_without_its_extra_names_the_install(monkeypatch):
     args = cli.parser().parse_args(["demo", "RUN"])
     with pytest.raises(ValueError, match=r"needs the demo extra \(pip install -e '\.\[demo\]'\)"):
         args.fn(args)
+
+
+def test_train_on_the_prose_corpus_takes_the_prose_settings_and_flags_win():
+    from t5vae import cli
+
+    _, tc = cli.build_configs(cli.parser().parse_args(["train", "--corpus", "prose"]))
+    assert (tc.language, tc.rename_prob, tc.max_chars, tc.vocab_size) == ("prose", 0.0, 200, 2048)
+    _, tc = cli.build_configs(cli.parser().parse_args(["train", "--corpus", "prose", "--rename-prob", "0.3"]))
+    assert tc.rename_prob == 0.3
+    _, tc = cli.build_configs(cli.parser().parse_args(["train", "--corpus", "x.txt", "--language", "prose"]))
+    assert tc.language == "prose" and tc.rename_prob == 0.0

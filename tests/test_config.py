@@ -129,3 +129,15 @@ def test_train_config_validation_and_json_round_trip(tmp_path):
 def test_train_config_corpus_cap_is_the_embedded_corpus_cap():
     from t5vae import corpus  # config is a leaf module, so the default is written in both places
     assert tv.TrainConfig().max_chars == corpus.MAX_CHARS
+
+
+def test_train_settings_follow_the_corpus_language_unless_given():
+    code, prose = tv.TrainConfig(), tv.TrainConfig(corpus="prose")
+    assert (code.language, code.rename_prob, code.max_chars, code.vocab_size) == ("code", 0.8, 80, 1024)
+    assert (prose.language, prose.rename_prob, prose.min_chars, prose.max_chars) == ("prose", 0.0, 20, 200)
+    assert tv.TrainConfig(corpus="prose", rename_prob=0.5, max_chars=120).rename_prob == 0.5
+    assert tv.TrainConfig(corpus="my_sentences.txt", language="prose").rename_prob == 0.0  # a text corpus of prose
+    again = tv.TrainConfig.from_dict(prose.to_dict())
+    assert again == prose and again.to_dict()["language"] == "prose"  # the run knows its language
+    with pytest.raises(ValueError, match="TrainConfig.language must be one of"):
+        tv.TrainConfig(language="french")

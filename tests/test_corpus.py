@@ -65,3 +65,14 @@ def test_parse_check_is_quiet_about_odd_but_valid_source(recwarn):
     assert not parses("x = (") and not parses("x = 1\x00")  # a syntax error; a null byte (ValueError)
     assert corpus.parse_quietly("y = 1if x else 2") is not None
     assert not [w for w in recwarn if issubclass(w.category, (SyntaxWarning, DeprecationWarning))]
+
+
+def test_prose_spec_is_the_embedded_sentences_with_a_stable_split():
+    from t5vae import data
+
+    assert corpus.parse_spec("prose").kind == "prose"
+    c = data.load_corpus("prose", 2.0, 20, 200)
+    both = c.train + c.validation
+    assert len(both) > 5000 and all(20 <= len(s) <= 200 for s in both)
+    assert all(corpus.split_of(s, 2.0) == "validation" for s in c.validation)
+    assert data.load_corpus("prose", 2.0, 20, 200).validation == c.validation

@@ -88,3 +88,42 @@ def test_linear_probe_reads_a_kind_written_into_the_codes():
     blind = evaluate.linear_probe(lines, noise)
     assert blind["probe_accuracy"] < 0.8  # noise carries no kind: near the majority baseline, not above the coded one
     assert evaluate.statement_kind("return x") == "Return" and evaluate.statement_kind("x = (") == "no parse"
+
+
+def test_prose_evaluation_measures_words_bleu_and_smooth_paths(text_model):
+    """language="prose": BLEU-4 and word-length buckets, paths judged against their decoded ends (distinct,
+    smooth, ran to max_length); no parse check and no statement-kind probe."""
+    sentences = ["The cat sat on the mat today.", "A dog ran in the park at noon.",
+                 "We read the old book twice.", "It rained all day long here."]
+    r = evaluate.evaluate(text_model, sentences, pairs=3, steps=3, batch_size=8, language="prose")
+    assert r["language"] == "prose" and 0.0 <= r["recon_bleu4"] <= 1.0
+    assert {"interp_distinct", "interp_smooth", "interp_degenerate"} <= set(r)
+    assert not {"interp_valid", "probe_accuracy"} & set(r)
+    assert {k for k in r if k.startswith("n_len_")} == {"n_len_0_8"}  # every sentence has at most 8 words
+    assert len(r["example"]) == 5  # the two sentences and three interior points
+    assert "Exact match by line length (words)" in evaluate.table(r)
+    with pytest.raises(ValueError, match="language must be one of"):
+        evaluate.evaluate(text_model, sentences, language="french")
+
+
+def test_prose_paths_count_points_that_run_to_max_length(text_model, monkeypatch):
+    """A point whose tokens fill max_length (a phrase repeated to the limit) is degenerate."""
+    limit = text_model.cfg.max_length
+    rng = np.random.default_rng(0)
+    z = text_model.encode(TEXT_LINES[:2])
+
+    def fixed(self, codes, **kw):
+        out = np.full((len(codes), limit), 5, np.int32)  # never ends
+        out[0, 3:] = 0  # the first point (an end) does
+        return out
+
+    monkeypatch.setattr(type(text_model), "decode_ids", fixed)
+    r = evaluate.prose_paths(text_model, TEXT_LINES[:2], z, 1, rng, steps=3)
+    assert r["interp_degenerate"] == 1.0 and r["interp_pairs"] == 1
+
+
+def test_exact_match_by_length_in_words_for_prose():
+    lines = ["one two three", "a b c d e f g h i j", "w " * 20]
+    got = evaluate.exact_by_length(lines, np.array([True, False, True]), "prose")
+    assert got == {"recon_exact_len_0_8": 1.0, "n_len_0_8": 1, "recon_exact_len_9_12": 0.0, "n_len_9_12": 1,
+                   "recon_exact_len_17_up": 1.0, "n_len_17_up": 1}

@@ -257,3 +257,12 @@ def test_a_grain_run_on_an_array_record_corpus_evaluates_interpolates_and_serves
     demo = pytest.importorskip("t5vae.demo.backend")
     b = demo.Backend.from_run(out, map_lines=20, pool_lines=50)
     assert b.map_lines and set(b.map_lines) <= set(memory.validation) and set(b.pool_lines) <= set(memory.train)
+
+
+def test_prose_reads_the_same_split_in_both_pipelines():
+    from t5vae import data
+
+    train, held = pipeline.open_source("prose", min_chars=20, max_chars=200)
+    mem = data.load_corpus("prose", 2.0, 20, 200)
+    assert len(train) == len(mem.train) and len(held) == len(mem.validation)
+    assert held.texts(range(len(held))) == mem.validation and train.texts([0, 5]) == [mem.train[0], mem.train[5]]
