@@ -93,16 +93,15 @@ def prose_paths(model: Model, lines, z, pairs, rng, steps=9, kind=DEFAULT_INTERP
                 num_beams=DEFAULT_BEAMS, batch_size=128) -> dict:
     """For ``pairs`` random pairs of distinct sentences: decode their codes' whole path (``steps`` interior
     points and both ends). An interior point is distinct when it differs from both decoded ends; a path is
-    smooth by :func:`t5vae.scores.is_smooth`; a point that ran to max_length tokens without its end (a
-    phrase repeated until the limit, say) counts as degenerate."""
+    smooth by :func:`t5vae.scores.is_smooth`; a point whose decoding never ended (a phrase repeated until
+    max_length, say) counts as degenerate."""
     if len(lines) < 2 or pairs <= 0:
         return {"interp_pairs": 0}
     idx = np.stack([rng.choice(len(lines), 2, replace=False) for _ in range(pairs)])
     paths = np.stack([np.asarray(latent.interpolate(z[a], z[b], steps + 2, kind)) for a, b in idx])
     beams = {"num_beams": num_beams} if method == "beam" else {}
     ids = model.decode_ids(paths.reshape((-1,) + z.shape[1:]), method=method, batch_size=batch_size, **beams)
-    limit = model.cfg.max_length
-    ran_out = np.array([len(t) >= limit for t in ids]).reshape(pairs, steps + 2)
+    ran_out = ~np.any(np.asarray(ids) == model.cfg.t5.eos_token_id, axis=1).reshape(pairs, steps + 2)  # no end
     texts = np.array([model.tokenizer.decode(t) for t in ids], dtype=object).reshape(pairs, steps + 2)
     distinct = np.array([[t != row[0] and t != row[-1] for t in row[1:-1]] for row in texts])
     a, b = idx[0]

@@ -107,19 +107,19 @@ def test_prose_evaluation_measures_words_bleu_and_smooth_paths(text_model):
 
 
 def test_prose_paths_count_points_that_run_to_max_length(text_model, monkeypatch):
-    """A point whose tokens fill max_length (a phrase repeated to the limit) is degenerate."""
+    """A point whose decoding never ends (a phrase repeated to max_length) is degenerate."""
     limit = text_model.cfg.max_length
     rng = np.random.default_rng(0)
     z = text_model.encode(TEXT_LINES[:2])
 
     def fixed(self, codes, **kw):
-        out = np.full((len(codes), limit), 5, np.int32)  # never ends
-        out[0, 3:] = 0  # the first point (an end) does
+        out = np.full((len(codes), limit), 5, np.int32)  # no point ends ...
+        out[:2, 3], out[:2, 4:] = text_model.cfg.t5.eos_token_id, 0  # ... but the first end and one interior point
         return out
 
     monkeypatch.setattr(type(text_model), "decode_ids", fixed)
     r = evaluate.prose_paths(text_model, TEXT_LINES[:2], z, 1, rng, steps=3)
-    assert r["interp_degenerate"] == 1.0 and r["interp_pairs"] == 1
+    assert r["interp_degenerate"] == 2 / 3 and r["interp_pairs"] == 1
 
 
 def test_exact_match_by_length_in_words_for_prose():
