@@ -29,7 +29,7 @@ side, the two sides compiling at once in two threads (XLA compiles outside the G
 therefore side by side, not alone), then 2 warm-up and 5 timed rounds; f32 seq2seq adds the two forward
 compiles of its loss check, also side by side. bf16 runs first (the targets are for bf16).
 ``--deadline-minutes`` (default 4.5) starts no workload after it: a slow machine ends with ``complete: false``
-and the workloads it measured. ``--profile DIR`` traces one more step of each side of every training
+and the workloads it measured. ``--profile DIR`` traces one more step (or generation) of each side of every
 workload (``jax.profiler``) into DIR and puts a summary (device time by op and by kernel, kernel launches)
 in the JSON. ``--tiny`` (the tiny preset, tiny shapes, 1 repeat, its train steps compiled at XLA's -O0:
 code generation is most of a tiny run) runs every workload on the CPU, for CI.
@@ -102,9 +102,18 @@ def concurrently(fns: dict[str, Callable]) -> dict:
         return {name: f.result() for name, f in futures.items()}
 
 
+def traced(fns: dict, ctx: dict) -> dict:
+    """With ``ctx["profile"]`` (a folder): one more call of each side under the profiler there, summarised
+    (``{"profile": {side: summary}}``); else nothing."""
+    if not ctx.get("profile"):
+        return {}
+    return {"profile": {side: profile.summarize(profile.trace_step(fn, ctx["profile"] / f"{ctx['name']}-{side}"))
+                        for side, fn in fns.items()}}
+
+
 def time_train(steps: dict, params: dict, batch: dict, ctx: dict, also: dict | None = None) -> dict:
     """Compile each side's train step on its params (timed, side by side, memory planned), then alternate
-    the steps; with ``ctx["profile"]`` (a folder), trace one more step of each side there and summarise it.
+    the steps; with ``ctx["profile"]`` (a folder), trace one more step of each side there (:func:`traced`).
     ``also``: more zero-arg functions to run beside the compiles (their results under ``out["also"]``)."""
     opt, key = optax.adamw(1e-4), jax.random.key(0)
     state = {}
@@ -121,9 +130,7 @@ def time_train(steps: dict, params: dict, batch: dict, ctx: dict, also: dict | N
 
     run = {side: harness.stepping(compiled[side], state, side, batch, key) for side in steps}
     out["timings"] = harness.alternate(run, ctx["repeats"], ctx["warmup"])
-    if ctx.get("profile"):
-        out["profile"] = {side: profile.summarize(profile.trace_step(fn, ctx["profile"] / f"{ctx['name']}-{side}"))
-                          for side, fn in run.items()}
+    out.update(traced(run, ctx))
     losses = {side: float(run[side]()) for side in steps}
     if not all(math.isfinite(v) for v in losses.values()):
         raise FloatingPointError(f"non-finite train loss after the timed steps: {losses}")
@@ -189,6 +196,7 @@ def generate(ctx, dtype: str, shape) -> dict:
     tokens = np.asarray(fns["ours"]()), np.asarray(fns["reference_jit"]())[:, 1:]  # the reference adds start
     out["same_tokens_fraction"] = float(np.mean(tokens[0] == tokens[1]))
     out["timings"] = harness.alternate(fns, ctx["repeats"], ctx["warmup"])
+    out.update(traced(fns, ctx))
     out["flops"] = harness.t5_forward_flops(cfg, B, S, NEW)
     return out
 
@@ -257,8 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="start no workload after this many minutes (default 4.5)")
     ap.add_argument("--resume", metavar="JSON", help="an earlier run's results with the same settings: keep the "
                                                      "workloads it finished, run the others")
-    ap.add_argument("--profile", metavar="DIR", help="trace one step of each side of every training workload "
-                                                      "into DIR (jax.profiler) and put a summary in the JSON")
+    ap.add_argument("--profile", metavar="DIR", help="trace one more step or generation of each side of every "
+                                                      "workload into DIR (jax.profiler); a summary goes in the JSON")
     return ap
 
 

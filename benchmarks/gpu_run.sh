@@ -3,8 +3,8 @@
 # suite alone needs about 7 minutes, most of it the Flax reference's train-step compiles (74-82 s each), so
 # the default limits add up to about 12 minutes: split a run with --only to fit a device budget.
 #   1. the machine: nvidia-smi, jax.devices(), jax / jaxlib / CUDA / cuDNN versions;
-#   2. python -m benchmarks --suite accelerator, with a jax.profiler trace of one step of each side of every
-#      training workload (summarised in its JSON, raw traces packed in profiles.tar.gz);
+#   2. python -m benchmarks --suite accelerator, with a jax.profiler trace of one step (or generation) of each
+#      side of every workload (summarised in its JSON, raw traces packed in profiles.tar.gz);
 #   3. python -m benchmarks.dpa: cuDNN attention against the einsum path (loss, gradients, speed);
 #   4. python -m benchmarks.train_speed: the default `t5vae train` at batch 64 and 1024, 60 s each;
 #   5. (only when asked: --only ...,variants) python -m benchmarks.variants $VARIANT_ARGS: our train step

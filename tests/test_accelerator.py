@@ -19,7 +19,8 @@ def tiny_results(tmp_path_factory):
     from benchmarks.__main__ import main
 
     path = tmp_path_factory.mktemp("accelerator") / "results.json"
-    assert main(["--suite", "accelerator", "--tiny", "--json", str(path)]) == 0
+    traces = tmp_path_factory.mktemp("traces")
+    assert main(["--suite", "accelerator", "--tiny", "--json", str(path), "--profile", str(traces)]) == 0
     return json.loads(path.read_text()), path
 
 
@@ -43,6 +44,9 @@ def test_tiny_mode_writes_every_key_finite_and_positive(tiny_results):
     # the f32 workloads check the numbers while they time them
     assert r["seq2seq_train_f32_loss_abs_diff_no_dropout"] < 1e-4
     assert r["generate_f32_same_tokens_fraction"] == 1.0
+    for name in accelerator.WORKLOADS:  # --profile: one traced step or generation of each side, summarised
+        assert set(r[f"{name}_profile"]) == {"ours", "reference_jit"}, name
+        assert all(p["busy_ms"] > 0 and p["ops"] for p in r[f"{name}_profile"].values()), name
     assert not list(path.parent.glob(".*"))  # written through a temporary file, none left behind
 
 
