@@ -163,7 +163,7 @@ def test_train_on_the_prose_corpus_takes_the_prose_settings_and_flags_win():
     from t5vae import cli
 
     _, tc = cli.build_configs(cli.parser().parse_args(["train", "--corpus", "prose"]))
-    assert (tc.language, tc.rename_prob, tc.max_chars, tc.vocab_size) == ("prose", 0.0, 200, 2048)
+    assert (tc.language, tc.rename_prob, tc.min_chars, tc.max_chars) == ("prose", 0.0, 20, 200)
     _, tc = cli.build_configs(cli.parser().parse_args(["train", "--corpus", "prose", "--rename-prob", "0.3"]))
     assert tc.rename_prob == 0.3
     _, tc = cli.build_configs(cli.parser().parse_args(["train", "--corpus", "x.txt", "--language", "prose"]))
