@@ -150,7 +150,8 @@ def t5x(cfg: T5Config) -> Table:
     return Table(tuple(rules), ((r"state/.*", "T5X optimizer state (step, param_states)"),))
 
 
-_PER_LAYER_RELPOS = r"target/(?:encoder|decoder)/(?P<where>layers|encoder|decoder|layers_\d+)/relpos_bias/rel_embedding"
+_PER_LAYER_RELPOS = (r"target/(?P<stack>encoder|decoder)/(?P<where>layers|(?P=stack)|layers_\d+)"
+                     r"/relpos_bias/rel_embedding")
 
 
 def t5x_config(cfg: T5Config, shapes: dict[str, tuple], load: Callable[[str], np.ndarray]) -> T5Config:
