@@ -93,6 +93,9 @@ class T5Config(_Settings):
     backward pass keeps of each scanned layer's forward (see ``REMAT``), ``kernels`` which fast paths run
     (see ``KERNELS``, t5vae.kernels); both change memory and speed, not the numbers. These four are run-time
     choices: they are not written to a Hugging Face ``config.json``.
+
+    ``relative_attention_per_layer`` (not a Hugging Face field): one relative-position table per layer, as
+    scanned T5X / flaxformer checkpoints hold them, instead of one per stack shared by its layers.
     """
 
     vocab_size: int = 32128
@@ -104,6 +107,7 @@ class T5Config(_Settings):
     num_heads: int = 8
     relative_attention_num_buckets: int = 32
     relative_attention_max_distance: int = 128
+    relative_attention_per_layer: bool = False
     dropout_rate: float = 0.1
     layer_norm_epsilon: float = 1e-6
     feed_forward_proj: str = "relu"
@@ -124,6 +128,9 @@ class T5Config(_Settings):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"T5Config.{name} must be a positive int, got {value!r}")
+        if not isinstance(self.relative_attention_per_layer, bool):
+            raise ValueError("T5Config.relative_attention_per_layer must be true or false, got "
+                             f"{self.relative_attention_per_layer!r}")
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"T5Config.dropout_rate must be in [0, 1), got {self.dropout_rate!r}")
         self.activation  # validates feed_forward_proj

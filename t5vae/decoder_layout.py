@@ -31,7 +31,7 @@ class DecoderWeights:
     layers: tuple            # per layer: norms and matrices, see _layout
     cross_kv: jax.Array      # [D, L * 2 * H * K]: per layer, cross-attention k then v
     embedding: jax.Array     # [V, D], for the input tokens
-    relpos_bias: jax.Array   # [R, H]
+    relpos_bias: jax.Array   # [R, H], or [L, R, H] with relative_attention_per_layer
     final_norm: jax.Array    # [D]
     lm_head: jax.Array       # [D, V]
 
@@ -70,17 +70,20 @@ def decoder_weights(params: dict, cfg: T5Config) -> DecoderWeights:
     layers_out, cross_kv, tied_head = _layout(params, cfg)
     dec = params["decoder"]
     head = tied_head if cfg.tie_word_embeddings else as_dt(params["lm_head"])
-    return DecoderWeights(layers_out, cross_kv, as_dt(params["shared"]["embedding"]), dec["relpos_bias"],
-                          dec["final_norm"], head)
+    relpos = dec["layers"]["relpos_bias"] if cfg.relative_attention_per_layer else dec["relpos_bias"]
+    return DecoderWeights(layers_out, cross_kv, as_dt(params["shared"]["embedding"]), relpos, dec["final_norm"],
+                          head)
 
 
 def check_decoder_weights(w: DecoderWeights, cfg: T5Config) -> DecoderWeights:
     """Decoder weights made for another config are an error that names the mismatch, not a shape error."""
     D, HK, dt = cfg.d_model, cfg.num_heads * cfg.d_kv, jnp.dtype(cfg.dtype)
+    relpos = (cfg.relative_attention_num_buckets, cfg.num_heads)
     want = {"layers": cfg.num_decoder_layers, "cross_kv": (D, cfg.num_decoder_layers * 2 * HK),
-            "embedding": (cfg.vocab_size, D), "lm_head": (D, cfg.vocab_size)}
+            "embedding": (cfg.vocab_size, D), "lm_head": (D, cfg.vocab_size),
+            "relpos_bias": (cfg.num_decoder_layers, *relpos) if cfg.relative_attention_per_layer else relpos}
     got = {"layers": len(w.layers), "cross_kv": tuple(w.cross_kv.shape), "embedding": tuple(w.embedding.shape),
-           "lm_head": tuple(w.lm_head.shape)}
+           "lm_head": tuple(w.lm_head.shape), "relpos_bias": tuple(w.relpos_bias.shape)}
     bad = [f"{k}: {got[k]} (config wants {want[k]})" for k in want if got[k] != want[k]]
     if w.cross_kv.dtype != dt:
         bad.append(f"dtype: {w.cross_kv.dtype} (config's compute dtype is {dt})")
@@ -118,11 +121,13 @@ def layout_step(w: DecoderWeights, cfg: T5Config, cross_kv: list, tok_B: jax.Arr
     B, H, K, eps = tok_B.shape[0], cfg.num_heads, cfg.d_kv, cfg.layer_norm_epsilon
     T = cache[0][0].shape[2]
     x = jnp.take(w.embedding, tok_B, axis=0)  # [B, D]
-    bias_1HT = layers.position_bias(w.relpos_bias, 1, T, False, cfg.relative_attention_max_distance,
-                                    q_offset=t)[:, :, 0, :]
+    bias_at = functools.partial(layers.position_bias_at, k_len=T, q_pos=t,
+                                max_distance=cfg.relative_attention_max_distance)
+    shared_1HT = None if cfg.relative_attention_per_layer else bias_at(w.relpos_bias)
     self_mask_11T = (jnp.arange(T) <= t)[None, None, :]
     new_cache = []
-    for lp, (ck, cv), (xk, xv) in zip(w.layers, cache, cross_kv):
+    for i, (lp, (ck, cv), (xk, xv)) in enumerate(zip(w.layers, cache, cross_kv)):
+        bias_1HT = bias_at(w.relpos_bias[i]) if shared_1HT is None else shared_1HT
         h = layers.rms_norm(x, lp["self_norm"], eps)
         q, k, v = jnp.split((h @ lp["qkv"]).reshape(B, 3 * H, K), 3, axis=1)
         ck = jax.lax.dynamic_update_slice_in_dim(ck, k[:, :, None, :], t, axis=2)

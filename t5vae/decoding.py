@@ -41,8 +41,9 @@ def _step(params: dict, cfg: T5Config, cross_kv, tok_B: jax.Array, t: jax.Array,
     dt, eps, T = cfg.dtype, cfg.layer_norm_epsilon, cache[0].shape[3]
     dec = params["decoder"]
     x = jnp.take(params["shared"]["embedding"], tok_B, axis=0).astype(dt)  # [B, D]
-    bias_1HT = layers.position_bias(dec["relpos_bias"], 1, T, False, cfg.relative_attention_max_distance,
-                                    q_offset=t)[:, :, 0, :]
+    bias_at = functools.partial(layers.position_bias_at, k_len=T, q_pos=t,
+                                max_distance=cfg.relative_attention_max_distance)
+    shared_1HT = None if cfg.relative_attention_per_layer else bias_at(dec["relpos_bias"])
     self_mask_11T = (jnp.arange(T) <= t)[None, None, :]
     proj = lambda h, w: jnp.einsum("BD,DHK->BHK", h, w.astype(dt))  # noqa: E731
     out = lambda a, w: a @ w.astype(dt).reshape(-1, cfg.d_model)  # noqa: E731
@@ -53,6 +54,7 @@ def _step(params: dict, cfg: T5Config, cross_kv, tok_B: jax.Array, t: jax.Array,
         h = layers.rms_norm(x, lp["self_attn_norm"], eps)
         ck = jax.lax.dynamic_update_slice_in_dim(ck, proj(h, sa["k"])[:, :, None, :], t, axis=2)
         cv = jax.lax.dynamic_update_slice_in_dim(cv, proj(h, sa["v"])[:, :, None, :], t, axis=2)
+        bias_1HT = bias_at(lp["relpos_bias"]) if shared_1HT is None else shared_1HT
         x = x + out(layers.attend_one(proj(h, sa["q"]), ck, cv, bias_1HT, self_mask_11T), sa["o"])
         h = layers.rms_norm(x, lp["cross_attn_norm"], eps)
         x = x + out(layers.attend_one(proj(h, ca["q"]), xk, xv, None, cross_mask_B1S), ca["o"])

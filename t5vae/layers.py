@@ -85,6 +85,11 @@ def position_bias(table_RH: jax.Array, q_len: int, k_len: int, bidirectional: bo
     return jnp.transpose(bias_QKH, (2, 0, 1))[None]
 
 
+def position_bias_at(table_RH: jax.Array, k_len: int, q_pos: jax.Array, max_distance: int) -> jax.Array:
+    """A decoder's (causal) relative position bias [1, H, K] of the one query at position ``q_pos``."""
+    return position_bias(table_RH, 1, k_len, False, max_distance, q_offset=q_pos)[:, :, 0, :]
+
+
 def attention(p: dict, x_BQD: jax.Array, kv_BSD: jax.Array, bias_B1QS: jax.Array | None,
               mask: Mask | None, drop: Callable | None = None, attend_fn: Callable | None = None
               ) -> jax.Array:

@@ -16,6 +16,9 @@ Params tree (L = num_layers, Ld = num_decoder_layers; layers stacked on a leadin
     decoder/layers/{self_attn, cross_attn}/{q,k,v,o}, decoder/layers/mlp/...  as in the encoder
     decoder/final_norm                  [D]
     lm_head                             [D, V]         only when tie_word_embeddings is False
+
+With ``relative_attention_per_layer`` each layer has its own table, ``{encoder,decoder}/layers/relpos_bias``
+[L, R, H] ("layers", "relpos_buckets", "heads"), in place of the stack's shared ``relpos_bias``.
 """
 from __future__ import annotations
 
@@ -54,19 +57,22 @@ def param_specs(cfg: T5Config) -> dict:
     """The spec tree: ``ParamSpec(shape, logical axes, initializer)`` for every leaf (see module docstring)."""
     D, V, R, H = cfg.d_model, cfg.vocab_size, cfg.relative_attention_num_buckets, cfg.num_heads
     L, Ld = cfg.num_layers, cfg.num_decoder_layers
-    relpos = ParamSpec((R, H), ("relpos_buckets", "heads"), normal(D ** -0.5))
     specs = {
         "shared": {"embedding": ParamSpec((V, D), ("vocab", "embed"), normal(1.0))},
-        "encoder": {"relpos_bias": relpos,
-                    "layers": {"attn_norm": _norm(L, D), "attn": _attn_specs(cfg, L),
+        "encoder": {"layers": {"attn_norm": _norm(L, D), "attn": _attn_specs(cfg, L),
                                "mlp_norm": _norm(L, D), "mlp": _mlp_specs(cfg, L)},
                     "final_norm": _norm(D)},
-        "decoder": {"relpos_bias": relpos,
-                    "layers": {"self_attn_norm": _norm(Ld, D), "self_attn": _attn_specs(cfg, Ld),
+        "decoder": {"layers": {"self_attn_norm": _norm(Ld, D), "self_attn": _attn_specs(cfg, Ld),
                                "cross_attn_norm": _norm(Ld, D), "cross_attn": _attn_specs(cfg, Ld),
                                "mlp_norm": _norm(Ld, D), "mlp": _mlp_specs(cfg, Ld)},
                     "final_norm": _norm(D)},
     }
+    for stack, n in (("encoder", L), ("decoder", Ld)):  # one table per stack, or one per layer
+        if cfg.relative_attention_per_layer:
+            specs[stack]["layers"]["relpos_bias"] = ParamSpec((n, R, H), ("layers", "relpos_buckets", "heads"),
+                                                              normal(D ** -0.5))
+        else:
+            specs[stack]["relpos_bias"] = ParamSpec((R, H), ("relpos_buckets", "heads"), normal(D ** -0.5))
     if not cfg.tie_word_embeddings:
         specs["lm_head"] = ParamSpec((D, V), ("embed", "vocab"), normal(D ** -0.5))
     return specs
@@ -129,6 +135,17 @@ def _run_stack(ops: kernels.Ops, stack: dict, block, x_BLD: jax.Array, key_outer
     return ops.dropout(layers.rms_norm(x_BLD, stack["final_norm"], eps), rate, k_out)
 
 
+def _bias_of(stack: dict, cfg: T5Config, length: int, bidirectional: bool):
+    """A layer's params -> its relative position bias [1, H, Q, K] (Q = K = ``length``): the stack's table
+    computed once, outside the scan, or the layer's own table inside it (``relative_attention_per_layer``)."""
+    bias = functools.partial(layers.position_bias, q_len=length, k_len=length, bidirectional=bidirectional,
+                             max_distance=cfg.relative_attention_max_distance)
+    if cfg.relative_attention_per_layer:
+        return lambda lp: bias(lp["relpos_bias"])
+    shared = bias(stack["relpos_bias"])
+    return lambda lp: shared
+
+
 def _embed(params: dict, cfg: T5Config, ids_BL: jax.Array) -> jax.Array:
     return jnp.take(params["shared"]["embedding"], ids_BL, axis=0).astype(cfg.dtype)
 
@@ -139,14 +156,14 @@ def encode(params: dict, cfg: T5Config, input_ids: jax.Array, attention_mask: ja
     L = input_ids.shape[1]
     ops, rate, eps = kernels.ops(cfg), cfg.dropout_rate, cfg.layer_norm_epsilon
     mask = layers.Mask(attention_mask)
-    bias = layers.position_bias(params["encoder"]["relpos_bias"], L, L, True, cfg.relative_attention_max_distance)
+    bias_of = _bias_of(params["encoder"], cfg, L, True)
     key_outer, key_layers = _dropout_keys(dropout_key, cfg, cfg.num_layers)
 
     def block(x, lp_key):
         lp, key = lp_key
         k_probs, k_attn, k_hidden, k_mlp = _split(key, 4)
         x = _residual(ops, x, lp["attn_norm"], eps, rate, k_attn,
-                      lambda h: layers.attention(lp["attn"], h, h, bias, mask, _drop(ops, rate, k_probs),
+                      lambda h: layers.attention(lp["attn"], h, h, bias_of(lp), mask, _drop(ops, rate, k_probs),
                                                  ops.attend))
         x = _residual(ops, x, lp["mlp_norm"], eps, rate, k_mlp,
                       lambda h: ops.mlp(lp["mlp"], h, cfg.activation, rate, k_hidden))
@@ -163,7 +180,7 @@ def decoder_hidden(params: dict, cfg: T5Config, decoder_input_ids: jax.Array, en
     T = decoder_input_ids.shape[1]
     ops, rate, eps = kernels.ops(cfg), cfg.dropout_rate, cfg.layer_norm_epsilon
     self_mask, cross_mask = layers.Mask(decoder_attention_mask, causal=True), layers.Mask(attention_mask)
-    bias = layers.position_bias(params["decoder"]["relpos_bias"], T, T, False, cfg.relative_attention_max_distance)
+    bias_of = _bias_of(params["decoder"], cfg, T, False)
     enc = encoder_states.astype(cfg.dtype)
     key_outer, key_layers = _dropout_keys(dropout_key, cfg, cfg.num_decoder_layers)
 
@@ -171,8 +188,8 @@ def decoder_hidden(params: dict, cfg: T5Config, decoder_input_ids: jax.Array, en
         lp, key = lp_key
         k_self, k_self_out, k_cross, k_cross_out, k_hidden, k_mlp = _split(key, 6)
         x = _residual(ops, x, lp["self_attn_norm"], eps, rate, k_self_out,
-                      lambda h: layers.attention(lp["self_attn"], h, h, bias, self_mask, _drop(ops, rate, k_self),
-                                                 ops.attend))
+                      lambda h: layers.attention(lp["self_attn"], h, h, bias_of(lp), self_mask,
+                                                 _drop(ops, rate, k_self), ops.attend))
         x = _residual(ops, x, lp["cross_attn_norm"], eps, rate, k_cross_out,
                       lambda h: layers.attention(lp["cross_attn"], h, enc, None, cross_mask, _drop(ops, rate, k_cross),
                                                  ops.attend))

@@ -27,6 +27,17 @@ def test_config_round_trips_through_hf_json(tmp_path):
         tv.preset("t5-gigantic")
 
 
+def test_per_layer_position_tables_round_trip_and_default_off(tmp_path):
+    assert not tv.T5Config().relative_attention_per_layer  # every existing config and checkpoint: shared tables
+    cfg = V11.replace(relative_attention_per_layer=True)
+    cfg.save_json(tmp_path / "config.json")
+    assert json.loads((tmp_path / "config.json").read_text())["relative_attention_per_layer"] is True
+    assert tv.T5Config.load_json(tmp_path / "config.json") == cfg
+    assert tv.Config.from_dict(tv.Config(t5=cfg).to_dict()).t5 == cfg  # the T5-VAE's own JSON
+    with pytest.raises(ValueError, match="relative_attention_per_layer must be true or false"):
+        V11.replace(relative_attention_per_layer="yes")
+
+
 def test_project_dicts_reject_unknown_keys_naming_them(tmp_path):
     with pytest.raises(ValueError, match=r"unknown T5Config field\(s\) \['d_modle'\]"):
         tv.T5Config.from_dict({"d_modle": 64})

@@ -13,11 +13,13 @@ def _rel(a, b):
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny-v1.1"])
+@pytest.mark.parametrize("name", ["tiny", "tiny-v1.1", "tiny-per-layer"])
 def test_layout_step_matches_the_plain_step(name):
-    """Three decode steps on DecoderWeights give the plain step's logits, cache by cache."""
+    """Three decode steps on DecoderWeights give the plain step's logits, cache by cache (per-layer position
+    tables: each layer's own, as initialised, so they differ)."""
     cfg = tv.preset("tiny") if name == "tiny" else tv.preset("tiny", feed_forward_proj="gated-gelu",
                                                               tie_word_embeddings=False)
+    cfg = cfg.replace(relative_attention_per_layer=name.endswith("per-layer"))
     params = tv.t5.init(cfg, jax.random.key(0))
     enc = jax.random.normal(jax.random.key(1), (2, 5, cfg.d_model))
     mask = jnp.asarray(np.array([[1] * 5, [1, 1, 1, 0, 0]], bool))[:, None, :]

@@ -9,9 +9,9 @@ import jax.numpy as jnp
 
 import t5vae as tv
 from references import greedy_uncached
-from t5vae import kernels
+from t5vae import decoding, kernels
 from t5vae.decoding import _filter_logits, decoder_weights, generate
-from tiny import V10, V11, batch
+from tiny import V10, V11, batch, per_layer
 
 _encode = jax.jit(tv.t5.encode, static_argnums=1)
 _decode = jax.jit(tv.t5.decode, static_argnums=1)
@@ -82,6 +82,8 @@ def test_decoder_weights_for_another_config_are_named():
         generate(decoder_weights(p11, V11), V11.replace(num_decoder_layers=2), h, None, 4)
     with pytest.raises(ValueError, match=r"dtype: float32 \(config's compute dtype is bfloat16\)"):
         generate(decoder_weights(p10, V10), V10.replace(dtype="bfloat16"), h, None, 4)
+    with pytest.raises(ValueError, match=r"relpos_bias: \(8, 3\) \(config wants \(3, 8, 3\)\)"):
+        generate(decoder_weights(p11, V11), V11.replace(relative_attention_per_layer=True), h, None, 4)
     for k in ("cpu", "plain"):  # the DecoderWeights builder's check, and generate's own
         with pytest.raises(ValueError, match=r"needs a T5 params tree .* got \['t5'\] \(a T5-VAE's tree\? pass "
                                              r"its params\['t5'\]\)"):
@@ -153,6 +155,31 @@ def test_plain_and_cpu_kernels_decode_the_same_tokens(model):
     np.testing.assert_array_equal(out["plain"][1], out["cpu"][1])
     for tokens in out["plain"]:
         assert len(np.unique(tokens)) > 1  # not one constant token: the comparison can fail
+
+
+@pytest.mark.parametrize("kernels_", ["plain", "cpu"])
+def test_per_layer_tables_cached_steps_equal_the_full_forward(model, kernels_):
+    """Per-layer position tables that differ: every cached step (the plain scan, or DecoderWeights) gives the
+    teacher-forced logits at its position and greedy decoding the uncached tokens; tables all equal to the
+    shared one decode the shared model's tokens."""
+    cfg, params = model
+    cfg = cfg.replace(kernels=kernels_, eos_token_id=cfg.vocab_size + 5)  # never emitted: the full length
+    pl_cfg, pl_params = per_layer(cfg, params, jitter=0.5)
+    ids, mask = batch(cfg)
+    h = _encode(pl_params, pl_cfg, ids, mask)
+    dec = jnp.asarray(np.random.default_rng(2).integers(0, cfg.vocab_size, (3, 6)))
+    want = np.asarray(_decode(pl_params, pl_cfg, dec, h, mask))
+    w = decoder_weights(pl_params, pl_cfg) if kernels.ops(pl_cfg).decoder_layout else pl_params
+    cross_kv_of, cache_of, step, _ = decoding._decoder(w, pl_cfg)
+    cross_kv, cache = cross_kv_of(w, pl_cfg, h), cache_of(pl_cfg, 3, 6)
+    for t in range(6):
+        logits, cache = step(w, pl_cfg, cross_kv, dec[:, t], jnp.int32(t), cache, mask[:, None, :])
+        np.testing.assert_allclose(logits, want[:, t], rtol=1e-5, atol=1e-5, err_msg=f"step {t}")
+    np.testing.assert_array_equal(tv.t5.generate(pl_params, pl_cfg, ids, mask, 7),
+                                  uncached_greedy(pl_params, pl_cfg, ids, mask, 7))
+    eq_cfg, eq_params = per_layer(cfg, params)
+    np.testing.assert_array_equal(tv.t5.generate(eq_params, eq_cfg, ids, mask, 7),
+                                  tv.t5.generate(params, cfg, ids, mask, 7))
 
 
 def test_ids_past_the_tokenizer_are_never_generated():

@@ -198,8 +198,9 @@ def test_model_loss_and_grads_with_dpa_equal_the_einsum_path(vae_setup, rate, mo
     assert len(calls) == (3 if rate == 0.0 else 0)
 
 
-def test_t5_logits_with_dpa_equal_the_einsum_path():
-    cfg = tv.preset("tiny")
+@pytest.mark.parametrize("per_layer", [False, True], ids=["shared-bias", "per-layer-bias"])
+def test_t5_logits_with_dpa_equal_the_einsum_path(per_layer):
+    cfg = tv.preset("tiny", relative_attention_per_layer=per_layer)
     params = tv.t5.init(cfg, jax.random.key(0))
     ids = jax.random.randint(jax.random.key(1), (3, 9), 2, cfg.vocab_size)
     mask = jnp.arange(9)[None] < jnp.array([9, 6, 4])[:, None]

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import require
+from references import greedy_uncached
 
 import t5vae as tv
 from t5vae.config import T5Config
@@ -22,6 +23,8 @@ WRITERS = {"mesh_tf_v1_1": "mesh-tensorflow 0.1.21", "mesh_tf_v1_0": "mesh-tenso
            "mesh_tf_snappy": "mesh-tensorflow 0.1.21", "t5x_legacy_f32": "t5x cc342d4 (legacy Checkpointer, float32)",
            "t5x_legacy_bf16": "t5x cc342d4 (legacy Checkpointer, bfloat16)",
            "t5x_orbax": "t5x cc342d4 (OrbaxCheckpointManagerInterface)", "t5x_scanned": "t5x cc342d4 (scalable_t5",
+           "t5x_scanned_per_layer": "t5x cc342d4 (scalable_t5 scan_layers=True, OrbaxCheckpointManagerInterface; "
+                                    "per-layer relative-position tables as trained)",
            "flaxformer_t5_1_1": "module flaxformer 399ea3a t5_1_1_flaxformer.gin"}
 
 
@@ -108,17 +111,45 @@ def test_a_scanned_config_is_inferred_from_the_shapes(tmp_path):
                              "relative_attention_num_buckets")}
 
 
-def test_per_layer_position_tables_that_differ_are_refused_by_name():
-    cfg = T5Config.from_dict(json.loads((REAL / "t5x_scanned" / "config.json").read_text()), hf=True)
-    tensors = readers.detect(REAL / "t5x_scanned")[1]()
-    arrays = {k: tensors.load(k) for k in list(tensors.shapes)}
-    key = "target/encoder/encoder/relpos_bias/rel_embedding"
+def _scanned_arrays(name):
+    tensors = readers.detect(REAL / name)[1]()
+    return {k: tensors.load(k) for k in list(tensors.shapes)}
+
+
+def test_per_layer_tables_that_differ_convert_to_the_per_layer_model(tmp_path):
+    """scalable_t5's trained tables differ per layer: the converter picks the per-layer model (the writer's
+    logits: test_converts_to_the_writers_logits); the shared model with layer 0's table is far from them, and a
+    config that insists on one table per stack is refused naming the key. The fixture with equal tables keeps
+    the shared table."""
+    key = "target/decoder/decoder/relpos_bias/rel_embedding"
+    cfg, params = tv.load_t5(convert(REAL / "t5x_scanned_per_layer", tmp_path / "out"))
+    assert cfg.relative_attention_per_layer and params["encoder"]["layers"]["relpos_bias"].shape == (2, 32, 2)
+    assert not tv.load_t5(convert(REAL / "t5x_scanned", tmp_path / "shared"))[0].relative_attention_per_layer
+    shared = T5Config.from_dict(json.loads((REAL / "t5x_scanned_per_layer" / "config.json").read_text()), hf=True)
+    arrays = _scanned_arrays("t5x_scanned_per_layer")
     assert arrays[key].shape == (2, 2, 32)  # [H, L, R]
-    rules.convert_flat(arrays, rules.t5x(cfg), cfg)  # equal tables: converts
-    arrays[key] = arrays[key].copy()
-    arrays[key][:, 1] += 0.5
     with pytest.raises(rules.MappingError, match=re.escape(key) + r".*layers \[1\] differ from layer 0"):
-        rules.convert_flat(arrays, rules.t5x(cfg), cfg)
+        rules.convert_flat(arrays, rules.t5x(shared), shared)
+    for k in [k for k in arrays if k.endswith("relpos_bias/rel_embedding")]:
+        arrays[k] = np.broadcast_to(arrays[k][:, :1], arrays[k].shape)
+    want = np.load(REAL / "t5x_scanned_per_layer" / "expected.npz")
+    ids = want["input_ids"]
+    logits = tv.t5.apply(rules.convert_flat(arrays, rules.t5x(shared), shared), shared, ids, np.ones_like(ids),
+                         want["decoder_input_ids"])
+    assert np.abs(np.asarray(logits) - want["logits"]).max() > 1e-2
+
+
+def test_per_layer_cached_greedy_decoding_equals_the_full_forward(tmp_path):
+    """On the writer's per-layer tables, greedy decoding with the KV cache (plain scan and DecoderWeights)
+    picks the tokens of re-running the teacher-forced model on every prefix."""
+    cfg, params = tv.load_t5(convert(REAL / "t5x_scanned_per_layer", tmp_path / "out"))
+    cfg = cfg.replace(eos_token_id=cfg.vocab_size + 5)  # never emitted: compare every step
+    ids = np.load(REAL / "t5x_scanned_per_layer" / "expected.npz")["input_ids"]
+    mask = np.ones_like(ids)
+    want = greedy_uncached(params, cfg, tv.t5.encode(params, cfg, ids, mask), mask, 8)
+    assert len(np.unique(want)) > 2
+    for kernels in ("plain", "cpu"):
+        np.testing.assert_array_equal(tv.t5.generate(params, cfg.replace(kernels=kernels), ids, mask, 8), want)
 
 
 def test_a_corrupt_orbax_metadata_file_is_named(tmp_path):

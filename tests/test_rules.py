@@ -192,3 +192,49 @@ def test_every_rule_of_the_hf_table_is_used():
         steps, _ = rules.plan({k: v.shape for k, v in sd.items()}, rules.hf_torch(cfg), cfg)
         used = {s.rule for s in steps}
         assert [r.pattern for r in rules.hf_torch(cfg).rules if r not in used] == []
+
+
+def _with_per_layer_tables(cfg, flat: dict, scanned: bool, seed: int = 1) -> dict:
+    """``flat`` (T5X names) with a relative-position table per layer in place of each stack's one: scanned
+    ``{stack}/layers/relpos_bias`` [H, L, R], or flaxformer's ``{stack}/layers_i/relpos_bias`` [H, R]."""
+    rng = np.random.default_rng(seed)
+    tables = {}
+    for stack, n in (("encoder", cfg.num_layers), ("decoder", cfg.num_decoder_layers)):
+        del flat[f"target/{stack}/relpos_bias/rel_embedding"]
+        x = tables[stack] = rng.standard_normal((cfg.num_heads, n, cfg.relative_attention_num_buckets), np.float32)
+        if scanned:
+            flat[f"target/{stack}/layers/relpos_bias/rel_embedding"] = x
+        else:
+            flat.update({f"target/{stack}/layers_{i}/relpos_bias/rel_embedding": x[:, i] for i in range(n)})
+    return tables
+
+
+@pytest.mark.parametrize("scanned", [False, True], ids=["layers_i", "scanned"])
+def test_t5x_per_layer_tables_fill_each_layers_table(scanned):
+    flat = _t5x_state(V11, fake_hf_state(V11), scanned)
+    tables = _with_per_layer_tables(V11, flat, scanned)
+    with pytest.raises(MappingError, match="relpos_bias"):  # the shared-table config cannot hold them
+        rules.convert_flat(flat, rules.t5x(V11), V11)
+    cfg = rules.t5x_config(V11, {k: v.shape for k, v in flat.items()}, flat.__getitem__)
+    assert cfg == V11.replace(relative_attention_per_layer=True)
+    got = rules.convert_flat(flat, rules.t5x(cfg), cfg)
+    specs.check_tree(got, t5.abstract_params(cfg), "converted")
+    for stack, x_HLR in tables.items():
+        np.testing.assert_array_equal(got[stack]["layers"]["relpos_bias"], np.transpose(x_HLR, (1, 2, 0)))
+    if not scanned:
+        del flat["target/decoder/layers_1/relpos_bias/rel_embedding"]
+        with pytest.raises(MappingError, match=r"missing decoder/layers/relpos_bias \(3, 5, 2\): layers \[1\]"):
+            rules.convert_flat(flat, rules.t5x(cfg), cfg)
+
+
+def test_t5x_config_keeps_the_shared_table_when_every_layers_table_is_equal():
+    flat = _t5x_state(V11, fake_hf_state(V11), scanned=True)
+    tables = _with_per_layer_tables(V11, flat, scanned=True)
+    for stack, x in tables.items():
+        flat[f"target/{stack}/layers/relpos_bias/rel_embedding"] = np.broadcast_to(x[:, :1], x.shape)
+    shapes = {k: v.shape for k, v in flat.items()}
+    assert rules.t5x_config(V11, shapes, flat.__getitem__) == V11
+    got = rules.convert_flat(flat, rules.t5x(V11), V11)
+    np.testing.assert_array_equal(got["decoder"]["relpos_bias"], tables["decoder"][:, 0].T)
+    flat["target/decoder/layers/relpos_bias/rel_embedding"] = tables["decoder"]  # one stack differs: per layer
+    assert rules.t5x_config(V11, shapes, flat.__getitem__).relative_attention_per_layer

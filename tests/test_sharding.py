@@ -72,11 +72,11 @@ def expected_spec(axes) -> P:
 
 
 @pytest.mark.parametrize("spec", MESHES)
-@pytest.mark.parametrize("which", ["t5", "vae"])
+@pytest.mark.parametrize("which", ["t5", "t5-per-layer", "vae"])
 def test_param_shardings_follow_the_rules(spec, which):
     mesh = sh.make_mesh(spec)
-    cfg = T5_TINY if which == "t5" else VCFG
-    specs = t5.param_specs(cfg) if which == "t5" else vae.param_specs(cfg)
+    cfg = {"t5": T5_TINY, "t5-per-layer": T5_TINY.replace(relative_attention_per_layer=True), "vae": VCFG}[which]
+    specs = vae.param_specs(cfg) if which == "vae" else t5.param_specs(cfg)
     shardings = dict(leaves_with_paths(sh.param_shardings(cfg, mesh)))
     spec_leaves = leaves_with_paths(specs)
     assert set(shardings) == {k for k, _ in spec_leaves}
@@ -87,6 +87,8 @@ def test_param_shardings_follow_the_rules(spec, which):
     if which == "vae":  # the bottleneck's own axes are covered too
         assert shardings["['latent_encoder']['queries']"].spec == P(None, "fsdp")
         assert shardings["['latent_encoder']['attn']['q']"].spec == P("fsdp", "model", None)
+    if which == "t5-per-layer":  # one table per layer, split by heads as the shared one is
+        assert shardings["['decoder']['layers']['relpos_bias']"].spec == P(None, None, "model")
 
 
 def test_indivisible_dimension_names_dimension_and_mesh_axis():

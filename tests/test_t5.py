@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 
 import t5vae as tv
-from tiny import V10, V11, batch
+from tiny import V10, V11, batch, per_layer
 
 # compiled once per config and shared by every test
 _encode = jax.jit(tv.t5.encode, static_argnums=1)
@@ -31,6 +31,51 @@ def test_spec_tree_shapes_and_one_bias_table_per_stack(model):
     specs = tv.t5.param_specs(cfg)
     for spec, leaf in zip(jax.tree.leaves(specs, is_leaf=tv.specs.is_spec), jax.tree.leaves(params)):
         assert len(spec.axes) == len(spec.shape) == leaf.ndim and spec.shape == leaf.shape
+
+
+def test_per_layer_position_tables_are_a_layers_leaf_sharded_by_heads():
+    cfg = V11.replace(relative_attention_per_layer=True)
+    specs = tv.t5.param_specs(cfg)
+    R, H = cfg.relative_attention_num_buckets, cfg.num_heads
+    for stack, n in (("encoder", cfg.num_layers), ("decoder", cfg.num_decoder_layers)):
+        assert "relpos_bias" not in specs[stack]
+        spec = specs[stack]["layers"]["relpos_bias"]
+        assert spec.shape == (n, R, H) and spec.axes == ("layers", "relpos_buckets", "heads")
+        assert tv.specs.logical_to_spec(spec.axes) == jax.sharding.PartitionSpec(None, None, "model")
+    table = tv.t5.init(cfg, jax.random.key(0))["decoder"]["layers"]["relpos_bias"]
+    assert table.shape == (cfg.num_decoder_layers, R, H) and not np.array_equal(table[0], table[1])
+
+
+@pytest.mark.parametrize("kernels", ["plain", "cpu"])
+def test_per_layer_tables_that_are_equal_give_the_shared_model(model, kernels):
+    """Each layer holding its stack's table is the shared model exactly; tables that differ change it."""
+    cfg, params = model
+    cfg = cfg.replace(kernels=kernels)
+    ids, mask = batch(cfg)
+    shared = _apply(params, cfg, ids, mask, ids)
+    pl_cfg, pl_params = per_layer(cfg, params)
+    np.testing.assert_array_equal(_apply(pl_params, pl_cfg, ids, mask, ids), shared)
+    pl_cfg, pl_params = per_layer(cfg, params, jitter=0.5)
+    assert np.abs(np.asarray(_apply(pl_params, pl_cfg, ids, mask, ids) - shared)).max() > 1e-2
+
+
+def test_per_layer_tables_are_each_layers_own(model):
+    """Every layer's table is used (each gets a gradient), and changing only the last decoder layer's table
+    changes the logits (which layer reads which table: the T5X fixture in test_real_checkpoints)."""
+    cfg, params = model
+    ids, mask = batch(cfg)
+    pl_cfg, pl_params = per_layer(cfg, params, jitter=0.5)
+
+    def loss(table):
+        p = {**pl_params, "decoder": {**pl_params["decoder"],
+                                      "layers": {**pl_params["decoder"]["layers"], "relpos_bias": table}}}
+        return jnp.sum(tv.t5.apply(p, pl_cfg, ids, mask, ids) ** 2)
+
+    table = pl_params["decoder"]["layers"]["relpos_bias"]
+    grads = jax.grad(loss)(table)
+    assert all(np.abs(np.asarray(g)).max() > 0 for g in grads)  # every layer's table is used
+    bumped = table.at[-1].add(jax.random.normal(jax.random.key(5), table.shape[1:]))  # not a constant: softmax
+    assert abs(float(loss(bumped)) - float(loss(table))) > 1e-3
 
 
 def test_padding_is_masked_on_both_sides(model):

@@ -17,3 +17,18 @@ def batch(cfg, B=3, L=6, seed=0):
     mask[1, 4:] = False
     mask[2:, 2:] = False
     return jnp.asarray(np.where(mask, ids, 0)), jnp.asarray(mask)
+
+
+def per_layer(cfg, params, jitter: float = 0.0, seed: int = 0):
+    """(cfg, params) with ``relative_attention_per_layer``: every layer gets its stack's table, plus
+    ``jitter`` times Gaussian noise drawn per layer (0: all layers' tables equal the shared one)."""
+    rng = np.random.default_rng(seed)
+    cfg = cfg.replace(relative_attention_per_layer=True)
+    out = {**params}
+    for stack, n in (("encoder", cfg.num_layers), ("decoder", cfg.num_decoder_layers)):
+        st = {k: v for k, v in params[stack].items() if k != "relpos_bias"}
+        table = np.broadcast_to(np.asarray(params[stack]["relpos_bias"]), (n, *params[stack]["relpos_bias"].shape))
+        table = table + jitter * rng.standard_normal(table.shape).astype(np.float32)
+        st["layers"] = {**st["layers"], "relpos_bias": jnp.asarray(table, params[stack]["relpos_bias"].dtype)}
+        out[stack] = st
+    return cfg, out

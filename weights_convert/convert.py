@@ -114,6 +114,11 @@ def convert(src, out, dtype: str | None = None, overwrite: bool = False, config:
         cfg = _config(src, config, fmt, tensors.shapes)
         if dtype is not None:
             cfg = cfg.replace(param_dtype=dtype)
+        peeked: dict[str, np.ndarray] = {}  # tables read to choose the config; a reader reads each name once
+        if fmt == "t5x" and not cfg.relative_attention_per_layer:
+            cfg = rules.t5x_config(cfg, tensors.shapes, lambda name: peeked.setdefault(name, tensors.load(name)))
+            if cfg.relative_attention_per_layer:
+                log.info("a relative-position table per layer: converting with relative_attention_per_layer")
         steps, skipped = rules.plan(tensors.shapes, rules.TABLES[fmt](cfg), cfg, tensors.what)
         skipped.update(tensors.skipped)
         for why, n in collections.Counter(skipped.values()).items():
@@ -122,7 +127,7 @@ def convert(src, out, dtype: str | None = None, overwrite: bool = False, config:
         flat: dict[str, np.ndarray] = {}
         show = progress if progress is not None else sys.stderr.isatty()
         for step in tqdm(steps, desc="converting", unit="tensor", disable=not show):
-            x = tensors.load(step.source)
+            x = peeked.pop(step.source) if step.source in peeked else tensors.load(step.source)
             rules.apply(step, x, flat, leaf_specs, np_dtype)
             del x
     finally:

@@ -137,12 +137,38 @@ def t5x(cfg: T5Config) -> Table:
             for src, dst in _T5X_NORM.items():
                 rules.append(Rule(rf"{base}/{src}/scale", f"{stack}/layers/{dst}", "id", scan))
             rules.append(Rule(rf"{base}/mlp/(?P<w>wi|wi_0|wi_1|wo)/kernel", f"{stack}/layers/mlp/{{w}}", "id", scan))
-        rules += [Rule(rf"target/{stack}/relpos_bias/rel_embedding", f"{stack}/relpos_bias", "T"),
-                  Rule(rf"target/{stack}/(?:layers|{stack})/relpos_bias/rel_embedding", f"{stack}/relpos_bias", "T",
-                       scan_axis=1, copies=n_layers),
-                  Rule(rf"target/{stack}/{stack}_norm/scale", f"{stack}/final_norm")]
+        scanned = rf"target/{stack}/(?:layers|{stack})/relpos_bias/rel_embedding"
+        if cfg.relative_attention_per_layer:  # scanned [H, L, R], or flaxformer's layers_i/relpos_bias [H, R]
+            per_layer = f"{stack}/layers/relpos_bias"
+            rules += [Rule(scanned, per_layer, "T", scan_axis=1),
+                      Rule(rf"target/{stack}/layers_(?P<i>\d+)/relpos_bias/rel_embedding", per_layer, "T")]
+        else:
+            rules += [Rule(rf"target/{stack}/relpos_bias/rel_embedding", f"{stack}/relpos_bias", "T"),
+                      Rule(scanned, f"{stack}/relpos_bias", "T", scan_axis=1, copies=n_layers)]
+        rules.append(Rule(rf"target/{stack}/{stack}_norm/scale", f"{stack}/final_norm"))
     rules.append(Rule(r"target/decoder/logits_dense/kernel", "lm_head"))
     return Table(tuple(rules), ((r"state/.*", "T5X optimizer state (step, param_states)"),))
+
+
+_PER_LAYER_RELPOS = (r"target/(?P<stack>encoder|decoder)/(?P<where>layers|(?P=stack)|layers_\d+)"
+                     r"/relpos_bias/rel_embedding")
+
+
+def t5x_config(cfg: T5Config, shapes: dict[str, tuple], load: Callable[[str], np.ndarray]) -> T5Config:
+    """``cfg`` with ``relative_attention_per_layer`` on when a T5X source holds a relative-position table per
+    layer: flaxformer's ``layers_i/relpos_bias``, or scanned ``[H, L, R]`` tables whose layers differ (read
+    with ``load``; they are small). Equal scanned tables keep the shared table, which is exact."""
+    if cfg.relative_attention_per_layer:
+        return cfg
+    found = {name: m["where"] for name in shapes if (m := re.fullmatch(_PER_LAYER_RELPOS, name))}
+    if any(w.startswith("layers_") for w in found.values()) or any(
+            _layers_differ(load(name)) for name, w in found.items() if not w.startswith("layers_")):
+        return cfg.replace(relative_attention_per_layer=True)
+    return cfg
+
+
+def _layers_differ(x_HLR: np.ndarray) -> bool:
+    return x_HLR.ndim == 3 and any(not np.array_equal(x_HLR[:, i], x_HLR[:, 0]) for i in range(1, x_HLR.shape[1]))
 
 
 def mesh_tf(cfg: T5Config) -> Table:
@@ -298,8 +324,8 @@ def _one_of_equal_copies(step: Step, x: np.ndarray) -> np.ndarray:
     differ = [i for i in range(1, len(copies)) if not np.array_equal(copies[i], copies[0])]
     if differ:
         raise MappingError(f"{step.source} {x.shape}: a relative-position table per layer, and layers {differ} "
-                           f"differ from layer 0; t5vae holds one table per stack ({step.target}), so this "
-                           "checkpoint (scanned T5X / flaxformer with per-layer biases) cannot be converted exactly")
+                           f"differ from layer 0; this config holds one table per stack ({step.target}): convert "
+                           "with relative_attention_per_layer=true (weights_convert.convert turns it on itself)")
     return copies[0]
 
 
