@@ -58,9 +58,30 @@ def restore_params(path: str | os.PathLike, abstract, what: str | None = None):
     if not path.is_dir():
         raise FileNotFoundError(f"no params checkpoint at {path}")
     ckpt = _checkpointer()
-    stored = ckpt.metadata(path).item_metadata.tree
+    try:
+        stored = ckpt.metadata(path).item_metadata.tree
+    except Exception as e:  # noqa: BLE001  a missing or damaged metadata file, in whichever error orbax raises
+        raise Unreadable(path, "its metadata", e) from None
+    if stored is None:  # orbax reads a missing tree metadata file as None
+        raise Unreadable(path, "its metadata", FileNotFoundError("no tree metadata"))
     check_tree(stored, abstract, what or str(path))
-    return ckpt.restore(path, _placed(abstract))
+    try:
+        return ckpt.restore(path, _placed(abstract))
+    except Exception as e:  # noqa: BLE001  tensorstore, orbax and OS errors all mean: a data file cannot be read
+        raise Unreadable(path, "its arrays", e) from None
+
+
+def _why(e: BaseException) -> str:
+    """An exception in one short line: its type and the first line of its message."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__
+
+
+class Unreadable(ValueError):
+    """A params checkpoint whose files are missing or damaged: ``path``, the part that failed and why."""
+
+    def __init__(self, path: Path, part: str, e: BaseException):
+        super().__init__(f"{path} is damaged: {part} cannot be read ({_why(e)})")
+        self.path = path
 
 
 def _placed(abstract):
@@ -159,7 +180,7 @@ def restore_train_state(manager, abstract_state, step: int | None = None, log=pr
             else:
                 state = manager.restore(s, args=args)
         except Exception as e:  # noqa: BLE001  tensorstore, orbax and OS errors all mean: cannot be read
-            why = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__
+            why = _why(e)
             aside = _set_aside(where) if set_aside else None
             tried.append(f"{where} ({why})")
             log(f"warning: checkpoint {where} cannot be restored ({why})"
@@ -200,7 +221,7 @@ def restore_checkpoint_params(run_dir: str | os.PathLike, abstract_params, log=p
         try:
             return s, ocp.PyTreeCheckpointer().restore(where / STATE_ITEM, args=args)["params"]
         except Exception as e:  # noqa: BLE001  tensorstore, orbax and OS errors all mean: cannot be read
-            why = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__
+            why = _why(e)
             log(f"warning: checkpoint {where} cannot be restored ({why})")
     return None, None
 

@@ -1,7 +1,8 @@
 """The run directory: the name of each file in it, the corpus it trained on, who may write it, and whether
 what is in it may be resumed.
 
-- **Its files.** config.json (tv.Config), spiece.model, params/ (the final params) and checkpoints/<step>/
+- **Its files.** config.json (tv.Config), spiece.model and spiece.json (its piece count and hash, so a
+  tokenizer swapped in from another run is refused at load), params/ (the final params) and checkpoints/<step>/
   (orbax, see t5vae.checkpoint), train_config.json, metrics.jsonl and eval_curve.jsonl (t5vae.runlog),
   eval.json and eval.md, aggregate_posterior.npz (t5vae.text), and the two marks below.
 - **Its corpus.** :func:`corpus` gives the lines the run trained on and held out, whichever pipeline read them.
@@ -19,12 +20,14 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
+import json
 import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-from t5vae import checkpoint, data
+from t5vae import checkpoint, data, files
 from t5vae.checkpoint import CHECKPOINTS_DIR, CONFIG_FILE, PARAMS_DIR, TOKENIZER_FILE  # noqa: F401  (its files)
 from t5vae.checkpoint import committed_steps  # noqa: F401  (which checkpoints it holds)
 from t5vae.config import TrainConfig
@@ -35,6 +38,36 @@ TRAIN_CONFIG_FILE = "train_config.json"
 METRICS_FILE, CURVE_FILE = "metrics.jsonl", "eval_curve.jsonl"
 EVAL_NAME = "eval"  # eval.json and eval.md
 AGGREGATE_FILE = "aggregate_posterior.npz"
+TOKENIZER_RECORD = "spiece.json"
+
+
+def _tokenizer_record(tokenizer_file: Path, pieces: int) -> dict:
+    return {"pieces": pieces, "sha256": hashlib.sha256(tokenizer_file.read_bytes()).hexdigest()}
+
+
+def record_tokenizer(run_dir: str | os.PathLike, tok: data.Tokenizer) -> None:
+    """Write spiece.json: the piece count and hash of the run's spiece.model, as it trains on it."""
+    run_dir = Path(run_dir)
+    files.write_json(run_dir / TOKENIZER_RECORD, _tokenizer_record(run_dir / TOKENIZER_FILE, tok.vocab_size))
+
+
+def check_tokenizer(run_dir: str | os.PathLike, tok: data.Tokenizer) -> None:
+    """A spiece.model that is not the one the run trained on (spiece.json records it) is a ValueError naming
+    both piece counts. A run without the record (an export, an older run) is not checked."""
+    run_dir = Path(run_dir)
+    record = run_dir / TOKENIZER_RECORD
+    if not record.is_file():
+        return
+    try:
+        want = json.loads(record.read_text())
+        pieces, digest = int(want["pieces"]), str(want["sha256"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{record} is damaged ({type(e).__name__}: {e}); restore it or remove it") from None
+    got = _tokenizer_record(run_dir / TOKENIZER_FILE, tok.vocab_size)
+    if (got["pieces"], got["sha256"]) != (pieces, digest):
+        same = "the same number of pieces but other ones" if got["pieces"] == pieces else "another tokenizer"
+        raise ValueError(f"{run_dir / TOKENIZER_FILE} is not the tokenizer this run trained on ({same}): it has "
+                         f"{got['pieces']} pieces, the run's had {pieces}; put the run's own spiece.model back")
 
 
 def train_config(run_dir: str | os.PathLike) -> TrainConfig:

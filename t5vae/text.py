@@ -258,17 +258,29 @@ class Model:
 
 def load(path: str | os.PathLike) -> Model:
     """Load a training run directory (its final ``params/`` or else the params of its newest checkpoint that
-    can be read) or an export. Only params are read: no optimizer state is built or restored."""
+    can be read) or an export. Only params are read: no optimizer state is built or restored. Final params
+    that cannot be read fall back to the newest readable checkpoint with a warning; with none, a ValueError
+    in one line names the run, the damaged part and what to do."""
     path = Path(path)
     if not (path / rundir.CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{path} is not a t5vae run directory: {path / rundir.CONFIG_FILE} is missing")
     cfg = Config.load_json(path / rundir.CONFIG_FILE)
     tok = data.Tokenizer.load(path / rundir.TOKENIZER_FILE)
+    rundir.check_tokenizer(path, tok)
+    damaged = None
     if (path / rundir.PARAMS_DIR).is_dir():
-        params = checkpoint.restore_params(path / rundir.PARAMS_DIR, vae.abstract_params(cfg))
-    else:
-        _, params = checkpoint.restore_checkpoint_params(path, vae.abstract_params(cfg),
-                                                         log=lambda m: warnings.warn(m, stacklevel=3))
-        if params is None:
-            raise FileNotFoundError(f"{path} has neither final params nor a checkpoint yet")
+        try:
+            return Model(cfg, checkpoint.restore_params(path / rundir.PARAMS_DIR, vae.abstract_params(cfg)), tok,
+                         str(path))
+        except checkpoint.Unreadable as e:
+            damaged = e
+    warn = lambda m: warnings.warn(m, stacklevel=3)  # noqa: E731
+    step, params = checkpoint.restore_checkpoint_params(path, vae.abstract_params(cfg), log=warn)
+    if params is None and damaged is not None:
+        raise ValueError(f"{damaged}, and {path} has no readable checkpoint to fall back on: restore the run from "
+                         f"a backup, or train it again (t5vae train --out {path} --overwrite)")
+    if params is None:
+        raise FileNotFoundError(f"{path} has neither final params nor a checkpoint yet")
+    if damaged is not None:
+        warn(f"{damaged}; using checkpoint {step} instead")
     return Model(cfg, params, tok, str(path))

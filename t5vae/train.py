@@ -314,6 +314,7 @@ def prepare(cfg: Config, tc: TrainConfig, out: str | os.PathLike, init_from: str
     sharding.barrier("t5vae.train.prepare")  # the others read the files process 0 has written
     if not chief or resuming:
         tok = data.Tokenizer.load(out / rundir.TOKENIZER_FILE)
+        rundir.check_tokenizer(out, tok)
         cfg = cfg if init_from is not None else cfg.replace(t5=cfg.t5.replace(vocab_size=tok.vocab_size))
         _check_same_config(out, cfg, tc)
         if chief:
@@ -351,6 +352,7 @@ def _start(cfg: Config, tc: TrainConfig, out: Path, init_from, corpus, log):
         data.BatchStream(enc, tc.batch_size, data.length_buckets(cfg), tc.seed)
     rundir.mark_incomplete(out)
     tok.save(out / rundir.TOKENIZER_FILE)
+    rundir.record_tokenizer(out, tok)
     tc.save_json(out / rundir.TRAIN_CONFIG_FILE)
     cfg.save_json(out / rundir.CONFIG_FILE)
     return cfg, tok, enc

@@ -9,6 +9,7 @@ import pytest
 
 import t5vae as tv
 from conftest import TEXT_LINES as LINES
+from conftest import run_cli
 from t5vae import checkpoint, data, latent, rundir
 
 
@@ -196,6 +197,49 @@ def test_load_falls_back_to_the_newest_checkpoint(run, tmp_path):
         tv.load(d)
     with pytest.raises(FileNotFoundError, match="is not a t5vae run directory"):
         tv.load(tmp_path / "nowhere")
+
+
+def _data_files(params_dir):
+    return sorted(p for p in params_dir.rglob("*") if p.is_file() and "/d/" in str(p))
+
+
+@pytest.mark.parametrize("damage", ["metadata deleted", "metadata truncated", "data file truncated"])
+def test_damaged_final_params_fall_back_to_a_checkpoint_or_name_the_damage(run, tmp_path, damage):
+    """Final params whose files are damaged are not a traceback: the newest checkpoint is used with a warning
+    naming the damage; with no checkpoint left, one line names the run's params and what to do."""
+    d = tmp_path / "run"
+    shutil.copytree(run["out"], d)
+    params = d / checkpoint.PARAMS_DIR
+    if damage == "metadata deleted":
+        (params / "_METADATA").unlink()
+    elif damage == "metadata truncated":
+        (params / "_METADATA").write_bytes((params / "_METADATA").read_bytes()[:20])
+    else:
+        for f in _data_files(params):
+            f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])
+    with pytest.warns(UserWarning, match=r"params is damaged: .* cannot be read .*; using checkpoint 6 instead"):
+        m = tv.load(d)
+    jax.tree.map(np.testing.assert_array_equal, m.params, tv.load(run["out"]).params)
+    shutil.rmtree(d / checkpoint.CHECKPOINTS_DIR)
+    with pytest.raises(ValueError) as e:
+        tv.load(d)
+    assert str(e.value).count("\n") == 0 and len(str(e.value)) < 600
+    assert f"{params} is damaged" in str(e.value) and "no readable checkpoint" in str(e.value)
+    rc, out, err = run_cli(["interpolate", str(d), "x = 1", "y = 2"])
+    assert rc == 1 and err.startswith("error: ") and "is damaged" in err and "Traceback" not in err
+
+
+def test_a_tokenizer_from_another_run_is_refused_naming_both_sizes(run, tmp_path):
+    d = tmp_path / "run"
+    shutil.copytree(run["out"], d)
+    assert (d / rundir.TOKENIZER_RECORD).is_file()
+    other = data.train_tokenizer(LINES, 320)
+    other.save(d / rundir.TOKENIZER_FILE)
+    ours = data.Tokenizer.load(run["out"] / rundir.TOKENIZER_FILE).vocab_size
+    assert other.vocab_size != ours
+    with pytest.raises(ValueError, match=rf"spiece.model is not the tokenizer this run trained on .*has "
+                                         rf"{other.vocab_size} pieces, the run's had {ours}"):
+        tv.load(d)
 
 
 def test_tokenizer_vocab_larger_than_the_embedding_is_refused(run):
