@@ -108,6 +108,24 @@ def load_t5(path: str | os.PathLike, dtype: str | None = None, param_dtype: str 
     return cfg, restore_params(path / PARAMS_DIR, abstract, f"{path / PARAMS_DIR}")
 
 
+def non_finite(named) -> list[str]:
+    """``"name (n of size)"`` for each ``(name, array)`` that holds NaN or inf, in order."""
+    found = []
+    for name, x in named:
+        x = np.asarray(x)
+        if np.issubdtype(x.dtype, np.inexact) or x.dtype.kind == "V" or "float" in str(x.dtype):
+            n = int(x.size - np.count_nonzero(np.isfinite(x.astype(np.float32))))
+            if n:
+                found.append(f"{name} ({n} of {x.size})")
+    return found
+
+
+def non_finite_message(what: str, found: list[str]) -> str:
+    """One line: ``what`` holds NaN or inf in these tensors (the first three named)."""
+    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+    return f"{what} holds NaN or inf in {len(found)} tensor(s): {', '.join(found[:3])}{more}"
+
+
 def tokenizer_path(path: str | os.PathLike) -> Path | None:
     p = Path(path) / TOKENIZER_FILE
     return p if p.is_file() else None

@@ -308,6 +308,10 @@ def prepare(cfg: Config, tc: TrainConfig, out: str | os.PathLike, init_from: str
     t5_params = None
     if init_from is not None:
         t5_cfg, t5_params = checkpoint.load_t5(init_from)
+        bad = checkpoint.non_finite((jax.tree_util.keystr(k), x) for k, x in jax.tree_util.tree_leaves_with_path(t5_params))
+        if bad:
+            raise FloatingPointError(f"{checkpoint.non_finite_message(f'--init-from {init_from}', bad)}: "
+                                     f"training cannot start from it; convert the source again, or use another")
         cfg = cfg.replace(t5=t5_cfg.replace(dropout_rate=cfg.t5.dropout_rate))
     if chief and not resuming:
         cfg, tok, enc = _start(cfg, tc, out, init_from, corpus, log)
