@@ -266,8 +266,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("dir"), s.add_argument("-n", type=_int_at_least(1), default=10)
     s.add_argument("--seed", type=_int_at_least(0), default=0)
     s.add_argument("--prior", choices=PRIORS,
-                   help="aggregate (default): a Gaussian fitted to the training codes (computed on first use and saved "
-                        "in DIR); gaussian: N(0, I) clipped to the tanh range; tanh: tanh of N(0, I)")
+                   help="aggregate (default): a Gaussian fitted to the training codes (computed on first use and kept "
+                        "in ~/.cache/t5vae, never in DIR); gaussian: N(0, I) clipped to the tanh range; tanh: tanh of N(0, I)")
     s.add_argument("--max-new-tokens", type=_int_at_least(1), help="tokens decoded per sample (default: the model's max_length)")
     s.set_defaults(fn=cmd_sample)
     sub.add_parser("bench", add_help=False, help="benchmarks against the Flax reference (python -m benchmarks; "

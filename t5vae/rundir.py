@@ -4,7 +4,8 @@ what is in it may be resumed.
 - **Its files.** config.json (tv.Config), spiece.model and spiece.json (its piece count and hash, so a
   tokenizer swapped in from another run is refused at load), params/ (the final params) and checkpoints/<step>/
   (orbax, see t5vae.checkpoint), train_config.json, metrics.jsonl and eval_curve.jsonl (t5vae.runlog),
-  eval.json and eval.md, aggregate_posterior.npz (t5vae.text), and the two marks below.
+  eval.json and eval.md, aggregate_posterior.npz (read when present: t5vae.text fits it into the user's
+  cache instead, since a reader never writes a run), and the two marks below.
 - **Its corpus.** :func:`corpus` gives the lines the run trained on and held out, whichever pipeline read them.
 
 - **One writer.** :func:`claim` takes an exclusive OS lock (``flock``) on ``RUN/.lock`` for the whole run. The

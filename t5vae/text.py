@@ -9,6 +9,7 @@ cuts it and warns; codes whose [N, Z] are not this model's; ``steps < 2``; ``max
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import warnings
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from t5vae import batched, checkpoint, data, decoding, kernels, latent, rundir, vae
+from t5vae import batched, checkpoint, data, decoding, files, kernels, latent, rundir, vae
 from t5vae.config import Config
 from t5vae.names import DEFAULT_INTERPOLATION, DEFAULT_PRIOR, INTERPOLATIONS
 
@@ -227,21 +228,23 @@ class Model:
         return self._aggregate
 
     def aggregate_posterior(self) -> latent.FittedGaussian:
-        """The Gaussian fitted to the codes of the run's training lines: from ``aggregate_posterior.npz`` in the
-        run directory when it was computed with these params, else computed now (the corpus rebuilt from
-        train_config.json, :func:`t5vae.rundir.corpus`) and written there atomically (a read-only directory: kept in memory, with a warning)."""
+        """The Gaussian fitted to the codes of the run's training lines, computed with these params: from the
+        run's ``aggregate_posterior.npz`` or the user's cache (:func:`aggregate_cache`), else computed now (the
+        corpus rebuilt from train_config.json, :func:`t5vae.rundir.corpus`) and written to the cache, never into
+        the run directory, which a reader may share or only be allowed to read (no cache: a warning)."""
         fp = latent.params_fingerprint(self.params)
         if self._aggregate is not None and self._aggregate.fingerprint == fp:
             return self._aggregate
         if self.run_dir is None:
             raise ValueError("this model has no run directory to find its training lines in: call "
                              "model.fit_aggregate(lines) first, or sample with prior='tanh' or 'gaussian'")
-        file = Path(self.run_dir) / rundir.AGGREGATE_FILE
-        if file.is_file():
-            g = latent.FittedGaussian.load(file)
-            if g.fingerprint == fp and g.shape == (self.cfg.n_latent_tokens, self.cfg.latent_size):
-                self._aggregate = g
-                return g
+        cache = aggregate_cache(self.run_dir, fp)
+        for file in (Path(self.run_dir) / rundir.AGGREGATE_FILE, cache):
+            if file.is_file():
+                g = latent.FittedGaussian.load(file)
+                if g.fingerprint == fp and g.shape == (self.cfg.n_latent_tokens, self.cfg.latent_size):
+                    self._aggregate = g
+                    return g
         try:
             corpus = rundir.corpus(self.run_dir)
         except FileNotFoundError as e:
@@ -250,10 +253,17 @@ class Model:
                                     f"'gaussian'") from None
         g = self.fit_aggregate(corpus.train)
         try:
-            g.save(file)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            g.save(cache)
         except OSError as e:
-            warnings.warn(f"could not write {file} ({e}); the aggregate posterior is kept in memory only", stacklevel=2)
+            warnings.warn(f"could not write {cache} ({e}); the aggregate posterior is kept in memory only", stacklevel=2)
         return g
+
+
+def aggregate_cache(run_dir: str | os.PathLike, fingerprint: str) -> Path:
+    """The user-cache file of a run's aggregate posterior: named by the run's absolute path and its params."""
+    run = hashlib.sha256(os.fsencode(Path(run_dir).absolute())).hexdigest()[:16]
+    return files.cache_dir() / "aggregate" / f"{run}-{fingerprint}.npz"
 
 
 def load(path: str | os.PathLike) -> Model:

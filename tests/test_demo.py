@@ -391,3 +391,13 @@ def test_spaces_entry_point_serves_the_run_named_by_the_environment(monkeypatch)
     assert calls == [(("/runs/x", "0.0.0.0", 9000), {"corpus": None}), "blocked"]
     app.main({"T5VAE_CORPUS": "lines.txt"})
     assert calls[2] == (("t5vae-run", "0.0.0.0", 7860), {"corpus": "lines.txt"})
+
+
+def test_serving_a_run_writes_nothing_into_its_directory(text_run_dir):
+    """The demo (and every reader) fits the aggregate prior into the user's cache, not the run."""
+    from t5vae.demo.backend import Backend
+
+    before = {p.name: p.stat().st_mtime_ns for p in text_run_dir.rglob("*")}
+    b = Backend.from_run(text_run_dir, map_lines=8, pool_lines=16)
+    assert len(b.sample("aggregate", 2)) == 2 and b.model._aggregate is not None
+    assert {p.name: p.stat().st_mtime_ns for p in text_run_dir.rglob("*")} == before
