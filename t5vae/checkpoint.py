@@ -257,9 +257,10 @@ def _stored_tree(step_dir: Path):
 
 
 def _signature(tree) -> list:
-    """The (shape, dtype) of every leaf, sorted: orbax stores the optimizer's named tuples as plain
-    containers, so the tree's structure is compared by its leaves only."""
-    return sorted((tuple(x.shape), str(np.dtype(x.dtype))) for x in jax.tree.leaves(tree))
+    """The shape of every leaf, sorted: orbax stores the optimizer's named tuples as plain containers, so the
+    tree's structure is compared by its leaves only; dtypes may differ (a run resumed with another
+    param_dtype: orbax casts as it restores)."""
+    return sorted(tuple(x.shape) for x in jax.tree.leaves(tree))
 
 
 def _difference(stored, abstract) -> str:

@@ -31,7 +31,7 @@ from pathlib import Path
 from t5vae import checkpoint, data, files
 from t5vae.checkpoint import CHECKPOINTS_DIR, CONFIG_FILE, PARAMS_DIR, TOKENIZER_FILE  # noqa: F401  (its files)
 from t5vae.checkpoint import committed_steps  # noqa: F401  (which checkpoints it holds)
-from t5vae.config import TrainConfig
+from t5vae.config import _RUNTIME_FIELDS, Config, TrainConfig
 from t5vae.corpus import Corpus
 
 LOCK_FILE, INCOMPLETE_FILE = ".lock", ".incomplete"
@@ -195,3 +195,40 @@ def reuse_or_clear(out: Path, overwrite: bool, log) -> bool:
         raise FileExistsError(f"{out} exists and is not a t5vae run directory (it holds {', '.join(found[:5])}"
                               f"{' ...' if len(found) > 5 else ''}); choose another --out")
     return False
+
+
+# Settings that may change when a run is resumed; any other difference is an error.
+RESUMABLE = ("steps", "checkpoint_every", "keep_checkpoints", "log_every", "progress", "max_minutes",
+             "eval_pairs", "eval_batch_size", "eval_every")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """A config dict with its nested dicts (the backbone's ``t5``) flattened to dotted names."""
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _short(v) -> str:
+    r = repr(v)
+    return r if len(r) <= 60 else f"{r[:40]}... ({len(r)} characters)"
+
+
+def check_resumable(run_dir: Path, cfg: Config, tc: TrainConfig, log=print) -> bool:
+    """Refuse to resume a run with other settings, listing only the fields that differ. The backbone's run-time
+    fields (dtype, param_dtype, remat, kernels) may change, with a notice -> whether any did."""
+    old = {**_flat(Config.load_json(run_dir / CONFIG_FILE).to_dict(), "model."),
+           **_flat(TrainConfig.load_json(run_dir / TRAIN_CONFIG_FILE).to_dict(), "train.")}
+    new = {**_flat(cfg.to_dict(), "model."), **_flat(tc.to_dict(), "train.")}
+    changed = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+    runtime = [k for k in changed if k.removeprefix("model.t5.") in _RUNTIME_FIELDS]
+    diffs = [f"{k}: {_short(old.get(k))} -> {_short(new.get(k))}" for k in changed
+             if k not in runtime and k.removeprefix("train.") not in RESUMABLE]
+    if diffs:
+        raise ValueError(f"{run_dir} holds a run with a different config; refusing to resume it "
+                         f"(use another --out, or --overwrite to start over):\n  " + "\n  ".join(diffs))
+    if runtime:
+        what = ", ".join(f"{k.removeprefix('model.t5.')} {old.get(k)} -> {new.get(k)}" for k in runtime)
+        log(f"note: resuming with other run-time settings ({what}); they change memory and speed, not the model")
+    return bool(runtime)
