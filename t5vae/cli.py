@@ -39,16 +39,38 @@ def _parse_value(text: str, default, type_name: str = ""):
         return text
     if text.lower() in ("none", "null"):
         return None
-    if isinstance(default, int):
-        return int(text)
-    if isinstance(default, float):
-        return float(text)
+    if isinstance(default, (int, float)):
+        return _number(text, int if isinstance(default, int) else float)
     if "str" in type_name:
         return text
     try:  # fields defaulting to None: numbers if they look like numbers
         return json.loads(text)
     except json.JSONDecodeError:
         return text
+
+
+def shown(text: str, n: int = 40) -> str:
+    """``text`` quoted as an error message shows it: at most ``n`` characters, then how long it was."""
+    return repr(text) if len(text) <= n else f"{text[:n]!r}... ({len(text):,} characters)"
+
+
+def _number(text: str, kind: type):
+    """An int or float flag's value; a bad one is an ArgumentTypeError that shows it cut to a readable length."""
+    what = "a whole number" if kind is int else "a number"
+    try:
+        value = kind(text)
+    except ValueError:
+        hint = ""
+        if kind is int:
+            try:
+                f = float(text)
+                hint = f" (write {int(f)})" if math.isfinite(f) and f == int(f) and len(text) < 40 else ""
+            except ValueError:
+                pass
+        raise argparse.ArgumentTypeError(f"expected {what}, got {shown(text)}{hint}") from None
+    if kind is int and abs(value) >= 2**63:
+        raise argparse.ArgumentTypeError(f"{shown(text)} is too large")
+    return value
 
 
 def _add_setting_flags(p: argparse.ArgumentParser):
@@ -114,10 +136,7 @@ def flag_names(message: str) -> str:
 
 def _int_at_least(lo: int):
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        value = _number(text, int)
         if value < lo:
             raise argparse.ArgumentTypeError(f"must be at least {lo}, got {value}")
         return value

@@ -146,6 +146,8 @@ def read_text_lines(paths: Sequence[str | os.PathLike]) -> list[str]:
     lines = []
     for p in paths:
         p = Path(p)
+        if p.is_dir():
+            raise ValueError(f"{p} is a directory, not a text file: for the Python statements in it write py:{p}")
         if not p.is_file():
             raise FileNotFoundError(f"no such file: {p}")
         data = p.read_bytes()
