@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import jax
@@ -57,18 +58,18 @@ def restore_params(path: str | os.PathLike, abstract, what: str | None = None):
     path = Path(path).absolute()
     if not path.is_dir():
         raise FileNotFoundError(f"no params checkpoint at {path}")
-    ckpt = _checkpointer()
-    try:
-        stored = ckpt.metadata(path).item_metadata.tree
-    except Exception as e:  # noqa: BLE001  a missing or damaged metadata file, in whichever error orbax raises
-        raise Unreadable(path, "its metadata", e) from None
-    if stored is None:  # orbax reads a missing tree metadata file as None
-        raise Unreadable(path, "its metadata", FileNotFoundError("no tree metadata"))
-    check_tree(stored, abstract, what or str(path))
-    try:
-        return ckpt.restore(path, _placed(abstract))
-    except Exception as e:  # noqa: BLE001  tensorstore, orbax and OS errors all mean: a data file cannot be read
-        raise Unreadable(path, "its arrays", e) from None
+    with _quiet_orbax(), _checkpointer() as ckpt:
+        try:
+            stored = ckpt.metadata(path).item_metadata
+        except Exception as e:  # noqa: BLE001  a missing or damaged metadata file, in whichever error orbax raises
+            raise Unreadable(path, "its metadata", e) from None
+        if stored is None:  # orbax reads a missing or unreadable metadata file as None
+            raise Unreadable(path, "its metadata", FileNotFoundError("_METADATA is missing or damaged"))
+        check_tree(stored.tree, abstract, what or str(path))
+        try:
+            return ckpt.restore(path, _placed(abstract))
+        except Exception as e:  # noqa: BLE001  tensorstore, orbax and OS errors all mean: a data file cannot be read
+            raise Unreadable(path, "its arrays", e) from None
 
 
 def _why(e: BaseException) -> str:
@@ -244,16 +245,24 @@ def restore_checkpoint_params(run_dir: str | os.PathLike, abstract_params, log=p
     return None, None
 
 
-def _stored_tree(step_dir: Path):
-    """The tree of array metadata a train-state checkpoint holds, or None if its metadata cannot be read."""
+@contextmanager
+def _quiet_orbax():
+    """orbax warns (through absl) about metadata it cannot read, which the caller reports in its own words."""
     absl = logging.getLogger("absl")
-    level, absl.level = absl.level, logging.ERROR  # orbax warns about an optional metadata file it never wrote
+    level, absl.level = absl.level, logging.ERROR
     try:
-        return _checkpointer().metadata(step_dir / STATE_ITEM).item_metadata.tree
-    except Exception:  # noqa: BLE001  missing or damaged metadata: left to the restore to decide
-        return None
+        yield
     finally:
         absl.setLevel(level)
+
+
+def _stored_tree(step_dir: Path):
+    """The tree of array metadata a train-state checkpoint holds, or None if its metadata cannot be read."""
+    with _quiet_orbax(), _checkpointer() as ckpt:
+        try:
+            return ckpt.metadata(step_dir / STATE_ITEM).item_metadata.tree
+        except Exception:  # noqa: BLE001  missing or damaged metadata: left to the restore to decide
+            return None
 
 
 def _signature(tree) -> list:

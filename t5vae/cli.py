@@ -344,10 +344,14 @@ def main(argv=None) -> int:
 
 
 def quiet_library_logs() -> None:
-    """orbax logs every save and restore at INFO through absl: keep its warnings and errors only."""
+    """orbax logs every save and restore at INFO through absl: keep its warnings and errors only. Our own
+    warnings (a damaged final params directory, a cut line) read as one ``warning:`` line, not as a source
+    location and its code."""
     import logging
+    import warnings
 
     logging.getLogger("absl").setLevel(logging.WARNING)
+    warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
 
 
 if __name__ == "__main__":

@@ -217,7 +217,7 @@ class ArrayRecords:
             local = [int(indices[k]) - self.starts[f] for k in ks]
             try:
                 got = self._sources[f].__getitems__(local)
-            except (RuntimeError, OSError) as e:
+            except (RuntimeError, OSError):
                 got = [self._one(f, j) for j in local]
             for k, r in zip(ks, got):
                 out[k] = r

@@ -284,7 +284,9 @@ def load(path: str | os.PathLike) -> Model:
                          str(path))
         except checkpoint.Unreadable as e:
             damaged = e
-    warn = lambda m: warnings.warn(m, stacklevel=3)  # noqa: E731
+    def warn(message: str) -> None:
+        warnings.warn(message, stacklevel=3)
+
     step, params = checkpoint.restore_checkpoint_params(path, vae.abstract_params(cfg), log=warn)
     if params is None and damaged is not None:
         raise ValueError(f"{damaged}, and {path} has no readable checkpoint to fall back on: restore the run from "

@@ -227,7 +227,7 @@ def test_damaged_final_params_fall_back_to_a_checkpoint_or_name_the_damage(run, 
         tv.load(d)
     assert str(e.value).count("\n") == 0 and len(str(e.value)) < 600
     assert f"{params} is damaged" in str(e.value) and "no readable checkpoint" in str(e.value)
-    rc, out, err = run_cli(["interpolate", str(d), "x = 1", "y = 2"])
+    rc, _, err = run_cli(["interpolate", str(d), "x = 1", "y = 2"])
     assert rc == 1 and err.startswith("error: ") and "is damaged" in err and "Traceback" not in err
 
 
