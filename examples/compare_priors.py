@@ -4,8 +4,7 @@ different strings came out.
 
     python examples/compare_priors.py RUN_DIR -n 200 --seed 0
 
-Fitting the aggregate posterior writes ``aggregate_posterior.npz`` into RUN_DIR (copy a run you must not
-modify first).
+Fitting the aggregate posterior caches it in ``~/.cache/t5vae`` (RUN_DIR is only read).
 """
 import argparse
 import time

@@ -7,7 +7,7 @@
 
 Writes OUT/latents_pca.png: the validation lines' codes [n, N * Z] projected onto their first two principal
 components (numpy SVD), coloured by statement kind (the ast node of the line), with the interpolation path
-drawn on top. Sampling from the default (aggregate) prior writes aggregate_posterior.npz into the run.
+drawn on top. Sampling from the default (aggregate) prior caches its fit in ~/.cache/t5vae, not in the run.
 """
 import argparse
 from collections import Counter

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import jax
@@ -57,10 +58,31 @@ def restore_params(path: str | os.PathLike, abstract, what: str | None = None):
     path = Path(path).absolute()
     if not path.is_dir():
         raise FileNotFoundError(f"no params checkpoint at {path}")
-    ckpt = _checkpointer()
-    stored = ckpt.metadata(path).item_metadata.tree
-    check_tree(stored, abstract, what or str(path))
-    return ckpt.restore(path, _placed(abstract))
+    with _quiet_orbax(), _checkpointer() as ckpt:
+        try:
+            stored = ckpt.metadata(path).item_metadata
+        except Exception as e:  # noqa: BLE001  a missing or damaged metadata file, in whichever error orbax raises
+            raise Unreadable(path, "its metadata", e) from None
+        if stored is None:  # orbax reads a missing or unreadable metadata file as None
+            raise Unreadable(path, "its metadata", FileNotFoundError("_METADATA is missing or damaged"))
+        check_tree(stored.tree, abstract, what or str(path))
+        try:
+            return ckpt.restore(path, _placed(abstract))
+        except Exception as e:  # noqa: BLE001  tensorstore, orbax and OS errors all mean: a data file cannot be read
+            raise Unreadable(path, "its arrays", e) from None
+
+
+def _why(e: BaseException) -> str:
+    """An exception in one short line: its type and the first line of its message."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__
+
+
+class Unreadable(ValueError):
+    """A params checkpoint whose files are missing or damaged: ``path``, the part that failed and why."""
+
+    def __init__(self, path: Path, part: str, e: BaseException):
+        super().__init__(f"{path} is damaged: {part} cannot be read ({_why(e)})")
+        self.path = path
 
 
 def _placed(abstract):
@@ -85,6 +107,24 @@ def load_t5(path: str | os.PathLike, dtype: str | None = None, param_dtype: str 
     if shardings is not None:
         abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     return cfg, restore_params(path / PARAMS_DIR, abstract, f"{path / PARAMS_DIR}")
+
+
+def non_finite(named) -> list[str]:
+    """``"name (n of size)"`` for each ``(name, array)`` that holds NaN or inf, in order."""
+    found = []
+    for name, x in named:
+        x = np.asarray(x)
+        if np.issubdtype(x.dtype, np.inexact) or x.dtype.kind == "V" or "float" in str(x.dtype):
+            n = int(x.size - np.count_nonzero(np.isfinite(x.astype(np.float32))))
+            if n:
+                found.append(f"{name} ({n} of {x.size})")
+    return found
+
+
+def non_finite_message(what: str, found: list[str]) -> str:
+    """One line: ``what`` holds NaN or inf in these tensors (the first three named)."""
+    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+    return f"{what} holds NaN or inf in {len(found)} tensor(s): {', '.join(found[:3])}{more}"
 
 
 def tokenizer_path(path: str | os.PathLike) -> Path | None:
@@ -159,7 +199,7 @@ def restore_train_state(manager, abstract_state, step: int | None = None, log=pr
             else:
                 state = manager.restore(s, args=args)
         except Exception as e:  # noqa: BLE001  tensorstore, orbax and OS errors all mean: cannot be read
-            why = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__
+            why = _why(e)
             aside = _set_aside(where) if set_aside else None
             tried.append(f"{where} ({why})")
             log(f"warning: checkpoint {where} cannot be restored ({why})"
@@ -200,27 +240,36 @@ def restore_checkpoint_params(run_dir: str | os.PathLike, abstract_params, log=p
         try:
             return s, ocp.PyTreeCheckpointer().restore(where / STATE_ITEM, args=args)["params"]
         except Exception as e:  # noqa: BLE001  tensorstore, orbax and OS errors all mean: cannot be read
-            why = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__
+            why = _why(e)
             log(f"warning: checkpoint {where} cannot be restored ({why})")
     return None, None
 
 
-def _stored_tree(step_dir: Path):
-    """The tree of array metadata a train-state checkpoint holds, or None if its metadata cannot be read."""
+@contextmanager
+def _quiet_orbax():
+    """orbax warns (through absl) about metadata it cannot read, which the caller reports in its own words."""
     absl = logging.getLogger("absl")
-    level, absl.level = absl.level, logging.ERROR  # orbax warns about an optional metadata file it never wrote
+    level, absl.level = absl.level, logging.ERROR
     try:
-        return _checkpointer().metadata(step_dir / STATE_ITEM).item_metadata.tree
-    except Exception:  # noqa: BLE001  missing or damaged metadata: left to the restore to decide
-        return None
+        yield
     finally:
         absl.setLevel(level)
 
 
+def _stored_tree(step_dir: Path):
+    """The tree of array metadata a train-state checkpoint holds, or None if its metadata cannot be read."""
+    with _quiet_orbax(), _checkpointer() as ckpt:
+        try:
+            return ckpt.metadata(step_dir / STATE_ITEM).item_metadata.tree
+        except Exception:  # noqa: BLE001  missing or damaged metadata: left to the restore to decide
+            return None
+
+
 def _signature(tree) -> list:
-    """The (shape, dtype) of every leaf, sorted: orbax stores the optimizer's named tuples as plain
-    containers, so the tree's structure is compared by its leaves only."""
-    return sorted((tuple(x.shape), str(np.dtype(x.dtype))) for x in jax.tree.leaves(tree))
+    """The shape of every leaf, sorted: orbax stores the optimizer's named tuples as plain containers, so the
+    tree's structure is compared by its leaves only; dtypes may differ (a run resumed with another
+    param_dtype: orbax casts as it restores)."""
+    return sorted(tuple(x.shape) for x in jax.tree.leaves(tree))
 
 
 def _difference(stored, abstract) -> str:

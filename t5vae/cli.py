@@ -39,10 +39,8 @@ def _parse_value(text: str, default, type_name: str = ""):
         return text
     if text.lower() in ("none", "null"):
         return None
-    if isinstance(default, int):
-        return int(text)
-    if isinstance(default, float):
-        return float(text)
+    if isinstance(default, (int, float)):
+        return _number(text, int if isinstance(default, int) else float)
     if "str" in type_name:
         return text
     try:  # fields defaulting to None: numbers if they look like numbers
@@ -61,6 +59,30 @@ def _setting_help(name: str, default, training: bool) -> str:
     if name in LANGUAGE_DEFAULTS["code"]:
         return "default by language: " + ", ".join(f"{lang} {d[name]!r}" for lang, d in LANGUAGE_DEFAULTS.items())
     return f"default {default!r}"
+
+
+def shown(text: str, n: int = 40) -> str:
+    """``text`` quoted as an error message shows it: at most ``n`` characters, then how long it was."""
+    return repr(text) if len(text) <= n else f"{text[:n]!r}... ({len(text):,} characters)"
+
+
+def _number(text: str, kind: type):
+    """An int or float flag's value; a bad one is an ArgumentTypeError that shows it cut to a readable length."""
+    what = "a whole number" if kind is int else "a number"
+    try:
+        value = kind(text)
+    except ValueError:
+        hint = ""
+        if kind is int:
+            try:
+                f = float(text)
+                hint = f" (write {int(f)})" if math.isfinite(f) and f == int(f) and len(text) < 40 else ""
+            except ValueError:
+                pass
+        raise argparse.ArgumentTypeError(f"expected {what}, got {shown(text)}{hint}") from None
+    if kind is int and abs(value) >= 2**63:
+        raise argparse.ArgumentTypeError(f"{shown(text)} is too large")
+    return value
 
 
 def _add_setting_flags(p: argparse.ArgumentParser):
@@ -126,10 +148,7 @@ def flag_names(message: str) -> str:
 
 def _int_at_least(lo: int):
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        value = _number(text, int)
         if value < lo:
             raise argparse.ArgumentTypeError(f"must be at least {lo}, got {value}")
         return value
@@ -280,8 +299,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("dir"), s.add_argument("-n", type=_int_at_least(1), default=10)
     s.add_argument("--seed", type=_int_at_least(0), default=0)
     s.add_argument("--prior", choices=PRIORS,
-                   help="aggregate (default): a Gaussian fitted to the training codes (computed on first use and saved "
-                        "in DIR); gaussian: N(0, I) clipped to the tanh range; tanh: tanh of N(0, I)")
+                   help="aggregate (default): a Gaussian fitted to the training codes (computed on first use and kept "
+                        "in ~/.cache/t5vae, never in DIR); gaussian: N(0, I) clipped to the tanh range; tanh: tanh of N(0, I)")
     s.add_argument("--max-new-tokens", type=_int_at_least(1), help="tokens decoded per sample (default: the model's max_length)")
     s.set_defaults(fn=cmd_sample)
     sub.add_parser("bench", add_help=False, help="benchmarks against the Flax reference (python -m benchmarks; "
@@ -339,10 +358,14 @@ def main(argv=None) -> int:
 
 
 def quiet_library_logs() -> None:
-    """orbax logs every save and restore at INFO through absl: keep its warnings and errors only."""
+    """orbax logs every save and restore at INFO through absl: keep its warnings and errors only. Our own
+    warnings (a damaged final params directory, a cut line) read as one ``warning:`` line, not as a source
+    location and its code."""
     import logging
+    import warnings
 
     logging.getLogger("absl").setLevel(logging.WARNING)
+    warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
 
 
 if __name__ == "__main__":

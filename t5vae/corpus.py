@@ -9,6 +9,7 @@ read by position (array_record files, a TFDS dataset without a held-out split) h
 from __future__ import annotations
 
 import ast
+import bisect
 import dataclasses
 import os
 import re
@@ -147,6 +148,8 @@ def read_text_lines(paths: Sequence[str | os.PathLike]) -> list[str]:
     lines = []
     for p in paths:
         p = Path(p)
+        if p.is_dir():
+            raise ValueError(f"{p} is a directory, not a text file: for the Python statements in it write py:{p}")
         if not p.is_file():
             raise FileNotFoundError(f"no such file: {p}")
         data = p.read_bytes()
@@ -162,23 +165,80 @@ def read_text_lines(paths: Sequence[str | os.PathLike]) -> list[str]:
     return lines
 
 
-def record_text(record, field: str | None, name: str) -> str:
+def record_text(record, field: str | None, name: str, index: int | str = "?") -> str:
     """The text of one record of a random-access source: the record itself (bytes or str) when ``field`` is
-    None, else its ``field`` (a TFDS example's feature); ``name`` says which source in the errors."""
+    None, else its ``field`` (a TFDS example's feature); ``name`` and ``index`` say which record in the errors."""
     if field is not None:
         if not isinstance(record, dict) or field not in record:
             have = sorted(record) if isinstance(record, dict) else type(record).__name__
             raise ValueError(f"{name}: a record has no text feature {field!r} (it has {have})")
         record = record[field]
     if isinstance(record, bytes):
-        return record.decode("utf-8")
+        try:
+            return record.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{name}: record {index} is not UTF-8 text ({e.reason} at byte {e.start}: "
+                             f"{record[max(e.start - 10, 0): e.start + 10]!r})") from None
     if isinstance(record, str):
         return record
     raise ValueError(f"{name}: a record's text is a {type(record).__name__}, not bytes or str")
 
 
-def array_records(paths: Sequence[str], spec: str):
-    """A random-access source (``len``, ``__getitems__``) over array_record files; each must exist."""
+class ArrayRecords:
+    """array_record files as one random-access source (``len``, ``[i]``, ``__getitems__``) that knows which file
+    and record an index is, so that a read error names them."""
+
+    def __init__(self, paths: Sequence[str], source_class):
+        self.paths, self.starts, self._sources = [os.fspath(Path(p).absolute()) for p in paths], [0], []
+        for p in self.paths:
+            try:
+                self._sources.append(source_class([p]))
+            except (RuntimeError, OSError, ValueError) as e:
+                raise ValueError(f"{p} is not a readable array_record file ({_why(e)}): it is damaged, empty or "
+                                 f"not array_record; rewrite it or leave it out of the corpus") from None
+            self.starts.append(self.starts[-1] + len(self._sources[-1]))
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def where(self, i: int) -> tuple[str, int]:
+        """(the file, the record's index in it) of record ``i``."""
+        f = bisect.bisect_right(self.starts, i) - 1
+        return self.paths[f], i - self.starts[f]
+
+    def __getitem__(self, i: int):
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list:
+        """One batched read per file; a read that fails is retried record by record to name the damaged one."""
+        by_file: dict[int, list[int]] = {}
+        for k, i in enumerate(indices):
+            by_file.setdefault(bisect.bisect_right(self.starts, int(i)) - 1, []).append(k)
+        out: list = [None] * len(indices)
+        for f, ks in by_file.items():
+            local = [int(indices[k]) - self.starts[f] for k in ks]
+            try:
+                got = self._sources[f].__getitems__(local)
+            except (RuntimeError, OSError):
+                got = [self._one(f, j) for j in local]
+            for k, r in zip(ks, got):
+                out[k] = r
+        return out
+
+    def _one(self, f: int, j: int):
+        try:
+            return self._sources[f][j]
+        except (RuntimeError, OSError) as e:
+            raise ValueError(f"{self.paths[f]}: record {j} cannot be read ({_why(e)}): the file is damaged; "
+                             f"rewrite it or leave it out of the corpus") from None
+
+
+def _why(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:160]}" if str(e) else type(e).__name__
+
+
+def array_records(paths: Sequence[str], spec: str) -> ArrayRecords:
+    """A random-access source (``len``, ``__getitems__``) over array_record files; each must exist and open."""
     for p in paths:
         if not Path(p).is_file():
             raise FileNotFoundError(f"no array_record file {p} (corpus {spec!r})")
@@ -187,16 +247,23 @@ def array_records(paths: Sequence[str], spec: str):
     except ImportError as e:
         raise ImportError(f"reading array_record corpora needs array_record ({e}): pip install array_record  "
                           f"(or: pip install 't5vae[tfds]')") from None
-    return ArrayRecordDataSource([os.fspath(Path(p).absolute()) for p in paths])
+    return ArrayRecords(paths, ArrayRecordDataSource)
 
 
 def read_texts(records, indices: Sequence[int], field: str | None, name: str) -> list[str]:
     """The texts of ``records[i]`` for ``i`` in ``indices``, read 4,096 at a time through ``__getitems__`` (an
-    array_record or TFDS data source: one batched read each, not a read per record)."""
+    array_record or TFDS data source: one batched read each, not a read per record). A record that cannot be
+    read or decoded is a ValueError naming its file (or source) and index."""
     out = []
     for s in range(0, len(indices), 4096):
         part = [int(i) for i in indices[s: s + 4096]]
-        out += [record_text(r, field, name) for r in records.__getitems__(part)]
+        try:
+            got = records.__getitems__(part)
+        except (RuntimeError, OSError) as e:  # a TFDS source: its files are not ours to name one by one
+            raise ValueError(f"{name}: records {part[0]}..{part[-1]} cannot be read ({_why(e)}): the dataset's "
+                             f"files are damaged; prepare it again") from None
+        for r, i in zip(got, part):
+            out.append(record_text(r, field, *(records.where(i) if isinstance(records, ArrayRecords) else (name, i))))
     return out
 
 

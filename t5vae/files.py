@@ -20,6 +20,12 @@ def umask() -> int:
     return mask
 
 
+def cache_dir() -> Path:
+    """Where t5vae keeps what it computes for a run it only reads: ``$XDG_CACHE_HOME/t5vae`` (default
+    ``~/.cache/t5vae``), so that a viewer never writes into a run directory."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "t5vae"
+
+
 def _staging(path: Path, kind: str) -> Path:
     return path.with_name(f".{path.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}")
 

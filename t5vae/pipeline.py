@@ -150,12 +150,13 @@ class _Tokenize(grain.transforms.Map):
     def __getstate__(self):  # a sentencepiece processor does not pickle: each worker builds its own
         return {**self.__dict__, "_sp": None}
 
-    def map(self, records) -> list[np.ndarray]:
+    def map(self, records, where: Sequence[tuple[str, int]] | None = None) -> list[np.ndarray]:
+        """``where``: (file or source, index) of each record, for the error a record that is not text raises."""
         if self._sp is None:
             import sentencepiece as spm
 
             self._sp = spm.SentencePieceProcessor(model_proto=self.proto)
-        texts = [record_text(r, self.field, self.name) for r in records]
+        texts = [record_text(r, self.field, *(where[k] if where else (self.name, "?"))) for k, r in enumerate(records)]
         out = []
         for text, ids in zip(texts, self._sp.encode(texts)):
             line, cut = data.with_eos(ids, self.max_length)
@@ -188,7 +189,10 @@ class _ReadChunk(grain.transforms.Map):
 
     def lines(self, positions) -> list[np.ndarray]:
         """The tokens of the lines at these stream positions (one read)."""
-        return self.tokenize.map(self.records.__getitems__([self.record_index(q) for q in positions]))
+        indices = [self.record_index(q) for q in positions]
+        arrays = isinstance(self.records, corpus.ArrayRecords)
+        where = [self.records.where(i) if arrays else (self.tokenize.name, i) for i in indices]
+        return self.tokenize.map(self.records.__getitems__(indices), where)
 
     def map(self, j: int) -> list[np.ndarray]:
         return self.lines(range(j * self.size, (j + 1) * self.size))

@@ -1,9 +1,11 @@
 """The run directory: the name of each file in it, the corpus it trained on, who may write it, and whether
 what is in it may be resumed.
 
-- **Its files.** config.json (tv.Config), spiece.model, params/ (the final params) and checkpoints/<step>/
+- **Its files.** config.json (tv.Config), spiece.model and spiece.json (its piece count and hash, so a
+  tokenizer swapped in from another run is refused at load), params/ (the final params) and checkpoints/<step>/
   (orbax, see t5vae.checkpoint), train_config.json, metrics.jsonl and eval_curve.jsonl (t5vae.runlog),
-  eval.json and eval.md, aggregate_posterior.npz (t5vae.text), and the two marks below.
+  eval.json and eval.md, aggregate_posterior.npz (read when present: t5vae.text fits it into the user's
+  cache instead, since a reader never writes a run), and the two marks below.
 - **Its corpus.** :func:`corpus` gives the lines the run trained on and held out, whichever pipeline read them.
 
 - **One writer.** :func:`claim` takes an exclusive OS lock (``flock``) on ``RUN/.lock`` for the whole run. The
@@ -19,15 +21,17 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
+import json
 import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-from t5vae import checkpoint, data
+from t5vae import checkpoint, data, files
 from t5vae.checkpoint import CHECKPOINTS_DIR, CONFIG_FILE, PARAMS_DIR, TOKENIZER_FILE  # noqa: F401  (its files)
 from t5vae.checkpoint import committed_steps  # noqa: F401  (which checkpoints it holds)
-from t5vae.config import TrainConfig
+from t5vae.config import _RUNTIME_FIELDS, Config, TrainConfig
 from t5vae.corpus import Corpus
 
 LOCK_FILE, INCOMPLETE_FILE = ".lock", ".incomplete"
@@ -35,6 +39,36 @@ TRAIN_CONFIG_FILE = "train_config.json"
 METRICS_FILE, CURVE_FILE = "metrics.jsonl", "eval_curve.jsonl"
 EVAL_NAME = "eval"  # eval.json and eval.md
 AGGREGATE_FILE = "aggregate_posterior.npz"
+TOKENIZER_RECORD = "spiece.json"
+
+
+def _tokenizer_record(tokenizer_file: Path, pieces: int) -> dict:
+    return {"pieces": pieces, "sha256": hashlib.sha256(tokenizer_file.read_bytes()).hexdigest()}
+
+
+def record_tokenizer(run_dir: str | os.PathLike, tok: data.Tokenizer) -> None:
+    """Write spiece.json: the piece count and hash of the run's spiece.model, as it trains on it."""
+    run_dir = Path(run_dir)
+    files.write_json(run_dir / TOKENIZER_RECORD, _tokenizer_record(run_dir / TOKENIZER_FILE, tok.vocab_size))
+
+
+def check_tokenizer(run_dir: str | os.PathLike, tok: data.Tokenizer) -> None:
+    """A spiece.model that is not the one the run trained on (spiece.json records it) is a ValueError naming
+    both piece counts. A run without the record (an export, an older run) is not checked."""
+    run_dir = Path(run_dir)
+    record = run_dir / TOKENIZER_RECORD
+    if not record.is_file():
+        return
+    try:
+        want = json.loads(record.read_text())
+        pieces, digest = int(want["pieces"]), str(want["sha256"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{record} is damaged ({type(e).__name__}: {e}); restore it or remove it") from None
+    got = _tokenizer_record(run_dir / TOKENIZER_FILE, tok.vocab_size)
+    if (got["pieces"], got["sha256"]) != (pieces, digest):
+        same = "the same number of pieces but other ones" if got["pieces"] == pieces else "another tokenizer"
+        raise ValueError(f"{run_dir / TOKENIZER_FILE} is not the tokenizer this run trained on ({same}): it has "
+                         f"{got['pieces']} pieces, the run's had {pieces}; put the run's own spiece.model back")
 
 
 def train_config(run_dir: str | os.PathLike) -> TrainConfig:
@@ -161,3 +195,40 @@ def reuse_or_clear(out: Path, overwrite: bool, log) -> bool:
         raise FileExistsError(f"{out} exists and is not a t5vae run directory (it holds {', '.join(found[:5])}"
                               f"{' ...' if len(found) > 5 else ''}); choose another --out")
     return False
+
+
+# Settings that may change when a run is resumed; any other difference is an error.
+RESUMABLE = ("steps", "checkpoint_every", "keep_checkpoints", "log_every", "progress", "max_minutes",
+             "eval_pairs", "eval_batch_size", "eval_every")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """A config dict with its nested dicts (the backbone's ``t5``) flattened to dotted names."""
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _short(v) -> str:
+    r = repr(v)
+    return r if len(r) <= 60 else f"{r[:40]}... ({len(r)} characters)"
+
+
+def check_resumable(run_dir: Path, cfg: Config, tc: TrainConfig, log=print) -> bool:
+    """Refuse to resume a run with other settings, listing only the fields that differ. The backbone's run-time
+    fields (dtype, param_dtype, remat, kernels) may change, with a notice -> whether any did."""
+    old = {**_flat(Config.load_json(run_dir / CONFIG_FILE).to_dict(), "model."),
+           **_flat(TrainConfig.load_json(run_dir / TRAIN_CONFIG_FILE).to_dict(), "train.")}
+    new = {**_flat(cfg.to_dict(), "model."), **_flat(tc.to_dict(), "train.")}
+    changed = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+    runtime = [k for k in changed if k.removeprefix("model.t5.") in _RUNTIME_FIELDS]
+    diffs = [f"{k}: {_short(old.get(k))} -> {_short(new.get(k))}" for k in changed
+             if k not in runtime and k.removeprefix("train.") not in RESUMABLE]
+    if diffs:
+        raise ValueError(f"{run_dir} holds a run with a different config; refusing to resume it "
+                         f"(use another --out, or --overwrite to start over):\n  " + "\n  ".join(diffs))
+    if runtime:
+        what = ", ".join(f"{k.removeprefix('model.t5.')} {old.get(k)} -> {new.get(k)}" for k in runtime)
+        log(f"note: resuming with other run-time settings ({what}); they change memory and speed, not the model")
+    return bool(runtime)

@@ -3,6 +3,8 @@ curve), TensorBoard event files when the ``tensorboard`` package is installed, a
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from pathlib import Path
 
@@ -13,14 +15,19 @@ from t5vae.rundir import CURVE_FILE, METRICS_FILE
 
 class TensorBoard:
     """Scalars as TensorBoard event files in ``run_dir/tensorboard`` when the ``tensorboard`` package is
-    installed (its own event writer: no TensorFlow needed); :meth:`open` returns None otherwise."""
+    installed; :meth:`open` returns None otherwise. The records go through tensorboard's protos and record
+    framing onto a plain file: its EventFileWriter opens files through ``tf.io.gfile``, which imports
+    TensorFlow whenever it is installed (seconds of start-up and oneDNN log lines before step 1)."""
 
     def __init__(self, logdir: Path):
         from tensorboard.compat.proto.event_pb2 import Event
         from tensorboard.compat.proto.summary_pb2 import Summary
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+        from tensorboard.summary.writer.record_writer import RecordWriter
 
-        self._writer, self._event, self._summary = EventFileWriter(str(logdir)), Event, Summary
+        logdir.mkdir(parents=True, exist_ok=True)
+        name = f"events.out.tfevents.{time.time():.0f}.{socket.gethostname()}.{os.getpid()}"
+        self._writer, self._event, self._summary = RecordWriter(open(logdir / name, "ab")), Event, Summary
+        self._writer.write(Event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString())
 
     @classmethod
     def open(cls, run_dir: Path) -> "TensorBoard | None":
@@ -30,7 +37,8 @@ class TensorBoard:
 
     def write(self, step: int, metrics: dict, group: str = "train") -> None:
         values = [self._summary.Value(tag=f"{group}/{k}", simple_value=float(v)) for k, v in metrics.items()]
-        self._writer.add_event(self._event(wall_time=time.time(), step=step, summary=self._summary(value=values)))
+        event = self._event(wall_time=time.time(), step=step, summary=self._summary(value=values))
+        self._writer.write(event.SerializeToString())
 
     def flush(self) -> None:
         self._writer.flush()

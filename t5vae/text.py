@@ -9,6 +9,7 @@ cuts it and warns; codes whose [N, Z] are not this model's; ``steps < 2``; ``max
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import warnings
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from t5vae import batched, checkpoint, data, decoding, kernels, latent, rundir, vae
+from t5vae import batched, checkpoint, data, decoding, files, kernels, latent, rundir, vae
 from t5vae.config import Config
 from t5vae.names import DEFAULT_INTERPOLATION, DEFAULT_PRIOR, INTERPOLATIONS
 
@@ -227,21 +228,23 @@ class Model:
         return self._aggregate
 
     def aggregate_posterior(self) -> latent.FittedGaussian:
-        """The Gaussian fitted to the codes of the run's training lines: from ``aggregate_posterior.npz`` in the
-        run directory when it was computed with these params, else computed now (the corpus rebuilt from
-        train_config.json, :func:`t5vae.rundir.corpus`) and written there atomically (a read-only directory: kept in memory, with a warning)."""
+        """The Gaussian fitted to the codes of the run's training lines, computed with these params: from the
+        run's ``aggregate_posterior.npz`` or the user's cache (:func:`aggregate_cache`), else computed now (the
+        corpus rebuilt from train_config.json, :func:`t5vae.rundir.corpus`) and written to the cache, never into
+        the run directory, which a reader may share or only be allowed to read (no cache: a warning)."""
         fp = latent.params_fingerprint(self.params)
         if self._aggregate is not None and self._aggregate.fingerprint == fp:
             return self._aggregate
         if self.run_dir is None:
             raise ValueError("this model has no run directory to find its training lines in: call "
                              "model.fit_aggregate(lines) first, or sample with prior='tanh' or 'gaussian'")
-        file = Path(self.run_dir) / rundir.AGGREGATE_FILE
-        if file.is_file():
-            g = latent.FittedGaussian.load(file)
-            if g.fingerprint == fp and g.shape == (self.cfg.n_latent_tokens, self.cfg.latent_size):
-                self._aggregate = g
-                return g
+        cache = aggregate_cache(self.run_dir, fp)
+        for file in (Path(self.run_dir) / rundir.AGGREGATE_FILE, cache):
+            if file.is_file():
+                g = latent.FittedGaussian.load(file)
+                if g.fingerprint == fp and g.shape == (self.cfg.n_latent_tokens, self.cfg.latent_size):
+                    self._aggregate = g
+                    return g
         try:
             corpus = rundir.corpus(self.run_dir)
         except FileNotFoundError as e:
@@ -250,25 +253,46 @@ class Model:
                                     f"'gaussian'") from None
         g = self.fit_aggregate(corpus.train)
         try:
-            g.save(file)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            g.save(cache)
         except OSError as e:
-            warnings.warn(f"could not write {file} ({e}); the aggregate posterior is kept in memory only", stacklevel=2)
+            warnings.warn(f"could not write {cache} ({e}); the aggregate posterior is kept in memory only", stacklevel=2)
         return g
+
+
+def aggregate_cache(run_dir: str | os.PathLike, fingerprint: str) -> Path:
+    """The user-cache file of a run's aggregate posterior: named by the run's absolute path and its params."""
+    run = hashlib.sha256(os.fsencode(Path(run_dir).absolute())).hexdigest()[:16]
+    return files.cache_dir() / "aggregate" / f"{run}-{fingerprint}.npz"
 
 
 def load(path: str | os.PathLike) -> Model:
     """Load a training run directory (its final ``params/`` or else the params of its newest checkpoint that
-    can be read) or an export. Only params are read: no optimizer state is built or restored."""
+    can be read) or an export. Only params are read: no optimizer state is built or restored. Final params
+    that cannot be read fall back to the newest readable checkpoint with a warning; with none, a ValueError
+    in one line names the run, the damaged part and what to do."""
     path = Path(path)
     if not (path / rundir.CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{path} is not a t5vae run directory: {path / rundir.CONFIG_FILE} is missing")
     cfg = Config.load_json(path / rundir.CONFIG_FILE)
     tok = data.Tokenizer.load(path / rundir.TOKENIZER_FILE)
+    rundir.check_tokenizer(path, tok)
+    damaged = None
     if (path / rundir.PARAMS_DIR).is_dir():
-        params = checkpoint.restore_params(path / rundir.PARAMS_DIR, vae.abstract_params(cfg))
-    else:
-        _, params = checkpoint.restore_checkpoint_params(path, vae.abstract_params(cfg),
-                                                         log=lambda m: warnings.warn(m, stacklevel=3))
-        if params is None:
-            raise FileNotFoundError(f"{path} has neither final params nor a checkpoint yet")
+        try:
+            return Model(cfg, checkpoint.restore_params(path / rundir.PARAMS_DIR, vae.abstract_params(cfg)), tok,
+                         str(path))
+        except checkpoint.Unreadable as e:
+            damaged = e
+    def warn(message: str) -> None:
+        warnings.warn(message, stacklevel=3)
+
+    step, params = checkpoint.restore_checkpoint_params(path, vae.abstract_params(cfg), log=warn)
+    if params is None and damaged is not None:
+        raise ValueError(f"{damaged}, and {path} has no readable checkpoint to fall back on: restore the run from "
+                         f"a backup, or train it again (t5vae train --out {path} --overwrite)")
+    if params is None:
+        raise FileNotFoundError(f"{path} has neither final params nor a checkpoint yet")
+    if damaged is not None:
+        warn(f"{damaged}; using checkpoint {step} instead")
     return Model(cfg, params, tok, str(path))

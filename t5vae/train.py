@@ -18,10 +18,6 @@ from t5vae import augment, checkpoint, data, evaluate, rundir, sharding, text, v
 from t5vae.config import Config, TrainConfig
 from t5vae.runlog import RunLog, resume_logs
 
-# Settings that may change when a run is resumed; any other difference is an error.
-RESUMABLE = ("steps", "checkpoint_every", "keep_checkpoints", "log_every", "progress", "max_minutes",
-             "eval_pairs", "eval_batch_size", "eval_every")
-
 # The learning curve (``eval_every``): greedy reconstruction and interpolation on this many held-out lines
 # and pairs, kept small so that it costs little of the training budget.
 CURVE_LINES, CURVE_PAIRS = 256, 50
@@ -86,18 +82,6 @@ def _state_shardings(cfg: Config, opt, mesh):
     return sharding.state_shardings(abstract, cfg, mesh)
 
 
-def _check_same_config(run_dir: Path, cfg: Config, tc: TrainConfig) -> None:
-    old_cfg = Config.load_json(run_dir / rundir.CONFIG_FILE)
-    old_tc = TrainConfig.load_json(run_dir / rundir.TRAIN_CONFIG_FILE)
-    diffs = [f"model.{k}: {v!r} -> {cfg.to_dict()[k]!r}" for k, v in old_cfg.to_dict().items()
-             if cfg.to_dict()[k] != v]
-    diffs += [f"train.{k}: {v!r} -> {getattr(tc, k)!r}" for k, v in old_tc.to_dict().items()
-              if k not in RESUMABLE and getattr(tc, k) != v]
-    if diffs:
-        raise ValueError(f"{run_dir} holds a run with a different config; refusing to resume it "
-                         f"(use another --out, or --overwrite to start over):\n  " + "\n  ".join(diffs))
-
-
 def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: data.Encoded | None, params: dict,
         log=print, mesh=None, curve=None, renamer=None, tok: data.Tokenizer | None = None) -> tuple[dict, dict]:
     """Train in ``run_dir`` (resuming from its newest checkpoint) -> ``(params, last metrics)``.
@@ -115,7 +99,7 @@ def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: dat
     is checkpointed or evaluated only after its own metrics have been read and found finite.
     """
     run_dir = Path(run_dir)
-    _check_same_config(run_dir, cfg, tc)
+    rundir.check_resumable(run_dir, cfg, tc, log=lambda _: None)  # prepare() has said what changed
     mngr = checkpoint.checkpoint_manager(run_dir, tc.keep_checkpoints, with_data=tc.pipeline == "grain")
     state, data_state, t0 = _initial_state(cfg, tc, params, mesh, mngr, run_dir, log)
     step, last, pending = int(state["step"]), {}, None
@@ -297,8 +281,8 @@ def prepare(cfg: Config, tc: TrainConfig, out: str | os.PathLike, init_from: str
 
     A new run marks the directory incomplete, then writes spiece.model, train_config.json and config.json
     (whose presence marks a run). An existing one is resumed and must have been started with the same
-    settings (only those in ``RESUMABLE`` may change); one that failed before its first checkpoint is cleared
-    and started over. Only process 0 writes; the others read what it wrote.
+    settings (only those in ``rundir.RESUMABLE`` and the run-time fields may change); one that failed before its
+    first checkpoint is cleared and started over. Only process 0 writes; the others read what it wrote.
     """
     out = Path(out)
     chief = jax.process_index() == 0
@@ -308,16 +292,23 @@ def prepare(cfg: Config, tc: TrainConfig, out: str | os.PathLike, init_from: str
     t5_params = None
     if init_from is not None:
         t5_cfg, t5_params = checkpoint.load_t5(init_from)
+        bad = checkpoint.non_finite((jax.tree_util.keystr(k), x) for k, x in jax.tree_util.tree_leaves_with_path(t5_params))
+        if bad:
+            raise FloatingPointError(f"{checkpoint.non_finite_message(f'--init-from {init_from}', bad)}: "
+                                     f"training cannot start from it; convert the source again, or use another")
         cfg = cfg.replace(t5=t5_cfg.replace(dropout_rate=cfg.t5.dropout_rate))
     if chief and not resuming:
         cfg, tok, enc = _start(cfg, tc, out, init_from, corpus, log)
     sharding.barrier("t5vae.train.prepare")  # the others read the files process 0 has written
     if not chief or resuming:
         tok = data.Tokenizer.load(out / rundir.TOKENIZER_FILE)
+        rundir.check_tokenizer(out, tok)
         cfg = cfg if init_from is not None else cfg.replace(t5=cfg.t5.replace(vocab_size=tok.vocab_size))
-        _check_same_config(out, cfg, tc)
+        runtime_changed = rundir.check_resumable(out, cfg, tc, log)
         if chief:
             tc.save_json(out / rundir.TRAIN_CONFIG_FILE)
+            if runtime_changed:  # the run now stores and computes in these: what tv.load restores into
+                cfg.save_json(out / rundir.CONFIG_FILE)
         enc = _encode(tok, corpus, cfg, log, tc)
     return cfg, tok, corpus, enc, t5_params
 
@@ -351,6 +342,7 @@ def _start(cfg: Config, tc: TrainConfig, out: Path, init_from, corpus, log):
         data.BatchStream(enc, tc.batch_size, data.length_buckets(cfg), tc.seed)
     rundir.mark_incomplete(out)
     tok.save(out / rundir.TOKENIZER_FILE)
+    rundir.record_tokenizer(out, tok)
     tc.save_json(out / rundir.TRAIN_CONFIG_FILE)
     cfg.save_json(out / rundir.CONFIG_FILE)
     return cfg, tok, enc

@@ -6,6 +6,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ["XDG_CACHE_HOME"] = __import__("tempfile").mkdtemp(prefix="t5vae-test-cache-")  # not the user's cache
 
 import importlib  # noqa: E402
 

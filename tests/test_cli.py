@@ -168,3 +168,25 @@ def test_train_on_the_prose_corpus_takes_the_prose_settings_and_flags_win():
     assert tc.rename_prob == 0.3
     _, tc = cli.build_configs(cli.parser().parse_args(["train", "--corpus", "x.txt", "--language", "prose"]))
     assert tc.language == "prose" and tc.rename_prob == 0.0
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["train", "--steps", "1e3"], "argument --steps: expected a whole number, got '1e3' (write 1000)"),
+    (["train", "--steps", "9" * 5000], "argument --steps: expected a whole number, got '" + "9" * 40 + "'... (5,000 "
+                                       "characters)"),
+    (["train", "--steps", "9" * 30], "argument --steps: '" + "9" * 30 + "' is too large"),
+    (["train", "--learning-rate", "fast"], "argument --learning-rate: expected a number, got 'fast'"),
+    (["sample", "RUN", "-n", "2.5"], "argument -n: expected a whole number, got '2.5'"),
+])
+def test_bad_numbers_are_named_and_cut(argv, says):
+    rc, _, err = run_cli(argv)
+    last = err.strip().splitlines()[-1]
+    assert rc == 2 and says in last and "<lambda>" not in err and "9" * 100 not in err, last
+
+
+@pytest.mark.parametrize("lines, says", [("DIR", "is a directory, not a text file: for the Python statements in it "
+                                                  "write py:"),
+                                         ("py:", "names no package or directory: expected py:PACKAGE_OR_DIR")])
+def test_eval_lines_that_name_a_directory_or_nothing(run, tmp_path, lines, says):
+    rc, _, err = run_cli(["eval", str(run["out"]), "--lines", str(tmp_path) if lines == "DIR" else lines])
+    assert rc == 1 and says in err and err.count("\n") == 1, err

@@ -31,3 +31,23 @@ def test_cli_flags_dtype_overwrite_and_config(tmp_path, capsys):
     assert "config.json is missing" in capsys.readouterr().err
     assert main([str(bare), str(tmp_path / "out2"), "--config", str(src / "config.json"), "--quiet"]) == 0
     assert tv.load_t5(tmp_path / "out2")[0] == tv.load_t5(out)[0]
+
+
+def test_nan_and_inf_weights_are_refused_by_the_converter_and_by_init_from(tmp_path, capsys, caplog):
+    from conftest import run_cli, write_train_corpus
+
+    sd = fake_hf_state(V10)
+    sd["shared.weight"][0, :3] = np.nan
+    sd["encoder.block.0.layer.0.SelfAttention.q.weight"][1, 1] = np.inf
+    src, out = hf_dir(tmp_path / "src", sd), tmp_path / "out"
+    assert main([str(src), str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "NaN or inf in 2 tensor(s)" in err and "--allow-nonfinite" in err
+    assert f"shared.weight (3 of {sd['shared.weight'].size})" in err and "SelfAttention.q.weight (1 of" in err
+    assert_nothing_written(out)
+    assert main([str(src), str(out), "--quiet", "--allow-nonfinite"]) == 0
+    assert "converting them anyway (--allow-nonfinite)" in caplog.text and np.isnan(tv.load_t5(out)[1]["shared"]["embedding"]).any()
+    rc, _, err = run_cli(["train", "--out", str(tmp_path / "run"), "--corpus",
+                          str(write_train_corpus(tmp_path / "c.txt")), "--init-from", str(out), "--steps", "1"])
+    assert rc == 1 and f"--init-from {out} holds NaN or inf in 2 tensor(s)" in err and "learning_rate" not in err
+    assert not (tmp_path / "run").exists()

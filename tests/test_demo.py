@@ -1,6 +1,8 @@
 """The demo's logic without a browser: input checks and their stated bounds, shareable links, parse marks and
 statement kinds, the map's PCA and SVG, nearest lines, the backend's lock and the page's callbacks (on a fake
 model: these tests are about the demo, not about a trained T5-VAE; the browser tests use a real run)."""
+import re
+import socket
 import threading
 import time
 import warnings
@@ -364,6 +366,10 @@ def test_add_arguments_and_a_missing_run(tmp_path, capsys):
     args = demo.add_arguments(argparse.ArgumentParser()).parse_args(["r", "--host", "0.0.0.0", "--port", "8080"])
     assert (args.host, args.port) == ("0.0.0.0", 8080)
     require("gradio")
+    with socket.socket() as s:  # a port that is free now
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args.host, args.port = "127.0.0.1", port
     assert demo.cmd_demo(argparse.Namespace(**{**vars(args), "dir": str(tmp_path / "missing")})) == 1
     assert "is not a t5vae run directory" in capsys.readouterr().err
 
@@ -391,3 +397,52 @@ def test_spaces_entry_point_serves_the_run_named_by_the_environment(monkeypatch)
     assert calls == [(("/runs/x", "0.0.0.0", 9000), {"corpus": None}), "blocked"]
     app.main({"T5VAE_CORPUS": "lines.txt"})
     assert calls[2] == (("t5vae-run", "0.0.0.0", 7860), {"corpus": "lines.txt"})
+
+
+def test_serving_a_run_writes_nothing_into_its_directory(text_run_dir):
+    """The demo (and every reader) fits the aggregate prior into the user's cache, not the run."""
+    from t5vae.demo.backend import Backend
+
+    before = {p.name: p.stat().st_mtime_ns for p in text_run_dir.rglob("*")}
+    b = Backend.from_run(text_run_dir, map_lines=8, pool_lines=16)
+    assert len(b.sample("aggregate", 2)) == 2 and b.model._aggregate is not None
+    assert {p.name: p.stat().st_mtime_ns for p in text_run_dir.rglob("*")} == before
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--port", "70000"], "--port 70000 is out of range: a port is a number from 1 to 65535"),
+    (["--port", "0"], "--port 0 is out of range"),
+    (["--host", "no.such.host.invalid"], "--host 'no.such.host.invalid' does not resolve"),
+    (["--host", "192.0.2.1"], "cannot serve on --host 192.0.2.1"),  # TEST-NET: an address of no machine here
+    ("busy", "is in use on 127.0.0.1 by another program: choose another --port"),
+])
+def test_host_and_port_are_checked_before_the_model_loads(text_run_dir, monkeypatch, flags, says):
+    from conftest import run_cli
+    from t5vae.demo.backend import Backend
+
+    require("gradio")
+    monkeypatch.setattr(Backend, "from_run", lambda *a, **k: pytest.fail("loaded the model before the check"))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        if flags == "busy":
+            flags = ["--port", str(busy.getsockname()[1])]
+        rc, _, err = run_cli(["demo", str(text_run_dir), *flags])
+    assert rc == 1 and says in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("line, says", [
+    ("x" * 129, "line A is 129 characters; the page takes at most 128 (16 per token of the model's max length of 8"),
+    ("x = 1\x00", "line A holds the control character U+0000 at position 6"),
+    ("\x00" * 50, "line A holds the control character U+0000 at position 1"),
+    ("x = '\ufffd'", "line A holds U+FFFD, the replacement character, at position 6"),
+])
+def test_long_lines_and_control_characters_are_refused_before_tokenizing(fake, line, says):
+    calls = fake.model.calls
+    with pytest.raises(core.InputError, match=re.escape(says)):
+        fake.interpolate(line, "y = 2", truncate=True)
+    assert fake.model.calls == calls
+    assert core.check_line("x = 1\t# tab", "a", 8) == "x = 1\t# tab" and core.check_line(None, "a", 8) == ""
+    q = core.parse_link(dict(parse_qsl("a=%ff&b=x", keep_blank_values=True)))  # invalid UTF-8 in a link
+    with pytest.raises(core.InputError, match="line A holds U\\+FFFD"):
+        fake.interpolate(q.a, q.b)

@@ -207,6 +207,20 @@ def test_bad_input_is_an_error_on_the_page_and_the_server_keeps_serving(browser,
     assert "steps must be a whole number from 2 to 32, got 100" in error_text(browser)
 
 
+def test_a_5_mb_line_is_refused_before_tokenizing_even_with_cutting_on(browser, server):
+    open_link(browser, server, "x = 1", "y = 2", 3)
+    box = css(browser, "#truncate input")[0]
+    if not box.is_selected():
+        box.click()
+    browser.execute_script("""const t = document.querySelector('#line-a textarea, #line-a input');
+        t.value = 'x = ' + '1 + '.repeat(1250000); t.dispatchEvent(new Event('input', {bubbles: true}));""")
+    click(browser, "interpolate")
+    wait(browser, lambda d: error_text(d))
+    assert "line A is 5,000,004 characters; the page takes at most 384" in error_text(browser)
+    open_link(browser, server, "x = 1", "y = 2", 3)  # the server keeps serving
+    assert len(path_rows(browser)) == 3 and not error_text(browser)
+
+
 def test_samples_and_analogy(browser, server):
     browser.get(server)
     wait(browser, lambda d: path_rows(d))

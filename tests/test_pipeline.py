@@ -253,7 +253,7 @@ def test_a_grain_run_on_an_array_record_corpus_evaluates_interpolates_and_serves
     rc, stdout, err = run_cli(["interpolate", str(out), "v1 = f", "v2", "--steps", "3"])
     assert rc == 0 and "0.500" in stdout, err
     rc, stdout, err = run_cli(["sample", str(out), "-n", "2"])  # the aggregate prior: fitted to the run's lines
-    assert rc == 0 and (out / rundir.AGGREGATE_FILE).is_file(), err
+    assert rc == 0 and not (out / rundir.AGGREGATE_FILE).exists(), err  # fitted into the user's cache
     demo = pytest.importorskip("t5vae.demo.backend")
     b = demo.Backend.from_run(out, map_lines=20, pool_lines=50)
     assert b.map_lines and set(b.map_lines) <= set(memory.validation) and set(b.pool_lines) <= set(memory.train)
@@ -266,3 +266,56 @@ def test_prose_reads_the_same_split_in_both_pipelines():
     mem = data.load_corpus("prose", 2.0, 20, 200)
     assert len(train) == len(mem.train) and len(held) == len(mem.validation)
     assert held.texts(range(len(held))) == mem.validation and train.texts([0, 5]) == [mem.train[0], mem.train[5]]
+
+
+# -- damaged corpora ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def big_file(tmp_path_factory):
+    """3,000 lines: several chunks of an array_record file, so a flipped byte lands inside one record's chunk."""
+    path = tmp_path_factory.mktemp("damaged") / "big.array_record"
+    pipeline.write_lines(path, [f"x{i} = f({i})" for i in range(3000)])
+    return path
+
+
+def _damage(good, path, how):
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    b = good.read_bytes()
+    if how == "truncated":
+        path.write_bytes(b[: len(b) // 2])
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "text renamed":
+        path.write_text("x = 1\ny = 2\n")
+    elif how == "bit flipped":
+        path.write_bytes(b[: len(b) // 3] + bytes([b[len(b) // 3] ^ 0xFF]) + b[len(b) // 3 + 1:])
+    else:  # a record that is not UTF-8
+        w = ArrayRecordWriter(str(path), "group_size:1")
+        for i in range(60):
+            w.write(f"y{i} = {i}".encode())
+        w.write(b"z = '\xff\xfe'")
+        w.close()
+
+
+@pytest.mark.parametrize("how, says", [
+    ("truncated", r"is not a readable array_record file \(RuntimeError: Corrupted"),
+    ("empty", r"is not a readable array_record file \(RuntimeError: ArrayRecord file should be at least 64KB"),
+    ("text renamed", "is not a readable array_record file"),
+    ("bit flipped", r": record \d+ cannot be read \(RuntimeError: Corrupted Riegeli"),
+    ("not UTF-8", r": record 60 is not UTF-8 text \(invalid start byte at byte 5"),
+])
+def test_a_damaged_array_record_corpus_is_one_line_naming_the_file_and_record(tmp_path, big_file, how, says):
+    import re
+
+    from conftest import TINY_FLAGS, run_cli
+
+    bad = tmp_path / "bad.array_record"
+    _damage(big_file, bad, how)
+    out = tmp_path / "run"
+    rc, _, err = run_cli(["train", "--out", str(out), "--corpus", f"array_record:{big_file},{bad}", "--pipeline",
+                          "grain", "--steps", "1", *TINY_FLAGS])
+    assert rc == 1 and err.startswith(f"error: {bad}") and err.count("\n") == 1 and re.search(says, err), err
+    assert not out.exists()
+    with pytest.raises(ValueError, match=re.escape(str(bad))):
+        data.load_corpus(f"array_record:{bad}")

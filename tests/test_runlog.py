@@ -52,6 +52,28 @@ def test_tensorboard_is_optional(tmp_path, monkeypatch):
     assert any((tmp_path / "tensorboard").iterdir())
 
 
+def test_tensorboard_events_are_written_without_importing_tensorflow(tmp_path):
+    """TensorFlow comes with the test extra; writing a run's events must not import it (seconds of start-up)."""
+    import subprocess
+    import sys
+
+    require("tensorboard")
+    require("tensorflow")  # the case at hand: installed, and still never imported
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    code = ("import sys; from pathlib import Path; from t5vae import runlog; tb = runlog.TensorBoard.open(Path(sys.argv[1]));"
+            " tb.write(3, {'loss': 2.5}); tb.write(4, {'loss': 1.5}, 'eval'); tb.close();"
+            " print('tensorflow' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr
+    assert "oneDNN" not in done.stderr
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [(3, 2.5)]
+    assert [(e.step, e.value) for e in acc.Scalars("eval/loss")] == [(4, 1.5)]
+
+
 def test_the_step_bar_ends_where_the_time_budget_ends():
     """With a budget that stops the run long before ``steps``, the bar's total becomes the steps that fit
     (its "remaining" is the budget's); without one it stays ``steps``."""

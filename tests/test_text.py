@@ -1,6 +1,7 @@
 """Text in, text out (t5vae.text): tv.load and tv.Model's encode / decode / interpolate / analogy / sample
 against the functional API, bad input, and the aggregate posterior fitted, stored and refreshed."""
 import json
+import os
 import shutil
 
 import jax
@@ -9,7 +10,8 @@ import pytest
 
 import t5vae as tv
 from conftest import TEXT_LINES as LINES
-from t5vae import checkpoint, data, latent, rundir
+from conftest import run_cli
+from t5vae import checkpoint, data, files, latent, rundir, text
 
 
 # the shared text-level model and its run directory (conftest), under this file's short names
@@ -113,12 +115,15 @@ def test_analogy_decodes_the_arithmetic(m):
         m.analogy("x1 = f(1, y1)", b=["import mod3"], c="import mod4")
 
 
-def test_aggregate_posterior_is_fitted_lazily_stored_and_refreshed(run_dir, monkeypatch):
-    file = run_dir / rundir.AGGREGATE_FILE
+def test_aggregate_posterior_is_fitted_lazily_cached_outside_the_run_and_refreshed(run_dir, monkeypatch):
+    before = sorted(p.name for p in run_dir.rglob("*"))
     mm = tv.load(run_dir)
-    assert not file.exists()
+    file = text.aggregate_cache(run_dir, latent.params_fingerprint(mm.params))
+    assert not file.exists() and str(file).startswith(os.environ["XDG_CACHE_HOME"])
     g = mm.aggregate_posterior()
-    assert file.is_file() and g.n_codes == len(data.load_corpus(str(run_dir.parent / "corpus.txt")).train)
+    assert sorted(p.name for p in run_dir.rglob("*")) == before  # the run directory is only read
+    assert file.is_file() and oct(file.stat().st_mode & 0o777) == oct(0o666 & ~files.umask())
+    assert g.n_codes == len(data.load_corpus(str(run_dir.parent / "corpus.txt")).train)
     train = data.load_corpus(str(run_dir.parent / "corpus.txt")).train
     codes = mm.codes(data.encode_lines(mm.tokenizer, train, 24))
     np.testing.assert_allclose(g.mean, codes.reshape(len(codes), -1).mean(0), atol=1e-5)
@@ -132,7 +137,8 @@ def test_aggregate_posterior_is_fitted_lazily_stored_and_refreshed(run_dir, monk
     # other params (e.g. a run trained further): the stored fit is stale and is recomputed
     again.params = jax.tree.map(lambda x: x * 1.01, again.params)
     assert not np.allclose(again.aggregate_posterior().mean, g.mean)
-    assert tv.FittedGaussian.load(file).fingerprint == latent.params_fingerprint(again.params)
+    refit = text.aggregate_cache(run_dir, latent.params_fingerprint(again.params))
+    assert tv.FittedGaussian.load(refit).fingerprint == latent.params_fingerprint(again.params)
 
 
 def test_aggregate_needs_training_lines(m, cfg, tok, tmp_path):
@@ -149,16 +155,13 @@ def test_aggregate_needs_training_lines(m, cfg, tok, tmp_path):
         nowhere.aggregate_posterior()
 
 
-def test_aggregate_in_a_read_only_run_is_kept_in_memory(m, cfg, tok, tmp_path, monkeypatch):
+def test_aggregate_without_a_writable_cache_is_kept_in_memory(m, cfg, tok, tmp_path, monkeypatch):
     (tmp_path / "corpus.txt").write_text("\n".join(LINES) + "\n")
     (tmp_path / "train_config.json").write_text(json.dumps({"corpus": str(tmp_path / "corpus.txt")}))
-
-    def read_only(self, path):
-        raise PermissionError(13, "Permission denied", str(path))
-
-    monkeypatch.setattr(tv.FittedGaussian, "save", read_only)
+    (tmp_path / "not-a-dir").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "not-a-dir"))  # the cache cannot be created
     ro = tv.Model(cfg, m.params, tok, str(tmp_path))
-    with pytest.warns(UserWarning, match="could not write .*aggregate_posterior.npz.*in memory only"):
+    with pytest.warns(UserWarning, match=r"could not write .*\.npz .*in memory only"):
         g = ro.aggregate_posterior()
     assert not (tmp_path / rundir.AGGREGATE_FILE).exists()
     assert ro.aggregate_posterior() is g  # no second fit, no second warning
@@ -196,6 +199,49 @@ def test_load_falls_back_to_the_newest_checkpoint(run, tmp_path):
         tv.load(d)
     with pytest.raises(FileNotFoundError, match="is not a t5vae run directory"):
         tv.load(tmp_path / "nowhere")
+
+
+def _data_files(params_dir):
+    return sorted(p for p in params_dir.rglob("*") if p.is_file() and "/d/" in str(p))
+
+
+@pytest.mark.parametrize("damage", ["metadata deleted", "metadata truncated", "data file truncated"])
+def test_damaged_final_params_fall_back_to_a_checkpoint_or_name_the_damage(run, tmp_path, damage):
+    """Final params whose files are damaged are not a traceback: the newest checkpoint is used with a warning
+    naming the damage; with no checkpoint left, one line names the run's params and what to do."""
+    d = tmp_path / "run"
+    shutil.copytree(run["out"], d)
+    params = d / checkpoint.PARAMS_DIR
+    if damage == "metadata deleted":
+        (params / "_METADATA").unlink()
+    elif damage == "metadata truncated":
+        (params / "_METADATA").write_bytes((params / "_METADATA").read_bytes()[:20])
+    else:
+        for f in _data_files(params):
+            f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])
+    with pytest.warns(UserWarning, match=r"params is damaged: .* cannot be read .*; using checkpoint 6 instead"):
+        m = tv.load(d)
+    jax.tree.map(np.testing.assert_array_equal, m.params, tv.load(run["out"]).params)
+    shutil.rmtree(d / checkpoint.CHECKPOINTS_DIR)
+    with pytest.raises(ValueError) as e:
+        tv.load(d)
+    assert str(e.value).count("\n") == 0 and len(str(e.value)) < 600
+    assert f"{params} is damaged" in str(e.value) and "no readable checkpoint" in str(e.value)
+    rc, _, err = run_cli(["interpolate", str(d), "x = 1", "y = 2"])
+    assert rc == 1 and err.startswith("error: ") and "is damaged" in err and "Traceback" not in err
+
+
+def test_a_tokenizer_from_another_run_is_refused_naming_both_sizes(run, tmp_path):
+    d = tmp_path / "run"
+    shutil.copytree(run["out"], d)
+    assert (d / rundir.TOKENIZER_RECORD).is_file()
+    other = data.train_tokenizer(LINES, 320)
+    other.save(d / rundir.TOKENIZER_FILE)
+    ours = data.Tokenizer.load(run["out"] / rundir.TOKENIZER_FILE).vocab_size
+    assert other.vocab_size != ours
+    with pytest.raises(ValueError, match=rf"spiece.model is not the tokenizer this run trained on .*has "
+                                         rf"{other.vocab_size} pieces, the run's had {ours}"):
+        tv.load(d)
 
 
 def test_tokenizer_vocab_larger_than_the_embedding_is_refused(run):

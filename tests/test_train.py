@@ -10,6 +10,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -132,3 +133,23 @@ def test_init_from_a_converted_t5(run, tmp_path, capsys):
     argv[argv.index(str(out))] = str(tmp_path / "from-small")
     assert cli.main(argv) == 1
     assert "do not match" in capsys.readouterr().err
+
+
+def test_resuming_with_other_run_time_fields_is_a_notice_and_other_changes_a_diff(run, tmp_path, capsys):
+    """dtype, param_dtype and remat may change when a run is resumed (the checkpoint's arrays restore, cast);
+    any other change is refused listing only the fields that differ."""
+    out = tmp_path / "run"
+    shutil.copytree(run["out"], out)
+    argv = run["argv"][:]
+    argv[argv.index(str(run["out"]))] = str(out)
+    assert cli.main(argv + ["--t5-d-model", "64", "--pooling", "first", "--seed", "5"]) == 1
+    err = capsys.readouterr().err
+    assert "model.t5.d_model: 32 -> 64" in err and "model.pooling: " in err and "train.seed: 0 -> 5" in err
+    assert err.count("\n") == 4 and "'num_heads'" not in err  # the three fields, no whole dicts
+    argv[argv.index("--steps") + 1] = "7"
+    assert cli.main(argv + ["--dtype", "bfloat16", "--param-dtype", "bfloat16", "--t5-remat", "full"]) == 0
+    printed = capsys.readouterr().out
+    assert "note: resuming with other run-time settings (dtype float32 -> bfloat16, param_dtype float32 -> " \
+           "bfloat16, remat dots -> full)" in printed and "resumed from" in printed
+    m = tv.load(out)
+    assert m.cfg.t5.param_dtype == "bfloat16" and m.params["latent_encoder"]["kernel"].dtype == jnp.bfloat16

@@ -1,4 +1,4 @@
-"""``python -m weights_convert SRC OUT [--dtype bfloat16] [--overwrite] [--config CONFIG]``.
+"""``python -m weights_convert SRC OUT [--dtype bfloat16] [--overwrite] [--config CONFIG] [--allow-nonfinite]``.
 
 The command line only: parse the arguments, run :func:`weights_convert.convert.convert`, print errors. Only the
 converter's own lines are logged at INFO (orbax, absl and jax log theirs at WARNING and above only).
@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", help="config.json path or preset name, for sources without config.json")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it is an empty directory or a "
                    "previous conversion (config.json + params/ [+ spiece.model]); anything else is refused")
+    p.add_argument("--allow-nonfinite", action="store_true", help="convert a source whose tensors hold NaN or "
+                   "inf (refused by default, naming them), with a warning")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     handler = logging.StreamHandler()
@@ -33,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     level = ours.level
     ours.setLevel(logging.WARNING if args.quiet else logging.INFO)
     try:
-        convert(args.src, args.out, args.dtype, args.overwrite, args.config, progress=None if not args.quiet else False)
+        convert(args.src, args.out, args.dtype, args.overwrite, args.config, progress=None if not args.quiet else False,
+                allow_nonfinite=args.allow_nonfinite)
     except (ConversionError, OSError, ValueError) as e:  # OSError: FileExistsError, PermissionError, a full disk
         print(f"error: {e}", file=sys.stderr)
         return 1

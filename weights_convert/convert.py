@@ -101,8 +101,9 @@ def _config(src: Path, config: str | None, fmt: str, shapes: dict) -> T5Config:
 
 
 def convert(src, out, dtype: str | None = None, overwrite: bool = False, config: str | None = None,
-            progress: bool | None = None) -> Path:
-    """Convert the checkpoint at ``src`` into a t5vae T5 directory ``out``; raise :class:`ConversionError` on any mismatch."""
+            progress: bool | None = None, allow_nonfinite: bool = False) -> Path:
+    """Convert the checkpoint at ``src`` into a t5vae T5 directory ``out``; raise :class:`ConversionError` on any
+    mismatch, and on source tensors holding NaN or inf unless ``allow_nonfinite`` (then: a warning)."""
     src, out = Path(src), Path(out)
     t0 = time.time()
     fmt, reader = readers.detect(src)  # only looks at names: nothing is read yet
@@ -125,13 +126,20 @@ def convert(src, out, dtype: str | None = None, overwrite: bool = False, config:
             log.info("skipping %d tensors: %s", n, why)
         leaf_specs, np_dtype = rules.flat_specs(cfg), jnp.dtype(cfg.param_dtype)
         flat: dict[str, np.ndarray] = {}
+        bad: list[str] = []
         show = progress if progress is not None else sys.stderr.isatty()
         for step in tqdm(steps, desc="converting", unit="tensor", disable=not show):
             x = peeked.pop(step.source) if step.source in peeked else tensors.load(step.source)
+            bad += checkpoint.non_finite([(step.source, x)])
             rules.apply(step, x, flat, leaf_specs, np_dtype)
             del x
     finally:
         tensors.close()
+    if bad and not allow_nonfinite:
+        raise ConversionError(f"{checkpoint.non_finite_message(str(src), bad)}; a model cannot train or decode "
+                              f"from these weights (--allow-nonfinite converts them anyway)")
+    if bad:
+        log.warning("%s; converting them anyway (--allow-nonfinite)", checkpoint.non_finite_message(str(src), bad))
     params = rules.nest(flat)
     specs.check_tree(params, t5.abstract_params(cfg), f"converted {src}")
     wrong = [k for k, v in flat.items() if v.dtype != np_dtype]

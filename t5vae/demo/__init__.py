@@ -7,8 +7,10 @@ its frontend is bundled in the wheel (fonts included), so the page fetches nothi
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib.util
 import os
+import socket
 import sys
 import time
 
@@ -50,10 +52,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_address(host: str | None, port: int | None) -> None:
+    """Before the model loads: ``port`` within 1-65535, ``host`` resolves, and ``port`` is free on it; each a
+    ValueError in one line naming ``--host`` / ``--port``. None: Gradio's own choice, not checked."""
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"--port {port} is out of range: a port is a number from 1 to 65535")
+    if host is None:
+        return
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port or 0, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise ValueError(f"--host {host!r} does not resolve ({getattr(e, 'strerror', None) or e}): give an address "
+                         f"of this machine, e.g. 127.0.0.1, or 0.0.0.0 for every interface") from None
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: a closing port is free
+        try:
+            s.bind(addr)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise ValueError(f"--port {port} is in use on {host} by another program: choose another --port, or "
+                                 f"stop the program holding it") from None
+            raise ValueError(f"cannot serve on --host {host} --port {port} ({e.strerror}): choose an address of this "
+                             f"machine (--host) or another port (--port)") from None
+
+
 def serve(run_dir, host: str | None = DEFAULT_HOST, port: int | None = DEFAULT_PORT, *, corpus: str | None = None,
           map_lines: int | None = 1000, pool_lines: int | None = 50_000, quiet: bool = False):
     """Load and warm up ``run_dir``, serve its page without blocking, print the URL -> (Blocks, URL)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    check_address(host, port)
     from t5vae.demo import backend, page
 
     t0 = time.perf_counter()

@@ -30,11 +30,6 @@ class Interpolation:
     xy: np.ndarray | None
 
 
-def _text(line) -> str:
-    """A line from the page or a link: None (a cleared box) is an empty line."""
-    return "" if line is None else str(line)
-
-
 def spread(lines: list[str], cap: int | None) -> list[str]:
     """At most ``cap`` of ``lines``, evenly spaced through them (all when cap is None or not smaller)."""
     if cap is None or len(lines) <= cap:
@@ -103,7 +98,7 @@ class Backend:
         steps = core.check_int(steps, "steps", core.STEPS_RANGE)
         kind = core.check_choice(kind, "kind", core.INTERPOLATIONS)
         decoder = core.check_choice(decoder, "decoder", core.DECODERS)
-        a, b = _text(a), _text(b)
+        a, b = (core.check_line(s, f"line {n}", self.model.cfg.max_length) for s, n in ((a, "A"), (b, "B")))
         path = self._lines({"a": "line A", "b": "line B"},
                            lambda: self.model.path(a, b, steps, kind, truncate=truncate, method=decoder))
         codes = core.flat(path.codes)
@@ -126,7 +121,7 @@ class Backend:
     def analogy(self, a, b, c, decoder="greedy", truncate: bool = False) -> str:
         """The line decoded at code(a) + (code(b) - code(c))."""
         decoder = core.check_choice(decoder, "decoder", core.DECODERS)
-        a, b, c = _text(a), _text(b), _text(c)
+        a, b, c = (core.check_line(s, f"line {n}", self.model.cfg.max_length) for s, n in zip((a, b, c), "abc"))
         return self._lines({n: f"line {n}" for n in "abc"},
                            lambda: self.model.analogy(a, b, c, truncate=truncate, method=decoder))
 

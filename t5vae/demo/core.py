@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import unicodedata
 from collections.abc import Mapping
 from urllib.parse import quote, urlencode
 
@@ -16,6 +17,7 @@ STEPS_RANGE = (2, 32)  # points on a path, both endpoints included: decoded in o
 SAMPLES_RANGE = (1, 32)  # samples per request
 DEFAULT_STEPS, DEFAULT_SAMPLES = 9, 8
 NEAREST_K = 5
+CHARS_PER_TOKEN = 16  # a line's bound in characters per token of max_length: far above any tokenizer's pieces
 
 
 class InputError(ValueError):
@@ -47,6 +49,30 @@ def check_choice(value, name: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise InputError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     return value
+
+
+def max_chars(max_length: int) -> int:
+    """The longest line the page takes, in characters: CHARS_PER_TOKEN per token of the model's max length,
+    checked before a line is tokenized, so one huge request cannot hold the server."""
+    return CHARS_PER_TOKEN * max_length
+
+
+def check_line(value, label: str, max_length: int) -> str:
+    """A line from the page or a link (None: a cleared box, empty), refused in one line naming it when longer
+    than :func:`max_chars`, or holding a control character (tab aside) or U+FFFD (what invalid UTF-8 in a
+    link decodes to)."""
+    line = "" if value is None else str(value)
+    if len(line) > max_chars(max_length):
+        raise InputError(f"{label} is {len(line):,} characters; the page takes at most {max_chars(max_length):,} "
+                         f"({CHARS_PER_TOKEN} per token of the model's max length of {max_length} tokens)")
+    for i, c in enumerate(line):
+        if c == "\ufffd":
+            raise InputError(f"{label} holds U+FFFD, the replacement character, at position {i + 1}: was the link's "
+                             f"text not UTF-8?")
+        if c != "\t" and unicodedata.category(c) == "Cc":
+            raise InputError(f"{label} holds the control character U+{ord(c):04X} at position {i + 1}: type a line "
+                             f"of text")
+    return line
 
 
 def empty_line(label: str) -> InputError:

@@ -32,6 +32,7 @@ try { window.history.replaceState(null, "", u); } catch (e) {} return u; }"""
 # An unload listener keeps Chrome from putting the page into its back-forward cache on navigation: a cached
 # Gradio page keeps its event streams open, and after five links followed in one tab the sixth waited ~50 s
 # for one of the six connections Chrome allows per host.
+QUEUE_DEPTH = 16  # requests waiting beyond this are turned away ("queue is full") instead of held in memory
 HEAD = "<script>window.addEventListener('unload', function () {});</script>"
 
 
@@ -199,7 +200,7 @@ def launch(backend: Backend, host: str | None = "127.0.0.1", port: int | None = 
     """Serve the page without blocking -> (the Blocks, its local URL). Requests queue; several run at once,
     but the backend's lock lets one JAX call through at a time."""
     page = build(backend)
-    page.queue(default_concurrency_limit=4, max_size=64)
+    page.queue(default_concurrency_limit=4, max_size=QUEUE_DEPTH)
     _, url, _ = page.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
                             share=False, inbrowser=False, show_error=True, ssr_mode=False, footer_links=[],
                             css=CSS, theme=gr.themes.Default(), head=HEAD)
