@@ -29,6 +29,7 @@ from benchmarks.harness import RESULTS, log
 from t5vae import kernels
 from t5vae.config import KERNELS
 
+
 def bench_forward(model, ref_params, params, cfg, batch, repeats):
     ref_fwd = jax.jit(reference.forward_fn(model))
     ours_fwd = jax.jit(lambda p, b: tv.t5.apply(p, cfg, b["input_ids"], b["attention_mask"], b["decoder_input_ids"],

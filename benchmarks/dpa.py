@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import math
 import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import t5vae as tv

@@ -15,7 +15,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-
 RESULTS = Path(__file__).parent / "results"
 
 

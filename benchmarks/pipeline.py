@@ -125,10 +125,10 @@ def build(args) -> dict:
 
 def measure(args) -> dict:
     """Read batches for ``args.seconds`` from a fresh pipeline -> lines/s, first-batch latency, peak memory."""
+    import grain
     import numpy as np
     import psutil
 
-    import grain
     from t5vae import data, pipeline
 
     baseline = vm_mb(field="VmRSS")

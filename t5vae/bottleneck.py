@@ -20,6 +20,7 @@ from t5vae import layers
 from t5vae.config import Config
 from t5vae.specs import ParamSpec, normal, ones, zeros
 
+
 def param_specs(cfg: Config) -> dict:
     """Spec tree of the bottleneck (module docstring)."""
     D, Z, N, H, K = cfg.t5.d_model, cfg.latent_size, cfg.n_latent_tokens, cfg.t5.num_heads, cfg.t5.d_kv
@@ -101,7 +102,7 @@ def mmd(x_AZ: jax.Array, y_BZ: jax.Array, bandwidth: float, unbiased: bool = Fal
     a, b = x.shape[0], y.shape[0]
     if a < 2 or b < 2:
         raise ValueError("the unbiased MMD needs at least 2 samples on each side")
-    off = lambda k, n: (jnp.sum(k) - jnp.trace(k)) / (n * (n - 1))
+    off = lambda k, n: (jnp.sum(k) - jnp.trace(k)) / (n * (n - 1))  # noqa: E731
     return off(kxx, a) + off(kyy, b) - 2.0 * jnp.mean(kxy)
 
 

@@ -20,7 +20,6 @@ from typing import Sequence
 
 from t5vae.names import PROSE, parse_quietly
 
-
 # The embedded corpus's line-length cap in characters (TrainConfig.max_chars's default): real code lines run
 # past 40 characters, and a model that never saw one reconstructs almost none (docs/results.md).
 MAX_CHARS = 80

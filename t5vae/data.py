@@ -107,7 +107,9 @@ def load_corpus(spec: str | None = None, validation_percent: float = 2.0, min_ch
         lines = corpus.python_lines(corpus.package_root(spec.name), min_chars, max_chars)
         return corpus.Corpus.from_lines(lines, spec.text, validation_percent)
     if spec.kind == "tfds":
-        from t5vae import tfds_data  # optional: raises an ImportError naming the pip install when TFDS is missing
+        from t5vae import (
+            tfds_data,  # optional: raises an ImportError naming the pip install when TFDS is missing
+        )
 
         return tfds_data.load_tfds_corpus(spec.name, field=spec.field, validation_percent=validation_percent,
                                           min_chars=min_chars, max_chars=max_chars)

@@ -19,8 +19,6 @@ from t5vae.config import T5Config
 from t5vae.decoder_layout import DecoderWeights, decoder_weights  # noqa: F401  (decoding's public names)
 from t5vae.names import METHODS
 
-
-
 # -- the plain step: a scan over the stacked decoder layers ---------------------------------------------
 
 def _cross_kv(params: dict, cfg: T5Config, enc_BSD: jax.Array):
@@ -185,7 +183,7 @@ def _beam_loop(w, cfg, enc, enc_mask, max_new_tokens, num_beams, length_penalty,
 def generate(params: dict | DecoderWeights, cfg: T5Config, encoder_states: jax.Array,
              encoder_mask: jax.Array | None, max_new_tokens: int, method: str = "greedy", key: jax.Array | None = None,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, num_beams: int = 4,
-             length_penalty: float = 1.0, decoder_weights: DecoderWeights | None = None,
+             length_penalty: float = 1.0, decoder_weights: DecoderWeights | None = None,  # noqa: F811
              vocab_limit: int | None = None) -> jax.Array:
     """Decode from encoder states [B, S, D] (mask [B, S] or None) -> int32 tokens [B, max_new_tokens].
 

@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from t5vae.config import Config
 from t5vae.files import atomic_file
 from t5vae.names import DEFAULT_PRIOR, INTERPOLATIONS, PRIORS  # noqa: F401  (DEFAULT_PRIOR: latent's name too)
-from t5vae.config import Config
 
 CLIP = 0.999  # tanh(3.8): sampled codes are clipped into (-CLIP, CLIP), inside the tanh range
 

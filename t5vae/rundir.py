@@ -29,8 +29,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from t5vae import checkpoint, data, files
-from t5vae.checkpoint import CHECKPOINTS_DIR, CONFIG_FILE, PARAMS_DIR, TOKENIZER_FILE  # noqa: F401  (its files)
-from t5vae.checkpoint import committed_steps  # noqa: F401  (which checkpoints it holds)
+from t5vae.checkpoint import (  # noqa: F401  (its files)
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    PARAMS_DIR,
+    TOKENIZER_FILE,
+    committed_steps,  # noqa: F401  (which checkpoints it holds)
+)
 from t5vae.config import _RUNTIME_FIELDS, Config, TrainConfig
 from t5vae.corpus import Corpus
 

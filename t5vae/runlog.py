@@ -12,7 +12,6 @@ from t5vae import files
 from t5vae.rundir import CURVE_FILE, METRICS_FILE
 
 
-
 class TensorBoard:
     """Scalars as TensorBoard event files in ``run_dir/tensorboard`` when the ``tensorboard`` package is
     installed; :meth:`open` returns None otherwise. The records go through tensorboard's protos and record

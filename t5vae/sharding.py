@@ -19,12 +19,12 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from t5vae import t5, vae
 from t5vae.config import Config, T5Config
 from t5vae.specs import MESH_AXES, RULES, abstract, is_spec, logical_to_spec, mesh_axes
-
 
 # -- meshes ----------------------------------------------------------------------------------------
 

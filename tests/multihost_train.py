@@ -53,7 +53,7 @@ def run(data_path, mesh_spec: str = MESH):
     cfg, tc = config(), train_config()
     mesh = sharding.make_mesh(mesh_spec)
     params = sharding.shard_init(cfg, jax.random.key(0), mesh)
-    init = lambda p: train.init_state(cfg, tc, p)
+    init = lambda p: train.init_state(cfg, tc, p)  # noqa: E731
     state_sh = sharding.state_shardings(jax.eval_shape(init, vae.abstract_params(cfg)), cfg, mesh)
     state = jax.jit(init, out_shardings=state_sh)(params)
     step = train.make_train_step(cfg, tc.optimizer, tc.clip_norm, tc.weight_decay)

@@ -6,9 +6,9 @@ import math
 import jax
 import jax.numpy as jnp
 import pytest
+from conftest import require
 
 import t5vae as tv
-from conftest import require
 from t5vae import train
 
 

@@ -2,10 +2,10 @@
 this checks that the fast path it times is the same loss as the plain logits path the reference uses)."""
 import jax
 import jax.numpy as jnp
+from conftest import require
 
 import t5vae as tv
 from benchmarks import harness
-from conftest import require
 
 
 def test_t5vae_loss_equals_logits_cross_entropy():

@@ -69,7 +69,7 @@ def test_latent_decoder_is_dense_then_rms_norm():
 
 
 def _mmd_ref(x, y, h, unbiased):
-    k = lambda a, b: np.exp(-((a[:, None] - b[None]) ** 2).sum(-1) / h)
+    k = lambda a, b: np.exp(-((a[:, None] - b[None]) ** 2).sum(-1) / h)  # noqa: E731
     kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
     if unbiased:
         n, m = len(x), len(y)

@@ -4,12 +4,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny import V10, V11
 
 import t5vae as tv
 from t5vae import checkpoint, config, t5
 from t5vae import sharding as sh
 from t5vae.specs import is_spec
-from tiny import V10, V11
 
 T5_TINY = config.preset("tiny", dropout_rate=0.0)
 

@@ -6,9 +6,9 @@ import re
 import shutil
 
 import pytest
+from conftest import run_cli
 
 import t5vae as tv
-from conftest import run_cli
 from t5vae import cli, data, evaluate, runlog
 
 

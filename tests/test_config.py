@@ -5,10 +5,10 @@ import dataclasses
 import json
 
 import pytest
+from tiny import V10, V11
 
 import t5vae as tv
 from t5vae import config
-from tiny import V10, V11
 
 
 def test_config_round_trips_through_hf_json(tmp_path):

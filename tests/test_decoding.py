@@ -2,16 +2,16 @@
 beam search against brute force, DecoderWeights, argument errors, and the plain step against the CPU one."""
 import itertools
 
-import numpy as np
-import pytest
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
+from references import greedy_uncached
+from tiny import V10, V11, batch, per_layer
 
 import t5vae as tv
-from references import greedy_uncached
 from t5vae import decoding, kernels
 from t5vae.decoding import _filter_logits, decoder_weights, generate
-from tiny import V10, V11, batch, per_layer
 
 _encode = jax.jit(tv.t5.encode, static_argnums=1)
 _decode = jax.jit(tv.t5.decode, static_argnums=1)

@@ -12,12 +12,11 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 import pytest
+from conftest import require
 
 import t5vae as tv
-from conftest import require
 from t5vae import demo, text
 from t5vae.demo import backend, core, mapview
-
 
 # -- checks ----------------------------------------------------------------------------------------
 
@@ -418,6 +417,7 @@ def test_serving_a_run_writes_nothing_into_its_directory(text_run_dir):
 ])
 def test_host_and_port_are_checked_before_the_model_loads(text_run_dir, monkeypatch, flags, says):
     from conftest import run_cli
+
     from t5vae.demo.backend import Backend
 
     require("gradio")

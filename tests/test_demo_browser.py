@@ -11,8 +11,8 @@ import socket
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import pytest
-
 from conftest import require
+
 from t5vae import cli
 from t5vae.demo import core
 

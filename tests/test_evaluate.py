@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import TEXT_LINES
+
 from t5vae import evaluate
 
 

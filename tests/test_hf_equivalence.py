@@ -60,7 +60,7 @@ def inputs(cfg_dict: dict, seed: int = 1):
 
 def torch_outputs(model, ids, mask, dec, dec_mask):
     torch = require("torch")
-    t = lambda a: torch.tensor(a)
+    t = lambda a: torch.tensor(a)  # noqa: E731
     with torch.no_grad():
         out = model(input_ids=t(ids), attention_mask=t(mask), decoder_input_ids=t(dec), decoder_attention_mask=t(dec_mask))
     return out.encoder_last_hidden_state.numpy(), out.logits.numpy()

@@ -1,8 +1,8 @@
 """Each fast path of t5vae.kernels against its plain twin, and the one switch that chooses them."""
-import numpy as np
-import pytest
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 
 import t5vae as tv
 from t5vae import kernels, layers

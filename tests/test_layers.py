@@ -1,12 +1,12 @@
 """Each T5 layer against transformers' torch implementation, with weights copied by hand."""
-import numpy as np
-import pytest
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import require
 
 import t5vae as tv
 from t5vae import layers
-from conftest import require
 
 
 @pytest.fixture(scope="module")

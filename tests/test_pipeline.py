@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import TEXT_LINES, random_params, require
 
 import t5vae as tv
-from conftest import TEXT_LINES, random_params, require
 from t5vae import checkpoint, data, rundir, train
 
 grain = require("grain")

@@ -17,7 +17,7 @@ def fake_hf_state(cfg: T5Config, seed: int = 0) -> dict:
     """A Hugging Face torch T5 state dict (names and [out, in] shapes), written out independently of rules.py."""
     rng = np.random.default_rng(seed)
     D, H, K, F, V, R = cfg.d_model, cfg.num_heads, cfg.d_kv, cfg.d_ff, cfg.vocab_size, cfg.relative_attention_num_buckets
-    r = lambda *s: rng.standard_normal(s).astype(np.float32)
+    r = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
     sd = {"shared.weight": r(V, D)}
     for stack, n in (("encoder", cfg.num_layers), ("decoder", cfg.num_decoder_layers)):
         attns = [(0, "SelfAttention")] + ([(1, "EncDecAttention")] if stack == "decoder" else [])

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY_FLAGS, run_cli
+
 from t5vae import checkpoint, cli, data, rundir
 from t5vae.config import TrainConfig
 

@@ -3,8 +3,8 @@ eval_curve.jsonl back to the restored step (atomically, keeping the recorded tra
 import json
 
 import numpy as np
-
 from conftest import require
+
 from t5vae import runlog
 
 

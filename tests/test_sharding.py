@@ -8,12 +8,12 @@ import numpy as np
 import optax
 import pytest
 from jax.sharding import PartitionSpec as P
+from test_specs import EXPECTED_RULES
 
 from t5vae import bottleneck, config, t5, vae
 from t5vae import sharding as sh
 from t5vae.decoding import decoder_weights
 from t5vae.specs import ParamSpec, is_spec
-from test_specs import EXPECTED_RULES
 
 MESHES = ["data=8", "fsdp=8", "data=2,model=4", "data=2,fsdp=2,model=2"]
 T5_TINY = config.preset("tiny", dropout_rate=0.0)

@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import jax
+import multihost_train as mh
 import numpy as np
 import pytest
 
-import multihost_train as mh
 from t5vae import checkpoint, vae
 from t5vae import sharding as sh
 

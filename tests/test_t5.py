@@ -1,11 +1,11 @@
 """The T5 backbone's own contracts: spec tree, masks, dtypes, dropout, remat (generation: test_decoding)."""
-import numpy as np
-import pytest
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
+from tiny import V10, V11, batch, per_layer
 
 import t5vae as tv
-from tiny import V10, V11, batch, per_layer
 
 # compiled once per config and shared by every test
 _encode = jax.jit(tv.t5.encode, static_argnums=1)

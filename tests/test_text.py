@@ -7,10 +7,10 @@ import shutil
 import jax
 import numpy as np
 import pytest
-
-import t5vae as tv
 from conftest import TEXT_LINES as LINES
 from conftest import run_cli
+
+import t5vae as tv
 from t5vae import checkpoint, data, files, latent, rundir, text
 
 

@@ -14,7 +14,7 @@ from t5vae import corpus, data
 
 tfds = require("tensorflow_datasets")
 require("array_record")
-from t5vae import tfds_data
+from t5vae import tfds_data  # noqa: E402  (after the skip above)
 
 
 def _stdlib_root(tmp_path) -> Path:

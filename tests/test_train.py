@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import TINY_FLAGS
 
 import t5vae as tv
-from conftest import TINY_FLAGS
 from t5vae import checkpoint, cli, data, runlog, train
 
 

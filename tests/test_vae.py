@@ -3,9 +3,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from references import greedy_uncached
 
 import t5vae as tv
-from references import greedy_uncached
 
 CFG = tv.Config(t5=tv.preset("tiny"), n_latent_tokens=3, latent_size=8, pooling="mean", latent_dropout=0.0,
                 latent_noise=0.0)  # neither training-only perturbation unless a test asks for it

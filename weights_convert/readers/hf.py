@@ -11,7 +11,6 @@ import numpy as np
 from weights_convert.readers.tensors import Tensors
 from weights_convert.rules import ConversionError
 
-
 _NP_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
               "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 

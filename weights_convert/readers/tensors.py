@@ -7,6 +7,7 @@ import numpy as np
 
 from weights_convert.rules import ConversionError
 
+
 class Tensors:
     """A lazy flat checkpoint: ``shapes[name]`` up front, ``load(name)`` reads one array, ``release`` frees it."""
 
