@@ -285,8 +285,7 @@ def run_workloads(only, res: dict, ctx: dict, shapes: dict, deadline_minutes: fl
         try:
             record(res, name, KINDS[kind](ctx, DTYPES[d], shapes[kind]), res["matmul_flops_bf16"])
         except Exception as e:  # e.g. out of memory: keep it in the JSON and measure the other workloads
-            res["errors"][name] = f"{type(e).__name__}: {e}"[:2000]
-            log(f"{name}: failed: {res['errors'][name][:300]}")
+            harness.record_failure(res, name, e)
         res["phase_s"][name] = time.perf_counter() - t0
         if name not in res["errors"]:
             log(f"{name}: {res[f'{name}_speedup']:.2f}x the reference, MFU {res[f'{name}_mfu']:.1%} "

@@ -153,8 +153,7 @@ def main(argv=None) -> int:
                 f"failures {res[name]['failures'] or 'none'}")
             log(f"{name}: dpa {res[name]['speedup']:.2f}x plain{extra} ({time.perf_counter() - t:.0f} s)")
         except Exception as e:  # cuDNN may reject a shape: keep the reason, run the other parts
-            res["errors"][name] = f"{type(e).__name__}: {e}"[:2000]
-            log(f"{name}: failed: {res['errors'][name][:400]}")
+            harness.record_failure(res, name, e)
         res["wall_s"] = time.perf_counter() - t0
         write_atomic(path, res)
     failed = res["errors"] or any(res[k].get("failures") for k in parts if k in res)

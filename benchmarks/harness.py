@@ -68,6 +68,13 @@ def machine(matmul_n: int, read_bytes: int, repeats: int) -> dict:
             "read_bandwidth_bytes_s": bw}
 
 
+def record_failure(res: dict, name: str, e: BaseException) -> None:
+    """Keep a part's exception under ``res["errors"][name]`` (cut to 2,000 characters) and log it: one part
+    that fails (out of memory, a kernel a backend rejects) leaves the others to run and be kept."""
+    res["errors"][name] = f"{type(e).__name__}: {e}"[:2000]
+    log(f"{name}: failed: {res['errors'][name][:400]}")
+
+
 def run_once(fn: Callable) -> float:
     t0 = time.perf_counter()
     jax.block_until_ready(fn())

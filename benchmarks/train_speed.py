@@ -87,8 +87,7 @@ def main(argv=None) -> int:
                     f"{r['first_step_s']:.1f} s)")
                 tokenizer = tokenizer or ["--tokenizer", str(out / "spiece.model")]
             except Exception as e:
-                res["errors"][str(b)] = f"{type(e).__name__}: {e}"[:2000]
-                log(f"batch {b}: failed: {res['errors'][str(b)][:400]}")
+                harness.record_failure(res, str(b), e)
             write_atomic(path, res)
     log(f"wrote {path}")
     return 1 if res["errors"] else 0

@@ -101,8 +101,7 @@ def main(argv=None) -> int:
             ms = {k: f"{1e3 * v['median_s']:.1f} ms" for k, v in res[name]["timings"].items()}
             log(f"{name}: {ms} ({time.perf_counter() - t0:.0f} s)")
         except Exception as e:
-            res["errors"][name] = f"{type(e).__name__}: {e}"[:2000]
-            log(f"{name}: failed: {res['errors'][name][:400]}")
+            harness.record_failure(res, name, e)
         write_atomic(path, res)
     log(f"wrote {path}")
     return 1 if res["errors"] else 0
