@@ -68,18 +68,27 @@ def latent_spread(z: np.ndarray, bandwidth: float, rng: np.random.Generator) -> 
     return {"heldout_mmd": held_mmd, "active_units": int(np.sum(unit_var > 0.01)), "latent_units": unit_var.size}
 
 
+def decoded_paths(model: Model, lines, z, pairs, rng, steps, kind, method, num_beams, batch_size, ends: bool):
+    """``pairs`` random pairs of distinct lines and their codes' paths decoded (``method``): ``(idx [pairs, 2],
+    token ids [pairs, points, max_length], texts [pairs, points])``, the points being the ``steps`` interior
+    ones, and both ends too with ``ends``."""
+    idx = np.stack([rng.choice(len(lines), 2, replace=False) for _ in range(pairs)])
+    keep = slice(None) if ends else slice(1, -1)
+    paths = np.stack([np.asarray(latent.interpolate(z[a], z[b], steps + 2, kind))[keep] for a, b in idx])
+    beams = {"num_beams": num_beams} if method == "beam" else {}
+    ids = np.asarray(model.decode_ids(paths.reshape((-1,) + z.shape[1:]), method=method, batch_size=batch_size,
+                                      **beams))
+    texts = np.array([model.tokenizer.decode(t) for t in ids], dtype=object).reshape(pairs, -1)
+    return idx, ids.reshape(pairs, texts.shape[1], -1), texts
+
+
 def interpolation_quality(model: Model, lines, z, pairs, rng, steps=9, kind=DEFAULT_INTERPOLATION,
                           method="greedy", num_beams=DEFAULT_BEAMS, batch_size=128) -> dict:
     """For ``pairs`` random pairs of distinct lines: decode (``method``) ``steps`` interior points of their
     codes' path (``kind`` as in :func:`t5vae.interpolate`)."""
     if len(lines) < 2 or pairs <= 0:
         return {"interp_pairs": 0}
-    idx = np.stack([rng.choice(len(lines), 2, replace=False) for _ in range(pairs)])
-    paths = np.stack([np.asarray(latent.interpolate(z[a], z[b], steps + 2, kind))[1:-1] for a, b in idx])
-    beams = {"num_beams": num_beams} if method == "beam" else {}
-    flat = paths.reshape((-1,) + z.shape[1:])
-    texts = [model.tokenizer.decode(t) for t in model.decode_ids(flat, method=method, batch_size=batch_size, **beams)]
-    texts = np.array(texts, dtype=object).reshape(pairs, steps)
+    idx, _, texts = decoded_paths(model, lines, z, pairs, rng, steps, kind, method, num_beams, batch_size, False)
     valid = np.vectorize(parses, otypes=[bool])(texts)
     distinct = np.array([[t != lines[a] and t != lines[b] for t in row] for (a, b), row in zip(idx, texts)])
     a, b = idx[0]
@@ -97,16 +106,13 @@ def prose_paths(model: Model, lines, z, pairs, rng, steps=9, kind=DEFAULT_INTERP
     max_length, say) counts as degenerate."""
     if len(lines) < 2 or pairs <= 0:
         return {"interp_pairs": 0}
-    idx = np.stack([rng.choice(len(lines), 2, replace=False) for _ in range(pairs)])
-    paths = np.stack([np.asarray(latent.interpolate(z[a], z[b], steps + 2, kind)) for a, b in idx])
-    beams = {"num_beams": num_beams} if method == "beam" else {}
-    ids = model.decode_ids(paths.reshape((-1,) + z.shape[1:]), method=method, batch_size=batch_size, **beams)
-    ran_out = ~np.any(np.asarray(ids) == model.cfg.t5.eos_token_id, axis=1).reshape(pairs, steps + 2)  # no end
-    texts = np.array([model.tokenizer.decode(t) for t in ids], dtype=object).reshape(pairs, steps + 2)
+    idx, ids, texts = decoded_paths(model, lines, z, pairs, rng, steps, kind, method, num_beams, batch_size, True)
+    ran_out = ~np.any(ids == model.cfg.t5.eos_token_id, axis=2)  # no end
     distinct = np.array([[t != row[0] and t != row[-1] for t in row[1:-1]] for row in texts])
     a, b = idx[0]
     return {"interp_pairs": int(pairs), "interp_kind": kind, "interp_method": method,
-            "interp_distinct": float(distinct.mean()), "interp_smooth": float(np.mean([scores.is_smooth(r) for r in texts])),
+            "interp_distinct": float(distinct.mean()),
+            "interp_smooth": float(np.mean([scores.is_smooth(r) for r in texts])),
             "interp_degenerate": float(ran_out[:, 1:-1].mean()),
             "example": [lines[a]] + list(texts[0][1:-1]) + [lines[b]]}
 
