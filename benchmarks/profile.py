@@ -43,9 +43,9 @@ def summarize(xplane: Path, top: int = 25) -> dict:
     ops, op_n = collections.Counter(), collections.Counter()
     kern, kern_n = collections.Counter(), collections.Counter()
     device_planes = [p for p in data.planes if p.name.startswith("/device:")]
+    on_device = bool(device_planes)
     for plane in device_planes or [p for p in data.planes if p.name.startswith("/host:CPU")]:
         for line in plane.lines:
-            on_device = bool(device_planes)
             for ev in line.events:
                 if on_device and line.name == "XLA Ops":
                     ops[ev.name] += ev.duration_ns
