@@ -43,7 +43,7 @@ class Ops(NamedTuple):
     mlp: Callable            # (p, x_BLD, activation, rate, key) -> y_BLD, dropout bound to this set's
     lm_head_xent: Callable   # (x_BTD, w_DV, labels_BT) -> (nll_BT, pred_BT)
     decoder_layout: bool     # decode on DecoderWeights instead of the stacked params
-    attend: Callable         # (o_HKD, q_BQHK, k_BSHK, v_BSHK, bias_B1QS, mask_B1QS, drop) -> y_BQD
+    attend: Callable         # (o_HKD, q_BQHK, k_BSHK, v_BSHK, bias_B1QS, layers.Mask | None, drop) -> y_BQD
 
 
 @functools.lru_cache(maxsize=None)
