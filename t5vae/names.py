@@ -5,6 +5,8 @@ Imports nothing from t5vae (the CLI builds its parser, and the demo its page, fr
 from __future__ import annotations
 
 import ast
+import gc
+import threading
 import warnings
 
 INTERPOLATIONS = ("slerp", "slerp_flat", "lerp")  # per latent token, over the whole code, linear
@@ -28,18 +30,34 @@ def corpus_language(spec: str | None) -> str:
     """The language a corpus spec holds unless told otherwise: "prose" for the embedded English corpus,
     "code" for every other (a text, TFDS or array_record corpus of sentences says so with language="prose")."""
     return "prose" if spec == PROSE else "code"
+
+
 NO_PARSE, EMPTY = "no parse", "empty"  # statement_kind of a line that does not parse / holds no statement
+
+
+# ast.parse is not re-entrant on CPython 3.11: a garbage collection inside it can run a finalizer that parses
+# too (3.11's traceback printing parses source to place its carets, so a finalizer that logs an exception
+# does), which corrupts the parser's interpreter-wide recursion counter and raises "SystemError: AST
+# constructor recursion depth mismatch" (CPython gh-106905). Parses are serialised and run with the cyclic
+# collector paused.
+_PARSE_LOCK = threading.Lock()
 
 
 def parse_quietly(s: str) -> ast.Module | None:
     """``ast.parse(s)``, or None if ``s`` does not parse. Python's warnings for odd but valid source
-    (``1if x else y``, ``"\\d"``) are not printed: generated text is full of them."""
-    with warnings.catch_warnings():
+    (``1if x else y``, ``"\\d"``) are not printed: generated text is full of them. Safe to call from any
+    thread, and while finalizers that parse are pending (see ``_PARSE_LOCK``)."""
+    with _PARSE_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        collecting = gc.isenabled()
+        gc.disable()
         try:
             return ast.parse(s)
         except (SyntaxError, ValueError):
             return None
+        finally:
+            if collecting:
+                gc.enable()
 
 
 def parses(line: str) -> bool:

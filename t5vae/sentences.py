@@ -21,6 +21,8 @@ import re
 import sysconfig
 from typing import Iterable, Iterator
 
+from t5vae.names import parse_quietly
+
 MIN_WORDS, MAX_WORDS = 5, 25
 
 # abbreviations that end in a full stop inside a sentence
@@ -115,8 +117,10 @@ def docstrings(root: str) -> Iterator[str]:
                 continue
             try:
                 with open(os.path.join(dirpath, name), encoding="utf-8") as f:
-                    tree = ast.parse(f.read())
-            except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+                    tree = parse_quietly(f.read())
+            except (OSError, UnicodeDecodeError):
+                continue
+            if tree is None:
                 continue
             for node in ast.walk(tree):
                 if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):

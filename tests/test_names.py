@@ -1,5 +1,6 @@
 """The shared vocabulary: one definition of each name, used by every layer that offers it."""
 import ast
+import gc
 from pathlib import Path
 
 import pytest
@@ -37,4 +38,30 @@ def test_names_imports_only_the_standard_library():
     tree = ast.parse(Path(names.__file__).read_text())
     found = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     found |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-    assert found and found <= {"__future__", "ast", "warnings"}, found
+    assert found and found <= {"__future__", "ast", "gc", "threading", "warnings"}, found
+
+
+class _ParsesWhenCollected:
+    """A reference cycle whose finalizer parses, as a leaked asyncio task that logs its exception does
+    (3.11's traceback printing calls ast.parse)."""
+
+    def __init__(self):
+        self.cycle = self
+
+    def __del__(self):
+        ast.parse("a = (1 + (2 * (3 - x)))")
+
+
+def test_a_parse_survives_finalizers_that_parse_during_it():
+    source = "\n".join(f"def f{i}(a, b):\n    return [a + b * {i} for _ in range(3)]" for i in range(300))
+    threshold = gc.get_threshold()
+    gc.set_threshold(50)  # collect often, so that collections fall inside the parse
+    try:
+        for _ in range(5):
+            for _ in range(200):
+                _ParsesWhenCollected()
+            tree = names.parse_quietly(source)
+            assert tree is not None and len(tree.body) == 300
+    finally:
+        gc.set_threshold(*threshold)
+        gc.collect()
