@@ -1,7 +1,7 @@
 """The ``t5vae`` command: train, eval, interpolate, sample, info.
 
 Every field of :class:`t5vae.Config` (``--pooling``, ``--latent-size``…), of the T5 backbone
-(``--t5-d-model``…) and of :class:`t5vae.train.TrainConfig` (``--steps``, ``--learning-rate``…) is a flag;
+(``--t5-d-model``…) and of :class:`t5vae.train_config.TrainConfig` (``--steps``, ``--learning-rate``…) is a flag;
 ``--config FILE`` (JSON, or TOML on Python 3.11+) sets any of them first: a flat object of those names, the
 backbone fields under "t5". Flags win over the file.
 """
@@ -16,9 +16,10 @@ import sys
 from pathlib import Path
 
 from t5vae import hugepages
-from t5vae.config import DEFAULT_T5, LANGUAGE_DEFAULTS, Config, T5Config, TrainConfig
+from t5vae.config import DEFAULT_T5, Config, T5Config
 from t5vae.names import DECODERS, INTERPOLATIONS, PRIORS, PROSE, parses
 from t5vae.rundir import RunDirBusy
+from t5vae.train_config import LANGUAGE_DEFAULTS, TrainConfig
 
 DEFAULT_OUT = "t5vae-run"
 

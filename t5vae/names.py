@@ -21,7 +21,7 @@ DEFAULT_PRIOR = "aggregate"
 # (tfds:), array_record files of UTF-8 lines, text files.
 CORPUS_KINDS = ("stdlib", "py", "prose", "tfds", "array_record", "text")
 PROSE = "prose"  # the spec of the embedded English corpus
-# What a corpus holds, which sets the training defaults (config.LANGUAGE_DEFAULTS) and what evaluation
+# What a corpus holds, which sets the training defaults (train_config.LANGUAGE_DEFAULTS) and what evaluation
 # measures: code lines (parse checks, statement kinds) or sentences (BLEU, smooth paths, lengths in words).
 LANGUAGES = ("code", "prose")
 

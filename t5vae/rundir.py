@@ -36,8 +36,9 @@ from t5vae.checkpoint import (  # noqa: F401  (its files)
     TOKENIZER_FILE,
     committed_steps,  # noqa: F401  (which checkpoints it holds)
 )
-from t5vae.config import _RUNTIME_FIELDS, Config, TrainConfig
+from t5vae.config import _RUNTIME_FIELDS, Config
 from t5vae.corpus import Corpus
+from t5vae.train_config import TrainConfig
 
 LOCK_FILE, INCOMPLETE_FILE = ".lock", ".incomplete"
 TRAIN_CONFIG_FILE = "train_config.json"

@@ -15,8 +15,9 @@ import jax.numpy as jnp
 import optax
 
 from t5vae import augment, checkpoint, data, evaluate, rundir, sharding, text, vae
-from t5vae.config import Config, TrainConfig
+from t5vae.config import Config
 from t5vae.runlog import RunLog, resume_logs
+from t5vae.train_config import TrainConfig
 
 # The learning curve (``eval_every``): greedy reconstruction and interpolation on this many held-out lines
 # and pairs, kept small so that it costs little of the training budget.

@@ -27,9 +27,9 @@ def config():
 
 
 def train_config():
-    from t5vae import config as c
+    from t5vae.train_config import TrainConfig
 
-    return c.TrainConfig(steps=10, learning_rate=1e-2, batch_size=BATCH)
+    return TrainConfig(steps=10, learning_rate=1e-2, batch_size=BATCH)
 
 
 def write_data(path, n_rows: int = STEPS * BATCH, L: int = 12, vocab: int = 128, seed: int = 0) -> None:

@@ -8,7 +8,7 @@ import pytest
 from tiny import V10, V11
 
 import t5vae as tv
-from t5vae import config
+from t5vae import config, train_config
 
 
 def test_config_round_trips_through_hf_json(tmp_path):
@@ -125,7 +125,7 @@ def test_train_config_validation_and_json_round_trip(tmp_path):
     assert json.loads((tmp_path / "train_config.json").read_text())["optimizer"] == "adafactor"
     assert tv.TrainConfig.load_json(tmp_path / "train_config.json", steps=9).steps == 9  # overrides win
     assert tv.TrainConfig.from_dict({}) == tv.TrainConfig() and tv.TrainConfig().optimizer == "adamw"
-    assert tv.TrainConfig is config.TrainConfig and tc.replace(seed=3).seed == 3
+    assert tv.TrainConfig is train_config.TrainConfig and tc.replace(seed=3).seed == 3
     with pytest.raises(ValueError, match="TrainConfig.optimizer must be one of"):
         tv.TrainConfig(optimizer="sgd")
     for name in ("steps", "batch_size", "checkpoint_every", "log_every", "vocab_size", "keep_checkpoints"):

@@ -93,9 +93,10 @@ def test_leaf_modules_import_nothing_from_the_project(leaf):
     assert graph()[leaf] == set()
 
 
-def test_config_imports_only_the_leaves():
-    """The atomic-write helper, and the shared names (a run's language follows its corpus spec)."""
-    assert graph()["t5vae.config"] == {"t5vae.files", "t5vae.names"}
+def test_configs_import_only_the_leaves():
+    """The atomic-write helper; a run's settings add the shared names (its language follows its corpus spec)."""
+    assert graph()["t5vae.config"] == {"t5vae.files"}
+    assert graph()["t5vae.train_config"] == {"t5vae.config", "t5vae.names"}
 
 
 def test_corpus_imports_only_the_shared_names():

@@ -15,7 +15,7 @@ import pytest
 from conftest import TINY_FLAGS, run_cli
 
 from t5vae import checkpoint, cli, data, rundir
-from t5vae.config import TrainConfig
+from t5vae.train_config import TrainConfig
 
 HOLD = """import sys, time
 from pathlib import Path
@@ -115,7 +115,8 @@ def test_a_config_mismatch_is_not_taken_for_damage(run, tmp_path):
     import jax
 
     from t5vae import train, vae
-    from t5vae.config import Config, TrainConfig
+    from t5vae.config import Config
+    from t5vae.train_config import TrainConfig
 
     cfg = Config.load_json(run["out"] / checkpoint.CONFIG_FILE)
     tc = TrainConfig.load_json(run["out"] / rundir.TRAIN_CONFIG_FILE).replace(optimizer="adafactor")
@@ -168,7 +169,7 @@ def test_eval_pairs_must_not_be_negative(run):
 
 def test_remat_none_is_a_value_and_one_step_has_a_schedule():
     from t5vae import train
-    from t5vae.config import TrainConfig
+    from t5vae.train_config import TrainConfig
 
     args = cli.parser().parse_args(["train", "--t5-remat", "none", "--steps", "1"])
     cfg, tc = cli.build_configs(args)

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from t5vae import config, t5, vae
+from t5vae import config, t5, train_config, vae
 from t5vae import sharding as sh
 
 TOL = 1e-5
@@ -143,7 +143,7 @@ def vae_setup():
     # Adafactor, named: with AdamW (the default since b40e7d0) and its eps=1e-8, a gradient element near zero
     # turns a rounding difference into an O(lr) update difference (see OPT above), so whether the comparison
     # holds would depend on which elements the dropout stream leaves near zero
-    tc = config.TrainConfig(steps=10, learning_rate=LR, batch_size=16, optimizer="adafactor")
+    tc = train_config.TrainConfig(steps=10, learning_rate=LR, batch_size=16, optimizer="adafactor")
     params = vae.init(VCFG, jax.random.key(0))
     state0 = jax.device_get(train.init_state(VCFG, tc, params))
     batch = make_batch(16, 12, VCFG.t5.vocab_size, seed=1)
