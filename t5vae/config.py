@@ -63,7 +63,8 @@ def is_positive(x) -> bool:
 
 
 class Settings:
-    """What the three configs (these two, and train_config.TrainConfig) share: ``replace``, and JSON read/write through ``to_dict`` / ``from_dict``."""
+    """What the three configs (these two, and train_config.TrainConfig) share: ``replace``, and JSON
+    read/write through ``to_dict`` / ``from_dict``."""
 
     def replace(self, **changes: Any):
         return dataclasses.replace(self, **changes)
