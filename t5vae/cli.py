@@ -1,14 +1,13 @@
 """The ``t5vae`` command: train, eval, interpolate, sample, info.
 
 Every field of :class:`t5vae.Config` (``--pooling``, ``--latent-size``…), of the T5 backbone
-(``--t5-d-model``…) and of :class:`t5vae.train_config.TrainConfig` (``--steps``, ``--learning-rate``…) is a flag;
-``--config FILE`` (JSON, or TOML on Python 3.11+) sets any of them first: a flat object of those names, the
-backbone fields under "t5". Flags win over the file.
+(``--t5-d-model``…) and of :class:`t5vae.train_config.TrainConfig` (``--steps``, ``--learning-rate``…) is a flag
+(t5vae.flags); ``--config FILE`` (JSON, or TOML on Python 3.11+) sets any of them first: a flat object of those
+names, the backbone fields under "t5". Flags win over the file.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import re
@@ -16,144 +15,12 @@ import sys
 from pathlib import Path
 
 from t5vae import hugepages
-from t5vae.config import DEFAULT_T5, Config, T5Config
-from t5vae.names import DECODERS, INTERPOLATIONS, PRIORS, PROSE, parses
+from t5vae.config import Config
+from t5vae.flags import add_setting_flags, build_configs, int_at_least
+from t5vae.names import DECODERS, INTERPOLATIONS, PRIORS, parses
 from t5vae.rundir import RunDirBusy
-from t5vae.train_config import LANGUAGE_DEFAULTS, TrainConfig
 
 DEFAULT_OUT = "t5vae-run"
-
-
-def _fields():
-    model = [f for f in dataclasses.fields(Config) if f.name != "t5"]
-    return model, list(dataclasses.fields(T5Config)), list(dataclasses.fields(TrainConfig))
-
-
-def _parse_value(text: str, default, type_name: str = ""):
-    if isinstance(default, bool):
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
-    if isinstance(default, str):  # a string setting: "none" is a value (remat="none"), not None
-        return text
-    if text.lower() in ("none", "null"):
-        return None
-    if isinstance(default, (int, float)):
-        return _number(text, int if isinstance(default, int) else float)
-    if "str" in type_name:
-        return text
-    try:  # fields defaulting to None: numbers if they look like numbers
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def _setting_help(name: str, default, training: bool) -> str:
-    """A flag's help: its default, or, for a training setting that follows the corpus's language, each
-    language's."""
-    if not training:
-        return f"default {default!r}"
-    if name == "language":
-        return f"code or prose (default: the corpus's: {PROSE!r} is prose, every other corpus code)"
-    if name in LANGUAGE_DEFAULTS["code"]:
-        return "default by language: " + ", ".join(f"{lang} {d[name]!r}" for lang, d in LANGUAGE_DEFAULTS.items())
-    return f"default {default!r}"
-
-
-def shown(text: str, n: int = 40) -> str:
-    """``text`` quoted as an error message shows it: at most ``n`` characters, then how long it was."""
-    return repr(text) if len(text) <= n else f"{text[:n]!r}... ({len(text):,} characters)"
-
-
-def _number(text: str, kind: type):
-    """An int or float flag's value; a bad one is an ArgumentTypeError that shows it cut to a readable length."""
-    what = "a whole number" if kind is int else "a number"
-    try:
-        value = kind(text)
-    except ValueError:
-        hint = ""
-        if kind is int:
-            try:
-                f = float(text)
-                hint = f" (write {int(f)})" if math.isfinite(f) and f == int(f) and len(text) < 40 else ""
-            except ValueError:
-                pass
-        raise argparse.ArgumentTypeError(f"expected {what}, got {shown(text)}{hint}") from None
-    if kind is int and abs(value) >= 2**63:
-        raise argparse.ArgumentTypeError(f"{shown(text)} is too large")
-    return value
-
-
-def _add_setting_flags(p: argparse.ArgumentParser):
-    model, t5, train = _fields()
-    for group, fields, prefix, defaults in (("model", model, "", Config()), ("T5 backbone", t5, "t5-", DEFAULT_T5),
-                                            ("training", train, "", TrainConfig())):
-        g = p.add_argument_group(group)
-        for f in fields:
-            default = getattr(defaults, f.name)
-            # mixed precision is a setting users reach for by its short name: --dtype bfloat16 is --t5-dtype
-            alias = [f"--{f.name.replace('_', '-')}"] if prefix and f.name in ("dtype", "param_dtype") else []
-            g.add_argument(f"--{prefix}{f.name.replace('_', '-')}", *alias, dest=f"{prefix.replace('-', '.')}{f.name}",
-                           type=lambda s, d=default, t=str(f.type): _parse_value(s, d, t), default=argparse.SUPPRESS,
-                           metavar=type(default).__name__.upper() if default is not None else "VALUE",
-                           help=_setting_help(f.name, default, isinstance(defaults, TrainConfig)))
-
-
-def _read_config_file(path: str) -> dict:
-    text = Path(path).read_text()
-    if path.endswith(".toml"):
-        import tomllib
-
-        return tomllib.loads(text)
-    try:
-        d = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise SystemExit(f"error: {path} is not valid JSON: {e}")
-    if not isinstance(d, dict):
-        raise SystemExit(f"error: {path} must hold a JSON object")
-    return d
-
-
-def build_configs(args: argparse.Namespace):
-    """(Config, TrainConfig) from defaults, then ``--config``, then flags."""
-    model_names = {f.name for f in _fields()[0]}
-    train_names = {f.name for f in _fields()[2]}
-    settings = _read_config_file(args.config) if getattr(args, "config", None) else {}
-    t5 = dict(settings.pop("t5", {}) or {})
-    unknown = sorted(set(settings) - model_names - train_names)
-    if unknown:
-        raise SystemExit(f"error: unknown setting(s) {unknown} in {args.config}")
-    for k, v in vars(args).items():
-        if k.startswith("t5."):
-            t5[k[3:]] = v
-        elif k in model_names or k in train_names:
-            settings[k] = v
-    try:
-        cfg = Config(t5=T5Config.from_dict({**DEFAULT_T5.to_dict(), **t5}),
-                     **{k: v for k, v in settings.items() if k in model_names})
-        tc = TrainConfig(**{k: v for k, v in settings.items() if k in train_names})
-    except (TypeError, ValueError) as e:
-        raise SystemExit(f"error: {flag_names(str(e))}")
-    return cfg, tc
-
-
-def flag_names(message: str) -> str:
-    """A config error as the command line's user reads it: ``TrainConfig.learning_rate`` -> ``--learning-rate``,
-    ``T5Config.d_model`` -> ``--t5-d-model`` (the flags that set them)."""
-    prefixes = {"TrainConfig": "", "Config": "", "T5Config": "t5-"}
-    return re.sub(r"\b(TrainConfig|T5Config|Config)\.(\w+)",
-                  lambda m: f"--{prefixes[m.group(1)]}{m.group(2).replace('_', '-')}", message)
-
-
-def _int_at_least(lo: int):
-    def parse(text: str) -> int:
-        value = _number(text, int)
-        if value < lo:
-            raise argparse.ArgumentTypeError(f"must be at least {lo}, got {value}")
-        return value
-    return parse
 
 
 def cmd_train(args) -> int:
@@ -263,47 +130,9 @@ def cmd_info(args) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="t5vae", description="T5-VAE: smooth latent spaces of sentences and code")
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train (or resume) a T5-VAE; with no arguments: the default model on the "
-                                     "embedded Python-statement corpus")
-    t.add_argument("--out", help=f"run directory (default ./{DEFAULT_OUT}); an existing run is resumed")
-    t.add_argument("--config", help="JSON/TOML file of settings (flags override it)")
-    t.add_argument("--init-from", help="a converted T5 directory (python -m weights_convert) to start from")
-    t.add_argument("--overwrite", action="store_true", help="delete an existing run in --out and start over")
-    t.add_argument("--mesh", help="device mesh, e.g. data=2,model=4 or fsdp=-1 (axes data, fsdp, model; -1 = the "
-                                  "remaining devices); default: one device")
-    _add_setting_flags(t)
-    t.set_defaults(fn=cmd_train)
-    e = sub.add_parser("eval", help="evaluate a run on its validation split; prints and saves the table")
-    e.add_argument("dir")
-    e.add_argument("--pairs", type=_int_at_least(0), help="interpolation pairs (default: the run's eval_pairs; "
-                                                         "0: reconstruction only)")
-    e.add_argument("--kind", default="slerp", choices=INTERPOLATIONS, help="interpolation path")
-    e.add_argument("--method", default="greedy", choices=DECODERS,
-                   help="how the interpolation paths are decoded (reconstruction is always greedy; beam: 4 beams)")
-    e.add_argument("--lines", help="evaluate on another corpus instead of the run's validation split, e.g. "
-                                   "py:optax (an installed package's statements), py:DIR or a text file; lines "
-                                   "the run trained on are left out; saved as eval-<name>.md")
-    e.add_argument("--min-chars", type=_int_at_least(1), help="with --lines (default: the run's min_chars)")
-    e.add_argument("--max-chars", type=_int_at_least(1), help="with --lines (default: the run's max_chars)")
-    e.add_argument("--max-lines", type=_int_at_least(2), help="with --lines: at most this many (a fixed sample)")
-    e.set_defaults(fn=cmd_eval)
-    i = sub.add_parser("interpolate", help="decode the path between two lines' codes: a table of ratio, text, "
-                                           "and whether it parses")
-    i.add_argument("dir"), i.add_argument("a"), i.add_argument("b")
-    i.add_argument("--steps", type=_int_at_least(2), default=9, help="points on the path, both endpoints included (default 9)")
-    i.add_argument("--kind", default="slerp", choices=INTERPOLATIONS,
-                   help="slerp per latent token (default), slerp of the whole flattened code, or lerp")
-    i.add_argument("--max-new-tokens", type=_int_at_least(1), help="tokens decoded per point (default: the model's max_length)")
-    i.add_argument("--method", default="greedy", choices=DECODERS, help="decoding (beam: 4 beams)")
-    i.set_defaults(fn=cmd_interpolate)
-    s = sub.add_parser("sample", help="decode codes drawn from a prior: a table of text and whether it parses")
-    s.add_argument("dir"), s.add_argument("-n", type=_int_at_least(1), default=10)
-    s.add_argument("--seed", type=_int_at_least(0), default=0)
-    s.add_argument("--prior", choices=PRIORS,
-                   help="aggregate (default): a Gaussian fitted to the training codes (computed on first use and kept "
-                        "in ~/.cache/t5vae, never in DIR); gaussian: N(0, I) clipped to the tanh range; tanh: tanh of N(0, I)")
-    s.add_argument("--max-new-tokens", type=_int_at_least(1), help="tokens decoded per sample (default: the model's max_length)")
-    s.set_defaults(fn=cmd_sample)
+    _add_train_command(sub)
+    _add_eval_command(sub)
+    _add_decoding_commands(sub)
     sub.add_parser("bench", add_help=False, help="benchmarks against the Flax reference (python -m benchmarks; "
                    "needs the bench extra): its arguments pass through, e.g. t5vae bench --quick")
     d = sub.add_parser("demo", help="serve the interpolation page for a run directory (pip install -e '.[demo]')")
@@ -313,6 +142,57 @@ def parser() -> argparse.ArgumentParser:
     f.set_defaults(fn=cmd_info)
     return p
 
+
+def _add_train_command(sub) -> None:
+    """``train``: the run's own flags, then every setting of the configs (t5vae.flags)."""
+    t = sub.add_parser("train", help="train (or resume) a T5-VAE; with no arguments: the default model on the "
+                                     "embedded Python-statement corpus")
+    t.add_argument("--out", help=f"run directory (default ./{DEFAULT_OUT}); an existing run is resumed")
+    t.add_argument("--config", help="JSON/TOML file of settings (flags override it)")
+    t.add_argument("--init-from", help="a converted T5 directory (python -m weights_convert) to start from")
+    t.add_argument("--overwrite", action="store_true", help="delete an existing run in --out and start over")
+    t.add_argument("--mesh", help="device mesh, e.g. data=2,model=4 or fsdp=-1 (axes data, fsdp, model; -1 = the "
+                                  "remaining devices); default: one device")
+    add_setting_flags(t)
+    t.set_defaults(fn=cmd_train)
+
+
+def _add_eval_command(sub) -> None:
+    e = sub.add_parser("eval", help="evaluate a run on its validation split; prints and saves the table")
+    e.add_argument("dir")
+    e.add_argument("--pairs", type=int_at_least(0), help="interpolation pairs (default: the run's eval_pairs; "
+                                                         "0: reconstruction only)")
+    e.add_argument("--kind", default="slerp", choices=INTERPOLATIONS, help="interpolation path")
+    e.add_argument("--method", default="greedy", choices=DECODERS,
+                   help="how the interpolation paths are decoded (reconstruction is always greedy; beam: 4 beams)")
+    e.add_argument("--lines", help="evaluate on another corpus instead of the run's validation split, e.g. "
+                                   "py:optax (an installed package's statements), py:DIR or a text file; lines "
+                                   "the run trained on are left out; saved as eval-<name>.md")
+    e.add_argument("--min-chars", type=int_at_least(1), help="with --lines (default: the run's min_chars)")
+    e.add_argument("--max-chars", type=int_at_least(1), help="with --lines (default: the run's max_chars)")
+    e.add_argument("--max-lines", type=int_at_least(2), help="with --lines: at most this many (a fixed sample)")
+    e.set_defaults(fn=cmd_eval)
+
+
+def _add_decoding_commands(sub) -> None:
+    """``interpolate`` and ``sample``: tables of decoded lines from a trained run."""
+    i = sub.add_parser("interpolate", help="decode the path between two lines' codes: a table of ratio, text, "
+                                           "and whether it parses")
+    i.add_argument("dir"), i.add_argument("a"), i.add_argument("b")
+    i.add_argument("--steps", type=int_at_least(2), default=9, help="points on the path, both endpoints included (default 9)")
+    i.add_argument("--kind", default="slerp", choices=INTERPOLATIONS,
+                   help="slerp per latent token (default), slerp of the whole flattened code, or lerp")
+    i.add_argument("--max-new-tokens", type=int_at_least(1), help="tokens decoded per point (default: the model's max_length)")
+    i.add_argument("--method", default="greedy", choices=DECODERS, help="decoding (beam: 4 beams)")
+    i.set_defaults(fn=cmd_interpolate)
+    s = sub.add_parser("sample", help="decode codes drawn from a prior: a table of text and whether it parses")
+    s.add_argument("dir"), s.add_argument("-n", type=int_at_least(1), default=10)
+    s.add_argument("--seed", type=int_at_least(0), default=0)
+    s.add_argument("--prior", choices=PRIORS,
+                   help="aggregate (default): a Gaussian fitted to the training codes (computed on first use and kept "
+                        "in ~/.cache/t5vae, never in DIR); gaussian: N(0, I) clipped to the tanh range; tanh: tanh of N(0, I)")
+    s.add_argument("--max-new-tokens", type=int_at_least(1), help="tokens decoded per sample (default: the model's max_length)")
+    s.set_defaults(fn=cmd_sample)
 
 def _add_demo_arguments(p: argparse.ArgumentParser) -> None:
     try:

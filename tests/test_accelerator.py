@@ -125,15 +125,15 @@ def test_bf16_compute_keeps_params_and_optimizer_state_float32_and_finite():
 
 
 def test_train_dtype_flag_is_the_t5_dtype():
-    from t5vae import cli
+    from t5vae import cli, flags
 
     for argv in (["--dtype", "bfloat16"], ["--t5-dtype", "bfloat16"]):
-        cfg, _ = cli.build_configs(cli.parser().parse_args(["train"] + argv))
+        cfg, _ = flags.build_configs(cli.parser().parse_args(["train"] + argv))
         assert cfg.t5.dtype == "bfloat16" and cfg.t5.param_dtype == "float32"
-    cfg, _ = cli.build_configs(cli.parser().parse_args(["train", "--param-dtype", "bfloat16"]))
+    cfg, _ = flags.build_configs(cli.parser().parse_args(["train", "--param-dtype", "bfloat16"]))
     assert cfg.t5.param_dtype == "bfloat16"
     with pytest.raises(SystemExit, match="--t5-dtype"):
-        cli.build_configs(cli.parser().parse_args(["train", "--dtype", "float8"]))
+        flags.build_configs(cli.parser().parse_args(["train", "--dtype", "float8"]))
 
 
 # -- the GPU run's other parts (benchmarks/gpu_run.sh): resume, profile summary, dpa verdict, train speed ---

@@ -9,7 +9,7 @@ import pytest
 from conftest import run_cli
 
 import t5vae as tv
-from t5vae import cli, data, evaluate, runlog
+from t5vae import cli, data, evaluate, flags, runlog
 
 
 def test_cli_train_writes_a_complete_run_directory(run):
@@ -69,17 +69,17 @@ def test_config_file_and_flags(tmp_path):
     f = tmp_path / "c.json"
     f.write_text(json.dumps({"steps": 11, "pooling": "attention", "t5": {"d_model": 48}}))
     args = cli.parser().parse_args(["train", "--config", str(f), "--steps", "12", "--latent-size", "5"])
-    cfg, tc = cli.build_configs(args)
+    cfg, tc = flags.build_configs(args)
     assert (tc.steps, cfg.pooling, cfg.t5.d_model, cfg.latent_size) == (12, "attention", 48, 5)
     f.write_text(json.dumps({"stepz": 1}))
     with pytest.raises(SystemExit, match="unknown setting"):
-        cli.build_configs(cli.parser().parse_args(["train", "--config", str(f)]))
+        flags.build_configs(cli.parser().parse_args(["train", "--config", str(f)]))
     f.write_text(json.dumps({"t5": {"d_modle": 48}}))  # a typo in the backbone's settings is named too
     with pytest.raises(SystemExit, match=r"unknown T5Config field\(s\) \['d_modle'\]"):
-        cli.build_configs(cli.parser().parse_args(["train", "--config", str(f)]))
-    assert cli.build_configs(cli.parser().parse_args(["train", "--t5-kernels", "plain"]))[0].t5.kernels == "plain"
+        flags.build_configs(cli.parser().parse_args(["train", "--config", str(f)]))
+    assert flags.build_configs(cli.parser().parse_args(["train", "--t5-kernels", "plain"]))[0].t5.kernels == "plain"
     with pytest.raises(SystemExit, match="--t5-kernels must be one of"):  # named as the flag
-        cli.build_configs(cli.parser().parse_args(["train", "--t5-kernels", "gpu"]))
+        flags.build_configs(cli.parser().parse_args(["train", "--t5-kernels", "gpu"]))
 
 
 # -- the tables of interpolate and sample, on the text-level model's run directory (conftest) ------------
@@ -162,11 +162,11 @@ def test_demo_without_its_extra_names_the_install(monkeypatch):
 def test_train_on_the_prose_corpus_takes_the_prose_settings_and_flags_win():
     from t5vae import cli
 
-    _, tc = cli.build_configs(cli.parser().parse_args(["train", "--corpus", "prose"]))
+    _, tc = flags.build_configs(cli.parser().parse_args(["train", "--corpus", "prose"]))
     assert (tc.language, tc.rename_prob, tc.min_chars, tc.max_chars) == ("prose", 0.0, 20, 200)
-    _, tc = cli.build_configs(cli.parser().parse_args(["train", "--corpus", "prose", "--rename-prob", "0.3"]))
+    _, tc = flags.build_configs(cli.parser().parse_args(["train", "--corpus", "prose", "--rename-prob", "0.3"]))
     assert tc.rename_prob == 0.3
-    _, tc = cli.build_configs(cli.parser().parse_args(["train", "--corpus", "x.txt", "--language", "prose"]))
+    _, tc = flags.build_configs(cli.parser().parse_args(["train", "--corpus", "x.txt", "--language", "prose"]))
     assert tc.language == "prose" and tc.rename_prob == 0.0
 
 

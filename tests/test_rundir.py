@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import TINY_FLAGS, run_cli
 
-from t5vae import checkpoint, cli, data, rundir
+from t5vae import checkpoint, cli, data, flags, rundir
 from t5vae.train_config import TrainConfig
 
 HOLD = """import sys, time
@@ -172,7 +172,7 @@ def test_remat_none_is_a_value_and_one_step_has_a_schedule():
     from t5vae.train_config import TrainConfig
 
     args = cli.parser().parse_args(["train", "--t5-remat", "none", "--steps", "1"])
-    cfg, tc = cli.build_configs(args)
+    cfg, tc = flags.build_configs(args)
     assert cfg.t5.remat == "none" and tc.steps == 1
     assert float(train.schedule(TrainConfig(steps=1))(0)) == 0.0  # warmup from 0, then one step
 
