@@ -347,7 +347,7 @@ def shard_bounds(n: int, index: int, count: int, drop_remainder: bool = True) ->
 # -- what training asks for ------------------------------------------------------------------------
 
 def load_corpus(tc) -> tuple[corpus.Corpus, int]:
-    """What ``t5vae.train.prepare`` needs of a ``TrainConfig`` with ``pipeline="grain"`` -> ``(Corpus of a
+    """What ``t5vae.run_setup.prepare`` needs of a ``TrainConfig`` with ``pipeline="grain"`` -> ``(Corpus of a
     tokenizer-training sample of the training lines and every held-out line, the number of training lines)``."""
     train, held = open_source(tc.corpus, "train", tc.validation_percent, min_chars=tc.min_chars,
                               max_chars=tc.max_chars)
