@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import t5vae as tv
-from weights_convert import rules
+from weights_convert import mapping, rules
 from weights_convert.readers import flatten
 
 
@@ -46,7 +46,7 @@ def make_reference(cfg: tv.T5Config, seed: int = 0):
     model = load_flax_t5()(hf_config(cfg), seed=seed, dtype=jnp.dtype(cfg.dtype))
     flat = {k: np.asarray(v) for k, v in flatten(jax.device_get(model.params), ".")}
     table = rules.hf_flax(cfg)
-    ours = rules.convert_flat(flat, table, cfg)
+    ours = mapping.convert_flat(flat, table, cfg)
     return model, jax.tree.map(jnp.asarray, model.params), jax.tree.map(jnp.asarray, ours)
 
 

@@ -13,7 +13,7 @@ from references import greedy_uncached
 
 import t5vae as tv
 from t5vae.config import T5Config
-from weights_convert import readers, rules
+from weights_convert import mapping, readers, rules
 from weights_convert.convert import convert
 from weights_convert.rules import ConversionError
 
@@ -128,13 +128,13 @@ def test_per_layer_tables_that_differ_convert_to_the_per_layer_model(tmp_path):
     shared = T5Config.from_dict(json.loads((REAL / "t5x_scanned_per_layer" / "config.json").read_text()), hf=True)
     arrays = _scanned_arrays("t5x_scanned_per_layer")
     assert arrays[key].shape == (2, 2, 32)  # [H, L, R]
-    with pytest.raises(rules.MappingError, match=re.escape(key) + r".*layers \[1\] differ from layer 0"):
-        rules.convert_flat(arrays, rules.t5x(shared), shared)
+    with pytest.raises(mapping.MappingError, match=re.escape(key) + r".*layers \[1\] differ from layer 0"):
+        mapping.convert_flat(arrays, rules.t5x(shared), shared)
     for k in [k for k in arrays if k.endswith("relpos_bias/rel_embedding")]:
         arrays[k] = np.broadcast_to(arrays[k][:, :1], arrays[k].shape)
     want = np.load(REAL / "t5x_scanned_per_layer" / "expected.npz")
     ids = want["input_ids"]
-    logits = tv.t5.apply(rules.convert_flat(arrays, rules.t5x(shared), shared), shared, ids, np.ones_like(ids),
+    logits = tv.t5.apply(mapping.convert_flat(arrays, rules.t5x(shared), shared), shared, ids, np.ones_like(ids),
                          want["decoder_input_ids"])
     assert np.abs(np.asarray(logits) - want["logits"]).max() > 1e-2
 

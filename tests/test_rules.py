@@ -5,8 +5,8 @@ import pytest
 
 from t5vae import specs, t5
 from t5vae.config import T5Config
-from weights_convert import rules
-from weights_convert.rules import MappingError
+from weights_convert import mapping, rules
+from weights_convert.mapping import MappingError
 
 V10 = T5Config(vocab_size=11, d_model=6, d_kv=4, num_heads=2, d_ff=10, num_layers=2, num_decoder_layers=3,
                relative_attention_num_buckets=5)
@@ -42,7 +42,7 @@ def fake_hf_state(cfg: T5Config, seed: int = 0) -> dict:
 @pytest.mark.parametrize("cfg", [V10, V11], ids=["v1_0", "v1_1"])
 def test_good_dict_converts(cfg):
     sd = fake_hf_state(cfg)
-    params = rules.convert_flat(sd, rules.hf_torch(cfg), cfg)
+    params = mapping.convert_flat(sd, rules.hf_torch(cfg), cfg)
     specs.check_tree(params, t5.abstract_params(cfg), "converted")
     H, K, D = cfg.num_heads, cfg.d_kv, cfg.d_model
     q = sd["decoder.block.2.layer.1.EncDecAttention.q.weight"]  # [H*K, D]
@@ -65,25 +65,25 @@ def test_tied_aliases_are_accepted_when_equal_and_may_be_the_only_copy():
     emb = sd.pop("shared.weight")
     sd["encoder.embed_tokens.weight"] = emb  # safetensors may keep any one of the tied names
     sd["lm_head.weight"] = emb.copy()  # pytorch_model.bin of a tied model stores all of them
-    params = rules.convert_flat(sd, rules.hf_torch(V10), V10)
+    params = mapping.convert_flat(sd, rules.hf_torch(V10), V10)
     np.testing.assert_array_equal(params["shared"]["embedding"], emb)
     sd["decoder.embed_tokens.weight"] = emb + 1
     with pytest.raises(MappingError, match=r"(en|de)coder\.embed_tokens\.weight is declared a tied copy of shared/embedding.*differ"):
-        rules.convert_flat(sd, rules.hf_torch(V10), V10)
+        mapping.convert_flat(sd, rules.hf_torch(V10), V10)
 
 
 def test_extra_key_raises_naming_it():
     sd = fake_hf_state(V10)
     sd["encoder.block.0.layer.0.SelfAttention.q.bias"] = np.zeros(8, np.float32)
     with pytest.raises(MappingError, match=r"encoder\.block\.0\.layer\.0\.SelfAttention\.q\.bias.*no rule"):
-        rules.convert_flat(sd, rules.hf_torch(V10), V10)
+        mapping.convert_flat(sd, rules.hf_torch(V10), V10)
 
 
 def test_lm_head_in_v11_table_but_untied_key_in_tied_config_raises():
     sd = fake_hf_state(V11)
     cfg = V11.replace(feed_forward_proj="relu")  # config says relu, checkpoint has wi_0/wi_1
     with pytest.raises(MappingError, match=r"DenseReluDense\.wi_0\.weight: target encoder/layers/mlp/wi_0 is not"):
-        rules.convert_flat(sd, rules.hf_torch(cfg), cfg)
+        mapping.convert_flat(sd, rules.hf_torch(cfg), cfg)
 
 
 def test_missing_key_raises_naming_the_leaf_and_layer():
@@ -91,7 +91,7 @@ def test_missing_key_raises_naming_the_leaf_and_layer():
     del sd["decoder.block.1.layer.2.layer_norm.weight"]
     del sd["encoder.final_layer_norm.weight"]
     with pytest.raises(MappingError) as e:
-        rules.convert_flat(sd, rules.hf_torch(V10), V10)
+        mapping.convert_flat(sd, rules.hf_torch(V10), V10)
     assert "missing decoder/layers/mlp_norm (3, 6): layers [1]" in str(e.value)
     assert "missing encoder/final_norm" in str(e.value)
 
@@ -100,7 +100,7 @@ def test_duplicate_filled_leaf_raises():
     sd = fake_hf_state(V10)
     sd["encoder.block.01.layer.0.SelfAttention.q.weight"] = sd["encoder.block.1.layer.0.SelfAttention.q.weight"]
     with pytest.raises(MappingError, match=r"encoder/layers/attn/q\[1\], already filled"):
-        rules.convert_flat(sd, rules.hf_torch(V10), V10)
+        mapping.convert_flat(sd, rules.hf_torch(V10), V10)
 
 
 def test_wrong_shape_raises_naming_key_and_expected_shape():
@@ -108,14 +108,14 @@ def test_wrong_shape_raises_naming_key_and_expected_shape():
     k = "decoder.block.0.layer.1.EncDecAttention.k.weight"
     sd[k] = sd[k].T  # [D, H*K] instead of [H*K, D]
     with pytest.raises(MappingError, match=rf"{k.replace('.', '[.]')}: shape \(6, 8\), expected \(8, 6\)"):
-        rules.convert_flat(sd, rules.hf_torch(V10), V10)
+        mapping.convert_flat(sd, rules.hf_torch(V10), V10)
 
 
 def test_layer_index_out_of_range_raises():
     sd = fake_hf_state(V10)
     sd["encoder.block.2.layer.0.layer_norm.weight"] = np.ones(6, np.float32)
     with pytest.raises(MappingError, match=r"block\.2\.layer\.0\.layer_norm\.weight: layer 2 but encoder/layers/attn_norm"):
-        rules.convert_flat(sd, rules.hf_torch(V10), V10)
+        mapping.convert_flat(sd, rules.hf_torch(V10), V10)
 
 
 def _t5x_state(cfg, sd, scanned: bool) -> dict:
@@ -153,13 +153,13 @@ def _t5x_state(cfg, sd, scanned: bool) -> dict:
 @pytest.mark.parametrize("scanned", [False, True], ids=["layers_i", "scanned"])
 def test_t5x_names_give_the_same_params(scanned):
     sd = fake_hf_state(V11)
-    want = rules.convert_flat(sd, rules.hf_torch(V11), V11)
+    want = mapping.convert_flat(sd, rules.hf_torch(V11), V11)
     flat = _t5x_state(V11, sd, scanned)
     flat["state/param_states/encoder/encoder_norm/scale/v"] = np.zeros(6, np.float32)
     flat["state/step"] = np.array(7)
-    steps, skipped = rules.plan({k: v.shape for k, v in flat.items()}, rules.t5x(V11), V11)
+    steps, skipped = mapping.plan({k: v.shape for k, v in flat.items()}, rules.t5x(V11), V11)
     assert sorted(skipped) == ["state/param_states/encoder/encoder_norm/scale/v", "state/step"]
-    got = rules.convert_flat({k: v for k, v in flat.items() if not k.startswith("state/")}, rules.t5x(V11), V11)
+    got = mapping.convert_flat({k: v for k, v in flat.items() if not k.startswith("state/")}, rules.t5x(V11), V11)
     assert jax.tree.structure(got) == jax.tree.structure(want)
     for a, b in zip(*(jax.tree.leaves(x) for x in (got, want))):
         np.testing.assert_array_equal(a, b)
@@ -170,18 +170,18 @@ def test_t5x_scanned_and_per_layer_copies_of_one_leaf_raise():
     flat = _t5x_state(V11, sd, scanned=True)
     flat["target/encoder/layers_0/attention/query/kernel"] = flat["target/encoder/layers/attention/query/kernel"][:, 0]
     with pytest.raises(MappingError, match=r"already filled"):
-        rules.convert_flat(flat, rules.t5x(V11), V11)
+        mapping.convert_flat(flat, rules.t5x(V11), V11)
 
 
 def test_mesh_tf_slots_are_skipped_knowingly_and_unknown_slots_are_not():
     shapes = {"encoder/block_000/layer_000/SelfAttention/q_slot_vc": (6,), "shared/embedding_slot_vr": (11,),
               "global_step": ()}
     with pytest.raises(MappingError) as e:
-        rules.plan(shapes, rules.mesh_tf(V10), V10)
+        mapping.plan(shapes, rules.mesh_tf(V10), V10)
     assert "_slot_" not in str(e.value) and "global_step" not in str(e.value)  # only missing leaves reported
     shapes["encoder/block_000/layer_000/SelfAttention/q_slot_xx"] = (6,)
     with pytest.raises(MappingError, match=r"q_slot_xx \(6,\): matches no rule"):
-        rules.plan(shapes, rules.mesh_tf(V10), V10)
+        mapping.plan(shapes, rules.mesh_tf(V10), V10)
 
 
 def test_every_rule_of_the_hf_table_is_used():
@@ -189,7 +189,7 @@ def test_every_rule_of_the_hf_table_is_used():
         sd = fake_hf_state(cfg)
         sd["lm_head.weight"] = sd.get("lm_head.weight", sd["shared.weight"])
         sd["encoder.embed_tokens.weight"] = sd["shared.weight"]
-        steps, _ = rules.plan({k: v.shape for k, v in sd.items()}, rules.hf_torch(cfg), cfg)
+        steps, _ = mapping.plan({k: v.shape for k, v in sd.items()}, rules.hf_torch(cfg), cfg)
         used = {s.rule for s in steps}
         assert [r.pattern for r in rules.hf_torch(cfg).rules if r not in used] == []
 
@@ -214,17 +214,17 @@ def test_t5x_per_layer_tables_fill_each_layers_table(scanned):
     flat = _t5x_state(V11, fake_hf_state(V11), scanned)
     tables = _with_per_layer_tables(V11, flat, scanned)
     with pytest.raises(MappingError, match="relpos_bias"):  # the shared-table config cannot hold them
-        rules.convert_flat(flat, rules.t5x(V11), V11)
+        mapping.convert_flat(flat, rules.t5x(V11), V11)
     cfg = rules.t5x_config(V11, {k: v.shape for k, v in flat.items()}, flat.__getitem__)
     assert cfg == V11.replace(relative_attention_per_layer=True)
-    got = rules.convert_flat(flat, rules.t5x(cfg), cfg)
+    got = mapping.convert_flat(flat, rules.t5x(cfg), cfg)
     specs.check_tree(got, t5.abstract_params(cfg), "converted")
     for stack, x_HLR in tables.items():
         np.testing.assert_array_equal(got[stack]["layers"]["relpos_bias"], np.transpose(x_HLR, (1, 2, 0)))
     if not scanned:
         del flat["target/decoder/layers_1/relpos_bias/rel_embedding"]
         with pytest.raises(MappingError, match=r"missing decoder/layers/relpos_bias \(3, 5, 2\): layers \[1\]"):
-            rules.convert_flat(flat, rules.t5x(cfg), cfg)
+            mapping.convert_flat(flat, rules.t5x(cfg), cfg)
 
 
 def test_t5x_config_keeps_the_shared_table_when_every_layers_table_is_equal():
@@ -234,7 +234,7 @@ def test_t5x_config_keeps_the_shared_table_when_every_layers_table_is_equal():
         flat[f"target/{stack}/layers/relpos_bias/rel_embedding"] = np.broadcast_to(x[:, :1], x.shape)
     shapes = {k: v.shape for k, v in flat.items()}
     assert rules.t5x_config(V11, shapes, flat.__getitem__) == V11
-    got = rules.convert_flat(flat, rules.t5x(V11), V11)
+    got = mapping.convert_flat(flat, rules.t5x(V11), V11)
     np.testing.assert_array_equal(got["decoder"]["relpos_bias"], tables["decoder"][:, 0].T)
     flat["target/decoder/layers/relpos_bias/rel_embedding"] = tables["decoder"]  # one stack differs: per layer
     assert rules.t5x_config(V11, shapes, flat.__getitem__).relative_attention_per_layer

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from t5vae import checkpoint, specs, t5
 from t5vae.config import PRESETS, T5Config, preset
-from weights_convert import output, readers, rules
+from weights_convert import mapping, output, readers, rules
 from weights_convert.rules import ConversionError
 
 log = logging.getLogger("weights_convert")
@@ -120,18 +120,18 @@ def convert(src, out, dtype: str | None = None, overwrite: bool = False, config:
             cfg = rules.t5x_config(cfg, tensors.shapes, lambda name: peeked.setdefault(name, tensors.load(name)))
             if cfg.relative_attention_per_layer:
                 log.info("a relative-position table per layer: converting with relative_attention_per_layer")
-        steps, skipped = rules.plan(tensors.shapes, rules.TABLES[fmt](cfg), cfg, tensors.what)
+        steps, skipped = mapping.plan(tensors.shapes, rules.TABLES[fmt](cfg), cfg, tensors.what)
         skipped.update(tensors.skipped)
         for why, n in collections.Counter(skipped.values()).items():
             log.info("skipping %d tensors: %s", n, why)
-        leaf_specs, np_dtype = rules.flat_specs(cfg), jnp.dtype(cfg.param_dtype)
+        leaf_specs, np_dtype = mapping.flat_specs(cfg), jnp.dtype(cfg.param_dtype)
         flat: dict[str, np.ndarray] = {}
         bad: list[str] = []
         show = progress if progress is not None else sys.stderr.isatty()
         for step in tqdm(steps, desc="converting", unit="tensor", disable=not show):
             x = peeked.pop(step.source) if step.source in peeked else tensors.load(step.source)
             bad += checkpoint.non_finite([(step.source, x)])
-            rules.apply(step, x, flat, leaf_specs, np_dtype)
+            mapping.apply(step, x, flat, leaf_specs, np_dtype)
             del x
     finally:
         tensors.close()
@@ -140,7 +140,7 @@ def convert(src, out, dtype: str | None = None, overwrite: bool = False, config:
                               f"from these weights (--allow-nonfinite converts them anyway)")
     if bad:
         log.warning("%s; converting them anyway (--allow-nonfinite)", checkpoint.non_finite_message(str(src), bad))
-    params = rules.nest(flat)
+    params = mapping.nest(flat)
     specs.check_tree(params, t5.abstract_params(cfg), f"converted {src}")
     wrong = [k for k, v in flat.items() if v.dtype != np_dtype]
     if wrong:
