@@ -4,7 +4,7 @@ Python statements of the installed standard library), text files, and their trai
 A line's split is fixed by a hash of the line, so it never depends on file order or the machine; a source
 read by position (array_record files, a TFDS dataset without a held-out split) holds out its first records
 (:func:`held_out_count`). TFDS corpora (t5vae.tfds_data) build on this module; ``t5vae.data.load_corpus``
-(in memory) and ``t5vae.pipeline.open_source`` (streamed) read a spec the same way.
+(in memory) and ``t5vae.sources.open_source`` (streamed) read a spec the same way.
 """
 from __future__ import annotations
 

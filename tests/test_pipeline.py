@@ -13,7 +13,7 @@ import t5vae as tv
 from t5vae import checkpoint, data, rundir, train
 
 grain = require("grain")
-from t5vae import pipeline  # noqa: E402  (imports grain)
+from t5vae import pipeline, sources  # noqa: E402  (pipeline imports grain)
 
 # 600 distinct lines of 3 to ~30 tokens, so that several length buckets fill
 LINES = [f"v{i} = f({i}, " + ", ".join(f"a{j}" for j in range(i % 6)) + ")" for i in range(600)]
@@ -23,7 +23,7 @@ BUCKETS = data.buckets_for(32)
 @pytest.fixture(scope="module")
 def corpus_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("pipeline") / "lines.array_record"
-    assert pipeline.write_lines(path, LINES) == len(LINES)
+    assert sources.write_lines(path, LINES) == len(LINES)
     return path
 
 
@@ -37,7 +37,7 @@ def shard(i=0, n=1, drop_remainder=True):
 
 
 def stream(corpus_file, tok, batch_size=8, seed=0, workers=0, sh=None, long_lines="truncate", buckets=BUCKETS):
-    src, _ = pipeline.open_source(str(corpus_file))
+    src, _ = sources.open_source(str(corpus_file))
     return pipeline.GrainBatches(src, tok, buckets, batch_size, seed, workers, sh or shard(), long_lines)
 
 
@@ -46,10 +46,10 @@ def rows_as_text(batch, tok):
 
 
 def test_held_out_head_and_training_lines(corpus_file):
-    train_src, held = pipeline.open_source(str(corpus_file), validation_percent=2.0)
-    assert pipeline.held_lines(held) == LINES[:12]  # 2 % of 600 held out from the head
+    train_src, held = sources.open_source(str(corpus_file), validation_percent=2.0)
+    assert sources.held_lines(held) == LINES[:12]  # 2 % of 600 held out from the head
     assert len(train_src) == 588 and train_src.texts([0, 587]) == [LINES[12], LINES[-1]]
-    sample = pipeline.sample_lines(train_src, 10)
+    sample = sources.sample_lines(train_src, 10)
     assert len(sample) == 10 and sample[0] == LINES[12] and sample[-1] == LINES[-1]
 
 
@@ -128,7 +128,7 @@ def test_saved_state_continues_exactly(corpus_file, tok, workers):
 def test_long_lines_are_cut_like_encode_lines_or_refused(tmp_path, tok):
     long = " + ".join(f"name{i}" for i in range(40))
     path = tmp_path / "long.array_record"
-    pipeline.write_lines(path, [long] * 40)
+    sources.write_lines(path, [long] * 40)
     buckets = data.buckets_for(16)
     b = stream(path, tok, batch_size=4, buckets=buckets)(0)
     want = data.encode_lines(tok, [long], 16).ids[0]
@@ -140,13 +140,13 @@ def test_long_lines_are_cut_like_encode_lines_or_refused(tmp_path, tok):
 
 def test_bad_input_is_named(tmp_path, corpus_file, tok):
     with pytest.raises(FileNotFoundError, match="nope.array_record"):
-        pipeline.open_source(str(tmp_path / "nope.array_record"))
+        sources.open_source(str(tmp_path / "nope.array_record"))
     with pytest.raises(ValueError, match=r"no text feature 'text' \(it has \['title'\]\)"):
         pipeline.record_text({"title": b"x"}, "text", "tfds:demo[train]")
     with pytest.raises(ValueError, match=r"batch of 400 is larger .*shard 1 of 2: 294 lines"):
         stream(corpus_file, tok, batch_size=400, sh=shard(1, 2))
     with pytest.raises(ValueError, match="names no package"):
-        pipeline.open_source("py:")
+        sources.open_source("py:")
     tc = tv.TrainConfig(corpus=str(corpus_file), pipeline="grain", batch_size=1000)
     with pytest.raises(ValueError, match="588 lines.*one batch of 1000"):
         pipeline.load_corpus(tc)
@@ -262,7 +262,7 @@ def test_a_grain_run_on_an_array_record_corpus_evaluates_interpolates_and_serves
 def test_prose_reads_the_same_split_in_both_pipelines():
     from t5vae import data
 
-    train, held = pipeline.open_source("prose", min_chars=20, max_chars=200)
+    train, held = sources.open_source("prose", min_chars=20, max_chars=200)
     mem = data.load_corpus("prose", 2.0, 20, 200)
     assert len(train) == len(mem.train) and len(held) == len(mem.validation)
     assert held.texts(range(len(held))) == mem.validation and train.texts([0, 5]) == [mem.train[0], mem.train[5]]
@@ -274,7 +274,7 @@ def test_prose_reads_the_same_split_in_both_pipelines():
 def big_file(tmp_path_factory):
     """3,000 lines: several chunks of an array_record file, so a flipped byte lands inside one record's chunk."""
     path = tmp_path_factory.mktemp("damaged") / "big.array_record"
-    pipeline.write_lines(path, [f"x{i} = f({i})" for i in range(3000)])
+    sources.write_lines(path, [f"x{i} = f({i})" for i in range(3000)])
     return path
 
 
