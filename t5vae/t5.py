@@ -27,7 +27,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from t5vae import decoding, kernels, layers, specs
+from t5vae import decoding, kernels, layers, specs, stack
 from t5vae.config import T5Config
 from t5vae.specs import ParamSpec, normal, ones
 
@@ -67,12 +67,12 @@ def param_specs(cfg: T5Config) -> dict:
                                "mlp_norm": _norm(Ld, D), "mlp": _mlp_specs(cfg, Ld)},
                     "final_norm": _norm(D)},
     }
-    for stack, n in (("encoder", L), ("decoder", Ld)):  # one table per stack, or one per layer
+    for name, n in (("encoder", L), ("decoder", Ld)):  # one table per stack, or one per layer
         if cfg.relative_attention_per_layer:
-            specs[stack]["layers"]["relpos_bias"] = ParamSpec((n, R, H), ("layers", "relpos_buckets", "heads"),
+            specs[name]["layers"]["relpos_bias"] = ParamSpec((n, R, H), ("layers", "relpos_buckets", "heads"),
                                                               normal(D ** -0.5))
         else:
-            specs[stack]["relpos_bias"] = ParamSpec((R, H), ("relpos_buckets", "heads"), normal(D ** -0.5))
+            specs[name]["relpos_bias"] = ParamSpec((R, H), ("relpos_buckets", "heads"), normal(D ** -0.5))
     if not cfg.tie_word_embeddings:
         specs["lm_head"] = ParamSpec((D, V), ("embed", "vocab"), normal(D ** -0.5))
     return specs
@@ -91,61 +91,6 @@ def init(cfg: T5Config, key: jax.Array) -> dict:
 
 # -- forward ---------------------------------------------------------------------------------------
 
-def _dropout_keys(key: jax.Array | None, cfg: T5Config, n_layers: int):
-    """(key of the embedding and final dropouts, keys [n_layers] of the scanned blocks); Nones if deterministic."""
-    if key is None or cfg.dropout_rate == 0.0:
-        return None, None
-    keys = jax.random.split(key, n_layers + 1)
-    return keys[0], keys[1:]
-
-
-def _split(key: jax.Array | None, n: int) -> list:
-    """``n`` keys for a block's dropout sites (Nones when deterministic)."""
-    return [None] * n if key is None else list(jax.random.split(key, n))
-
-
-def _constrain(x_BLD: jax.Array) -> jax.Array:
-    """Keep the residual stream split over the batch under a mesh (``jax.set_mesh``); a no-op without one."""
-    return specs.constrain(x_BLD, ("batch", "length", None))
-
-
-def _drop(ops: kernels.Ops, rate: float, key):
-    """The dropout of one site as an array -> array function (None when off)."""
-    return None if key is None or rate == 0.0 else functools.partial(ops.dropout, rate=rate, key=key)
-
-
-def _residual(ops: kernels.Ops, x_BLD: jax.Array, scale_D: jax.Array, eps: float, rate: float, key, sublayer):
-    """T5's pre-norm residual: ``x + dropout(sublayer(rms_norm(x)))``."""
-    return x_BLD + ops.dropout(sublayer(layers.rms_norm(x_BLD, scale_D, eps)), rate, key)
-
-
-_REMAT_POLICY = {"dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-                 "full": jax.checkpoint_policies.nothing_saveable}
-
-
-def _run_stack(ops: kernels.Ops, stack: dict, block, x_BLD: jax.Array, key_outer, key_layers, eps: float,
-               rate: float, remat: str) -> jax.Array:
-    """Embedding dropout, ``block`` scanned over a stack's layers (rematerialised per ``T5Config.remat``),
-    then its final norm and dropout."""
-    k_emb, k_out = _split(key_outer, 2)
-    x_BLD = _constrain(ops.dropout(x_BLD, rate, k_emb))
-    if remat != "none":  # prevent_cse=False: the scan already keeps XLA from merging the recomputation away
-        block = jax.checkpoint(block, policy=_REMAT_POLICY[remat], prevent_cse=False)
-    x_BLD, _ = jax.lax.scan(block, x_BLD, (stack["layers"], key_layers))
-    return ops.dropout(layers.rms_norm(x_BLD, stack["final_norm"], eps), rate, k_out)
-
-
-def _bias_of(stack: dict, cfg: T5Config, length: int, bidirectional: bool):
-    """A layer's params -> its relative position bias [1, H, Q, K] (Q = K = ``length``): the stack's table
-    computed once, outside the scan, or the layer's own table inside it (``relative_attention_per_layer``)."""
-    bias = functools.partial(layers.position_bias, q_len=length, k_len=length, bidirectional=bidirectional,
-                             max_distance=cfg.relative_attention_max_distance)
-    if cfg.relative_attention_per_layer:
-        return lambda lp: bias(lp["relpos_bias"])
-    shared = bias(stack["relpos_bias"])
-    return lambda lp: shared
-
-
 def _embed(params: dict, cfg: T5Config, ids_BL: jax.Array) -> jax.Array:
     return jnp.take(params["shared"]["embedding"], ids_BL, axis=0).astype(cfg.dtype)
 
@@ -156,21 +101,21 @@ def encode(params: dict, cfg: T5Config, input_ids: jax.Array, attention_mask: ja
     L = input_ids.shape[1]
     ops, rate, eps = kernels.ops(cfg), cfg.dropout_rate, cfg.layer_norm_epsilon
     mask = layers.Mask(attention_mask)
-    bias_of = _bias_of(params["encoder"], cfg, L, True)
-    key_outer, key_layers = _dropout_keys(dropout_key, cfg, cfg.num_layers)
+    bias_of = stack.bias_of(params["encoder"], cfg, L, True)
+    key_outer, key_layers = stack.dropout_keys(dropout_key, cfg, cfg.num_layers)
 
     def block(x, lp_key):
         lp, key = lp_key
-        k_probs, k_attn, k_hidden, k_mlp = _split(key, 4)
-        x = _residual(ops, x, lp["attn_norm"], eps, rate, k_attn,
-                      lambda h: layers.attention(lp["attn"], h, h, bias_of(lp), mask, _drop(ops, rate, k_probs),
-                                                 ops.attend))
-        x = _residual(ops, x, lp["mlp_norm"], eps, rate, k_mlp,
-                      lambda h: ops.mlp(lp["mlp"], h, cfg.activation, rate, k_hidden))
-        return _constrain(x), None
+        k_probs, k_attn, k_hidden, k_mlp = stack.split(key, 4)
+        x = stack.residual(ops, x, lp["attn_norm"], eps, rate, k_attn,
+                           lambda h: layers.attention(lp["attn"], h, h, bias_of(lp), mask, stack.drop(ops, rate, k_probs),
+                                                      ops.attend))
+        x = stack.residual(ops, x, lp["mlp_norm"], eps, rate, k_mlp,
+                           lambda h: ops.mlp(lp["mlp"], h, cfg.activation, rate, k_hidden))
+        return stack.constrain(x), None
 
-    return _run_stack(ops, params["encoder"], block, _embed(params, cfg, input_ids), key_outer, key_layers, eps,
-                      rate, cfg.remat)
+    return stack.run(ops, params["encoder"], block, _embed(params, cfg, input_ids), key_outer, key_layers, eps,
+                     rate, cfg.remat)
 
 
 def decoder_hidden(params: dict, cfg: T5Config, decoder_input_ids: jax.Array, encoder_states: jax.Array,
@@ -180,25 +125,25 @@ def decoder_hidden(params: dict, cfg: T5Config, decoder_input_ids: jax.Array, en
     T = decoder_input_ids.shape[1]
     ops, rate, eps = kernels.ops(cfg), cfg.dropout_rate, cfg.layer_norm_epsilon
     self_mask, cross_mask = layers.Mask(decoder_attention_mask, causal=True), layers.Mask(attention_mask)
-    bias_of = _bias_of(params["decoder"], cfg, T, False)
+    bias_of = stack.bias_of(params["decoder"], cfg, T, False)
     enc = encoder_states.astype(cfg.dtype)
-    key_outer, key_layers = _dropout_keys(dropout_key, cfg, cfg.num_decoder_layers)
+    key_outer, key_layers = stack.dropout_keys(dropout_key, cfg, cfg.num_decoder_layers)
 
     def block(x, lp_key):
         lp, key = lp_key
-        k_self, k_self_out, k_cross, k_cross_out, k_hidden, k_mlp = _split(key, 6)
-        x = _residual(ops, x, lp["self_attn_norm"], eps, rate, k_self_out,
-                      lambda h: layers.attention(lp["self_attn"], h, h, bias_of(lp), self_mask,
-                                                 _drop(ops, rate, k_self), ops.attend))
-        x = _residual(ops, x, lp["cross_attn_norm"], eps, rate, k_cross_out,
-                      lambda h: layers.attention(lp["cross_attn"], h, enc, None, cross_mask, _drop(ops, rate, k_cross),
-                                                 ops.attend))
-        x = _residual(ops, x, lp["mlp_norm"], eps, rate, k_mlp,
-                      lambda h: ops.mlp(lp["mlp"], h, cfg.activation, rate, k_hidden))
-        return _constrain(x), None
+        k_self, k_self_out, k_cross, k_cross_out, k_hidden, k_mlp = stack.split(key, 6)
+        x = stack.residual(ops, x, lp["self_attn_norm"], eps, rate, k_self_out,
+                           lambda h: layers.attention(lp["self_attn"], h, h, bias_of(lp), self_mask,
+                                                      stack.drop(ops, rate, k_self), ops.attend))
+        x = stack.residual(ops, x, lp["cross_attn_norm"], eps, rate, k_cross_out,
+                           lambda h: layers.attention(lp["cross_attn"], h, enc, None, cross_mask, stack.drop(ops, rate, k_cross),
+                                                      ops.attend))
+        x = stack.residual(ops, x, lp["mlp_norm"], eps, rate, k_mlp,
+                           lambda h: ops.mlp(lp["mlp"], h, cfg.activation, rate, k_hidden))
+        return stack.constrain(x), None
 
-    return _run_stack(ops, params["decoder"], block, _embed(params, cfg, decoder_input_ids), key_outer, key_layers,
-                      eps, rate, cfg.remat)
+    return stack.run(ops, params["decoder"], block, _embed(params, cfg, decoder_input_ids), key_outer, key_layers,
+                     eps, rate, cfg.remat)
 
 
 def _lm_head(params: dict, cfg: T5Config, x_BTD: jax.Array) -> tuple[jax.Array, jax.Array]:
