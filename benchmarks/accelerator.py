@@ -38,14 +38,12 @@ code generation is most of a tiny run) runs every workload on the CPU, for CI.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import datetime
 import functools
 import json
 import math
 import time
 from pathlib import Path
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -55,7 +53,7 @@ import optax
 import t5vae as tv
 from benchmarks import harness, profile, reference
 from benchmarks.harness import RESULTS, log
-from t5vae import files, kernels
+from t5vae import kernels
 from t5vae.config import KERNELS, REMAT
 
 TINY_COMPILE = {"xla_backend_optimization_level": 0}
@@ -66,33 +64,9 @@ DTYPES = {"bf16": "bfloat16", "f32": "float32"}
 WORKLOADS = tuple(f"{kind}_{d}" for d in DTYPES for kind in SHAPES)  # bf16 first
 
 
-def write_atomic(path: Path, obj: dict) -> None:
-    """A results file, in its folder (made if missing), through the project's one atomic writer: never half a
-    file, and the umask's permissions."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    files.write_json(path, obj)
-
-
-def planned_bytes(compiled) -> int:
-    """XLA's buffer plan of a compiled program: arguments + outputs + temporaries - donated aliases."""
-    m = compiled.memory_analysis()
-    peak = getattr(m, "peak_memory_in_bytes", None)
-    if peak is None:
-        peak = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
-    return int(peak)
-
-
 def with_dtype(model, dtype):
     """The Flax reference in another compute dtype (its params stay float32: pass them explicitly)."""
     return type(model)(model.config, dtype=jnp.dtype(dtype), _do_init=False)
-
-
-def concurrently(fns: dict[str, Callable]) -> dict:
-    """Call each zero-arg function in its own thread -> {name: result}. XLA compiles outside the GIL, so the
-    two sides of a workload compile side by side on a many-core host instead of one after the other."""
-    with concurrent.futures.ThreadPoolExecutor(max_workers=len(fns)) as pool:
-        futures = {name: pool.submit(fn) for name, fn in fns.items()}
-        return {name: f.result() for name, f in futures.items()}
 
 
 def traced(fns: dict, ctx: dict) -> dict:
@@ -113,13 +87,13 @@ def time_train(steps: dict, params: dict, batch: dict, ctx: dict, also: dict | N
     for side in steps:
         p = jax.tree.map(jnp.copy, params[side])  # the steps donate their state
         state[side] = (p, opt.init(p))
-    built = concurrently({side: functools.partial(harness.compile_seconds, step, *state[side], batch, key,
+    built = harness.concurrently({side: functools.partial(harness.compile_seconds, step, *state[side], batch, key,
                                                   compiler_options=ctx["compile"]) for side, step in steps.items()}
                          | {f"also:{k}": fn for k, fn in (also or {}).items()})
     extra = {k.split(":", 1)[1]: built.pop(k) for k in list(built) if k.startswith("also:")}
     compiled = {side: c for side, (_, c) in built.items()}
     out = {"compile_s": {side: s for side, (s, _) in built.items()},
-           "planned_bytes": {side: planned_bytes(c) for side, c in compiled.items()}, "also": extra}
+           "planned_bytes": {side: harness.planned_bytes(c) for side, c in compiled.items()}, "also": extra}
 
     run = {side: harness.stepping(compiled[side], state, side, batch, key) for side in steps}
     out["timings"] = harness.alternate(run, ctx["repeats"], ctx["warmup"])
@@ -185,7 +159,8 @@ def generate(ctx, dtype: str, shape) -> dict:
     ref_gen = jax.jit(reference.generate_fn(ref, NEW))
     fns = {"ours": lambda: tv.t5.generate(params, cfg, ids, mask, NEW, decoder_weights=w),
            "reference_jit": lambda: ref_gen(ctx["ref_params"], ids, mask)}
-    out = {"compile_s": concurrently({side: functools.partial(harness.run_once, fn) for side, fn in fns.items()})}
+    out = {"compile_s": harness.concurrently({side: functools.partial(harness.run_once, fn)
+                                              for side, fn in fns.items()})}
     tokens = np.asarray(fns["ours"]()), np.asarray(fns["reference_jit"]())[:, 1:]  # the reference adds start
     out["same_tokens_fraction"] = float(np.mean(tokens[0] == tokens[1]))
     out["timings"] = harness.alternate(fns, ctx["repeats"], ctx["warmup"])
@@ -321,7 +296,7 @@ def main(argv=None) -> int:
 
     def save():
         res["wall_s"] = time.perf_counter() - t_start
-        write_atomic(path, res)
+        harness.write_atomic(path, res)
 
     if args.resume:
         try:

@@ -28,7 +28,7 @@ import numpy as np
 
 import t5vae as tv
 from benchmarks import harness
-from benchmarks.accelerator import SHAPES, TINY_SHAPES, write_atomic
+from benchmarks.accelerator import SHAPES, TINY_SHAPES
 from benchmarks.harness import RESULTS, log
 from t5vae import kernels
 
@@ -155,10 +155,10 @@ def main(argv=None) -> int:
         except Exception as e:  # cuDNN may reject a shape: keep the reason, run the other parts
             harness.record_failure(res, name, e)
         res["wall_s"] = time.perf_counter() - t0
-        write_atomic(path, res)
+        harness.write_atomic(path, res)
     failed = res["errors"] or any(res[k].get("failures") for k in parts if k in res)
     res["passed"] = not failed
-    write_atomic(path, res)
+    harness.write_atomic(path, res)
     log(f"wrote {path} (passed: {res['passed']})")
     return 1 if failed else 0
 

@@ -1,7 +1,9 @@
-"""Measurement helpers: alternating timed runs with medians, the machine's matmul and memory ceilings, and what
-every results file records about the machine and the code."""
+"""Measurement helpers: alternating timed runs with medians, compiles side by side and their planned memory, the
+machine's matmul and memory ceilings, what every results file records about the machine and the code, and
+writing a results file atomically."""
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import platform
 import statistics
@@ -14,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from t5vae import files
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -75,6 +79,13 @@ def record_failure(res: dict, name: str, e: BaseException) -> None:
     log(f"{name}: failed: {res['errors'][name][:400]}")
 
 
+def write_atomic(path: Path, obj: dict) -> None:
+    """A results file, in its folder (made if missing), through the project's one atomic writer: never half a
+    file, and the umask's permissions."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    files.write_json(path, obj)
+
+
 def run_once(fn: Callable) -> float:
     t0 = time.perf_counter()
     jax.block_until_ready(fn())
@@ -98,6 +109,23 @@ def compile_seconds(fn: Callable, *args, compiler_options: dict | None = None) -
     t0 = time.perf_counter()
     compiled = fn.lower(*args).compile(compiler_options)
     return time.perf_counter() - t0, compiled
+
+
+def planned_bytes(compiled) -> int:
+    """XLA's buffer plan of a compiled program: arguments + outputs + temporaries - donated aliases."""
+    m = compiled.memory_analysis()
+    peak = getattr(m, "peak_memory_in_bytes", None)
+    if peak is None:
+        peak = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+    return int(peak)
+
+
+def concurrently(fns: dict[str, Callable]) -> dict:
+    """Call each zero-arg function in its own thread -> {name: result}. XLA compiles outside the GIL, so the
+    two sides of a workload compile side by side on a many-core host instead of one after the other."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(fns)) as pool:
+        futures = {name: pool.submit(fn) for name, fn in fns.items()}
+        return {name: f.result() for name, f in futures.items()}
 
 
 def matmul_ceiling(dtype, n: int, repeats: int) -> float:

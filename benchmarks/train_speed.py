@@ -24,7 +24,6 @@ from pathlib import Path
 import jax
 
 from benchmarks import harness
-from benchmarks.accelerator import write_atomic
 from benchmarks.harness import RESULTS, log
 
 
@@ -88,7 +87,7 @@ def main(argv=None) -> int:
                 tokenizer = tokenizer or ["--tokenizer", str(out / "spiece.model")]
             except Exception as e:
                 harness.record_failure(res, str(b), e)
-            write_atomic(path, res)
+            harness.write_atomic(path, res)
     log(f"wrote {path}")
     return 1 if res["errors"] else 0
 

@@ -19,7 +19,7 @@ import optax
 
 import t5vae as tv
 from benchmarks import harness
-from benchmarks.accelerator import DTYPES, SHAPES, TINY_SHAPES, concurrently, planned_bytes, write_atomic
+from benchmarks.accelerator import DTYPES, SHAPES, TINY_SHAPES
 from benchmarks.harness import RESULTS, log
 
 WORKLOADS = tuple(f"{kind}_{d}" for d in DTYPES for kind in ("vae_train", "seq2seq_train"))
@@ -59,13 +59,14 @@ def run_workload(name: str, base: tv.T5Config, variants: dict, shape, repeats: i
         step, params, batch = step_and_batch(kind, base.replace(dtype=DTYPES[d], **over), shape)
         state[label] = (params, opt.init(params))
         built[label] = (step, batch)
-    compiled = concurrently({label: (lambda s=step, lb=label, b=batch: harness.compile_seconds(s, *state[lb], b, key))
-                             for label, (step, batch) in built.items()})
+    compiled = harness.concurrently(
+        {label: (lambda s=step, lb=label, b=batch: harness.compile_seconds(s, *state[lb], b, key))
+         for label, (step, batch) in built.items()})
     run = {label: harness.stepping(c, state, label, built[label][1], key) for label, (_, c) in compiled.items()}
     t = harness.alternate(run, repeats, warmup=2)
     first = next(iter(variants))
     return {"timings": t, "compile_s": {k: s for k, (s, _) in compiled.items()},
-            "planned_mb": {k: planned_bytes(c) / 2 ** 20 for k, (_, c) in compiled.items()},
+            "planned_mb": {k: harness.planned_bytes(c) / 2 ** 20 for k, (_, c) in compiled.items()},
             "speedup_vs_first": {k: t[first]["median_s"] / v["median_s"] for k, v in t.items()}}
 
 
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
             log(f"{name}: {ms} ({time.perf_counter() - t0:.0f} s)")
         except Exception as e:
             harness.record_failure(res, name, e)
-        write_atomic(path, res)
+        harness.write_atomic(path, res)
     log(f"wrote {path}")
     return 1 if res["errors"] else 0
 

@@ -51,12 +51,12 @@ def test_tiny_mode_writes_every_key_finite_and_positive(tiny_results):
 
 
 def test_atomic_write_leaves_the_old_file_when_serialising_fails(tmp_path):
-    from benchmarks import accelerator
+    from benchmarks import harness
 
     p = tmp_path / "r.json"
-    accelerator.write_atomic(p, {"a": 1})
+    harness.write_atomic(p, {"a": 1})
     with pytest.raises(TypeError):
-        accelerator.write_atomic(p, {"a": object()})
+        harness.write_atomic(p, {"a": object()})
     assert json.loads(p.read_text()) == {"a": 1} and [f.name for f in tmp_path.iterdir()] == ["r.json"]
 
 
