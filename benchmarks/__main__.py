@@ -12,121 +12,25 @@ import argparse
 import contextlib
 import datetime
 import json
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
 
 import t5vae as tv
 from benchmarks import harness, reference
+from benchmarks.default_workloads import (
+    bench_compile,
+    bench_depth_compile,
+    bench_forward,
+    bench_generate,
+    bench_train,
+    memory,
+)
 from benchmarks.harness import RESULTS, log
 from t5vae import kernels
 from t5vae.config import KERNELS
-
-
-def bench_forward(model, ref_params, params, cfg, batch, repeats):
-    ref_fwd = jax.jit(reference.forward_fn(model))
-    ours_fwd = jax.jit(lambda p, b: tv.t5.apply(p, cfg, b["input_ids"], b["attention_mask"], b["decoder_input_ids"],
-                                                b["decoder_attention_mask"]))
-    diff = np.abs(np.asarray(ours_fwd(params, batch)) - np.asarray(ref_fwd(ref_params, batch))).max()
-    t = harness.alternate({"ours": lambda: ours_fwd(params, batch), "reference_jit": lambda: ref_fwd(ref_params, batch),
-                           "reference_plain": lambda: reference.forward_fn(model)(ref_params, batch)}, repeats)
-    return t, float(diff)
-
-
-def bench_train(model, ref_params, params, cfg, batch, repeats):
-    """Train steps with dropout 0.1 on both sides, plus the reference without dropout (its threefry dropout is
-    most of the gap between the two, so the table reports both)."""
-    opt = optax.adamw(1e-4)
-    tcfg = cfg.replace(dropout_rate=0.1)
-    steps = {"ours": harness.make_train_step(harness.t5vae_loss(tcfg), opt),
-             "reference_jit": harness.make_train_step(
-                 harness.logits_loss(reference.train_loss_fn(reference.with_dropout(model, tcfg.dropout_rate))), opt),
-             "reference_jit_no_dropout": harness.make_train_step(
-                 harness.logits_loss(reference.train_loss_fn(reference.with_dropout(model, 0.0))), opt)}
-    key = jax.random.key(0)
-    # the two losses agree without dropout (same weights, same batch): the steps optimise the same function
-    loss_ours = jax.jit(harness.t5vae_loss(cfg))(params, batch, key)
-    loss_ref = jax.jit(harness.logits_loss(lambda p, b, k: reference.forward_fn(model)(p, b)))(ref_params, batch, key)
-    loss_diff = abs(float(loss_ours) - float(loss_ref))
-    start = {name: params if name == "ours" else ref_params for name in steps}
-    state = {name: (jax.tree.map(jnp.copy, p), opt.init(p)) for name, p in start.items()}
-
-    # three warm-up steps each: the first few steps of either side run up to 30 % slower (seen in the
-    # per-round times of a 10-round run), before the allocator's pages settle
-    t = harness.alternate({name: harness.stepping(steps[name], state, name, batch, key) for name in steps}, repeats,
-                          warmup=3)
-    return t, loss_diff
-
-
-def bench_compile(model, cfg, batch, rounds):
-    """Train-step compile seconds of each side (with dropout), alternating over ``rounds`` with jax's caches
-    cleared before each: the process's one-time costs (first trace, first compile) fall on neither side."""
-    opt = optax.adamw(1e-4)
-    tcfg = cfg.replace(dropout_rate=0.1)
-    key = jax.random.key(0)
-    sides = {"ours": (lambda: harness.t5vae_loss(tcfg), lambda: jax.eval_shape(lambda: tv.t5.init(tcfg, key))),
-             "reference_jit": (lambda: harness.logits_loss(
-                 reference.train_loss_fn(reference.with_dropout(model, tcfg.dropout_rate))),
-                               lambda: jax.eval_shape(lambda: model.params))}
-    times: dict[str, list] = {k: [] for k in sides}
-    for _ in range(rounds + 1):  # the first round is a warm-up of jax itself and is dropped
-        for name, (loss_fn, abstract) in sides.items():
-            jax.clear_caches()
-            p = abstract()
-            step = harness.make_train_step(loss_fn(), opt)
-            times[name].append(harness.compile_seconds(step, p, jax.eval_shape(opt.init, p), batch, key)[0])
-    return {k: {"median_s": statistics.median(v[1:]), "times_s": v[1:], "warmup_s": v[0]} for k, v in times.items()}
-
-
-def bench_depth_compile(cfg, batch, layers=(6, 24)):
-    """Our train-step compile time at two depths: flat if the layers are scanned, not unrolled."""
-    out = {}
-    for n in layers:
-        c = cfg.replace(num_layers=n, num_decoder_layers=n, dropout_rate=0.1)
-        p = jax.eval_shape(lambda: tv.t5.init(c, jax.random.key(0)))
-        opt = optax.adamw(1e-4)
-        step = harness.make_train_step(harness.t5vae_loss(c), opt)
-        out[n] = harness.compile_seconds(step, p, jax.eval_shape(opt.init, p), batch, jax.random.key(0))[0]
-    return out
-
-
-def bench_generate(model, ref_params, params, cfg, batch, new_tokens, repeats):
-    never = cfg.vocab_size  # an id argmax cannot return: both sides generate exactly new_tokens
-    gcfg = cfg.replace(eos_token_id=never)
-    model.generation_config.eos_token_id = never
-    ref_gen = jax.jit(reference.generate_fn(model, new_tokens))
-    ids, mask = batch["input_ids"], batch["attention_mask"]
-    # ours: the decoder's weights laid out for decoding once, as for any repeated decoding (the reference's
-    # params are already per layer); ours_params: from the training params tree, laid out again every call
-    w = tv.decoding.decoder_weights(params, gcfg) if kernels.ops(gcfg).decoder_layout else None
-    ours = lambda: tv.t5.generate(params, gcfg, ids, mask, new_tokens, decoder_weights=w)  # noqa: E731
-    ours_params = lambda: tv.t5.generate(params, gcfg, ids, mask, new_tokens)  # noqa: E731
-    p16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
-    c16 = gcfg.replace(dtype="bfloat16", param_dtype="bfloat16")
-    w16 = tv.decoding.decoder_weights(p16, c16) if kernels.ops(c16).decoder_layout else None
-    ours16 = lambda: tv.t5.generate(p16, c16, ids, mask, new_tokens, decoder_weights=w16)  # noqa: E731
-    ref_tokens = np.asarray(ref_gen(ref_params, ids, mask))[:, 1:]
-    same = all(np.array_equal(np.asarray(f()), ref_tokens) for f in (ours, ours_params))
-    fns = {"ours": ours, "ours_params": ours_params, "ours_bf16": ours16,
-           "reference_jit": lambda: ref_gen(ref_params, ids, mask)}
-    t = harness.alternate(fns, repeats)
-    t["reference_plain"] = harness.alternate(
-        {"p": lambda: reference.generate_fn(model, new_tokens)(ref_params, ids, mask)}, max(1, repeats // 3))["p"]
-    return t, same
-
-
-def memory(impl: str, steps: int) -> dict:
-    out = subprocess.run([sys.executable, "-m", "benchmarks.memory", impl, "--steps", str(steps)],
-                         capture_output=True, text=True, check=True, cwd=Path(__file__).parent.parent)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
 
 WORKLOADS = ("forward", "train", "compile", "generate", "memory")
 SUITES = ("default", "accelerator")
@@ -201,13 +105,9 @@ def measure(only: tuple, res: dict, phase, c: dict) -> None:
                        train_peak_memory_ratio=mem["ours"]["training_mb"] / mem["reference"]["training_mb"])
 
 
-def main(argv=None) -> int:
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--suite", choices=SUITES, default="default")
-    suite, rest = pre.parse_known_args(argv)
-    if suite.suite == "accelerator":
-        from benchmarks import accelerator
-        return accelerator.main(rest)
+def parse(argv):
+    """The default suite's command line -> (the arguments, the workloads to run, the timed rounds, our side's
+    config); exits on a bad argument."""
     ap = default_parser()
     args = ap.parse_args(argv)
     only = WORKLOADS if not args.only else tuple(w.strip() for w in args.only.split(","))
@@ -215,11 +115,36 @@ def main(argv=None) -> int:
     if unknown:
         ap.error(f"--only: unknown workload(s) {unknown}; choose from {list(WORKLOADS)}")
     repeats = args.repeats or (3 if args.quick else 10)
-    t_start = time.perf_counter()
     try:
         cfg = tv.preset("t5-small", dropout_rate=0.0, kernels=args.kernels)
     except ValueError as e:
         ap.error(f"--kernels: {e}")
+    return args, only, repeats, cfg
+
+
+def recorder(res: dict, paths: list, t_start: float):
+    """-> (save, phase): ``save()`` writes ``res`` to every path; ``with phase(name, what):`` logs a workload,
+    times it into ``res["phase_s"]`` and saves, so an interrupted run keeps what it measured."""
+    def save():
+        res["wall_s"] = time.perf_counter() - t_start
+        for p in paths:
+            p.write_text(json.dumps(res, indent=2) + "\n")
+
+    @contextlib.contextmanager
+    def phase(name, what):
+        log(f"{what} ...")
+        t0 = time.perf_counter()
+        yield
+        res["phase_s"][name] = time.perf_counter() - t0
+        log(f"{what}: {res['phase_s'][name]:.0f} s")
+        save()
+
+    return save, phase
+
+
+def run(args, only: tuple, repeats: int, cfg) -> int:
+    """The machine's ceilings, then the workloads in ``only``, saved after each; then the table."""
+    t_start = time.perf_counter()
     B, L, NEW = 8, 64, 32
     log(f"devices: {jax.devices()}  jax {jax.__version__}  repeats={repeats}")
 
@@ -242,21 +167,7 @@ def main(argv=None) -> int:
     suffix = (("-quick" if args.quick else "") + ("" if only == WORKLOADS else "-" + "-".join(only))
               + ("" if args.kernels == "auto" else f"-{args.kernels}"))
     paths = [RESULTS / f"{res['device']}-{res['date']}{suffix}.json"] + ([Path(args.json)] if args.json else [])
-
-    def save():  # after every workload, so an interrupted run keeps what it measured
-        res["wall_s"] = time.perf_counter() - t_start
-        for p in paths:
-            p.write_text(json.dumps(res, indent=2) + "\n")
-
-    @contextlib.contextmanager
-    def phase(name, what):
-        log(f"{what} ...")
-        t0 = time.perf_counter()
-        yield
-        res["phase_s"][name] = time.perf_counter() - t0
-        log(f"{what}: {res['phase_s'][name]:.0f} s")
-        save()
-
+    save, phase = recorder(res, paths, t_start)
     measure(only, res, phase, dict(model=model, ref_params=ref_params, params=params, cfg=cfg, batch=batch,
                                    repeats=repeats, quick=args.quick, f32=f32, bw=bw, new=NEW))
     res["complete"] = True
@@ -266,8 +177,18 @@ def main(argv=None) -> int:
     return 0
 
 
-def print_table(r: dict) -> None:
-    """The table of whichever workloads the run measured."""
+def main(argv=None) -> int:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--suite", choices=SUITES, default="default")
+    suite, rest = pre.parse_known_args(argv)
+    if suite.suite == "accelerator":
+        from benchmarks import accelerator
+        return accelerator.main(rest)
+    return run(*parse(argv))
+
+
+def table_rows(r: dict) -> list[tuple]:
+    """(workload, t5vae, Flax (jit), ratio) for whichever workloads the run measured."""
     t, ms = r["timings"], lambda side, k: t[side][k]["median_s"] * 1e3  # noqa: E731
     rows = []
     if "forward" in t:
@@ -289,8 +210,14 @@ def print_table(r: dict) -> None:
         m = r["peak_memory"]
         rows.append(("train peak memory (MB)", m["ours"]["training_mb"], m["reference"]["training_mb"],
                      r["train_peak_memory_ratio"]))
+    return rows
+
+
+def print_table(r: dict) -> None:
+    """The table of whichever workloads the run measured, and what it says about MFU, decoding and depth."""
+    t = r["timings"]
     print(f"\n{'workload':30s} {'t5vae':>10s} {'Flax (jit)':>11s} {'ratio':>8s}")
-    for name, a, b, ratio in rows:
+    for name, a, b, ratio in table_rows(r):
         print(f"{name:30s} {a:10.2f} {b:11.2f} {ratio:7.2f}x")
     if "train" in t:
         print(f"train MFU: {r['train_mfu']:.1%} of the float32 matmul ceiling (reference {r['train_mfu_reference']:.1%})")
