@@ -202,7 +202,9 @@ def consumption(batch: int, length: int) -> dict:
     return {"train_step_flops": flops, "estimated_step_s": step, "lines_per_s_needed": batch / step}
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, with the hidden flags of the child processes that measure (``--measure``,
+    ``--measure-memory-path``)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lines", type=int, default=10_000_000)
     ap.add_argument("--json", help="results file (default benchmarks/results/pipeline-<cpu>-<date>.json)")
@@ -217,13 +219,22 @@ def main(argv=None) -> int:
         ap.add_argument(f"--{k}", help=argparse.SUPPRESS)
     for k in ("batch", "length"):
         ap.add_argument(f"--{k}", type=int, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     if args.measure or args.measure_memory_path:
         if args.measure_memory_path:
             args.lines = args.memory_lines
         print(json.dumps(measure(args) if args.measure else measure_memory_path(args)))
         return 0
+    return run(args)
 
+
+def run(args) -> int:
+    """The corpus, each shape and worker count in a child process, the in-memory path, and the estimate of
+    what a train step consumes, into one results file."""
     from benchmarks.harness import RESULTS, machine
 
     t_start = time.time()
