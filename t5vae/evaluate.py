@@ -15,7 +15,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from t5vae import bottleneck, data, files, latent, rundir, scores
-from t5vae.names import DECODERS, DEFAULT_BEAMS, DEFAULT_INTERPOLATION, LANGUAGES, parses, statement_kind
+from t5vae.names import (
+    DECODERS,
+    DEFAULT_BEAMS,
+    DEFAULT_INTERPOLATION,
+    LANGUAGES,
+    LENGTH_BUCKETS,
+    line_length,
+    parses,
+    statement_kind,
+)
 from t5vae.text import Model
 
 
@@ -119,15 +128,13 @@ def prose_paths(model: Model, lines, z, pairs, rng, steps=9, kind=DEFAULT_INTERP
 
 # -- latent diagnostics ------------------------------------------------------------------------------
 
-# for exact match by length: characters for code, words for prose
-LENGTH_BUCKETS = {"code": ((0, 40), (41, 60), (61, 80), (81, None)), "prose": ((0, 8), (9, 12), (13, 16), (17, None))}
 MI_SIGMA = 0.1  # the posterior's std for the MI estimate when the model adds no latent noise
 
 
 def exact_by_length(lines: Sequence[str], exact: np.ndarray, language: str = "code") -> dict:
     """Exact-match reconstruction per length bucket (characters for code, words for prose):
     ``recon_exact_len_41_60`` etc."""
-    n = np.array([len(s) if language == "code" else len(s.split()) for s in lines])
+    n = np.array([line_length(s, language) for s in lines])
     out = {}
     for lo, hi in LENGTH_BUCKETS[language]:
         sel = (n >= lo) & (n <= (hi if hi is not None else n.max(initial=0)))

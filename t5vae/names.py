@@ -24,6 +24,20 @@ PROSE = "prose"  # the spec of the embedded English corpus
 # What a corpus holds, which sets the training defaults (train_config.LANGUAGE_DEFAULTS) and what evaluation
 # measures: code lines (parse checks, statement kinds) or sentences (BLEU, smooth paths, lengths in words).
 LANGUAGES = ("code", "prose")
+# Length buckets of exact match and of the demo's prose map: characters for code, words for prose.
+LENGTH_BUCKETS = {"code": ((0, 40), (41, 60), (61, 80), (81, None)), "prose": ((0, 8), (9, 12), (13, 16), (17, None))}
+
+
+def line_length(line: str, language: str) -> int:
+    """A line's length in the unit of its language's buckets: characters for code, words for prose."""
+    return len(line) if language == "code" else len(line.split())
+
+
+def length_bucket(line: str, language: str) -> tuple[int, int | None]:
+    """The bucket of :data:`LENGTH_BUCKETS` that holds ``line`` (the last one holds everything longer)."""
+    n = line_length(line, language)
+    buckets = LENGTH_BUCKETS[language]
+    return next((b for b in buckets if b[1] is not None and n <= b[1]), buckets[-1])
 
 
 def corpus_language(spec: str | None) -> str:

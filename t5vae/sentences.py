@@ -155,6 +155,35 @@ def docs_sources(pattern: str = "/usr/share/doc/python3*/html/_sources") -> list
     return sorted(glob.glob(os.path.join(roots[-1], "**", "*.txt"), recursive=True)) if roots else []
 
 
+def package_descriptions(status: str = "/var/lib/dpkg/status") -> Iterator[str]:
+    """The long descriptions of the Debian packages installed on this machine (dpkg's ``status`` file), one
+    text per package with its paragraphs separated by blank lines, in file order; nothing where the file is
+    absent. General English about software, written by people other than Python's authors: held-out text
+    for a model trained on :func:`python_prose` (the package descriptions are not part of it)."""
+    try:
+        text = _read(status)
+    except OSError:
+        return
+    for stanza in text.split("\n\n"):
+        lines, inside = [], False
+        for line in stanza.splitlines():
+            if line.startswith("Description:"):
+                inside = True
+            elif inside and line.startswith(" "):
+                # " ." is a blank line; "  text" (two spaces) is shown verbatim (code, lists, tables): it
+                # ends the paragraph and is left out
+                lines.append("" if line.strip() == "." or line.startswith("  ") else line[1:])
+            else:
+                inside = False
+        if lines:
+            yield "\n".join(lines)
+
+
+def words(sentence: str) -> list[str]:
+    """The lower-cased words of a sentence (letters, apostrophes and hyphens; or digits)."""
+    return [w.lower() for w in _WORD.findall(sentence)]
+
+
 def _read(path: str) -> str:
     with open(path, encoding="utf-8", errors="replace") as f:
         return f.read()

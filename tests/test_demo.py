@@ -353,7 +353,7 @@ def test_cmd_demo_serves_with_the_arguments_then_blocks(monkeypatch):
     args = demo.add_arguments(argparse.ArgumentParser()).parse_args(
         ["run", "--port", "1234", "--corpus", "c.txt", "--map-lines", "10", "--nearest-lines", "20"])
     assert demo.cmd_demo(args) == 0
-    assert calls == [(("run", "127.0.0.1", 1234), {"corpus": "c.txt", "map_lines": 10, "pool_lines": 20}),
+    assert calls == [((["run"], "127.0.0.1", 1234), {"corpus": "c.txt", "map_lines": 10, "pool_lines": 20}),
                      "block", "close"]
 
 
@@ -361,7 +361,9 @@ def test_add_arguments_and_a_missing_run(tmp_path, capsys):
     import argparse
 
     args = demo.add_arguments(argparse.ArgumentParser()).parse_args(["some-run"])
-    assert (args.dir, args.host, args.port, args.corpus) == ("some-run", "127.0.0.1", 7860, None)
+    assert (args.dirs, args.host, args.port, args.corpus) == (["some-run"], "127.0.0.1", 7860, None)
+    assert demo.add_arguments(argparse.ArgumentParser()).parse_args(["code-run", "prose-run"]).dirs == [
+        "code-run", "prose-run"]
     args = demo.add_arguments(argparse.ArgumentParser()).parse_args(["r", "--host", "0.0.0.0", "--port", "8080"])
     assert (args.host, args.port) == ("0.0.0.0", 8080)
     require("gradio")
@@ -369,8 +371,11 @@ def test_add_arguments_and_a_missing_run(tmp_path, capsys):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     args.host, args.port = "127.0.0.1", port
-    assert demo.cmd_demo(argparse.Namespace(**{**vars(args), "dir": str(tmp_path / "missing")})) == 1
+    assert demo.cmd_demo(argparse.Namespace(**{**vars(args), "dirs": [str(tmp_path / "missing")]})) == 1
     assert "is not a t5vae run directory" in capsys.readouterr().err
+    two = {**vars(args), "dirs": ["a", "b"], "corpus": "c.txt"}
+    assert demo.cmd_demo(argparse.Namespace(**two)) == 1
+    assert "--corpus names the corpus of one run, but 2 runs were given" in capsys.readouterr().err
 
 
 def test_missing_demo_extra_is_a_clear_error(monkeypatch, capsys):
@@ -379,7 +384,7 @@ def test_missing_demo_extra_is_a_clear_error(monkeypatch, capsys):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gradio" else real(name, *a))
-    assert demo.cmd_demo(argparse.Namespace(dir="x")) == 1
+    assert demo.cmd_demo(argparse.Namespace(dirs=["x"])) == 1
     assert 'pip install -e ".[demo]"' in capsys.readouterr().err
 
 
@@ -446,3 +451,61 @@ def test_long_lines_and_control_characters_are_refused_before_tokenizing(fake, l
     q = core.parse_link(dict(parse_qsl("a=%ff&b=x", keep_blank_values=True)))  # invalid UTF-8 in a link
     with pytest.raises(core.InputError, match="line A holds U\\+FFFD"):
         fake.interpolate(q.a, q.b)
+
+
+# -- prose runs and pages of several runs ------------------------------------------------------------
+
+SENTENCES = ["The file is opened.", "This function returns a new list of strings for the caller.",
+             "A short one here.", "Every module in the package is read once and then kept in memory for later use again."]
+
+
+def test_map_colours_code_by_statement_kind_and_prose_by_length_in_words():
+    assert core.map_kind("x = 1", "code") == "Assign"
+    assert [core.map_kind(s, "prose") for s in SENTENCES] == ["up to 8 words", "9-12 words", "up to 8 words",
+                                                              "17+ words"]
+    assert core.map_kind(" ".join(["word"] * 13), "prose") == "13-16 words"
+
+
+def test_a_link_names_its_run_on_a_page_of_several():
+    link = core.Link("a b", "c", 5, run="prose-run")
+    assert core.link_query(link).endswith("&run=prose-run")
+    assert core.parse_link(dict(parse_qsl(core.link_query(link)[1:]))) == link
+    assert "run=" not in core.link_query(core.Link("a", "b"))
+
+
+def test_a_prose_backend_has_no_parse_marks_and_english_examples():
+    require("gradio")
+    from t5vae.demo import page
+
+    prose = backend.Backend(FakeModel(max_length=16), SENTENCES, SENTENCES, language="prose", name="prose-run")
+    assert prose.map_kinds[1] == "9-12 words" and prose.examples() == backend.EXAMPLES["prose"][:2]
+    path = prose.interpolate("The file is opened.", "A short one here.", 5)
+    assert path.parses is None and len(path.lines) == 5
+    h = page.Handlers(prose)
+    table, here, near, _ = h.point(path, 2)
+    assert "<th>parses</th>" not in table and "parse-mark" not in table + here + near
+    assert "decoded sentence" in table and "nearest training sentence" in near
+    assert "parse-mark" not in h.sample("tanh", 2, 0, "greedy")[1] + h.analogy(*SENTENCES[:3], "greedy", False)[1]
+    code_table = page.Handlers(backend.Backend(FakeModel(), MAP, POOL)).point(path, 0)[0]
+    assert "<th>parses</th>" in code_table and "parse-mark" in code_table
+    with pytest.raises(ValueError, match="language must be one of"):
+        backend.Backend(FakeModel(), language="french")
+
+
+def test_each_tab_takes_the_links_for_its_own_run():
+    require("gradio")
+    from t5vae.demo import page
+
+    code = backend.Backend(FakeModel(), MAP, POOL, name="code-run")
+    prose = backend.Backend(FakeModel(max_length=16), SENTENCES, language="prose", name="prose-run")
+    assert page.tab_names([code, prose]) == ["code-run", "prose-run"]
+    first = page.Handlers(code, run="code-run", prefix="run0-", first=True)
+    second = page.Handlers(prose, run="prose-run", prefix="run1-", first=False)
+    link = core.Link("The file is opened.", "A short one here.", 4, run="prose-run")
+    req = SimpleNamespace(query_params=dict(parse_qsl(core.link_query(link)[1:])))
+    got = second.load(req)
+    assert got[:3] == (link.a, link.b, 4) and got[9] == core.link_query(link) and 'id="run1-path-table"' in got[10]
+    assert first.load(req)[:2] == backend.EXAMPLES["code"][:2]  # another tab's link: the examples
+    plain = SimpleNamespace(query_params={"a": "x = 1", "b": "y = 2"})  # a link without run= is the first tab's
+    assert first.load(plain)[:2] == ("x = 1", "y = 2") and second.load(plain)[:2] == backend.EXAMPLES["prose"][:2]
+    assert first.load(plain)[9].endswith("&run=code-run")

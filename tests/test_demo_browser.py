@@ -69,6 +69,39 @@ def tiny_run(tmp_path_factory):
     return base / "run"
 
 
+SENTENCE_WORDS = ["the file", "a module", "this function", "every list", "the new value", "an old name"]
+
+
+def sentence_lines() -> list[str]:
+    """English sentences of 3-11 words in a few shapes, for the tiny prose run."""
+    out = []
+    for i, a in enumerate(SENTENCE_WORDS):
+        for j, b in enumerate(SENTENCE_WORDS):
+            if a != b:
+                out += [f"{a.capitalize()} reads {b}.", f"{a.capitalize()} is kept beside {b} for {i + j} days.",
+                        f"Is {a} older than {b}?", f"{a.capitalize()} and {b} are both in the package {i} times."]
+    return out
+
+
+@pytest.fixture(scope="module")
+def prose_run(tiny_run):
+    """A tiny run on English sentences with --language prose, the same shapes as tiny_run (so the server
+    reuses its compiled functions)."""
+    base = tiny_run.parent
+    (base / "sentences.txt").write_text("\n".join(sentence_lines()) + "\n")
+    argv = ["train", "--out", str(base / "prose"), "--corpus", str(base / "sentences.txt"), "--language", "prose",
+            "--steps", "2", "--t5-d-model", "32", "--t5-d-kv", "8", "--t5-d-ff", "64", "--t5-num-layers", "1",
+            "--t5-num-heads", "2", "--t5-relative-attention-num-buckets", "8", "--n-latent-tokens", "2",
+            "--latent-size", "8", "--max-length", "24", "--vocab-size", "400", "--batch-size", "64",
+            "--min-chars", "10", "--max-chars", "80", "--validation-percent", "15", "--eval-pairs", "1",
+            "--eval-batch-size", "8", "--eval-every", "0", "--max-minutes", "3", "--progress", "false"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        rc = cli.main(argv)
+    assert rc == 0, printed.getvalue()[-3000:]
+    return base / "prose"
+
+
 @pytest.fixture(scope="module")
 def served(tiny_run):
     """(URL, what serve printed) of the page for the tiny run, shared by the module's tests."""
@@ -285,3 +318,43 @@ def test_the_url_is_printed_once_when_loaded_and_warmed_up(served):
     url, printed = served
     assert url.startswith("http://127.0.0.1:") and printed.count(url) == 1
     assert "loaded and warmed up" in printed.splitlines()[-1] and printed.splitlines()[-1].endswith(url)
+
+
+
+@pytest.fixture(scope="module")
+def two_runs(tiny_run, prose_run):
+    """The page of a code run and a prose run, one tab each."""
+    from t5vae.demo import serve
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        page, url = serve([tiny_run, prose_run], "127.0.0.1", free_port())
+    yield url
+    page.close()
+
+
+def test_a_code_run_and_a_prose_run_side_by_side(browser, two_runs):
+    browser.get(two_runs)
+    wait(browser, lambda d: len(css(d, "#run0-path-table tbody tr")) == core.DEFAULT_STEPS)
+    tabs = [t.text for t in css(browser, "button[role=tab]")]
+    assert tabs == ["run (code)", "prose (prose)"], tabs
+    code_rows = css(browser, "#run0-path-table tbody tr")
+    assert all(r.find_elements("css selector", ".parses") for r in code_rows)  # code: parse marks
+    css(browser, "button[role=tab]")[1].click()
+    wait(browser, lambda d: len(css(d, "#run1-path-table tbody tr")) == core.DEFAULT_STEPS)
+    prose_table = css(browser, "#run1-path-table")[0]
+    assert prose_table.find_elements("css selector", "th")[1].text == "decoded sentence"
+    assert not prose_table.find_elements("css selector", ".parses") and "parse-mark" not in prose_table.get_attribute(
+        "outerHTML")
+    legend = css(browser, "#run1-map .map-legend")[0].text
+    assert "words" in legend and "Assign" not in legend, legend
+    # a link to the prose run opens in its tab with its path; the code tab shows its examples
+    a, b = "The file reads a module.", "Is every list older than the new value?"
+    browser.get(f"{two_runs}?a={quote(a, safe='')}&b={quote(b, safe='')}&steps=5&run=prose")
+    wait(browser, lambda d: len(css(d, "#run1-path-table tbody tr")) == 5)
+    assert css(browser, "#run1-line-a textarea, #run1-line-a input")[0].get_attribute("value") == a
+    assert css(browser, "#tab-1")[0].is_displayed() and not css(browser, "#tab-0")[0].is_displayed()
+    link = wait(browser, lambda d: css(d, "#run1-share-link textarea, #run1-share-link input")[0].get_attribute("value"))
+    assert core.parse_link(dict(parse_qsl(urlsplit(link).query))) == core.Link(a, b, 5, run="prose")
+    click(browser, "run1-sample")
+    wait(browser, lambda d: len(css(d, "#run1-samples-table tbody tr")) == core.DEFAULT_SAMPLES)
+    assert not css(browser, "#run1-samples-table .parses")

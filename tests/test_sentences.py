@@ -76,3 +76,16 @@ def test_the_installed_python_yields_thousands_of_clean_sentences():
     assert len(set(got)) == len(got)
     assert all(sentences.is_clean(s) and 5 <= len(s.split()) <= 25 for s in got)
     assert sentences.python_prose(docs=[]) == got  # the same text gives the same corpus
+
+
+def test_package_descriptions_read_long_descriptions_and_drop_verbatim_lines(tmp_path):
+    status = tmp_path / "status"
+    status.write_text("Package: a\nDescription: short synopsis\n This tool converts the files of one format.\n"
+                      " .\n It also reads the older format.\n  verbatim text is kept out\nHomepage: x\n\n"
+                      "Package: b\nDescription: nothing more\n")
+    texts = list(sentences.package_descriptions(str(status)))
+    assert texts == ["This tool converts the files of one format.\n\nIt also reads the older format.\n"]
+    assert sentences.clean_sentences(texts) == ["This tool converts the files of one format.",
+                                                "It also reads the older format."]
+    assert list(sentences.package_descriptions(str(tmp_path / "absent"))) == []
+    assert sentences.words("It's a 2-step tool, v2.") == ["it's", "a", "2", "step", "tool", "v", "2"]

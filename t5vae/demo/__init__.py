@@ -1,4 +1,4 @@
-"""``t5vae demo RUN``: a web page for a trained run (the optional extra: ``pip install -e ".[demo]"``).
+"""``t5vae demo RUN [RUN ...]``: a web page for trained runs, one tab each when there are several (the optional extra: ``pip install -e ".[demo]"``).
 
 Gradio, not Streamlit: the command serves the page from its own process (``Blocks.launch`` in-process, no
 ``streamlit run`` script re-executed per click), with a request queue and per-browser state built in, and
@@ -19,13 +19,15 @@ INSTALL = 'pip install -e ".[demo]"'
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The demo command's arguments: the run directory, --host, --port and what the map and neighbours use."""
-    p.add_argument("dir", help="a training run directory (or an export) to load")
+    """The demo command's arguments: the run directories, --host, --port and what the map and neighbours use."""
+    p.add_argument("dirs", nargs="+", metavar="dir",
+                   help="training run directories (or exports) to load: one tab each when there are several, e.g. "
+                        "a code run and a prose run")
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to serve on (default {DEFAULT_HOST}; 0.0.0.0 "
                                                         f"for every interface)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     p.add_argument("--corpus", default=None, help="corpus for the map and the nearest lines (default: the one "
-                                                  "in the run's train_config.json)")
+                                                  "in the run's train_config.json); one run only")
     p.add_argument("--map-lines", type=int, default=1000, help="at most this many validation lines on the map")
     p.add_argument("--nearest-lines", type=int, default=50_000,
                    help="search the nearest lines among at most this many training lines")
@@ -33,12 +35,12 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Load the run, warm it up, serve the page, print its URL once; block until interrupted. 0 or 1."""
+    """Load the runs, warm them up, serve the page, print its URL once; block until interrupted. 0 or 1."""
     if importlib.util.find_spec("gradio") is None:
         print(f"t5vae demo needs the demo extra: {INSTALL}", file=sys.stderr)
         return 1
     try:
-        served, url = serve(args.dir, args.host, args.port, corpus=args.corpus, map_lines=args.map_lines,
+        served, url = serve(args.dirs, args.host, args.port, corpus=args.corpus, map_lines=args.map_lines,
                             pool_lines=args.nearest_lines)
     except (FileNotFoundError, ValueError, OSError) as e:
         print(f"t5vae demo: {e}", file=sys.stderr)
@@ -76,23 +78,30 @@ def check_address(host: str | None, port: int | None) -> None:
                              f"machine (--host) or another port (--port)") from None
 
 
-def serve(run_dir, host: str | None = DEFAULT_HOST, port: int | None = DEFAULT_PORT, *, corpus: str | None = None,
+def serve(run_dirs, host: str | None = DEFAULT_HOST, port: int | None = DEFAULT_PORT, *, corpus: str | None = None,
           map_lines: int | None = 1000, pool_lines: int | None = 50_000, quiet: bool = False):
-    """Load and warm up ``run_dir``, serve its page without blocking, print the URL -> (Blocks, URL)."""
+    """Load and warm up ``run_dirs`` (one directory or several: a tab each), serve the page without blocking,
+    print the URL -> (Blocks, URL)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    run_dirs = [run_dirs] if isinstance(run_dirs, (str, os.PathLike)) else list(run_dirs)
+    if corpus is not None and len(run_dirs) > 1:
+        raise ValueError(f"--corpus names the corpus of one run, but {len(run_dirs)} runs were given: serve them "
+                         f"without --corpus (each uses the corpus in its train_config.json)")
     check_address(host, port)
     from t5vae.demo import backend, page
 
     t0 = time.perf_counter()
-    b = backend.Backend.from_run(run_dir, corpus, map_lines, pool_lines)
-    b.warm_up()
-    served, url = page.launch(b, host, port)
+    backends = [backend.Backend.from_run(d, corpus, map_lines, pool_lines) for d in run_dirs]
+    for b in backends:
+        b.warm_up()
+    served, url = page.launch(backends, host, port)
     if not quiet:
-        print(f"t5vae demo: {run_dir} loaded and warmed up in {time.perf_counter() - t0:.0f} s; serving at {url}",
+        shown = ", ".join(map(str, run_dirs))
+        print(f"t5vae demo: {shown} loaded and warmed up in {time.perf_counter() - t0:.0f} s; serving at {url}",
               flush=True)
     return served, url
 
 
 def main(argv=None) -> int:
-    """``python -m t5vae.demo RUN [--host H] [--port P]`` (the same as ``t5vae demo``)."""
+    """``python -m t5vae.demo RUN [RUN ...] [--host H] [--port P]`` (the same as ``t5vae demo``)."""
     return cmd_demo(add_arguments(argparse.ArgumentParser(prog="t5vae demo")).parse_args(argv))

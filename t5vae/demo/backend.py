@@ -14,18 +14,23 @@ import t5vae as tv
 from t5vae import rundir, text
 from t5vae.demo import core, mapview
 from t5vae.demo.core import InputError
+from t5vae.names import LANGUAGES
 
-EXAMPLE_A, EXAMPLE_B = "total = price * quantity", "return sorted(items)"
+# The first path a visitor sees, per language; also the analogy's lines.
+EXAMPLES = {"code": ("total = price * quantity", "return sorted(items)", "x = 1"),
+            "prose": ("The file is opened for reading.", "This function returns a new list.", "The file is closed.")}
+EXAMPLE_A, EXAMPLE_B = EXAMPLES["code"][:2]
 
 
 @dataclasses.dataclass
 class Interpolation:
-    """One interpolation: its link, ratios, decoded lines and parse marks, codes [steps, N * Z], map xy."""
+    """One interpolation: its link, ratios, decoded lines and parse marks (None for prose), codes
+    [steps, N * Z], map xy."""
 
     link: core.Link
     ratios: list[float]
     lines: list[str]
-    parses: list[bool]
+    parses: list[bool] | None
     codes: np.ndarray
     xy: np.ndarray | None
 
@@ -39,13 +44,17 @@ def spread(lines: list[str], cap: int | None) -> list[str]:
 
 class Backend:
     """A Model with the codes of ``map_lines`` (projected to 2-D by their PCA) and of ``pool_lines`` (the
-    lines the nearest-neighbour search returns)."""
+    lines the nearest-neighbour search returns). ``language`` is what the run learned ("code" or "prose"):
+    it sets the map's colours, whether lines get parse marks, and the example lines; ``name`` names the run
+    on a page of several."""
 
-    def __init__(self, model, map_lines=(), pool_lines=(), note: str = ""):
-        self.model, self.note = model, note
+    def __init__(self, model, map_lines=(), pool_lines=(), note: str = "", language: str = "code", name: str = ""):
+        if language not in LANGUAGES:
+            raise ValueError(f"language must be one of {LANGUAGES}, got {language!r}")
+        self.model, self.note, self.language, self.name = model, note, language, name
         self.lock = threading.Lock()
         self.map_lines = list(map_lines)
-        self.map_kinds = [core.statement_kind(s) for s in self.map_lines]
+        self.map_kinds = [core.map_kind(s, language) for s in self.map_lines]
         self.pca, self.map_xy = None, np.zeros((0, 2))
         if self.map_lines:
             codes = core.flat(self._encode(self.map_lines))
@@ -58,16 +67,24 @@ class Backend:
     def from_run(cls, run_dir, corpus: str | None = None, map_lines: int | None = 1000,
                  pool_lines: int | None = 50_000) -> Backend:
         """Load a run; the map shows (up to ``map_lines`` of) its validation lines and the neighbours come from
-        (up to ``pool_lines`` of) its training lines, from the corpus in train_config.json or ``corpus``."""
-        model = tv.load(run_dir)
+        (up to ``pool_lines`` of) its training lines, from the corpus in train_config.json or ``corpus``. The
+        run's language comes from train_config.json too (an export without one: the corpus spec's)."""
+        model, name = tv.load(run_dir), Path(run_dir).resolve().name
         if (Path(run_dir) / rundir.TRAIN_CONFIG_FILE).is_file():
-            lines = rundir.corpus(run_dir, corpus)
+            lines, language = rundir.corpus(run_dir, corpus), rundir.train_config(run_dir).language
         elif corpus is not None:  # an export: the corpus read with the default settings
-            lines = rundir.training_corpus(tv.TrainConfig(corpus=corpus))[0]
+            tc = tv.TrainConfig(corpus=corpus)
+            lines, language = rundir.training_corpus(tc)[0], tc.language
         else:
             return cls(model, note=f"{run_dir} has no {rundir.TRAIN_CONFIG_FILE} naming its corpus (pass --corpus): "
-                                   f"no map, no nearest lines")
-        return cls(model, spread(list(lines.validation), map_lines), spread(list(lines.train), pool_lines))
+                                   f"no map, no nearest lines", name=name)
+        return cls(model, spread(list(lines.validation), map_lines), spread(list(lines.train), pool_lines),
+                   language=language, name=name)
+
+    @property
+    def marks(self) -> bool:
+        """Whether lines get parse marks: code only."""
+        return self.language == "code"
 
     # -- requests --------------------------------------------------------------------------------
 
@@ -102,8 +119,9 @@ class Backend:
         path = self._lines({"a": "line A", "b": "line B"},
                            lambda: self.model.path(a, b, steps, kind, truncate=truncate, method=decoder))
         codes = core.flat(path.codes)
-        return Interpolation(core.Link(a, b, steps, kind, decoder), np.asarray(path.ratios).tolist(), path.lines,
-                             [core.parses(s) for s in path.lines], codes, self.pca.project(codes) if self.pca else None)
+        return Interpolation(core.Link(a, b, steps, kind, decoder), np.asarray(path.ratios).tolist(),
+                             path.lines, [core.parses(s) for s in path.lines] if self.marks else None, codes,
+                             self.pca.project(codes) if self.pca else None)
 
     def sample(self, prior="aggregate", n=core.DEFAULT_SAMPLES, seed=0, decoder="greedy") -> list[str]:
         """``n`` lines decoded from codes drawn from ``prior``."""
@@ -139,10 +157,11 @@ class Backend:
                                   path.lines if path else (), current)
 
     def examples(self) -> tuple[str, str]:
-        """The page's first two lines: EXAMPLE_A and EXAMPLE_B, or where this model's max_length cannot take
+        """The page's first two lines: the language's EXAMPLES, or where this model's max_length cannot take
         them, the first two map lines that fit."""
-        fits = [s for s in (EXAMPLE_A, EXAMPLE_B, *self.map_lines) if self.n_tokens(s) <= self.model.cfg.max_length]
-        return (fits[0], fits[1]) if len(fits) >= 2 else (EXAMPLE_A, EXAMPLE_B)
+        a, b, _ = EXAMPLES[self.language]
+        fits = [s for s in (a, b, *self.map_lines) if self.n_tokens(s) <= self.model.cfg.max_length]
+        return (fits[0], fits[1]) if len(fits) >= 2 else (a, b)
 
     def warm_up(self) -> None:
         """Compile what a first visitor asks for: encoding a few lines at every length bucket the corpus fills,

@@ -1,6 +1,7 @@
 """The demo's logic without a web library or a model: input checks with the bounds the page states,
-shareable links ``?a=<line>&b=<line>&steps=<n>``, parse marks and statement kinds, the map's 2-D PCA and
-nearest neighbours in code space (numpy on flattened codes [n, N * Z])."""
+shareable links ``?a=<line>&b=<line>&steps=<n>`` (with ``&run=<name>`` on a page of several runs), parse marks
+and the map's colours (statement kinds for code, lengths in words for prose), the map's 2-D PCA and nearest
+neighbours in code space (numpy on flattened codes [n, N * Z])."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,13 +12,22 @@ from urllib.parse import quote, urlencode
 
 import numpy as np
 
-from t5vae.names import DECODERS, INTERPOLATIONS, parses, statement_kind  # noqa: F401  (the page's names)
+from t5vae.names import DECODERS, INTERPOLATIONS, length_bucket, parses, statement_kind  # noqa: F401
 
 STEPS_RANGE = (2, 32)  # points on a path, both endpoints included: decoded in one batch of at most 32
 SAMPLES_RANGE = (1, 32)  # samples per request
 DEFAULT_STEPS, DEFAULT_SAMPLES = 9, 8
 NEAREST_K = 5
 CHARS_PER_TOKEN = 16  # a line's bound in characters per token of max_length: far above any tokenizer's pieces
+
+
+def map_kind(line: str, language: str) -> str:
+    """What colours a line on the map: its statement kind for code; for prose its length bucket in words
+    ("up to 8 words", "9-12 words", "17+ words")."""
+    if language == "code":
+        return statement_kind(line)
+    lo, hi = length_bucket(line, language)
+    return f"{lo}+ words" if hi is None else f"up to {hi} words" if lo == 0 else f"{lo}-{hi} words"
 
 
 class InputError(ValueError):
@@ -98,11 +108,12 @@ class Link:
     steps: int = DEFAULT_STEPS
     kind: str = "slerp"
     decoder: str = "greedy"
+    run: str | None = None  # which run's tab, on a page of several
 
 
 def parse_link(query: Mapping[str, str]) -> Link | None:
-    """The interpolation a page's query asks for (``a``, ``b``, ``steps``, optional ``kind`` and ``decoder``);
-    None when it names no lines. Raises InputError for a half link or a bad value."""
+    """The interpolation a page's query asks for (``a``, ``b``, ``steps``, optional ``kind``, ``decoder`` and
+    ``run``); None when it names no lines. Raises InputError for a half link or a bad value."""
     a, b = query.get("a"), query.get("b")
     if a is None and b is None:
         return None
@@ -111,16 +122,19 @@ def parse_link(query: Mapping[str, str]) -> Link | None:
     steps = check_int(query.get("steps", DEFAULT_STEPS), "steps", STEPS_RANGE)
     kind = check_choice(query.get("kind", "slerp"), "kind", INTERPOLATIONS)
     decoder = check_choice(query.get("decoder", "greedy"), "decoder", DECODERS)
-    return Link(a, b, steps, kind, decoder)
+    return Link(a, b, steps, kind, decoder, query.get("run"))
 
 
 def link_query(link: Link) -> str:
-    """``?a=...&b=...&steps=n`` (then kind / decoder where not the default), every character of the lines kept."""
+    """``?a=...&b=...&steps=n`` (then kind / decoder where not the default, and run where set), every character
+    of the lines kept."""
     fields = {"a": link.a, "b": link.b, "steps": str(link.steps)}
     if link.kind != "slerp":
         fields["kind"] = link.kind
     if link.decoder != "greedy":
         fields["decoder"] = link.decoder
+    if link.run is not None:
+        fields["run"] = link.run
     return "?" + urlencode(fields, quote_via=quote, safe="")
 
 

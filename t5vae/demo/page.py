@@ -3,6 +3,7 @@ lines, shareable link), samples from a prior, an analogy. Results live in each b
 errors are shown on the page and the server keeps serving."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import traceback
 from html import escape
@@ -11,7 +12,7 @@ import gradio as gr
 
 import t5vae as tv
 from t5vae.demo import core
-from t5vae.demo.backend import Backend, Interpolation
+from t5vae.demo.backend import EXAMPLES, Backend, Interpolation
 
 log = logging.getLogger("t5vae.demo")
 
@@ -45,15 +46,16 @@ def error_html(message: str) -> str:
     return f'<div class="demo-error" role="alert">{escape(message)}</div>' if message else ""
 
 
-def lines_table(elem_id: str, head: tuple[str, ...], rows, current: int | None = None) -> str:
-    """An HTML table: the first cells as given, the line as code, its parse mark; row ``current`` highlighted."""
-    th = "".join(f"<th>{escape(h)}</th>" for h in head)
+def lines_table(elem_id: str, head: tuple[str, str], rows, current: int | None = None, marks: bool = True) -> str:
+    """An HTML table: the first cells as given, the line as code and, with ``marks``, its parse mark; row
+    ``current`` highlighted."""
+    th = "".join(f"<th>{escape(h)}</th>" for h in (*head, "parses")[: 3 if marks else 2])
     body = []
     for i, (first, line) in enumerate(rows):
         cls = "row current" if i == current else "row"
+        mark_cell = f'<td class="parses">{mark(core.parses(line))}</td>' if marks else ""
         body.append(f'<tr class="{cls}" data-index="{i}"><td class="first">{escape(str(first))}</td>'
-                    f'<td class="line"><code>{escape(line)}</code></td>'
-                    f'<td class="parses">{mark(core.parses(line))}</td></tr>')
+                    f'<td class="line"><code>{escape(line)}</code></td>{mark_cell}</tr>')
     return (f'<table id="{elem_id}" class="demo-table"><thead><tr>{th}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table>')
 
@@ -64,10 +66,19 @@ def _internal(e: Exception) -> str:
 
 
 class Handlers:
-    """The page's callbacks; each returns values for its outputs and never raises."""
+    """One run's callbacks; each returns values for its outputs and never raises. On a page of several runs,
+    ``run`` names this one in its links and ``prefix`` keeps its element ids apart from the other tabs';
+    the ``first`` tab also takes links that name no run."""
 
-    def __init__(self, backend: Backend):
-        self.b = backend
+    def __init__(self, backend: Backend, run: str | None = None, prefix: str = "", first: bool = True):
+        self.b, self.run, self.prefix, self.first = backend, run, prefix, first
+        self.noun = "line" if backend.language == "code" else "sentence"
+
+    def id(self, name: str) -> str:
+        return self.prefix + name
+
+    def table(self, name: str, head: tuple[str, str], rows, current: int | None = None) -> str:
+        return lines_table(self.id(name), head, rows, current, self.b.marks)
 
     def point(self, path: Interpolation | None, index) -> tuple[str, str, str, str]:
         """(path table, current point, nearest lines, map) for point ``index`` of ``path``."""
@@ -75,13 +86,15 @@ class Handlers:
             return "", "", "", self.b.map_html()
         i = min(max(int(index or 0), 0), len(path.lines) - 1)
         rows = [(f"{r:.3f}", s) for r, s in zip(path.ratios, path.lines)]
-        table = lines_table("path-table", ("ratio", "decoded line", "parses"), rows, i)
-        here = (f'<div id="path-point">ratio <b>{path.ratios[i]:.3f}</b> (point {i + 1} of {len(path.lines)}): '
-                f'<code>{escape(path.lines[i])}</code> {mark(path.parses[i])}</div>')
+        table = self.table("path-table", ("ratio", f"decoded {self.noun}"), rows, i)
+        shown = f" {mark(path.parses[i])}" if path.parses is not None else ""
+        here = (f'<div id="{self.id("path-point")}">ratio <b>{path.ratios[i]:.3f}</b> (point {i + 1} of '
+                f'{len(path.lines)}): <code>{escape(path.lines[i])}</code>{shown}</div>')
         near = self.b.nearest(path.codes[i])
-        near_html = (lines_table("nearest", ("distance", "nearest training line", "parses"),
-                                 [(f"{d:.3f}", s) for s, d in near]) if near else
-                     '<div id="nearest">No training lines to search (the run names no corpus).</div>')
+        near_html = (self.table("nearest", ("distance", f"nearest training {self.noun}"),
+                                [(f"{d:.3f}", s) for s, d in near]) if near else
+                     f'<div id="{self.id("nearest")}">No training {self.noun}s to search (the run names no '
+                     f'corpus).</div>')
         return table, here, near_html, self.b.map_html(path, i)
 
     def interpolate(self, a, b, steps, kind, decoder, truncate):
@@ -97,14 +110,17 @@ class Handlers:
         except Exception as e:  # noqa: BLE001 - shown on the page; the server keeps serving
             return (error_html(_internal(e)), cut, None, gr.update(), "", *self.point(None, 0))
         slider = gr.update(minimum=0, maximum=len(path.lines) - 1, value=0, step=1, interactive=True)
-        return ("", cut, path, slider, core.link_query(path.link), *self.point(path, 0))
+        link = dataclasses.replace(path.link, run=self.run)
+        return ("", cut, path, slider, core.link_query(link), *self.point(path, 0))
 
     def cut_and_interpolate(self, a, b, steps, kind, decoder):
         return (True, *self.interpolate(a, b, steps, kind, decoder, True))
 
     def load(self, request: gr.Request):
-        """A page load: a shareable link's path, else the example lines' path."""
+        """A page load: a shareable link's path (when the link is for this run), else the example lines'."""
         query = dict(request.query_params) if request is not None else {}
+        if self.run is not None and query.get("run", self.run if self.first else None) != self.run:
+            query = {}  # another tab's link
         try:
             link = core.parse_link(query) or core.Link(*self.b.examples())
         except core.InputError as e:
@@ -121,7 +137,7 @@ class Handlers:
             return error_html(str(e)), ""
         except Exception as e:  # noqa: BLE001
             return error_html(_internal(e)), ""
-        return "", lines_table("samples-table", ("#", "sampled line", "parses"), list(enumerate(lines, 1)))
+        return "", self.table("samples-table", ("#", f"sampled {self.noun}"), list(enumerate(lines, 1)))
 
     def analogy(self, a, b, c, decoder, truncate):
         try:
@@ -130,76 +146,114 @@ class Handlers:
             return error_html(str(e)), ""
         except Exception as e:  # noqa: BLE001
             return error_html(_internal(e)), ""
-        return "", f'<div id="analogy-result"><code>{escape(line)}</code> {mark(core.parses(line))}</div>'
+        shown = f" {mark(core.parses(line))}" if self.b.marks else ""
+        return "", f'<div id="{self.id("analogy-result")}"><code>{escape(line)}</code>{shown}</div>'
 
 
-def build(backend: Backend) -> gr.Blocks:
-    """The page's Blocks (not launched)."""
-    h, cfg = Handlers(backend), backend.model.cfg
-    (slo, shi), (nlo, nhi) = core.STEPS_RANGE, core.SAMPLES_RANGE
-    with gr.Blocks(title="t5vae: paths between lines of Python", analytics_enabled=False) as page:
-        gr.Markdown(f"## t5vae: the latent space of a T5-VAE\n`{backend.model.run_dir}`: {cfg.n_latent_tokens} latent "
-                    f"tokens x {cfg.latent_size}, lines up to {cfg.max_length} tokens. Type two lines of Python and "
-                    f"decode the path between their codes ({slo} to {shi} points, both ends included).")
-        with gr.Row():
-            a = gr.Textbox(label="Line A", elem_id="line-a", placeholder="x = 1")
-            b = gr.Textbox(label="Line B", elem_id="line-b", placeholder="return [a, b]")
-        with gr.Row():
-            steps = gr.Slider(slo, shi, value=core.DEFAULT_STEPS, step=1, label="Steps", elem_id="steps")
-            kind = gr.Radio(list(core.INTERPOLATIONS), value="slerp", label="Kind", elem_id="kind")
-            decoder = gr.Radio(list(core.DECODERS), value="greedy", label="Decoder", elem_id="decoder")
-            truncate = gr.Checkbox(False, label=f"Cut lines longer than {cfg.max_length} tokens", elem_id="truncate")
-        go = gr.Button("Interpolate", variant="primary", elem_id="interpolate")
-        err = gr.HTML("", elem_id="interp-error")
-        cut = gr.Button(f"Cut to {cfg.max_length} tokens and interpolate", visible="hidden", elem_id="cut")
-        state, query = gr.State(None), gr.Textbox(visible=False)
-        with gr.Row():
-            with gr.Column():
-                table = gr.HTML("", elem_id="path")
-                scrub = gr.Slider(0, core.DEFAULT_STEPS - 1, value=0, step=1, label="Position along the path",
-                                  elem_id="scrub")
-                here = gr.HTML("", elem_id="here")
-                link = gr.Textbox(label="Link to this interpolation", elem_id="share-link", buttons=["copy"],
-                                  interactive=False)
-            with gr.Column():
-                gr.Markdown("**Map**: the validation lines' codes (PCA), by statement kind; hover a point to read it.")
-                lmap = gr.HTML(backend.map_html(), elem_id="map")
-                near = gr.HTML("", elem_id="near")
-        gr.Markdown(f"### Samples from a prior\n{nlo} to {nhi} lines; *aggregate* is a Gaussian fitted to the "
-                    f"training lines' codes.")
-        with gr.Row():
-            prior = gr.Radio(["aggregate"] + [p for p in tv.PRIORS if p != "aggregate"], value="aggregate",
-                             label="Prior", elem_id="prior")
-            n = gr.Number(core.DEFAULT_SAMPLES, precision=0, label=f"n ({nlo} to {nhi})", elem_id="n")
-            seed = gr.Number(0, precision=0, label="Seed", elem_id="seed")
-            s_decoder = gr.Radio(list(core.DECODERS), value="greedy", label="Decoder", elem_id="sample-decoder")
-        s_go = gr.Button("Sample", elem_id="sample")
-        s_err, s_out = gr.HTML("", elem_id="sample-error"), gr.HTML("", elem_id="samples")
-        gr.Markdown("### Analogy: decode code(a) + (code(b) - code(c))")
-        with gr.Row():
-            an_a = gr.Textbox(label="a", elem_id="an-a", value="x = 1")
-            an_b = gr.Textbox(label="b", elem_id="an-b", value="return y")
-            an_c = gr.Textbox(label="c", elem_id="an-c", value="y = 1")
-        an_go = gr.Button("Analogy", elem_id="analogy")
-        an_err, an_out = gr.HTML("", elem_id="analogy-error"), gr.HTML("", elem_id="analogy-out")
+def _interpolation(h: Handlers, page: gr.Blocks) -> tuple[gr.Radio, gr.Checkbox]:
+    """The path section: two lines, the path's table, slider, link, map and nearest lines; loaded on open.
+    -> the decoder and cut controls, which the analogy shares."""
+    b, cfg, i = h.b, h.b.model.cfg, h.id
+    (slo, shi), code = core.STEPS_RANGE, b.language == "code"
+    what = "lines of Python" if code else "sentences"
+    gr.Markdown(f"`{b.model.run_dir}` ({b.language}): {cfg.n_latent_tokens} latent tokens x {cfg.latent_size}, "
+                f"{h.noun}s up to {cfg.max_length} tokens. Type two {what} and decode the path between their codes "
+                f"({slo} to {shi} points, both ends included).")
+    ex = EXAMPLES[b.language]
+    with gr.Row():
+        a = gr.Textbox(label=f"{h.noun.title()} A", elem_id=i("line-a"), placeholder=ex[2])
+        bb = gr.Textbox(label=f"{h.noun.title()} B", elem_id=i("line-b"), placeholder=ex[1])
+    with gr.Row():
+        steps = gr.Slider(slo, shi, value=core.DEFAULT_STEPS, step=1, label="Steps", elem_id=i("steps"))
+        kind = gr.Radio(list(core.INTERPOLATIONS), value="slerp", label="Kind", elem_id=i("kind"))
+        decoder = gr.Radio(list(core.DECODERS), value="greedy", label="Decoder", elem_id=i("decoder"))
+        truncate = gr.Checkbox(False, label=f"Cut {h.noun}s longer than {cfg.max_length} tokens",
+                               elem_id=i("truncate"))
+    go = gr.Button("Interpolate", variant="primary", elem_id=i("interpolate"))
+    err = gr.HTML("", elem_id=i("interp-error"))
+    cut = gr.Button(f"Cut to {cfg.max_length} tokens and interpolate", visible="hidden", elem_id=i("cut"))
+    state, query = gr.State(None), gr.Textbox(visible=False)
+    with gr.Row():
+        with gr.Column():
+            table = gr.HTML("", elem_id=i("path"))
+            scrub = gr.Slider(0, core.DEFAULT_STEPS - 1, value=0, step=1, label="Position along the path",
+                              elem_id=i("scrub"))
+            here = gr.HTML("", elem_id=i("here"))
+            link = gr.Textbox(label="Link to this interpolation", elem_id=i("share-link"), buttons=["copy"],
+                              interactive=False)
+        with gr.Column():
+            colour = "statement kind" if code else "length in words"
+            gr.Markdown(f"**Map**: the validation {h.noun}s' codes (PCA), by {colour}; hover a point to read it.")
+            lmap = gr.HTML(b.map_html(), elem_id=i("map"))
+            near = gr.HTML("", elem_id=i("near"))
+    outs = [err, cut, state, scrub, query, table, here, near, lmap]
+    inputs = [a, bb, steps, kind, decoder]
+    for event in (go.click, a.submit, bb.submit):
+        event(h.interpolate, inputs + [truncate], outs).then(None, [query], [link], js=LINK_JS)
+    cut.click(h.cut_and_interpolate, inputs, [truncate] + outs).then(None, [query], [link], js=LINK_JS)
+    scrub.change(h.point, [state, scrub], [table, here, near, lmap], show_progress="hidden")
+    page.load(h.load, None, inputs + outs).then(None, [query], [link], js=LINK_JS)
+    return decoder, truncate
 
-        outs = [err, cut, state, scrub, query, table, here, near, lmap]
-        inputs = [a, b, steps, kind, decoder]
-        go.click(h.interpolate, inputs + [truncate], outs).then(None, [query], [link], js=LINK_JS)
-        for box in (a, b):
-            box.submit(h.interpolate, inputs + [truncate], outs).then(None, [query], [link], js=LINK_JS)
-        cut.click(h.cut_and_interpolate, inputs, [truncate] + outs).then(None, [query], [link], js=LINK_JS)
-        scrub.change(h.point, [state, scrub], [table, here, near, lmap], show_progress="hidden")
-        page.load(h.load, None, inputs + outs).then(None, [query], [link], js=LINK_JS)
-        s_go.click(h.sample, [prior, n, seed, s_decoder], [s_err, s_out])
-        an_go.click(h.analogy, [an_a, an_b, an_c, decoder, truncate], [an_err, an_out])
+
+def _samples_and_analogy(h: Handlers, decoder, truncate) -> None:
+    """Samples from a prior, and an analogy decoded at code(a) + (code(b) - code(c))."""
+    (nlo, nhi), i = core.SAMPLES_RANGE, h.id
+    gr.Markdown(f"### Samples from a prior\n{nlo} to {nhi} {h.noun}s; *aggregate* is a Gaussian fitted to the "
+                f"training {h.noun}s' codes.")
+    with gr.Row():
+        prior = gr.Radio(["aggregate"] + [p for p in tv.PRIORS if p != "aggregate"], value="aggregate",
+                         label="Prior", elem_id=i("prior"))
+        n = gr.Number(core.DEFAULT_SAMPLES, precision=0, label=f"n ({nlo} to {nhi})", elem_id=i("n"))
+        seed = gr.Number(0, precision=0, label="Seed", elem_id=i("seed"))
+        s_decoder = gr.Radio(list(core.DECODERS), value="greedy", label="Decoder", elem_id=i("sample-decoder"))
+    s_go = gr.Button("Sample", elem_id=i("sample"))
+    s_err, s_out = gr.HTML("", elem_id=i("sample-error")), gr.HTML("", elem_id=i("samples"))
+    s_go.click(h.sample, [prior, n, seed, s_decoder], [s_err, s_out])
+    gr.Markdown("### Analogy: decode code(a) + (code(b) - code(c))")
+    ex = EXAMPLES[h.b.language]
+    with gr.Row():
+        boxes = [gr.Textbox(label=n, elem_id=i(f"an-{n}"), value=v) for n, v in zip("abc", (ex[2], ex[1], ex[0]))]
+    an_go = gr.Button("Analogy", elem_id=i("analogy"))
+    an_err, an_out = gr.HTML("", elem_id=i("analogy-error")), gr.HTML("", elem_id=i("analogy-out"))
+    an_go.click(h.analogy, boxes + [decoder, truncate], [an_err, an_out])
+
+
+def tab_names(backends: list[Backend]) -> list[str]:
+    """Each run's name on a page of several: its directory's name, or its path where two names clash."""
+    names = [b.name or f"run {k + 1}" for k, b in enumerate(backends)]
+    return [n if names.count(n) == 1 else str(b.model.run_dir) for n, b in zip(names, backends)]
+
+
+def build(backends: Backend | list[Backend]) -> gr.Blocks:
+    """The page's Blocks (not launched): one run's sections, or one tab per run (a link's ``run`` picks the
+    tab it opens in)."""
+    backends = [backends] if isinstance(backends, Backend) else list(backends)
+    with gr.Blocks(title="t5vae: paths between lines", analytics_enabled=False) as page:
+        gr.Markdown("## t5vae: the latent space of a T5-VAE")
+        if len(backends) == 1:
+            h = Handlers(backends[0])
+            _samples_and_analogy(h, *_interpolation(h, page))
+            return page
+        names = tab_names(backends)
+        with gr.Tabs(elem_id="runs") as tabs:
+            for k, (b, name) in enumerate(zip(backends, names)):
+                with gr.Tab(f"{name} ({b.language})", id=k, elem_id=f"tab-{k}"):
+                    h = Handlers(b, run=name, prefix=f"run{k}-", first=k == 0)
+                    _samples_and_analogy(h, *_interpolation(h, page))
+
+        def select(request: gr.Request):
+            run = dict(request.query_params).get("run") if request is not None else None
+            return gr.Tabs(selected=names.index(run) if run in names else 0)
+
+        page.load(select, None, tabs)
     return page
 
 
-def launch(backend: Backend, host: str | None = "127.0.0.1", port: int | None = 7860):
+def launch(backends: Backend | list[Backend], host: str | None = "127.0.0.1", port: int | None = 7860):
     """Serve the page without blocking -> (the Blocks, its local URL). Requests queue; several run at once,
-    but the backend's lock lets one JAX call through at a time."""
-    page = build(backend)
+    but each backend's lock lets one JAX call through at a time."""
+    page = build(backends)
     page.queue(default_concurrency_limit=4, max_size=QUEUE_DEPTH)
     _, url, _ = page.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
                             share=False, inbrowser=False, show_error=True, ssr_mode=False, footer_links=[],
