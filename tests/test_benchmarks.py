@@ -12,8 +12,11 @@ def test_t5vae_loss_equals_logits_cross_entropy():
     cfg = tv.preset("tiny", dropout_rate=0.0)
     params = tv.t5.init(cfg, jax.random.key(0))
     batch = harness.random_batch(cfg.vocab_size, 3, 9, seed=1)
-    logits_fn = lambda p, b, k: tv.t5.apply(p, cfg, b["input_ids"], b["attention_mask"],  # noqa: E731
-                                           b["decoder_input_ids"], b["decoder_attention_mask"])
+
+    def logits_fn(p, b, k):
+        return tv.t5.apply(p, cfg, b["input_ids"], b["attention_mask"], b["decoder_input_ids"],
+                           b["decoder_attention_mask"])
+
     key = jax.random.key(1)
     (l1, g1), (l2, g2) = [jax.value_and_grad(f)(params, batch, key)
                           for f in (harness.t5vae_loss(cfg), harness.logits_loss(logits_fn))]
