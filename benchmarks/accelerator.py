@@ -35,6 +35,7 @@ workload (``jax.profiler``) into DIR and puts a summary (device time by op and b
 in the JSON. ``--tiny`` (the tiny preset, tiny shapes, 1 repeat, its train steps compiled at XLA's -O0:
 code generation is most of a tiny run) runs every workload on the CPU, for CI.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,15 +78,23 @@ def resume(prev_path: Path, res: dict) -> list[str]:
     done = [w for w in prev.get("workloads", []) if f"{w}_speedup" in prev]
     res.update({k: v for k, v in prev.items() if any(k.startswith(f"{w}_") for w in done)})
     for w in done:
-        res["timings"][w], res["phase_s"][w], res["shapes"][w] = prev["timings"][w], prev["phase_s"][w], prev["shapes"][w]
-    res["runs"] = prev.get("runs") or [{k: prev.get(k) for k in ("date", "commit", "wall_s", "matmul_flops_bf16")}
-                                       | {"workloads": done}]
+        res["timings"][w], res["phase_s"][w], res["shapes"][w] = (
+            prev["timings"][w],
+            prev["phase_s"][w],
+            prev["shapes"][w],
+        )
+    res["runs"] = prev.get("runs") or [
+        {k: prev.get(k) for k in ("date", "commit", "wall_s", "matmul_flops_bf16")} | {"workloads": done}
+    ]
     return done
 
 
 # what runs each kind of workload: (ctx, compute dtype, shape) -> its measurements
-KINDS = {"vae_train": accelerator_workloads.vae_train, "seq2seq_train": accelerator_workloads.seq2seq_train,
-         "generate": accelerator_workloads.generate}
+KINDS = {
+    "vae_train": accelerator_workloads.vae_train,
+    "seq2seq_train": accelerator_workloads.seq2seq_train,
+    "generate": accelerator_workloads.generate,
+}
 
 
 def record(res: dict, name: str, out: dict, bf16_ceiling: float) -> None:
@@ -93,13 +102,15 @@ def record(res: dict, name: str, out: dict, bf16_ceiling: float) -> None:
     med = {side: v["median_s"] for side, v in out["timings"].items()}
     res[f"{name}_speedup"] = med["reference_jit"] / med["ours"]
     res[f"{name}_mfu"] = out["flops"] / med["ours"] / bf16_ceiling
-    res[f"{name}_mfu_reference"] = out.get("reference_flops", out["flops"]) / med["reference_jit"] / bf16_ceiling
+    res[f"{name}_mfu_reference"] = (
+        out.get("reference_flops", out["flops"]) / med["reference_jit"] / bf16_ceiling
+    )
     res[f"{name}_ms"] = {side: 1e3 * s for side, s in med.items()}
     res[f"{name}_compile_s"] = out["compile_s"]
     if "planned_bytes" in out:
         pb = out["planned_bytes"]
         res[f"{name}_peak_memory_ratio"] = pb["ours"] / pb["reference_jit"]
-        res[f"{name}_peak_memory_mb"] = {side: b / 2 ** 20 for side, b in pb.items()}
+        res[f"{name}_peak_memory_mb"] = {side: b / 2**20 for side, b in pb.items()}
     for k in ("loss_abs_diff_no_dropout", "same_tokens_fraction", "profile"):
         if k in out:
             res[f"{name}_{k}"] = out[k]
@@ -108,29 +119,60 @@ def record(res: dict, name: str, out: dict, bf16_ceiling: float) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The accelerator suite's command line."""
-    ap = argparse.ArgumentParser(prog="python -m benchmarks --suite accelerator", description=__doc__.splitlines()[0])
-    ap.add_argument("--json", help="write the results here (default benchmarks/results/<device>-<date>-accelerator"
-                                   "[-tiny].json)")
-    ap.add_argument("--tiny", action="store_true", help="tiny preset and shapes, 1 repeat: the CI check of the suite")
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks --suite accelerator", description=__doc__.splitlines()[0]
+    )
+    ap.add_argument(
+        "--json",
+        help="write the results here (default benchmarks/results/<device>-<date>-accelerator[-tiny].json)",
+    )
+    ap.add_argument(
+        "--tiny", action="store_true", help="tiny preset and shapes, 1 repeat: the CI check of the suite"
+    )
     ap.add_argument("--preset", default=None, help="T5 preset (default t5-base; tiny with --tiny)")
     ap.add_argument("--repeats", type=int, help="timed rounds per workload (default 5; 1 with --tiny)")
     ap.add_argument("--only", help=f"comma-separated subset of {','.join(WORKLOADS)} (default: all)")
-    ap.add_argument("--kernels", default="auto", help=f"T5Config.kernels for our side: {', '.join(KERNELS)} or "
-                                                      "fast paths joined by '+' (e.g. dpa; default auto)")
-    ap.add_argument("--remat", default=None, help=f"T5Config.remat for our side: {', '.join(REMAT)} (default the "
-                                                  "config's)")
-    ap.add_argument("--dropout", type=float, default=0.1,
-                    help="dropout rate of both train steps (default 0.1; 0 lets the dpa fast path run in training)")
-    ap.add_argument("--deadline-minutes", type=float, default=4.5,
-                    help="start no workload after this many minutes (default 4.5)")
-    ap.add_argument("--resume", metavar="JSON", help="an earlier run's results with the same settings: keep the "
-                                                     "workloads it finished, run the others")
-    ap.add_argument("--profile", metavar="DIR", help="trace one more step or generation of each side of every "
-                                                      "workload into DIR (jax.profiler); a summary goes in the JSON")
+    ap.add_argument(
+        "--kernels",
+        default="auto",
+        help=f"T5Config.kernels for our side: {', '.join(KERNELS)} or "
+        "fast paths joined by '+' (e.g. dpa; default auto)",
+    )
+    ap.add_argument(
+        "--remat",
+        default=None,
+        help=f"T5Config.remat for our side: {', '.join(REMAT)} (default the config's)",
+    )
+    ap.add_argument(
+        "--dropout",
+        type=float,
+        default=0.1,
+        help="dropout rate of both train steps (default 0.1; 0 lets the dpa fast path run in training)",
+    )
+    ap.add_argument(
+        "--deadline-minutes",
+        type=float,
+        default=4.5,
+        help="start no workload after this many minutes (default 4.5)",
+    )
+    ap.add_argument(
+        "--resume",
+        metavar="JSON",
+        help="an earlier run's results with the same settings: keep the "
+        "workloads it finished, run the others",
+    )
+    ap.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="trace one more step or generation of each side of every "
+        "workload into DIR (jax.profiler); a summary goes in the JSON",
+    )
     return ap
 
 
-def run_workloads(only, res: dict, ctx: dict, shapes: dict, deadline_minutes: float, t_start: float, save) -> None:
+def run_workloads(
+    only, res: dict, ctx: dict, shapes: dict, deadline_minutes: float, t_start: float, save
+) -> None:
     """Each workload in turn into ``res`` (saved after each); a failure is kept under ``errors``, and past the
     deadline a workload is skipped."""
     for name in only:
@@ -148,8 +190,10 @@ def run_workloads(only, res: dict, ctx: dict, shapes: dict, deadline_minutes: fl
             harness.record_failure(res, name, e)
         res["phase_s"][name] = time.perf_counter() - t0
         if name not in res["errors"]:
-            log(f"{name}: {res[f'{name}_speedup']:.2f}x the reference, MFU {res[f'{name}_mfu']:.1%} "
-                f"({res['phase_s'][name]:.0f} s)")
+            log(
+                f"{name}: {res[f'{name}_speedup']:.2f}x the reference, MFU {res[f'{name}_mfu']:.1%} "
+                f"({res['phase_s'][name]:.0f} s)"
+            )
         save()
 
 
@@ -168,8 +212,9 @@ def parse(argv):
         ap.error(f"--dropout must be in [0, 1), got {args.dropout}")
     preset = args.preset or ("tiny" if args.tiny else "t5-base")
     try:
-        cfg = tv.preset(preset, dropout_rate=0.0, kernels=args.kernels,
-                        **({"remat": args.remat} if args.remat else {}))
+        cfg = tv.preset(
+            preset, dropout_rate=0.0, kernels=args.kernels, **({"remat": args.remat} if args.remat else {})
+        )
     except ValueError as e:
         ap.error(str(e))
     return ap, args, only, preset, cfg
@@ -181,12 +226,25 @@ def new_results(args, preset: str, cfg, only, shapes: dict, repeats: int) -> dic
     log(f"devices: {jax.devices()}  jax {jax.__version__}  preset {preset}  repeats={repeats}")
     n, read = (256, 1 << 22) if args.tiny else ((2048, 1 << 28) if on_host else (8192, 1 << 32))
     mach = harness.machine(n, read, 2 if args.tiny else 5)
-    return {"suite": "accelerator", "model": preset, "complete": False, **mach,
-            "date": datetime.date.today().isoformat(), "tiny": args.tiny, "kernels": args.kernels, "remat": cfg.remat,
-            "fast_paths": sorted(kernels.enabled(args.kernels)), "repeats": repeats, "dropout": args.dropout,
-            "workloads": list(only),
-            "shapes": {name: shapes[name.rsplit("_", 1)[0]] for name in only}, "timings": {}, "phase_s": {},
-            "skipped": [], "errors": {}}
+    return {
+        "suite": "accelerator",
+        "model": preset,
+        "complete": False,
+        **mach,
+        "date": datetime.date.today().isoformat(),
+        "tiny": args.tiny,
+        "kernels": args.kernels,
+        "remat": cfg.remat,
+        "fast_paths": sorted(kernels.enabled(args.kernels)),
+        "repeats": repeats,
+        "dropout": args.dropout,
+        "workloads": list(only),
+        "shapes": {name: shapes[name.rsplit("_", 1)[0]] for name in only},
+        "timings": {},
+        "phase_s": {},
+        "skipped": [],
+        "errors": {},
+    }
 
 
 def main(argv=None) -> int:
@@ -196,7 +254,9 @@ def main(argv=None) -> int:
     repeats = args.repeats or (1 if args.tiny else 5)
     res = new_results(args, preset, cfg, only, shapes, repeats)
     suffix = "-tiny" if args.tiny else ""
-    path = Path(args.json) if args.json else RESULTS / f"{res['device']}-{res['date']}-accelerator{suffix}.json"
+    path = (
+        Path(args.json) if args.json else RESULTS / f"{res['device']}-{res['date']}-accelerator{suffix}.json"
+    )
 
     def save():
         res["wall_s"] = time.perf_counter() - t_start
@@ -212,16 +272,33 @@ def main(argv=None) -> int:
         res["shapes"].update({w: shapes[w.rsplit("_", 1)[0]] for w in only})
         log(f"resuming {args.resume}: {len(done)} workloads kept, running {list(only)}")
     model, ref_params, params = reference.make_reference(cfg)
-    ctx = {"cfg": cfg, "model": model, "ref_params": ref_params, "params": params, "repeats": repeats,
-           "warmup": 1 if args.tiny else 2, "compile": TINY_COMPILE if args.tiny else None, "dropout": args.dropout,
-           "profile": Path(args.profile) if args.profile else None}
+    ctx = {
+        "cfg": cfg,
+        "model": model,
+        "ref_params": ref_params,
+        "params": params,
+        "repeats": repeats,
+        "warmup": 1 if args.tiny else 2,
+        "compile": TINY_COMPILE if args.tiny else None,
+        "dropout": args.dropout,
+        "profile": Path(args.profile) if args.profile else None,
+    }
     res["phase_s"]["setup"] = time.perf_counter() - t_start
     save()
     run_workloads(only, res, ctx, shapes, args.deadline_minutes, t_start, save)
-    res["complete"] = not res["skipped"] and not res["errors"] and all(f"{w}_speedup" in res for w in WORKLOADS)
+    res["complete"] = (
+        not res["skipped"] and not res["errors"] and all(f"{w}_speedup" in res for w in WORKLOADS)
+    )
     if "runs" in res:
-        res["runs"].append({"date": res["date"], "commit": res["commit"], "wall_s": time.perf_counter() - t_start,
-                            "matmul_flops_bf16": res["matmul_flops_bf16"], "workloads": list(only)})
+        res["runs"].append(
+            {
+                "date": res["date"],
+                "commit": res["commit"],
+                "wall_s": time.perf_counter() - t_start,
+                "matmul_flops_bf16": res["matmul_flops_bf16"],
+                "workloads": list(only),
+            }
+        )
     save()
     log(f"wrote {path} in {res['wall_s']:.0f} s (complete: {res['complete']})")
     return 1 if res["errors"] else 0

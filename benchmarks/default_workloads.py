@@ -3,6 +3,7 @@ each times t5vae and the Flax reference on identical weights, taking turns after
 two compute the same thing (forward outputs, dropout-free losses, generated tokens). Peak memory is measured
 in separate processes (:mod:`benchmarks.memory`).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,11 +24,20 @@ from t5vae import kernels
 
 def bench_forward(model, ref_params, params, cfg, batch, repeats):
     ref_fwd = jax.jit(reference.forward_fn(model))
-    ours_fwd = jax.jit(lambda p, b: tv.t5.apply(p, cfg, b["input_ids"], b["attention_mask"], b["decoder_input_ids"],
-                                                b["decoder_attention_mask"]))
+    ours_fwd = jax.jit(
+        lambda p, b: tv.t5.apply(
+            p, cfg, b["input_ids"], b["attention_mask"], b["decoder_input_ids"], b["decoder_attention_mask"]
+        )
+    )
     diff = np.abs(np.asarray(ours_fwd(params, batch)) - np.asarray(ref_fwd(ref_params, batch))).max()
-    t = harness.alternate({"ours": lambda: ours_fwd(params, batch), "reference_jit": lambda: ref_fwd(ref_params, batch),
-                           "reference_plain": lambda: reference.forward_fn(model)(ref_params, batch)}, repeats)
+    t = harness.alternate(
+        {
+            "ours": lambda: ours_fwd(params, batch),
+            "reference_jit": lambda: ref_fwd(ref_params, batch),
+            "reference_plain": lambda: reference.forward_fn(model)(ref_params, batch),
+        },
+        repeats,
+    )
     return t, float(diff)
 
 
@@ -36,23 +46,31 @@ def bench_train(model, ref_params, params, cfg, batch, repeats):
     most of the gap between the two, so the table reports both)."""
     opt = optax.adamw(1e-4)
     tcfg = cfg.replace(dropout_rate=0.1)
-    steps = {"ours": harness.make_train_step(harness.t5vae_loss(tcfg), opt),
-             "reference_jit": harness.make_train_step(
-                 harness.logits_loss(reference.train_loss_fn(reference.with_dropout(model, tcfg.dropout_rate))), opt),
-             "reference_jit_no_dropout": harness.make_train_step(
-                 harness.logits_loss(reference.train_loss_fn(reference.with_dropout(model, 0.0))), opt)}
+    steps = {
+        "ours": harness.make_train_step(harness.t5vae_loss(tcfg), opt),
+        "reference_jit": harness.make_train_step(
+            harness.logits_loss(reference.train_loss_fn(reference.with_dropout(model, tcfg.dropout_rate))),
+            opt,
+        ),
+        "reference_jit_no_dropout": harness.make_train_step(
+            harness.logits_loss(reference.train_loss_fn(reference.with_dropout(model, 0.0))), opt
+        ),
+    }
     key = jax.random.key(0)
     # the two losses agree without dropout (same weights, same batch): the steps optimise the same function
     loss_ours = jax.jit(harness.t5vae_loss(cfg))(params, batch, key)
-    loss_ref = jax.jit(harness.logits_loss(lambda p, b, k: reference.forward_fn(model)(p, b)))(ref_params, batch, key)
+    loss_ref = jax.jit(harness.logits_loss(lambda p, b, k: reference.forward_fn(model)(p, b)))(
+        ref_params, batch, key
+    )
     loss_diff = abs(float(loss_ours) - float(loss_ref))
     start = {name: params if name == "ours" else ref_params for name in steps}
     state = {name: (jax.tree.map(jnp.copy, p), opt.init(p)) for name, p in start.items()}
 
     # three warm-up steps each: the first few steps of either side run up to 30 % slower (seen in the
     # per-round times of a 10-round run), before the allocator's pages settle
-    t = harness.alternate({name: harness.stepping(steps[name], state, name, batch, key) for name in steps}, repeats,
-                          warmup=3)
+    t = harness.alternate(
+        {name: harness.stepping(steps[name], state, name, batch, key) for name in steps}, repeats, warmup=3
+    )
     return t, loss_diff
 
 
@@ -62,10 +80,15 @@ def bench_compile(model, cfg, batch, rounds):
     opt = optax.adamw(1e-4)
     tcfg = cfg.replace(dropout_rate=0.1)
     key = jax.random.key(0)
-    sides = {"ours": (lambda: harness.t5vae_loss(tcfg), lambda: jax.eval_shape(lambda: tv.t5.init(tcfg, key))),
-             "reference_jit": (lambda: harness.logits_loss(
-                 reference.train_loss_fn(reference.with_dropout(model, tcfg.dropout_rate))),
-                               lambda: jax.eval_shape(lambda: model.params))}
+    sides = {
+        "ours": (lambda: harness.t5vae_loss(tcfg), lambda: jax.eval_shape(lambda: tv.t5.init(tcfg, key))),
+        "reference_jit": (
+            lambda: harness.logits_loss(
+                reference.train_loss_fn(reference.with_dropout(model, tcfg.dropout_rate))
+            ),
+            lambda: jax.eval_shape(lambda: model.params),
+        ),
+    }
     times: dict[str, list] = {k: [] for k in sides}
     for _ in range(rounds + 1):  # the first round is a warm-up of jax itself and is dropped
         for name, (loss_fn, abstract) in sides.items():
@@ -73,7 +96,10 @@ def bench_compile(model, cfg, batch, rounds):
             p = abstract()
             step = harness.make_train_step(loss_fn(), opt)
             times[name].append(harness.compile_seconds(step, p, jax.eval_shape(opt.init, p), batch, key)[0])
-    return {k: {"median_s": statistics.median(v[1:]), "times_s": v[1:], "warmup_s": v[0]} for k, v in times.items()}
+    return {
+        k: {"median_s": statistics.median(v[1:]), "times_s": v[1:], "warmup_s": v[0]}
+        for k, v in times.items()
+    }
 
 
 def bench_depth_compile(cfg, batch, layers=(6, 24)):
@@ -105,15 +131,25 @@ def bench_generate(model, ref_params, params, cfg, batch, new_tokens, repeats):
     ours16 = lambda: tv.t5.generate(p16, c16, ids, mask, new_tokens, decoder_weights=w16)  # noqa: E731
     ref_tokens = np.asarray(ref_gen(ref_params, ids, mask))[:, 1:]
     same = all(np.array_equal(np.asarray(f()), ref_tokens) for f in (ours, ours_params))
-    fns = {"ours": ours, "ours_params": ours_params, "ours_bf16": ours16,
-           "reference_jit": lambda: ref_gen(ref_params, ids, mask)}
+    fns = {
+        "ours": ours,
+        "ours_params": ours_params,
+        "ours_bf16": ours16,
+        "reference_jit": lambda: ref_gen(ref_params, ids, mask),
+    }
     t = harness.alternate(fns, repeats)
     t["reference_plain"] = harness.alternate(
-        {"p": lambda: reference.generate_fn(model, new_tokens)(ref_params, ids, mask)}, max(1, repeats // 3))["p"]
+        {"p": lambda: reference.generate_fn(model, new_tokens)(ref_params, ids, mask)}, max(1, repeats // 3)
+    )["p"]
     return t, same
 
 
 def memory(impl: str, steps: int) -> dict:
-    out = subprocess.run([sys.executable, "-m", "benchmarks.memory", impl, "--steps", str(steps)],
-                         capture_output=True, text=True, check=True, cwd=Path(__file__).parent.parent)
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.memory", impl, "--steps", str(steps)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parent.parent,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -8,6 +8,7 @@ load and measures the wall time from the navigation to the path's rows on the pa
 run's corpus are reported as such (the screenshot should show lines the model has not seen). Needs the
 demo extra (gradio), selenium, and Debian's chromium + chromium-driver.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,11 +23,13 @@ from urllib.parse import quote
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 # Lines of the kind a user types first: short statements from outside the standard library
-PAIRS = [("total = price * quantity", "return sorted(names)"),
-         ("df = pd.read_csv(path)", "print(model.summary())"),
-         ("loss = criterion(output, target)", "optimizer.zero_grad()"),
-         ("x = np.zeros((3, 4))", "plt.show()"),
-         ("user = User.objects.get(id=pk)", "app.run(debug=True)")]
+PAIRS = [
+    ("total = price * quantity", "return sorted(names)"),
+    ("df = pd.read_csv(path)", "print(model.summary())"),
+    ("loss = criterion(output, target)", "optimizer.zero_grad()"),
+    ("x = np.zeros((3, 4))", "plt.show()"),
+    ("user = User.objects.get(id=pk)", "app.run(debug=True)"),
+]
 
 
 def _free_port() -> int:
@@ -38,8 +41,12 @@ def _free_port() -> int:
 def _serve(run: str) -> tuple[subprocess.Popen, str, float]:
     port = _free_port()
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "t5vae.demo", run, "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "t5vae.demo", run, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     for line in proc.stdout:
         if "serving at" in line:
             return proc, line.rsplit("serving at", 1)[1].strip(), time.perf_counter() - t0
@@ -52,8 +59,15 @@ def _browser(width: int, height: int):
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={width},{height}",
-                "--disable-gpu", "--no-first-run", "--disable-background-networking"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        f"--window-size={width},{height}",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+    ):
         opts.add_argument(arg)
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
 
@@ -95,7 +109,10 @@ def main(argv=None) -> int:
             seen = [s for s in (a, b) if s in known]
             key = f"{a} -> {b}"
             times[key] = [_time_to_path(driver, url, a, b, args.steps) for _ in range(args.repeats)]
-            print(f"{key}: {', '.join(f'{t:.2f}' for t in times[key])} s" + (f" (in the corpus: {seen})" if seen else ""))
+            print(
+                f"{key}: {', '.join(f'{t:.2f}' for t in times[key])} s"
+                + (f" (in the corpus: {seen})" if seen else "")
+            )
         if args.screenshot:
             a, b = PAIRS[0]
             _time_to_path(driver, url, a, b, args.steps)
@@ -112,13 +129,22 @@ def main(argv=None) -> int:
     first = [v[0] for v in times.values()]
     every = [t for v in times.values() for t in v]
     machine = harness.machine(2048, 1 << 28, 3)  # after the timing, with the server stopped
-    result = {**machine, "run": str(args.run), "startup_s": round(startup, 2), "steps": args.steps,
-              "repeats": args.repeats, "first_load_median_s": round(statistics.median(first), 3),
-              "median_s": round(statistics.median(every), 3), "max_s": round(max(every), 3),
-              "pairs": {k: [round(t, 3) for t in v] for k, v in times.items()},
-              "pairs_in_corpus": [k for k in times if any(s in known for s in k.split(" -> "))]}
-    print(f"time to path: median {result['median_s']:.2f} s, first load of each pair median "
-          f"{result['first_load_median_s']:.2f} s, max {result['max_s']:.2f} s ({result['cpu_model']})")
+    result = {
+        **machine,
+        "run": str(args.run),
+        "startup_s": round(startup, 2),
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "first_load_median_s": round(statistics.median(first), 3),
+        "median_s": round(statistics.median(every), 3),
+        "max_s": round(max(every), 3),
+        "pairs": {k: [round(t, 3) for t in v] for k, v in times.items()},
+        "pairs_in_corpus": [k for k in times if any(s in known for s in k.split(" -> "))],
+    }
+    print(
+        f"time to path: median {result['median_s']:.2f} s, first load of each pair median "
+        f"{result['first_load_median_s']:.2f} s, max {result['max_s']:.2f} s ({result['cpu_model']})"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0

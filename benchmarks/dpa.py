@@ -16,6 +16,7 @@ bfloat16 compute with float32 params, at the accelerator suite's shapes (t5-base
 Exit status 1 when a check fails. The JSON (default benchmarks/results/<device>-<date>-dpa.json) is written
 after each part.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,19 +44,36 @@ def _cos(a, b) -> float:
 
 def compare_grads(g_plain: dict, g_dpa: dict) -> dict:
     """Global and per-leaf gradient cosines of two gradient trees, and what the bias gradients look like."""
-    flat = {side: {jax.tree_util.keystr(k): np.asarray(v, np.float32)
-                   for k, v in jax.tree_util.tree_leaves_with_path(g)}
-            for side, g in zip(SIDES, (g_plain, g_dpa))}
+    flat = {
+        side: {
+            jax.tree_util.keystr(k): np.asarray(v, np.float32)
+            for k, v in jax.tree_util.tree_leaves_with_path(g)
+        }
+        for side, g in zip(SIDES, (g_plain, g_dpa))
+    }
     names = list(flat["plain"])
     leaf_cos = {n: _cos(flat["plain"][n], flat["dpa"][n]) for n in names}
-    whole = _cos(np.concatenate([flat["plain"][n].ravel() for n in names]),
-                 np.concatenate([flat["dpa"][n].ravel() for n in names]))
-    bias = {n: {"finite": bool(np.isfinite(flat["dpa"][n]).all()),
-                "norm_dpa": float(np.linalg.norm(flat["dpa"][n])), "norm_plain": float(np.linalg.norm(flat["plain"][n])),
-                "cosine": leaf_cos[n]} for n in names if "relpos_bias" in n}
+    whole = _cos(
+        np.concatenate([flat["plain"][n].ravel() for n in names]),
+        np.concatenate([flat["dpa"][n].ravel() for n in names]),
+    )
+    bias = {
+        n: {
+            "finite": bool(np.isfinite(flat["dpa"][n]).all()),
+            "norm_dpa": float(np.linalg.norm(flat["dpa"][n])),
+            "norm_plain": float(np.linalg.norm(flat["plain"][n])),
+            "cosine": leaf_cos[n],
+        }
+        for n in names
+        if "relpos_bias" in n
+    }
     worst = sorted(leaf_cos.items(), key=lambda kv: kv[1])[:5]
-    return {"grad_cosine": whole, "leaf_cosine_min": worst, "relpos_bias": bias,
-            "all_finite": bool(all(np.isfinite(v).all() for v in flat["dpa"].values()))}
+    return {
+        "grad_cosine": whole,
+        "leaf_cosine_min": worst,
+        "relpos_bias": bias,
+        "all_finite": bool(all(np.isfinite(v).all() for v in flat["dpa"].values())),
+    }
 
 
 def verdict(out: dict) -> list[str]:
@@ -86,8 +104,10 @@ def loss_fns(kind: str, cfg: tv.T5Config, shape) -> tuple[dict, dict, dict]:
     else:
         params = tv.t5.init(cfg, jax.random.key(0))
         batch = harness.random_batch(cfg.vocab_size, B, S, seed=2, target_length=T)
-        fns = {side: (lambda f: lambda p, b: f(p, b, None))(harness.t5vae_loss(cfg.replace(kernels=side)))
-               for side in SIDES}
+        fns = {
+            side: (lambda f: lambda p, b: f(p, b, None))(harness.t5vae_loss(cfg.replace(kernels=side)))
+            for side in SIDES
+        }
     return fns, params, batch
 
 
@@ -95,15 +115,17 @@ def check_train(kind: str, cfg: tv.T5Config, shape, repeats: int) -> dict:
     fns, params, batch = loss_fns(kind, cfg, shape)
     compiled, res = {}, {"compile_s": {}}
     for side in SIDES:
-        res["compile_s"][side], compiled[side] = harness.compile_seconds(jax.jit(jax.value_and_grad(fns[side])),
-                                                                         params, batch)
+        res["compile_s"][side], compiled[side] = harness.compile_seconds(
+            jax.jit(jax.value_and_grad(fns[side])), params, batch
+        )
     (l_p, g_p), (l_d, g_d) = (compiled[side](params, batch) for side in SIDES)
     res["loss"] = {"plain": float(l_p), "dpa": float(l_d)}
     res["loss_rel_diff"] = abs(float(l_d) - float(l_p)) / max(abs(float(l_p)), 1e-30)
     res.update(compare_grads(g_p, g_d))
     del g_p, g_d
-    res["timings"] = harness.alternate({side: (lambda f: lambda: f(params, batch))(compiled[side]) for side in SIDES},
-                                       repeats, warmup=2)
+    res["timings"] = harness.alternate(
+        {side: (lambda f: lambda: f(params, batch))(compiled[side]) for side in SIDES}, repeats, warmup=2
+    )
     res["speedup"] = res["timings"]["plain"]["median_s"] / res["timings"]["dpa"]["median_s"]
     res["failures"] = verdict(res)
     return res
@@ -113,21 +135,33 @@ def time_encoder(cfg: tv.T5Config, shape, repeats: int) -> dict:
     B, S, _ = shape
     params = tv.t5.init(cfg, jax.random.key(0))
     batch = harness.random_batch(cfg.vocab_size, B, S, seed=3)
-    enc = {side: jax.jit(lambda p, i, m, c=cfg.replace(kernels=side): tv.t5.encode(p, c, i, m)) for side in SIDES}
-    run = {side: (lambda f: lambda: f(params, batch["input_ids"], batch["attention_mask"]))(enc[side]) for side in SIDES}
+    enc = {
+        side: jax.jit(lambda p, i, m, c=cfg.replace(kernels=side): tv.t5.encode(p, c, i, m)) for side in SIDES
+    }
+    run = {
+        side: (lambda f: lambda: f(params, batch["input_ids"], batch["attention_mask"]))(enc[side])
+        for side in SIDES
+    }
     h = {side: np.asarray(run[side](), np.float32) for side in SIDES}
     valid = np.asarray(batch["attention_mask"], bool)[..., None]
-    rel = float(np.linalg.norm(np.where(valid, h["dpa"] - h["plain"], 0)) / np.linalg.norm(np.where(valid, h["plain"], 0)))
+    rel = float(
+        np.linalg.norm(np.where(valid, h["dpa"] - h["plain"], 0))
+        / np.linalg.norm(np.where(valid, h["plain"], 0))
+    )
     t = harness.alternate(run, repeats, warmup=2)
     return {"rel_diff": rel, "timings": t, "speedup": t["plain"]["median_s"] / t["dpa"]["median_s"]}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.dpa", description=__doc__.splitlines()[0])
-    ap.add_argument("--json", help="results file (default benchmarks/results/<device>-<date>-dpa[-tiny].json)")
+    ap.add_argument(
+        "--json", help="results file (default benchmarks/results/<device>-<date>-dpa[-tiny].json)"
+    )
     ap.add_argument("--tiny", action="store_true", help="tiny preset and shapes: the CI check of this script")
     ap.add_argument("--preset", help="T5 preset (default t5-base; tiny with --tiny)")
-    ap.add_argument("--dtype", default="bfloat16", help="compute dtype (default bfloat16; params stay float32)")
+    ap.add_argument(
+        "--dtype", default="bfloat16", help="compute dtype (default bfloat16; params stay float32)"
+    )
     ap.add_argument("--repeats", type=int, default=None, help="timed rounds (default 10; 1 with --tiny)")
     args = ap.parse_args(argv)
     preset = args.preset or ("tiny" if args.tiny else "t5-base")
@@ -135,22 +169,39 @@ def main(argv=None) -> int:
     shapes, repeats = (TINY_SHAPES, 1) if args.tiny else (SHAPES, 10)
     repeats = args.repeats or repeats
     t0 = time.perf_counter()
-    res = {"suite": "dpa", "model": preset, "dtype": args.dtype, "device": harness.device_name(),
-           "device_kind": jax.devices()[0].device_kind, "jax": jax.__version__, "commit": harness.git_commit(),
-           "date": datetime.date.today().isoformat(), "dpa_implementation_on_this_backend":
-           kernels.dpa_implementation(args.dtype) or "xla", "shapes": shapes, "repeats": repeats, "errors": {}}
+    res = {
+        "suite": "dpa",
+        "model": preset,
+        "dtype": args.dtype,
+        "device": harness.device_name(),
+        "device_kind": jax.devices()[0].device_kind,
+        "jax": jax.__version__,
+        "commit": harness.git_commit(),
+        "date": datetime.date.today().isoformat(),
+        "dpa_implementation_on_this_backend": kernels.dpa_implementation(args.dtype) or "xla",
+        "shapes": shapes,
+        "repeats": repeats,
+        "errors": {},
+    }
     suffix = "-tiny" if args.tiny else ""
     path = Path(args.json) if args.json else RESULTS / f"{res['device']}-{res['date']}-dpa{suffix}.json"
-    parts = {"vae_train": lambda: check_train("vae_train", cfg, shapes["vae_train"], repeats),
-             "seq2seq_train": lambda: check_train("seq2seq_train", cfg, shapes["seq2seq_train"], repeats),
-             "generate_encoder": lambda: time_encoder(cfg, shapes["generate"], repeats)}
+    parts = {
+        "vae_train": lambda: check_train("vae_train", cfg, shapes["vae_train"], repeats),
+        "seq2seq_train": lambda: check_train("seq2seq_train", cfg, shapes["seq2seq_train"], repeats),
+        "generate_encoder": lambda: time_encoder(cfg, shapes["generate"], repeats),
+    }
     for name, part in parts.items():
         t = time.perf_counter()
         try:
             res[name] = part()
-            extra = "" if "failures" not in res[name] else (
-                f", loss diff {res[name]['loss_rel_diff']:.2e}, grad cosine {res[name]['grad_cosine']:.5f}, "
-                f"failures {res[name]['failures'] or 'none'}")
+            extra = (
+                ""
+                if "failures" not in res[name]
+                else (
+                    f", loss diff {res[name]['loss_rel_diff']:.2e}, grad cosine {res[name]['grad_cosine']:.5f}, "
+                    f"failures {res[name]['failures'] or 'none'}"
+                )
+            )
             log(f"{name}: dpa {res[name]['speedup']:.2f}x plain{extra} ({time.perf_counter() - t:.0f} s)")
         except Exception as e:  # cuDNN may reject a shape: keep the reason, run the other parts
             harness.record_failure(res, name, e)

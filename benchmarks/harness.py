@@ -1,6 +1,7 @@
 """Measurement helpers: alternating timed runs with medians, compiles side by side and their planned memory, the
 machine's matmul and memory ceilings, what every results file records about the machine and the code, and
 writing a results file atomically."""
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -47,11 +48,24 @@ def git_commit() -> str | None:
     re-run overwrites), so a result names the code it timed."""
     root = Path(__file__).parent.parent
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                ":(exclude)benchmarks/results"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":(exclude)benchmarks/results",
+            ],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
     return rev + ("+dirty" if dirty else "")
@@ -64,12 +78,23 @@ def machine(matmul_n: int, read_bytes: int, repeats: int) -> dict:
     f32 = matmul_ceiling(jnp.float32, matmul_n, repeats)
     bf16 = matmul_ceiling(jnp.bfloat16, matmul_n, repeats)
     bw = memory_bandwidth(read_bytes, repeats)
-    log(f"matmul ceiling: float32 {f32 / 1e9:.1f} GFLOP/s, bfloat16 {bf16 / 1e9:.1f} GFLOP/s; read bandwidth "
-        f"{bw / 1e9:.1f} GB/s")
-    return {"device": device_name(), "device_kind": jax.devices()[0].device_kind, "jax": jax.__version__,
-            "commit": git_commit(), "platform": platform.platform(), "cpu_model": cpu_model(),
-            "cpu_count": os.cpu_count(), "matmul_n": matmul_n, "matmul_flops_f32": f32, "matmul_flops_bf16": bf16,
-            "read_bandwidth_bytes_s": bw}
+    log(
+        f"matmul ceiling: float32 {f32 / 1e9:.1f} GFLOP/s, bfloat16 {bf16 / 1e9:.1f} GFLOP/s; read bandwidth "
+        f"{bw / 1e9:.1f} GB/s"
+    )
+    return {
+        "device": device_name(),
+        "device_kind": jax.devices()[0].device_kind,
+        "jax": jax.__version__,
+        "commit": git_commit(),
+        "platform": platform.platform(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "matmul_n": matmul_n,
+        "matmul_flops_f32": f32,
+        "matmul_flops_bf16": bf16,
+        "read_bandwidth_bytes_s": bw,
+    }
 
 
 def record_failure(res: dict, name: str, e: BaseException) -> None:
@@ -116,7 +141,9 @@ def planned_bytes(compiled) -> int:
     m = compiled.memory_analysis()
     peak = getattr(m, "peak_memory_in_bytes", None)
     if peak is None:
-        peak = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+        peak = (
+            m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+        )
     return int(peak)
 
 
@@ -135,7 +162,7 @@ def matmul_ceiling(dtype, n: int, repeats: int) -> float:
     mm = jax.jit(lambda a, b: a @ b)
     run_once(lambda: mm(a, b))
     best = min(run_once(lambda: mm(a, b)) for _ in range(repeats))
-    return 2 * n ** 3 / best
+    return 2 * n**3 / best
 
 
 def memory_bandwidth(n_bytes: int, repeats: int) -> float:
@@ -155,8 +182,9 @@ def masked_cross_entropy(logits_BTV: jax.Array, labels_BT: jax.Array, mask_BT: j
 
 def logits_loss(logits_fn: Callable) -> Callable:
     """``loss(params, batch, key)`` from a ``logits(params, batch, key)`` function (the reference's way)."""
-    return lambda params, batch, key: masked_cross_entropy(logits_fn(params, batch, key), batch["labels"],
-                                                           batch["decoder_attention_mask"])
+    return lambda params, batch, key: masked_cross_entropy(
+        logits_fn(params, batch, key), batch["labels"], batch["decoder_attention_mask"]
+    )
 
 
 def t5vae_loss(cfg) -> Callable:
@@ -165,17 +193,26 @@ def t5vae_loss(cfg) -> Callable:
     import t5vae as tv
 
     def loss(params, batch, key):
-        x = tv.t5.apply_hidden(params, cfg, batch["input_ids"], batch["attention_mask"], batch["decoder_input_ids"],
-                               batch["decoder_attention_mask"], dropout_key=key)
+        x = tv.t5.apply_hidden(
+            params,
+            cfg,
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["decoder_input_ids"],
+            batch["decoder_attention_mask"],
+            dropout_key=key,
+        )
         mask = batch["decoder_attention_mask"]
         nll, _ = tv.t5.token_nll(params, cfg, x, jnp.where(mask > 0, batch["labels"], 0))
         return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1)
+
     return loss
 
 
 def make_train_step(loss_fn: Callable, optimizer) -> Callable:
     """One jitted step: ``loss_fn(params, batch, key)`` (forward with dropout + cross-entropy), backward,
     optimizer update (state donated)."""
+
     def step(params, opt_state, batch, key):
         loss, grads = jax.value_and_grad(loss_fn)(params, batch, key)
         updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -187,14 +224,18 @@ def make_train_step(loss_fn: Callable, optimizer) -> Callable:
 def stepping(step: Callable, state: dict, name: str, batch: dict, key) -> Callable:
     """A zero-arg callable for :func:`alternate`: one ``step`` of side ``name`` from ``state[name]`` (params,
     optimizer state; the step donates them), storing the new state there; returns the loss."""
+
     def run():
         p, o, loss = step(*state[name], batch, key)
         state[name] = (p, o)
         return loss
+
     return run
 
 
-def random_batch(vocab: int, batch: int, length: int, seed: int = 0, target_length: int | None = None) -> dict:
+def random_batch(
+    vocab: int, batch: int, length: int, seed: int = 0, target_length: int | None = None
+) -> dict:
     """Token ids in [2, vocab) with some right padding, labels and decoder inputs (shifted right); the labels
     are the inputs unless ``target_length`` asks for targets of their own (a seq2seq batch)."""
     rng = np.random.default_rng(seed)
@@ -207,8 +248,16 @@ def random_batch(vocab: int, batch: int, length: int, seed: int = 0, target_leng
     inputs, mask = padded(length)
     labels, label_mask = (inputs, mask) if target_length is None else padded(target_length)
     dec_in = np.concatenate([np.zeros((batch, 1), np.int32), labels[:, :-1]], 1)
-    return {k: jnp.asarray(v) for k, v in dict(input_ids=inputs, attention_mask=mask, labels=labels,
-                                                 decoder_input_ids=dec_in, decoder_attention_mask=label_mask).items()}
+    return {
+        k: jnp.asarray(v)
+        for k, v in dict(
+            input_ids=inputs,
+            attention_mask=mask,
+            labels=labels,
+            decoder_input_ids=dec_in,
+            decoder_attention_mask=label_mask,
+        ).items()
+    }
 
 
 def t5_forward_flops(cfg, batch: int, src_len: int, tgt_len: int, cross_len: int | None = None) -> float:
@@ -217,10 +266,13 @@ def t5_forward_flops(cfg, batch: int, src_len: int, tgt_len: int, cross_len: int
     S = src_len if cross_len is None else cross_len
     D, F, H, K, V = cfg.d_model, cfg.d_ff, cfg.num_heads, cfg.d_kv, cfg.vocab_size
     n_wi = 2 if cfg.is_gated else 1
-    proj = D * H * K                               # one of q, k, v, o, per position
+    proj = D * H * K  # one of q, k, v, o, per position
     mlp = (n_wi + 1) * D * F
-    enc = src_len * (4 * proj + mlp) + 2 * src_len * src_len * H * K          # + QK^T and PV
-    dec = (tgt_len * (4 * proj + 2 * proj + mlp)  # self-attention, cross q/o, mlp per target position
-           + S * 2 * proj                         # cross-attention k/v from the states it attends to
-           + 2 * tgt_len * tgt_len * H * K + 2 * tgt_len * S * H * K)
+    enc = src_len * (4 * proj + mlp) + 2 * src_len * src_len * H * K  # + QK^T and PV
+    dec = (
+        tgt_len * (4 * proj + 2 * proj + mlp)  # self-attention, cross q/o, mlp per target position
+        + S * 2 * proj  # cross-attention k/v from the states it attends to
+        + 2 * tgt_len * tgt_len * H * K
+        + 2 * tgt_len * S * H * K
+    )
     return 2.0 * batch * (cfg.num_layers * enc + cfg.num_decoder_layers * dec + tgt_len * D * V)

@@ -6,6 +6,7 @@ memory: the resident set size after imports (``baseline_mb``), the peak over the
 On an accelerator it is the device's allocator: bytes in use after imports and the allocator's peak
 (``memory_stats()["peak_bytes_in_use"]``), so host-side buffers do not count there.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,10 @@ def main() -> None:
 
     import t5vae as tv
     from benchmarks import harness
+
     if args.impl == "reference":
         from benchmarks import reference
+
         reference.load_flax_t5()
     cfg = tv.preset("t5-small")
     device = jax.devices()[0]
@@ -64,8 +67,17 @@ def main() -> None:
     # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over exec from the parent process, so a child
     # started by a large benchmark process would report the parent's peak
     peak = status_mb("VmHWM") if on_host else device_mb(device, "peak_bytes_in_use")
-    print(json.dumps({"impl": args.impl, "memory": "host" if on_host else device.platform,
-                      "baseline_mb": baseline, "peak_mb": peak, "training_mb": peak - baseline}))
+    print(
+        json.dumps(
+            {
+                "impl": args.impl,
+                "memory": "host" if on_host else device.platform,
+                "baseline_mb": baseline,
+                "peak_mb": peak,
+                "training_mb": peak - baseline,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ corpus scale, against what a train step consumes.
    here): 3 x the forward FLOPs of t5-base with a T5-VAE's 8 latent tokens (``harness.t5_forward_flops``) at 40 %
    of an H200's 989 TFLOP/s dense bf16 peak.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,6 +51,7 @@ def vm_mb(pid: int | str = "self", field: str = "VmHWM") -> float:
 
 # -- the corpus ------------------------------------------------------------------------------------
 
+
 def _templates(lines):
     """Each line split into (the text between names, the names), so a pass renames it with one join."""
     out = []
@@ -58,7 +60,7 @@ def _templates(lines):
         for m in _NAME.finditer(s):
             if m.group() in _KEEP or (m.start() > 0 and s[m.start() - 1].isdigit()):
                 continue
-            parts.append(s[last:m.end()])
+            parts.append(s[last : m.end()])
             names.append(m.group())
             last = m.end()
         parts.append(s[last:])
@@ -87,7 +89,10 @@ def build(args) -> dict:
 
     d = Path(args.dir)
     d.mkdir(parents=True, exist_ok=True)
-    lines_path, para_path = d / f"lines-{args.lines}.array_record", d / f"paragraphs-{args.lines}.array_record"
+    lines_path, para_path = (
+        d / f"lines-{args.lines}.array_record",
+        d / f"paragraphs-{args.lines}.array_record",
+    )
     info_path, built = d / f"corpus-{args.lines}.json", {}
     if info_path.is_file() and lines_path.is_file() and para_path.is_file():
         built = json.loads(info_path.read_text())
@@ -107,21 +112,34 @@ def build(args) -> dict:
 
         n = sources.write_lines(lines_path, lines_and_paragraphs())
         paragraphs.close()
-        built = {"lines": n, "paragraphs": n // PARAGRAPH, "write_s": round(time.time() - t0, 1),
-                 "lines_bytes": lines_path.stat().st_size, "paragraphs_bytes": para_path.stat().st_size}
+        built = {
+            "lines": n,
+            "paragraphs": n // PARAGRAPH,
+            "write_s": round(time.time() - t0, 1),
+            "lines_bytes": lines_path.stat().st_size,
+            "paragraphs_bytes": para_path.stat().st_size,
+        }
         info_path.write_text(json.dumps(built))
-        log(f"wrote {n} lines and {n // PARAGRAPH} paragraphs in {built['write_s']}s "
-            f"({(built['lines_bytes'] + built['paragraphs_bytes']) / 2**20:.0f} MiB)")
+        log(
+            f"wrote {n} lines and {n // PARAGRAPH} paragraphs in {built['write_s']}s "
+            f"({(built['lines_bytes'] + built['paragraphs_bytes']) / 2**20:.0f} MiB)"
+        )
     tok_path = d / f"spiece-{args.vocab}.model"
     if not tok_path.is_file():
         src, _ = sources.open_source(str(lines_path))
         t0 = time.time()
         data.train_tokenizer(sources.sample_lines(src, 100_000), args.vocab).save(tok_path)
         built["tokenizer_train_s"] = round(time.time() - t0, 1)
-    return {**built, "lines_file": str(lines_path), "paragraphs_file": str(para_path), "tokenizer": str(tok_path)}
+    return {
+        **built,
+        "lines_file": str(lines_path),
+        "paragraphs_file": str(para_path),
+        "tokenizer": str(tok_path),
+    }
 
 
 # -- one measurement, in its own process -----------------------------------------------------------
+
 
 def measure(args) -> dict:
     """Read batches for ``args.seconds`` from a fresh pipeline -> lines/s, first-batch latency, peak memory."""
@@ -135,8 +153,15 @@ def measure(args) -> dict:
     tok = data.Tokenizer.load(args.tokenizer)
     t0 = time.perf_counter()
     src, _ = sources.open_source(args.file)
-    stream = pipeline.GrainBatches(src, tok, data.buckets_for(args.length), args.batch, seed=0,
-                                   worker_count=int(args.workers), shard=grain.sharding.ShardOptions(0, 1))
+    stream = pipeline.GrainBatches(
+        src,
+        tok,
+        data.buckets_for(args.length),
+        args.batch,
+        seed=0,
+        worker_count=int(args.workers),
+        shard=grain.sharding.ShardOptions(0, 1),
+    )
     next(stream)
     first = time.perf_counter() - t0
     for _ in range(2):  # warm-up: the workers' buffers fill
@@ -148,14 +173,23 @@ def measure(args) -> dict:
         lengths.append(b["input_ids"].shape[1])
         real += int(b["attention_mask"].sum())
     dt = time.perf_counter() - t1
-    workers = {c.pid: vm_mb(c.pid) for c in psutil.Process().children(recursive=True)
-               if Path(f"/proc/{c.pid}/status").exists()}
-    out = {"batches": n, "seconds": round(dt, 2), "lines_per_s": round(n * args.batch / dt, 1),
-           "first_batch_s": round(first, 2), "mean_padded_length": round(float(np.mean(lengths)), 2),
-           "real_token_fraction": round(real / (args.batch * sum(lengths)), 3),
-           "rss_baseline_mb": round(baseline, 1), "peak_rss_mb": round(vm_mb(), 1),
-           "worker_peak_rss_mb": [round(v, 1) for v in workers.values()],
-           "peak_rss_total_mb": round(vm_mb() + sum(workers.values()), 1)}
+    workers = {
+        c.pid: vm_mb(c.pid)
+        for c in psutil.Process().children(recursive=True)
+        if Path(f"/proc/{c.pid}/status").exists()
+    }
+    out = {
+        "batches": n,
+        "seconds": round(dt, 2),
+        "lines_per_s": round(n * args.batch / dt, 1),
+        "first_batch_s": round(first, 2),
+        "mean_padded_length": round(float(np.mean(lengths)), 2),
+        "real_token_fraction": round(real / (args.batch * sum(lengths)), 3),
+        "rss_baseline_mb": round(baseline, 1),
+        "peak_rss_mb": round(vm_mb(), 1),
+        "worker_peak_rss_mb": [round(v, 1) for v in workers.values()],
+        "peak_rss_total_mb": round(vm_mb() + sum(workers.values()), 1),
+    }
     stream.close()
     return out
 
@@ -175,15 +209,22 @@ def measure_memory_path(args) -> dict:
     stream = data.BatchStream(enc, args.batch, data.buckets_for(args.length), seed=0)
     stream(0)  # builds the epoch's batches: after this, a batch is a list lookup
     first = time.perf_counter() - t0
-    return {"lines": len(lines), "read_s": round(t_read, 1), "encode_s": round(t_enc, 1),
-            "first_batch_s": round(first, 1), "batches_per_epoch": stream.per_epoch,
-            "rss_baseline_mb": round(baseline, 1), "peak_rss_mb": round(vm_mb(), 1),
-            "peak_rss_above_baseline_mb": round(vm_mb() - baseline, 1)}
+    return {
+        "lines": len(lines),
+        "read_s": round(t_read, 1),
+        "encode_s": round(t_enc, 1),
+        "first_batch_s": round(first, 1),
+        "batches_per_epoch": stream.per_epoch,
+        "rss_baseline_mb": round(baseline, 1),
+        "peak_rss_mb": round(vm_mb(), 1),
+        "peak_rss_above_baseline_mb": round(vm_mb() - baseline, 1),
+    }
 
 
 def _child(kind: str, **kw) -> dict:
-    argv = [sys.executable, "-m", "benchmarks.pipeline", f"--{kind}"] + [f"--{k.replace('_', '-')}={v}"
-                                                                       for k, v in kw.items()]
+    argv = [sys.executable, "-m", "benchmarks.pipeline", f"--{kind}"] + [
+        f"--{k.replace('_', '-')}={v}" for k, v in kw.items()
+    ]
     r = subprocess.run(argv, capture_output=True, text=True, cwd=Path(__file__).parent.parent)
     if r.returncode:
         raise RuntimeError(f"{' '.join(argv)} failed:\n{r.stderr[-3000:]}")
@@ -191,6 +232,7 @@ def _child(kind: str, **kw) -> dict:
 
 
 # -- what the accelerator consumes (an estimate) ---------------------------------------------------
+
 
 def consumption(batch: int, length: int) -> dict:
     """ESTIMATED train-step time of t5-base at ``batch x length`` (source = target = length, 8 latent tokens)."""
@@ -212,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--vocab", type=int, default=8000)
     ap.add_argument("--seconds", type=float, default=20.0, help="reading time per measurement")
     ap.add_argument("--workers", default="0,2", help="grain worker counts to measure")
-    ap.add_argument("--memory-lines", type=int, default=1_000_000, help="lines for the in-memory path (0: skip)")
+    ap.add_argument(
+        "--memory-lines", type=int, default=1_000_000, help="lines for the in-memory path (0: skip)"
+    )
     ap.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--measure-memory-path", action="store_true", help=argparse.SUPPRESS)
     for k in ("file", "tokenizer"):
@@ -239,32 +283,56 @@ def run(args) -> int:
 
     t_start = time.time()
     mach = machine(2048, 1 << 28, 3)  # what every results file records: CPU model, matmul ceilings, bandwidth
-    res = {"suite": "pipeline", "date": datetime.date.today().isoformat(), "commit": mach["commit"],
-           "cpu_model": mach["cpu_model"], "cpu_count": mach["cpu_count"], "machine": mach,
-           "load_average_at_start": os.getloadavg(),
-           "corpus": build(args), "grain": {}, "consumption_estimate": {
-               "what": f"ESTIMATE, not a measurement: t5-base train step = 3 x forward FLOPs "
-                       f"(benchmarks.harness.t5_forward_flops, {LATENT_TOKENS} latent tokens) at "
-                       f"{MFU_ASSUMED:.0%} of an H200's {H200_BF16_PEAK / 1e12:.0f} TFLOP/s dense bf16 peak"}}
+    res = {
+        "suite": "pipeline",
+        "date": datetime.date.today().isoformat(),
+        "commit": mach["commit"],
+        "cpu_model": mach["cpu_model"],
+        "cpu_count": mach["cpu_count"],
+        "machine": mach,
+        "load_average_at_start": os.getloadavg(),
+        "corpus": build(args),
+        "grain": {},
+        "consumption_estimate": {
+            "what": f"ESTIMATE, not a measurement: t5-base train step = 3 x forward FLOPs "
+            f"(benchmarks.harness.t5_forward_flops, {LATENT_TOKENS} latent tokens) at "
+            f"{MFU_ASSUMED:.0%} of an H200's {H200_BF16_PEAK / 1e12:.0f} TFLOP/s dense bf16 peak"
+        },
+    }
     c = res["corpus"]
     for shape, (batch, length, which) in SHAPES.items():
         est = consumption(batch, length)
         res["consumption_estimate"][shape] = est
         for w in [int(x) for x in args.workers.split(",")]:
             log(f"{shape} ({which}), {w} worker(s): reading for {args.seconds:.0f}s")
-            m = _child("measure", file=c[f"{which}_file"], tokenizer=c["tokenizer"], batch=batch, length=length,
-                       workers=w, seconds=args.seconds)
+            m = _child(
+                "measure",
+                file=c[f"{which}_file"],
+                tokenizer=c["tokenizer"],
+                batch=batch,
+                length=length,
+                workers=w,
+                seconds=args.seconds,
+            )
             at_mean = consumption(batch, round(m["mean_padded_length"]))
             m["lines_per_s_needed_at_mean_length"] = round(at_mean["lines_per_s_needed"], 1)
             m["keeps_up"] = m["lines_per_s"] >= max(est["lines_per_s_needed"], at_mean["lines_per_s_needed"])
             res["grain"][f"{shape}_workers{w}"] = m
-            log(f"  {m['lines_per_s']:.0f} lines/s (needed, estimated: {est['lines_per_s_needed']:.0f} at {length} "
+            log(
+                f"  {m['lines_per_s']:.0f} lines/s (needed, estimated: {est['lines_per_s_needed']:.0f} at {length} "
                 f"tokens, {at_mean['lines_per_s_needed']:.0f} at the mean padded length {m['mean_padded_length']}); "
-                f"first batch {m['first_batch_s']}s; peak RSS {m['peak_rss_total_mb']} MB")
+                f"first batch {m['first_batch_s']}s; peak RSS {m['peak_rss_total_mb']} MB"
+            )
     if args.memory_lines:
         log(f"in-memory path on {args.memory_lines} lines")
-        res["memory_path"] = _child("measure-memory-path", file=c["lines_file"], tokenizer=c["tokenizer"],
-                                    batch=256, length=64, memory_lines=args.memory_lines)
+        res["memory_path"] = _child(
+            "measure-memory-path",
+            file=c["lines_file"],
+            tokenizer=c["tokenizer"],
+            batch=256,
+            length=64,
+            memory_lines=args.memory_lines,
+        )
         log(f"  {res['memory_path']}")
     res["wall_s"], res["load_average_at_end"] = round(time.time() - t_start, 1), os.getloadavg()
     out = Path(args.json) if args.json else RESULTS / f"pipeline-cpu-{os.cpu_count()}core-{res['date']}.json"

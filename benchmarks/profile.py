@@ -5,6 +5,7 @@ The summary reads the trace's XSpace (``jax.profiler.ProfileData``). On a GPU th
 "XLA Ops" (one event per HLO op run) and one line per stream (one event per kernel launched); on the CPU the
 host plane's events carry an ``hlo_op`` stat instead. Durations are summed per name over the traced step.
 """
+
 from __future__ import annotations
 
 import collections
@@ -57,5 +58,10 @@ def summarize(xplane: Path, top: int = 25) -> dict:
                     ops[ev.name] += ev.duration_ns
                     op_n[ev.name] += 1
     busy = sum(kern.values()) if kern else sum(ops.values())
-    return {"busy_ms": busy / 1e6, "kernels": sum(kern_n.values()), "op_runs": sum(op_n.values()),
-            "ops": _top(ops, op_n, top), "top_kernels": _top(kern, kern_n, top)}
+    return {
+        "busy_ms": busy / 1e6,
+        "kernels": sum(kern_n.values()),
+        "op_runs": sum(op_n.values()),
+        "ops": _top(ops, op_n, top),
+        "top_kernels": _top(kern, kern_n, top),
+    }

@@ -4,6 +4,7 @@ Reference packages are imported here only, never by ``t5vae``. transformers 4.57
 ``jnp.clip(x, a_max=...)``, which current jax removed; we patch that one name in the reference module's
 namespace (not in jax, not in our library).
 """
+
 from __future__ import annotations
 
 import copy
@@ -63,23 +64,40 @@ def with_dropout(model, rate: float):
 
 def forward_fn(model):
     def forward(params, batch):
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                     decoder_input_ids=batch["decoder_input_ids"],
-                     decoder_attention_mask=batch["decoder_attention_mask"], params=params).logits
+        return model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            decoder_input_ids=batch["decoder_input_ids"],
+            decoder_attention_mask=batch["decoder_attention_mask"],
+            params=params,
+        ).logits
+
     return forward
 
 
 def train_loss_fn(model):
     def logits(params, batch, key):
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                     decoder_input_ids=batch["decoder_input_ids"],
-                     decoder_attention_mask=batch["decoder_attention_mask"], params=params,
-                     dropout_rng=key, train=True).logits
+        return model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            decoder_input_ids=batch["decoder_input_ids"],
+            decoder_attention_mask=batch["decoder_attention_mask"],
+            params=params,
+            dropout_rng=key,
+            train=True,
+        ).logits
+
     return logits
 
 
 def generate_fn(model, max_new_tokens: int):
     def generate(params, input_ids, attention_mask):
-        return model.generate(input_ids, attention_mask=attention_mask, params=params,
-                              max_new_tokens=max_new_tokens, do_sample=False).sequences
+        return model.generate(
+            input_ids,
+            attention_mask=attention_mask,
+            params=params,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+        ).sequences
+
     return generate

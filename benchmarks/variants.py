@@ -7,6 +7,7 @@ faster, and by how much, on the machine it runs on. Each workload: every variant
 thread each), then alternating timed steps (AdamW, the suite's dropout), medians. Planned memory
 (``memory_analysis``) is recorded too. Results: benchmarks/results/<device>-<date>-variants.json (``--json``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,21 +61,36 @@ def run_workload(name: str, base: tv.T5Config, variants: dict, shape, repeats: i
         state[label] = (params, opt.init(params))
         built[label] = (step, batch)
     compiled = harness.concurrently(
-        {label: (lambda s=step, lb=label, b=batch: harness.compile_seconds(s, *state[lb], b, key))
-         for label, (step, batch) in built.items()})
-    run = {label: harness.stepping(c, state, label, built[label][1], key) for label, (_, c) in compiled.items()}
+        {
+            label: (lambda s=step, lb=label, b=batch: harness.compile_seconds(s, *state[lb], b, key))
+            for label, (step, batch) in built.items()
+        }
+    )
+    run = {
+        label: harness.stepping(c, state, label, built[label][1], key) for label, (_, c) in compiled.items()
+    }
     t = harness.alternate(run, repeats, warmup=2)
     first = next(iter(variants))
-    return {"timings": t, "compile_s": {k: s for k, (s, _) in compiled.items()},
-            "planned_mb": {k: harness.planned_bytes(c) / 2 ** 20 for k, (_, c) in compiled.items()},
-            "speedup_vs_first": {k: t[first]["median_s"] / v["median_s"] for k, v in t.items()}}
+    return {
+        "timings": t,
+        "compile_s": {k: s for k, (s, _) in compiled.items()},
+        "planned_mb": {k: harness.planned_bytes(c) / 2**20 for k, (_, c) in compiled.items()},
+        "speedup_vs_first": {k: t[first]["median_s"] / v["median_s"] for k, v in t.items()},
+    }
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.variants", description=__doc__.splitlines()[0])
-    ap.add_argument("--set", action="append", required=True, metavar="FIELD=VALUE[,...]",
-                    help="one variant (repeat the flag); the first is the baseline of speedup_vs_first")
-    ap.add_argument("--only", default="vae_train_bf16,seq2seq_train_bf16", help=f"subset of {','.join(WORKLOADS)}")
+    ap.add_argument(
+        "--set",
+        action="append",
+        required=True,
+        metavar="FIELD=VALUE[,...]",
+        help="one variant (repeat the flag); the first is the baseline of speedup_vs_first",
+    )
+    ap.add_argument(
+        "--only", default="vae_train_bf16,seq2seq_train_bf16", help=f"subset of {','.join(WORKLOADS)}"
+    )
     ap.add_argument("--tiny", action="store_true", help="tiny preset and shapes (the CI check)")
     ap.add_argument("--dropout", type=float, default=0.1, help="dropout rate (default 0.1, as the suite)")
     ap.add_argument("--repeats", type=int, default=None, help="timed rounds (default 10; 1 with --tiny)")
@@ -90,10 +106,19 @@ def main(argv=None) -> int:
     base = tv.preset("tiny" if args.tiny else "t5-base", dropout_rate=args.dropout, param_dtype="float32")
     shapes, repeats = (TINY_SHAPES, 1) if args.tiny else (SHAPES, 10)
     repeats = args.repeats or repeats
-    res = {"suite": "variants", "device": harness.device_name(), "device_kind": jax.devices()[0].device_kind,
-           "jax": jax.__version__, "commit": harness.git_commit(), "date": datetime.date.today().isoformat(),
-           "model": "tiny" if args.tiny else "t5-base", "dropout": args.dropout, "variants": variants,
-           "repeats": repeats, "errors": {}}
+    res = {
+        "suite": "variants",
+        "device": harness.device_name(),
+        "device_kind": jax.devices()[0].device_kind,
+        "jax": jax.__version__,
+        "commit": harness.git_commit(),
+        "date": datetime.date.today().isoformat(),
+        "model": "tiny" if args.tiny else "t5-base",
+        "dropout": args.dropout,
+        "variants": variants,
+        "repeats": repeats,
+        "errors": {},
+    }
     path = Path(args.json) if args.json else RESULTS / f"{res['device']}-{res['date']}-variants.json"
     for name in only:
         t0 = time.perf_counter()

@@ -6,6 +6,7 @@ different strings came out.
 
 Fitting the aggregate posterior caches it in ``~/.cache/t5vae`` (RUN_DIR is only read).
 """
+
 import argparse
 import time
 
@@ -15,7 +16,11 @@ from t5vae import names, rundir
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("run"), p.add_argument("-n", type=int, default=200), p.add_argument("--seed", type=int, default=0)
+    (
+        p.add_argument("run"),
+        p.add_argument("-n", type=int, default=200),
+        p.add_argument("--seed", type=int, default=0),
+    )
     args = p.parse_args()
     m = tv.load(args.run)
     train = set(rundir.corpus(args.run).train)
@@ -30,8 +35,10 @@ def main():
         ok = [names.parses(t) for t in texts]
         new = [t not in train for t in texts]
         both = sum(a and b for a, b in zip(ok, new))
-        print(f"| {prior} | {sum(ok) / len(texts):.3f} | {sum(new) / len(texts):.3f} | {both / len(texts):.3f} | "
-              f"{len(set(texts))} / {len(texts)} |")
+        print(
+            f"| {prior} | {sum(ok) / len(texts):.3f} | {sum(new) / len(texts):.3f} | {both / len(texts):.3f} | "
+            f"{len(set(texts))} / {len(texts)} |"
+        )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ corpus: reconstruction there shows what the model does with words it has seen.
 
 The set depends on what is installed (a desktop has more packages than a container); record its size.
 """
+
 import argparse
 from pathlib import Path
 
@@ -25,8 +26,13 @@ def main():
     corpus = sentences.python_prose()
     seen = set(corpus)
     vocabulary = {w for s in corpus for w in sentences.words(s)}
-    held = [s for s in sentences.clean_sentences(sentences.package_descriptions(args.status), args.min_words,
-                                                  args.max_words) if s not in seen]
+    held = [
+        s
+        for s in sentences.clean_sentences(
+            sentences.package_descriptions(args.status), args.min_words, args.max_words
+        )
+        if s not in seen
+    ]
     if not held:
         raise SystemExit(f"error: no package descriptions in {args.status}")
     known = [s for s in held if set(sentences.words(s)) <= vocabulary]

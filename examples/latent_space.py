@@ -9,6 +9,7 @@ Writes OUT/latents_pca.png: the validation lines' codes [n, N * Z] projected ont
 components (numpy SVD), coloured by statement kind (the ast node of the line), with the interpolation path
 drawn on top. Sampling from the default (aggregate) prior caches its fit in ~/.cache/t5vae, not in the run.
 """
+
 import argparse
 from collections import Counter
 from pathlib import Path
@@ -29,7 +30,7 @@ def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mean, the two leading principal axes [2, D], explained variance ratio of each) of rows x [n, D]."""
     mean = x.mean(0)
     _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
-    return mean, vt[:2], (s[:2] ** 2) / np.sum(s ** 2)
+    return mean, vt[:2], (s[:2] ** 2) / np.sum(s**2)
 
 
 def main():
@@ -37,7 +38,9 @@ def main():
     p.add_argument("--out", default="latent-example", help="output directory (the run goes to OUT/run)")
     p.add_argument("--run", help="an existing run directory to use instead of training")
     p.add_argument("--max-minutes", type=float, default=2.5, help="training time budget (default 2.5)")
-    p.add_argument("--steps", type=int, default=9, help="points on the interpolation path, endpoints included")
+    p.add_argument(
+        "--steps", type=int, default=9, help="points on the interpolation path, endpoints included"
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     out = Path(args.out)
@@ -45,8 +48,9 @@ def main():
 
     run_dir = Path(args.run) if args.run else out / "run"
     if not args.run:
-        tc = tv.TrainConfig(max_minutes=args.max_minutes, eval_pairs=20, progress=False, log_every=100,
-                               seed=args.seed)
+        tc = tv.TrainConfig(
+            max_minutes=args.max_minutes, eval_pairs=20, progress=False, log_every=100, seed=args.seed
+        )
         train.run(tv.Config(), tc, run_dir)
     m = tv.load(run_dir)
     val = rundir.corpus(run_dir).validation
@@ -83,8 +87,10 @@ def main():
         ax.annotate(text, (x, y), fontsize=8, family="monospace", xytext=(4, 4), textcoords="offset points")
     ax.set_xlabel(f"PC 1 ({explained[0]:.1%} of the variance)")
     ax.set_ylabel(f"PC 2 ({explained[1]:.1%} of the variance)")
-    ax.set_title(f"{len(val)} validation lines' latent codes (N={m.cfg.n_latent_tokens} x Z={m.cfg.latent_size}), "
-                 f"PCA", fontsize=10)
+    ax.set_title(
+        f"{len(val)} validation lines' latent codes (N={m.cfg.n_latent_tokens} x Z={m.cfg.latent_size}), PCA",
+        fontsize=10,
+    )
     ax.legend(fontsize=8, markerscale=2)
     fig.tight_layout()
     png = out / "latents_pca.png"

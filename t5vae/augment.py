@@ -11,6 +11,7 @@ Keywords, builtins, ``self`` and ``cls`` are kept: they are the same in every pr
 a pure function of ``(line, rng)``; :class:`Renamer` tokenizes each line once (``tokenize``), so renaming
 an epoch of lines costs only string splicing.
 """
+
 from __future__ import annotations
 
 import builtins
@@ -34,8 +35,12 @@ def _spans(line: str) -> list[tuple[str, int, int, str]] | None:
     out = []
     try:
         for t in tokenize.generate_tokens(io.StringIO(line).readline):
-            if t.start[0] != 1 and t.type not in (tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER,
-                                                   tokenize.DEDENT):
+            if t.start[0] != 1 and t.type not in (
+                tokenize.NEWLINE,
+                tokenize.NL,
+                tokenize.ENDMARKER,
+                tokenize.DEDENT,
+            ):
                 return None
             if t.type == tokenize.ERRORTOKEN and not t.string.isspace():
                 return None  # not Python (an unterminated string, a stray "$"): left alone
@@ -86,8 +91,14 @@ class Renamer:
     random letter strings instead, so no name is out of reach.
     """
 
-    def __init__(self, lines: Sequence[str], p_line: float = 0.5, p_name: float = 0.7, p_random: float = 0.25,
-                 vocabulary: Sequence[str] | None = None):
+    def __init__(
+        self,
+        lines: Sequence[str],
+        p_line: float = 0.5,
+        p_name: float = 0.7,
+        p_random: float = 0.25,
+        vocabulary: Sequence[str] | None = None,
+    ):
         for label, p in (("p_line", p_line), ("p_name", p_name), ("p_random", p_random)):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"Renamer.{label} must be a probability in [0, 1], got {p!r}")
@@ -141,7 +152,7 @@ class Renamer:
 
     def chosen(self, seed: int, epoch: int) -> np.ndarray:
         """The indices of the lines epoch ``epoch`` renames (each with probability ``p_line``)."""
-        rng = np.random.default_rng([seed, epoch, 0x7e4a])
+        rng = np.random.default_rng([seed, epoch, 0x7E4A])
         has_spans = np.array([bool(sp) for sp in self.spans], bool)
         return np.flatnonzero((rng.random(len(self.lines)) < self.p_line) & has_spans)
 
@@ -149,6 +160,6 @@ class Renamer:
         """``{i: renamed line}`` for ``indices`` (default: :meth:`chosen`), with a generator fixed by ``(seed,
         epoch, attempt)``, so a resumed run renames alike; a retry (``attempt`` > 0) draws other names."""
         indices = self.chosen(seed, epoch) if indices is None else indices
-        rng = np.random.default_rng([seed, epoch, attempt, 0x7e4b])
+        rng = np.random.default_rng([seed, epoch, attempt, 0x7E4B])
         out = {int(i): self.rename(int(i), rng) for i in indices}
         return {i: s for i, s in out.items() if s != self.lines[i]}

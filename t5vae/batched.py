@@ -46,8 +46,16 @@ def encode(params, cfg: Config, enc: data.Encoded, size: int) -> np.ndarray:
     return out
 
 
-def decode(params, cfg: Config, z: np.ndarray, max_new_tokens: int, size: int, method: str = "greedy",
-           seed: int = 0, **kwargs) -> np.ndarray:
+def decode(
+    params,
+    cfg: Config,
+    z: np.ndarray,
+    max_new_tokens: int,
+    size: int,
+    method: str = "greedy",
+    seed: int = 0,
+    **kwargs,
+) -> np.ndarray:
     """Token ids [n, max_new_tokens] of codes [n, N, Z] by :func:`t5vae.vae.generate` (``method`` and its
     ``kwargs``: decoder_weights, vocab_limit, num_beams, temperature...); "sample" draws from
     ``jax.random.key(seed)``, folded in per batch."""

@@ -11,6 +11,7 @@ Shape letters as in :mod:`t5vae.layers`, plus N latent tokens and Z latent size.
     latent_decoder/bias             [D]
     latent_decoder/norm             [D]         T5 RMS norm scale
 """
+
 from __future__ import annotations
 
 import jax
@@ -24,18 +25,24 @@ from t5vae.specs import ParamSpec, normal, ones, zeros
 def param_specs(cfg: Config) -> dict:
     """Spec tree of the bottleneck (module docstring)."""
     D, Z, N, H, K = cfg.t5.d_model, cfg.latent_size, cfg.n_latent_tokens, cfg.t5.num_heads, cfg.t5.d_kv
-    enc = {"kernel": ParamSpec((D, Z), ("embed", "latent"), normal(D ** -0.5)),
-           "bias": ParamSpec((Z,), ("latent",), zeros)}
+    enc = {
+        "kernel": ParamSpec((D, Z), ("embed", "latent"), normal(D**-0.5)),
+        "bias": ParamSpec((Z,), ("latent",), zeros),
+    }
     if cfg.pooling == "attention":
         w = ("embed", "heads", "kv")
         enc["queries"] = ParamSpec((N, D), ("latent_tokens", "embed"), normal(1.0))
-        enc["attn"] = {"q": ParamSpec((D, H, K), w, normal((D * K) ** -0.5)),
-                       "k": ParamSpec((D, H, K), w, normal(D ** -0.5)),
-                       "v": ParamSpec((D, H, K), w, normal(D ** -0.5)),
-                       "o": ParamSpec((H, K, D), ("heads", "kv", "embed"), normal((H * K) ** -0.5))}
-    dec = {"kernel": ParamSpec((Z, D), ("latent", "embed"), normal(Z ** -0.5)),
-           "bias": ParamSpec((D,), ("embed",), zeros),
-           "norm": ParamSpec((D,), ("embed",), ones)}
+        enc["attn"] = {
+            "q": ParamSpec((D, H, K), w, normal((D * K) ** -0.5)),
+            "k": ParamSpec((D, H, K), w, normal(D**-0.5)),
+            "v": ParamSpec((D, H, K), w, normal(D**-0.5)),
+            "o": ParamSpec((H, K, D), ("heads", "kv", "embed"), normal((H * K) ** -0.5)),
+        }
+    dec = {
+        "kernel": ParamSpec((Z, D), ("latent", "embed"), normal(Z**-0.5)),
+        "bias": ParamSpec((D,), ("embed",), zeros),
+        "norm": ParamSpec((D,), ("embed",), ones),
+    }
     return {"latent_encoder": enc, "latent_decoder": dec}
 
 
@@ -62,7 +69,9 @@ def pool(p: dict, cfg: Config, h_BLD: jax.Array, mask_BL: jax.Array | None) -> j
         mask_BL = jnp.ones((B, L), bool)
     if cfg.pooling == "first":
         if L < N:
-            raise ValueError(f"pooling='first' needs sequences of at least n_latent_tokens={N} positions, got {L}")
+            raise ValueError(
+                f"pooling='first' needs sequences of at least n_latent_tokens={N} positions, got {L}"
+            )
         return h_BLD[:, :N]
     if cfg.pooling == "mean":
         w_BNL = segment_weights(mask_BL, N).astype(h_BLD.dtype)
@@ -85,7 +94,7 @@ def latent_decode(p: dict, cfg: Config, z_BNZ: jax.Array) -> jax.Array:
 
 def rbf_kernel(x_AZ: jax.Array, y_BZ: jax.Array, bandwidth: float) -> jax.Array:
     """``exp(-||x - y||^2 / bandwidth)`` for every pair -> [A, B]."""
-    d2 = (jnp.sum(x_AZ ** 2, -1)[:, None] + jnp.sum(y_BZ ** 2, -1)[None, :] - 2.0 * x_AZ @ y_BZ.T)
+    d2 = jnp.sum(x_AZ**2, -1)[:, None] + jnp.sum(y_BZ**2, -1)[None, :] - 2.0 * x_AZ @ y_BZ.T
     return jnp.exp(-jnp.maximum(d2, 0.0) / bandwidth)
 
 

@@ -9,6 +9,7 @@ A T5 directory (what ``python -m weights_convert`` writes)::
 Directories are written next to their destination and renamed into place, so a crash never leaves a
 half-written OUT, and an existing OUT is only replaced when asked.
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,8 +42,13 @@ def save_params(path: str | os.PathLike, params) -> None:
     ckpt.wait_until_finished()
 
 
-def save_t5(out: str | os.PathLike, cfg: T5Config, params, tokenizer: str | os.PathLike | None = None,
-            overwrite: bool = False) -> Path:
+def save_t5(
+    out: str | os.PathLike,
+    cfg: T5Config,
+    params,
+    tokenizer: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write config.json + params (+ spiece.model) atomically into ``out``; params are checked against the specs."""
     check_tree(params, t5.abstract_params(cfg), "params")
     with files.atomic_directory(out, overwrite) as tmp:
@@ -87,12 +93,21 @@ class Unreadable(ValueError):
 
 def _placed(abstract):
     """Keep each leaf's sharding; a leaf without one is restored onto the first device."""
-    return jax.tree.map(lambda a: a if getattr(a, "sharding", None) is not None else jax.ShapeDtypeStruct(
-        a.shape, a.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])), abstract)
+    return jax.tree.map(
+        lambda a: (
+            a
+            if getattr(a, "sharding", None) is not None
+            else jax.ShapeDtypeStruct(
+                a.shape, a.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])
+            )
+        ),
+        abstract,
+    )
 
 
-def load_t5(path: str | os.PathLike, dtype: str | None = None, param_dtype: str | None = None,
-            shardings=None) -> tuple[T5Config, dict]:
+def load_t5(
+    path: str | os.PathLike, dtype: str | None = None, param_dtype: str | None = None, shardings=None
+) -> tuple[T5Config, dict]:
     """Load a directory written by ``python -m weights_convert`` (or :func:`save_t5`) -> ``(cfg, params)``.
 
     ``dtype`` sets the compute dtype, ``param_dtype`` casts the stored params; ``shardings`` (a pytree of
@@ -105,7 +120,9 @@ def load_t5(path: str | os.PathLike, dtype: str | None = None, param_dtype: str 
     cfg = T5Config.load_json(path / CONFIG_FILE, **overrides)
     abstract = t5.abstract_params(cfg)
     if shardings is not None:
-        abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+        abstract = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+        )
     return cfg, restore_params(path / PARAMS_DIR, abstract, f"{path / PARAMS_DIR}")
 
 
@@ -170,8 +187,14 @@ def save_train_state(manager, step: int, state, data_state: dict | None = None) 
     manager.save(step, args=args)
 
 
-def restore_train_state(manager, abstract_state, step: int | None = None, log=print, set_aside: bool = True,
-                        with_data: bool = False):
+def restore_train_state(
+    manager,
+    abstract_state,
+    step: int | None = None,
+    log=print,
+    set_aside: bool = True,
+    with_data: bool = False,
+):
     """Restore the newest checkpoint that can be restored (or the given step) into the structure of
     ``abstract_state`` -> ``(step, state)``; ``(None, None)`` when there is no checkpoint. ``with_data`` (a
     ``with_data`` manager): ``(step, state, input pipeline state)``, a checkpoint without the latter is damaged.
@@ -189,12 +212,16 @@ def restore_train_state(manager, abstract_state, step: int | None = None, log=pr
         where = Path(manager.directory) / str(s)
         stored = _stored_tree(where)
         if stored is not None and _signature(stored) != _signature(abstract_state):
-            raise ValueError(f"checkpoint {s} in {manager.directory} does not match this model/optimizer "
-                             f"(was the run started with a different config?): {_difference(stored, abstract_state)}")
+            raise ValueError(
+                f"checkpoint {s} in {manager.directory} does not match this model/optimizer "
+                f"(was the run started with a different config?): {_difference(stored, abstract_state)}"
+            )
         try:
             args = ocp.args.StandardRestore(_placed(abstract_state))
             if with_data:
-                got = manager.restore(s, args=ocp.args.Composite(**{STATE_ITEM: args, DATA_ITEM: ocp.args.JsonRestore()}))
+                got = manager.restore(
+                    s, args=ocp.args.Composite(**{STATE_ITEM: args, DATA_ITEM: ocp.args.JsonRestore()})
+                )
                 state = (got[STATE_ITEM], got[DATA_ITEM])
             else:
                 state = manager.restore(s, args=args)
@@ -202,8 +229,10 @@ def restore_train_state(manager, abstract_state, step: int | None = None, log=pr
             why = _why(e)
             aside = _set_aside(where) if set_aside else None
             tried.append(f"{where} ({why})")
-            log(f"warning: checkpoint {where} cannot be restored ({why})"
-                + (f"; moved it to {aside}" if aside else ""))
+            log(
+                f"warning: checkpoint {where} cannot be restored ({why})"
+                + (f"; moved it to {aside}" if aside else "")
+            )
             continue
         if tried:
             manager.reload()  # the set-aside steps are gone from its list
@@ -211,8 +240,11 @@ def restore_train_state(manager, abstract_state, step: int | None = None, log=pr
         return (s, *state) if with_data else (s, state)
     if tried:
         manager.reload()
-        raise ValueError(f"no checkpoint in {manager.directory} could be restored; tried:\n  " + "\n  ".join(tried)
-                         + "\nstart over with --overwrite, or restore a backup of the run directory")
+        raise ValueError(
+            f"no checkpoint in {manager.directory} could be restored; tried:\n  "
+            + "\n  ".join(tried)
+            + "\nstart over with --overwrite, or restore a backup of the run directory"
+        )
     return (None, None, None) if with_data else (None, None)
 
 
@@ -223,19 +255,24 @@ def committed_steps(run_dir: str | os.PathLike) -> list[int]:
     return sorted(int(p.name) for p in ck.iterdir() if p.name.isdigit() and p.is_dir()) if ck.is_dir() else []
 
 
-def restore_checkpoint_params(run_dir: str | os.PathLike, abstract_params, log=print) -> tuple[int | None, dict | None]:
+def restore_checkpoint_params(
+    run_dir: str | os.PathLike, abstract_params, log=print
+) -> tuple[int | None, dict | None]:
     """The params alone of the newest train-state checkpoint in ``run_dir`` that can be read -> ``(step,
     params)``, ``(None, None)`` when there is none. Nothing else of the state is read (no optimizer state is
     built or restored), and a damaged checkpoint is skipped with a warning but never moved: this is a reader."""
     import orbax.checkpoint as ocp
 
     item = {"params": _placed(abstract_params)}
-    args = ocp.args.PyTreeRestore(item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-                                  partial_restore=True)
+    args = ocp.args.PyTreeRestore(
+        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True
+    )
     for s in reversed(committed_steps(run_dir)):
         where = Path(run_dir).absolute() / CHECKPOINTS_DIR / str(s)
         stored = _stored_tree(where)
-        if stored is not None:  # intact but another model's: an error of its own, no other checkpoint fits either
+        if (
+            stored is not None
+        ):  # intact but another model's: an error of its own, no other checkpoint fits either
             check_tree(stored["params"], abstract_params, f"the params of checkpoint {where}")
         try:
             return s, ocp.PyTreeCheckpointer().restore(where / STATE_ITEM, args=args)["params"]
@@ -279,8 +316,10 @@ def _difference(stored, abstract) -> str:
     except (ValueError, KeyError, TypeError) as e:
         return str(e)
     n, m = len(jax.tree.leaves(stored)), len(jax.tree.leaves(abstract))
-    return (f"the params match but the optimizer state does not ({n} arrays stored, {m} expected): "
-            f"another --optimizer?")
+    return (
+        f"the params match but the optimizer state does not ({n} arrays stored, {m} expected): "
+        f"another --optimizer?"
+    )
 
 
 def _set_aside(step_dir: Path) -> Path | None:

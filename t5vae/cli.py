@@ -5,6 +5,7 @@ Every field of :class:`t5vae.Config` (``--pooling``, ``--latent-size``…), of t
 (t5vae.flags); ``--config FILE`` (JSON, or TOML on Python 3.11+) sets any of them first: a flat object of those
 names, the backbone fields under "t5". Flags win over the file.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,9 @@ def cmd_train(args) -> int:
     mesh = sharding.make_mesh(args.mesh) if args.mesh else None
     cfg, tc = build_configs(args)
     out = args.out or DEFAULT_OUT
-    print(f"run directory: {Path(out).absolute()}" + (f"; mesh {dict(mesh.shape)}" if mesh is not None else ""))
+    print(
+        f"run directory: {Path(out).absolute()}" + (f"; mesh {dict(mesh.shape)}" if mesh is not None else "")
+    )
     _, results = train.run(cfg, tc, out, init_from=args.init_from, overwrite=args.overwrite, mesh=mesh)
     if "example" in results:
         print("Interpolation between two held-out lines (slerp, 9 interior points):")
@@ -55,13 +58,23 @@ def cmd_eval(args) -> int:
         lines = [s for s in sorted(other.train + other.validation, key=_stable_hash) if s not in seen]
         lines = lines[: args.max_lines]
         name = "eval-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", args.lines).strip("_")
-        print(f"{args.lines}: {len(lines)} lines of {args.min_chars}-{args.max_chars} characters not in the run's "
-              f"training corpus" + (f" (at most --max-lines {args.max_lines})" if args.max_lines else ""))
+        print(
+            f"{args.lines}: {len(lines)} lines of {args.min_chars}-{args.max_chars} characters not in the run's "
+            f"training corpus" + (f" (at most --max-lines {args.max_lines})" if args.max_lines else "")
+        )
         if len(lines) < 2:
             raise ValueError(f"{args.lines} holds fewer than 2 lines the run has not trained on")
     pairs = tc.eval_pairs if args.pairs is None else args.pairs
-    results = evaluate.evaluate(m, lines, pairs=pairs, batch_size=tc.eval_batch_size, seed=tc.seed, kind=args.kind,
-                                method=args.method, language=tc.language)
+    results = evaluate.evaluate(
+        m,
+        lines,
+        pairs=pairs,
+        batch_size=tc.eval_batch_size,
+        seed=tc.seed,
+        kind=args.kind,
+        method=args.method,
+        language=tc.language,
+    )
     if args.lines:
         results["source"] = f"Held out ({args.lines}, {args.min_chars}-{args.max_chars} characters)"
     print(evaluate.save(results, args.dir, name))
@@ -92,8 +105,9 @@ def print_table(rows, first: str) -> None:
 def cmd_interpolate(args) -> int:
     from t5vae import text
 
-    path = text.load(args.dir).path(args.a, args.b, args.steps, args.kind, max_new_tokens=args.max_new_tokens,
-                                    method=args.method)
+    path = text.load(args.dir).path(
+        args.a, args.b, args.steps, args.kind, max_new_tokens=args.max_new_tokens, method=args.method
+    )
     print_table(zip((f"{r:.3f}" for r in path.ratios), path.lines), "ratio")
     return 0
 
@@ -121,21 +135,31 @@ def cmd_info(args) -> int:
         print(json.dumps(cfg.to_dict(), indent=2))
         print(f"parameters: {n:,}")
         steps = checkpoint.committed_steps(args.dir)
-        print(f"checkpoints: {steps or 'none'}; final params: {(Path(args.dir) / rundir.PARAMS_DIR).is_dir()}")
+        print(
+            f"checkpoints: {steps or 'none'}; final params: {(Path(args.dir) / rundir.PARAMS_DIR).is_dir()}"
+        )
         if (Path(args.dir) / f"{rundir.EVAL_NAME}.md").is_file():
             print((Path(args.dir) / f"{rundir.EVAL_NAME}.md").read_text())
     return 0
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="t5vae", description="T5-VAE: smooth latent spaces of sentences and code")
+    p = argparse.ArgumentParser(
+        prog="t5vae", description="T5-VAE: smooth latent spaces of sentences and code"
+    )
     sub = p.add_subparsers(dest="command", required=True)
     _add_train_command(sub)
     _add_eval_command(sub)
     _add_decoding_commands(sub)
-    sub.add_parser("bench", add_help=False, help="benchmarks against the Flax reference (python -m benchmarks; "
-                   "needs the bench extra): its arguments pass through, e.g. t5vae bench --quick")
-    d = sub.add_parser("demo", help="serve the interpolation page for a run directory (pip install -e '.[demo]')")
+    sub.add_parser(
+        "bench",
+        add_help=False,
+        help="benchmarks against the Flax reference (python -m benchmarks; "
+        "needs the bench extra): its arguments pass through, e.g. t5vae bench --quick",
+    )
+    d = sub.add_parser(
+        "demo", help="serve the interpolation page for a run directory (pip install -e '.[demo]')"
+    )
     _add_demo_arguments(d)
     f = sub.add_parser("info", help="versions and devices; with DIR, a run's config, size and checkpoints")
     f.add_argument("dir", nargs="?")
@@ -145,14 +169,20 @@ def parser() -> argparse.ArgumentParser:
 
 def _add_train_command(sub) -> None:
     """``train``: the run's own flags, then every setting of the configs (t5vae.flags)."""
-    t = sub.add_parser("train", help="train (or resume) a T5-VAE; with no arguments: the default model on the "
-                                     "embedded Python-statement corpus")
+    t = sub.add_parser(
+        "train",
+        help="train (or resume) a T5-VAE; with no arguments: the default model on the "
+        "embedded Python-statement corpus",
+    )
     t.add_argument("--out", help=f"run directory (default ./{DEFAULT_OUT}); an existing run is resumed")
     t.add_argument("--config", help="JSON/TOML file of settings (flags override it)")
     t.add_argument("--init-from", help="a converted T5 directory (python -m weights_convert) to start from")
     t.add_argument("--overwrite", action="store_true", help="delete an existing run in --out and start over")
-    t.add_argument("--mesh", help="device mesh, e.g. data=2,model=4 or fsdp=-1 (axes data, fsdp, model; -1 = the "
-                                  "remaining devices); default: one device")
+    t.add_argument(
+        "--mesh",
+        help="device mesh, e.g. data=2,model=4 or fsdp=-1 (axes data, fsdp, model; -1 = the "
+        "remaining devices); default: one device",
+    )
     add_setting_flags(t)
     t.set_defaults(fn=cmd_train)
 
@@ -160,39 +190,76 @@ def _add_train_command(sub) -> None:
 def _add_eval_command(sub) -> None:
     e = sub.add_parser("eval", help="evaluate a run on its validation split; prints and saves the table")
     e.add_argument("dir")
-    e.add_argument("--pairs", type=int_at_least(0), help="interpolation pairs (default: the run's eval_pairs; "
-                                                         "0: reconstruction only)")
+    e.add_argument(
+        "--pairs",
+        type=int_at_least(0),
+        help="interpolation pairs (default: the run's eval_pairs; 0: reconstruction only)",
+    )
     e.add_argument("--kind", default="slerp", choices=INTERPOLATIONS, help="interpolation path")
-    e.add_argument("--method", default="greedy", choices=DECODERS,
-                   help="how the interpolation paths are decoded (reconstruction is always greedy; beam: 4 beams)")
-    e.add_argument("--lines", help="evaluate on another corpus instead of the run's validation split, e.g. "
-                                   "py:optax (an installed package's statements), py:DIR or a text file; lines "
-                                   "the run trained on are left out; saved as eval-<name>.md")
+    e.add_argument(
+        "--method",
+        default="greedy",
+        choices=DECODERS,
+        help="how the interpolation paths are decoded (reconstruction is always greedy; beam: 4 beams)",
+    )
+    e.add_argument(
+        "--lines",
+        help="evaluate on another corpus instead of the run's validation split, e.g. "
+        "py:optax (an installed package's statements), py:DIR or a text file; lines "
+        "the run trained on are left out; saved as eval-<name>.md",
+    )
     e.add_argument("--min-chars", type=int_at_least(1), help="with --lines (default: the run's min_chars)")
     e.add_argument("--max-chars", type=int_at_least(1), help="with --lines (default: the run's max_chars)")
-    e.add_argument("--max-lines", type=int_at_least(2), help="with --lines: at most this many (a fixed sample)")
+    e.add_argument(
+        "--max-lines", type=int_at_least(2), help="with --lines: at most this many (a fixed sample)"
+    )
     e.set_defaults(fn=cmd_eval)
 
 
 def _add_decoding_commands(sub) -> None:
     """``interpolate`` and ``sample``: tables of decoded lines from a trained run."""
-    i = sub.add_parser("interpolate", help="decode the path between two lines' codes: a table of ratio, text, "
-                                           "and whether it parses")
+    i = sub.add_parser(
+        "interpolate",
+        help="decode the path between two lines' codes: a table of ratio, text, and whether it parses",
+    )
     i.add_argument("dir"), i.add_argument("a"), i.add_argument("b")
-    i.add_argument("--steps", type=int_at_least(2), default=9, help="points on the path, both endpoints included (default 9)")
-    i.add_argument("--kind", default="slerp", choices=INTERPOLATIONS,
-                   help="slerp per latent token (default), slerp of the whole flattened code, or lerp")
-    i.add_argument("--max-new-tokens", type=int_at_least(1), help="tokens decoded per point (default: the model's max_length)")
+    i.add_argument(
+        "--steps",
+        type=int_at_least(2),
+        default=9,
+        help="points on the path, both endpoints included (default 9)",
+    )
+    i.add_argument(
+        "--kind",
+        default="slerp",
+        choices=INTERPOLATIONS,
+        help="slerp per latent token (default), slerp of the whole flattened code, or lerp",
+    )
+    i.add_argument(
+        "--max-new-tokens",
+        type=int_at_least(1),
+        help="tokens decoded per point (default: the model's max_length)",
+    )
     i.add_argument("--method", default="greedy", choices=DECODERS, help="decoding (beam: 4 beams)")
     i.set_defaults(fn=cmd_interpolate)
-    s = sub.add_parser("sample", help="decode codes drawn from a prior: a table of text and whether it parses")
+    s = sub.add_parser(
+        "sample", help="decode codes drawn from a prior: a table of text and whether it parses"
+    )
     s.add_argument("dir"), s.add_argument("-n", type=int_at_least(1), default=10)
     s.add_argument("--seed", type=int_at_least(0), default=0)
-    s.add_argument("--prior", choices=PRIORS,
-                   help="aggregate (default): a Gaussian fitted to the training codes (computed on first use and kept "
-                        "in ~/.cache/t5vae, never in DIR); gaussian: N(0, I) clipped to the tanh range; tanh: tanh of N(0, I)")
-    s.add_argument("--max-new-tokens", type=int_at_least(1), help="tokens decoded per sample (default: the model's max_length)")
+    s.add_argument(
+        "--prior",
+        choices=PRIORS,
+        help="aggregate (default): a Gaussian fitted to the training codes (computed on first use and kept "
+        "in ~/.cache/t5vae, never in DIR); gaussian: N(0, I) clipped to the tanh range; tanh: tanh of N(0, I)",
+    )
+    s.add_argument(
+        "--max-new-tokens",
+        type=int_at_least(1),
+        help="tokens decoded per sample (default: the model's max_length)",
+    )
     s.set_defaults(fn=cmd_sample)
+
 
 def _add_demo_arguments(p: argparse.ArgumentParser) -> None:
     try:
@@ -213,8 +280,10 @@ def cmd_bench(bench_args: list) -> int:
     try:
         from benchmarks.__main__ import main as bench_main
     except ImportError as e:
-        raise ValueError(f"t5vae bench needs the benchmarks package of a t5vae checkout and the Flax reference "
-                         f"(pip install -e '.[bench]'): {e}") from e
+        raise ValueError(
+            f"t5vae bench needs the benchmarks package of a t5vae checkout and the Flax reference "
+            f"(pip install -e '.[bench]'): {e}"
+        ) from e
     return bench_main(bench_args)
 
 

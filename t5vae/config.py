@@ -1,6 +1,7 @@
 """Model configuration: frozen dataclasses, presets, and Hugging Face ``config.json`` in/out.
 
 The training run's settings (``TrainConfig``) build on the same base in t5vae.train_config."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -126,26 +127,42 @@ class T5Config(Settings):
     def __post_init__(self):
         if self.num_decoder_layers is None:
             object.__setattr__(self, "num_decoder_layers", self.num_layers)
-        for name in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
-                     "relative_attention_num_buckets", "relative_attention_max_distance"):
+        for name in (
+            "vocab_size",
+            "d_model",
+            "d_kv",
+            "d_ff",
+            "num_layers",
+            "num_decoder_layers",
+            "num_heads",
+            "relative_attention_num_buckets",
+            "relative_attention_max_distance",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"T5Config.{name} must be a positive int, got {value!r}")
         if not isinstance(self.relative_attention_per_layer, bool):
-            raise ValueError("T5Config.relative_attention_per_layer must be true or false, got "
-                             f"{self.relative_attention_per_layer!r}")
+            raise ValueError(
+                "T5Config.relative_attention_per_layer must be true or false, got "
+                f"{self.relative_attention_per_layer!r}"
+            )
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"T5Config.dropout_rate must be in [0, 1), got {self.dropout_rate!r}")
         self.activation  # validates feed_forward_proj
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in FLOAT_DTYPES:
-                raise ValueError(f"T5Config.{name} must be float32, bfloat16 or float16, got {getattr(self, name)!r}")
+                raise ValueError(
+                    f"T5Config.{name} must be float32, bfloat16 or float16, got {getattr(self, name)!r}"
+                )
         if self.remat not in REMAT:
             raise ValueError(f"T5Config.remat must be one of {list(REMAT)}, got {self.remat!r}")
         if self.kernels not in KERNELS and not (
-                isinstance(self.kernels, str) and set(self.kernels.split("+")) <= set(FAST_PATHS)):
-            raise ValueError(f"T5Config.kernels must be one of {list(KERNELS)} or fast paths from "
-                             f"{list(FAST_PATHS)} joined by '+', got {self.kernels!r}")
+            isinstance(self.kernels, str) and set(self.kernels.split("+")) <= set(FAST_PATHS)
+        ):
+            raise ValueError(
+                f"T5Config.kernels must be one of {list(KERNELS)} or fast paths from "
+                f"{list(FAST_PATHS)} joined by '+', got {self.kernels!r}"
+            )
 
     @property
     def activation(self) -> str:
@@ -153,8 +170,10 @@ class T5Config(Settings):
         parts = self.feed_forward_proj.split("-")
         act = parts[-1]
         if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated") or act not in _ACTIVATIONS:
-            raise ValueError(f"T5Config.feed_forward_proj={self.feed_forward_proj!r} is not one of "
-                             f"{list(_ACTIVATIONS)} optionally prefixed by 'gated-'")
+            raise ValueError(
+                f"T5Config.feed_forward_proj={self.feed_forward_proj!r} is not one of "
+                f"{list(_ACTIVATIONS)} optionally prefixed by 'gated-'"
+            )
         return "gelu_new" if self.feed_forward_proj == "gated-gelu" else act
 
     @property
@@ -164,8 +183,12 @@ class T5Config(Settings):
     # -- Hugging Face config.json ------------------------------------------------------------------
     def to_hf_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _RUNTIME_FIELDS}
-        d.update(model_type="t5", architectures=["T5ForConditionalGeneration"], is_encoder_decoder=True,
-                 torch_dtype=self.param_dtype)
+        d.update(
+            model_type="t5",
+            architectures=["T5ForConditionalGeneration"],
+            is_encoder_decoder=True,
+            torch_dtype=self.param_dtype,
+        )
         return d
 
     @classmethod
@@ -180,7 +203,9 @@ class T5Config(Settings):
         names = {f.name for f in dataclasses.fields(cls)}
         if hf:
             if d.get("model_type", "t5") not in ("t5", "mt5", "umt5"):
-                raise ValueError(f"config.json has model_type={d.get('model_type')!r}; only T5 and mT5 are supported")
+                raise ValueError(
+                    f"config.json has model_type={d.get('model_type')!r}; only T5 and mT5 are supported"
+                )
             kwargs = {k: v for k, v in d.items() if k in names - set(_RUNTIME_FIELDS)}
             if d.get("torch_dtype") in FLOAT_DTYPES:
                 kwargs["param_dtype"] = d["torch_dtype"]
@@ -205,17 +230,53 @@ PRESETS: dict[str, T5Config] = {
     "t5-base": T5Config(d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12),
     "t5-large": T5Config(d_model=1024, d_kv=64, d_ff=4096, num_layers=24, num_heads=16),
     # v1.1 / Flan-T5: gated-gelu, untied lm_head
-    "t5-v1_1-small": T5Config(d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_heads=6,
-                              feed_forward_proj="gated-gelu", tie_word_embeddings=False),
-    "t5-v1_1-base": T5Config(d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_heads=12,
-                             feed_forward_proj="gated-gelu", tie_word_embeddings=False),
-    "flan-t5-small": T5Config(d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_heads=6,
-                              feed_forward_proj="gated-gelu", tie_word_embeddings=False),
-    "flan-t5-base": T5Config(d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_heads=12,
-                             feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+    "t5-v1_1-small": T5Config(
+        d_model=512,
+        d_kv=64,
+        d_ff=1024,
+        num_layers=8,
+        num_heads=6,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+    ),
+    "t5-v1_1-base": T5Config(
+        d_model=768,
+        d_kv=64,
+        d_ff=2048,
+        num_layers=12,
+        num_heads=12,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+    ),
+    "flan-t5-small": T5Config(
+        d_model=512,
+        d_kv=64,
+        d_ff=1024,
+        num_layers=8,
+        num_heads=6,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+    ),
+    "flan-t5-base": T5Config(
+        d_model=768,
+        d_kv=64,
+        d_ff=2048,
+        num_layers=12,
+        num_heads=12,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+    ),
     # for tests and quick experiments
-    "tiny": T5Config(vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                     relative_attention_num_buckets=8, relative_attention_max_distance=16),
+    "tiny": T5Config(
+        vocab_size=128,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=16,
+    ),
 }
 
 
@@ -231,9 +292,19 @@ def preset(name: str, **overrides: Any) -> T5Config:
 POOLINGS = ("mean", "first", "attention")
 
 # The default backbone of `t5vae train`: small enough to train in minutes on a 2-core CPU.
-DEFAULT_T5 = T5Config(vocab_size=1024, d_model=128, d_kv=32, d_ff=512, num_layers=2, num_heads=4,
-                      relative_attention_num_buckets=32, relative_attention_max_distance=64, dropout_rate=0.0,
-                      feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+DEFAULT_T5 = T5Config(
+    vocab_size=1024,
+    d_model=128,
+    d_kv=32,
+    d_ff=512,
+    num_layers=2,
+    num_heads=4,
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=64,
+    dropout_rate=0.0,
+    feed_forward_proj="gated-gelu",
+    tie_word_embeddings=False,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,13 +347,15 @@ class Config(Settings):
         if not (isinstance(self.latent_noise, (int, float)) and 0.0 <= self.latent_noise < float("inf")):
             raise ValueError(f"Config.latent_noise must be a finite number >= 0, got {self.latent_noise!r}")
         if not (isinstance(self.latent_dropout, (int, float)) and 0.0 <= self.latent_dropout < 1.0):
-            raise ValueError(f"Config.latent_dropout must be a probability in [0, 1), got {self.latent_dropout!r}")
+            raise ValueError(
+                f"Config.latent_dropout must be a probability in [0, 1), got {self.latent_dropout!r}"
+            )
         if self.mmd_bandwidth is not None and not self.mmd_bandwidth > 0:
             raise ValueError(f"Config.mmd_bandwidth must be positive (or None), got {self.mmd_bandwidth!r}")
 
     @property
     def bandwidth(self) -> float:
-        return float(self.mmd_bandwidth if self.mmd_bandwidth is not None else self.latent_size ** 2)
+        return float(self.mmd_bandwidth if self.mmd_bandwidth is not None else self.latent_size**2)
 
     @classmethod
     def from_dict(cls, d: dict, **overrides: Any) -> "Config":

@@ -6,6 +6,7 @@ read by position (array_record files, a TFDS dataset without a held-out split) h
 (:func:`held_out_count`). TFDS corpora (t5vae.tfds_data) build on this module; ``t5vae.data.load_corpus``
 (in memory) and ``t5vae.sources.open_source`` (streamed) read a spec the same way.
 """
+
 from __future__ import annotations
 
 import ast
@@ -148,7 +149,9 @@ def read_text_lines(paths: Sequence[str | os.PathLike]) -> list[str]:
     for p in paths:
         p = Path(p)
         if p.is_dir():
-            raise ValueError(f"{p} is a directory, not a text file: for the Python statements in it write py:{p}")
+            raise ValueError(
+                f"{p} is a directory, not a text file: for the Python statements in it write py:{p}"
+            )
         if not p.is_file():
             raise FileNotFoundError(f"no such file: {p}")
         data = p.read_bytes()
@@ -176,8 +179,10 @@ def record_text(record, field: str | None, name: str, index: int | str = "?") ->
         try:
             return record.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise ValueError(f"{name}: record {index} is not UTF-8 text ({e.reason} at byte {e.start}: "
-                             f"{record[max(e.start - 10, 0): e.start + 10]!r})") from None
+            raise ValueError(
+                f"{name}: record {index} is not UTF-8 text ({e.reason} at byte {e.start}: "
+                f"{record[max(e.start - 10, 0) : e.start + 10]!r})"
+            ) from None
     if isinstance(record, str):
         return record
     raise ValueError(f"{name}: a record's text is a {type(record).__name__}, not bytes or str")
@@ -193,8 +198,10 @@ class ArrayRecords:
             try:
                 self._sources.append(source_class([p]))
             except (RuntimeError, OSError, ValueError) as e:
-                raise ValueError(f"{p} is not a readable array_record file ({_why(e)}): it is damaged, empty or "
-                                 f"not array_record; rewrite it or leave it out of the corpus") from None
+                raise ValueError(
+                    f"{p} is not a readable array_record file ({_why(e)}): it is damaged, empty or "
+                    f"not array_record; rewrite it or leave it out of the corpus"
+                ) from None
             self.starts.append(self.starts[-1] + len(self._sources[-1]))
 
     def __len__(self) -> int:
@@ -228,8 +235,10 @@ class ArrayRecords:
         try:
             return self._sources[f][j]
         except (RuntimeError, OSError) as e:
-            raise ValueError(f"{self.paths[f]}: record {j} cannot be read ({_why(e)}): the file is damaged; "
-                             f"rewrite it or leave it out of the corpus") from None
+            raise ValueError(
+                f"{self.paths[f]}: record {j} cannot be read ({_why(e)}): the file is damaged; "
+                f"rewrite it or leave it out of the corpus"
+            ) from None
 
 
 def _why(e: BaseException) -> str:
@@ -244,8 +253,10 @@ def array_records(paths: Sequence[str], spec: str) -> ArrayRecords:
     try:
         from array_record.python.array_record_data_source import ArrayRecordDataSource
     except ImportError as e:
-        raise ImportError(f"reading array_record corpora needs array_record ({e}): pip install array_record  "
-                          f"(or: pip install 't5vae[tfds]')") from None
+        raise ImportError(
+            f"reading array_record corpora needs array_record ({e}): pip install array_record  "
+            f"(or: pip install 't5vae[tfds]')"
+        ) from None
     return ArrayRecords(paths, ArrayRecordDataSource)
 
 
@@ -255,14 +266,18 @@ def read_texts(records, indices: Sequence[int], field: str | None, name: str) ->
     read or decoded is a ValueError naming its file (or source) and index."""
     out = []
     for s in range(0, len(indices), 4096):
-        part = [int(i) for i in indices[s: s + 4096]]
+        part = [int(i) for i in indices[s : s + 4096]]
         try:
             got = records.__getitems__(part)
         except (RuntimeError, OSError) as e:  # a TFDS source: its files are not ours to name one by one
-            raise ValueError(f"{name}: records {part[0]}..{part[-1]} cannot be read ({_why(e)}): the dataset's "
-                             f"files are damaged; prepare it again") from None
+            raise ValueError(
+                f"{name}: records {part[0]}..{part[-1]} cannot be read ({_why(e)}): the dataset's "
+                f"files are damaged; prepare it again"
+            ) from None
         for r, i in zip(got, part):
-            out.append(record_text(r, field, *(records.where(i) if isinstance(records, ArrayRecords) else (name, i))))
+            out.append(
+                record_text(r, field, *(records.where(i) if isinstance(records, ArrayRecords) else (name, i)))
+            )
     return out
 
 
@@ -279,8 +294,10 @@ class Corpus:
         """A position-read source's split: its first :func:`held_out_count` lines validate, the rest train."""
         held = held_out_count(len(lines), validation_percent)
         if len(lines) < held + 1:
-            raise ValueError(f"{source} holds {len(lines)} lines: too few to hold out {held} for validation and "
-                             f"train on the rest")
+            raise ValueError(
+                f"{source} holds {len(lines)} lines: too few to hold out {held} for validation and "
+                f"train on the rest"
+            )
         return cls(list(lines[held:]), list(lines[:held]), source)
 
     @classmethod

@@ -1,6 +1,7 @@
 """Data: the sentencepiece tokenizer (load or train), the choice of corpus (t5vae.corpus, or TFDS through
 t5vae.tfds_data when installed), tokenization with truncation accounting, bucketed batches, and the run's stream of them (with identifier
 renaming swapped in per epoch, see t5vae.augment)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,6 +19,7 @@ PAD, EOS, UNK = 0, 1, 2
 
 # -- tokenizer -------------------------------------------------------------------------------------
 
+
 class Tokenizer:
     """A sentencepiece model with T5's ids (pad 0, eos 1, unk 2); ``encode`` appends EOS."""
 
@@ -27,8 +29,10 @@ class Tokenizer:
         self.proto = bytes(model_proto)
         self.sp = spm.SentencePieceProcessor(model_proto=self.proto)
         if self.sp.pad_id() != PAD or self.sp.eos_id() != EOS:
-            raise ValueError(f"tokenizer must use pad id {PAD} and eos id {EOS} (T5 convention), "
-                             f"got pad {self.sp.pad_id()} eos {self.sp.eos_id()}")
+            raise ValueError(
+                f"tokenizer must use pad id {PAD} and eos id {EOS} (T5 convention), "
+                f"got pad {self.sp.pad_id()} eos {self.sp.eos_id()}"
+            )
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Tokenizer":
@@ -56,8 +60,10 @@ class Tokenizer:
             ids = ids[: ids.index(EOS)]
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
-            raise ValueError(f"token id {bad[0]} is outside this tokenizer's {self.vocab_size} pieces (an embedding "
-                             f"row with no piece: decode with vocab_limit=tokenizer.vocab_size)")
+            raise ValueError(
+                f"token id {bad[0]} is outside this tokenizer's {self.vocab_size} pieces (an embedding "
+                f"row with no piece: decode with vocab_limit=tokenizer.vocab_size)"
+            )
         return self.sp.decode([i for i in ids if i != PAD])
 
 
@@ -72,22 +78,44 @@ def train_tokenizer(lines: Sequence[str], vocab_size: int) -> Tokenizer:
     try:
         _train_spm(spm, lines, out, vocab_size)
     except RuntimeError as e:
-        raise ValueError(f"sentencepiece training failed (vocab_size={vocab_size}; byte fallback needs 259 "
-                         f"pieces plus one per distinct character): {e}") from None
+        raise ValueError(
+            f"sentencepiece training failed (vocab_size={vocab_size}; byte fallback needs 259 "
+            f"pieces plus one per distinct character): {e}"
+        ) from None
     return Tokenizer(out.getvalue())
 
 
 def _train_spm(spm, lines, out, vocab_size):
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=out, vocab_size=vocab_size, model_type="unigram",
-        byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
-        add_dummy_prefix=False, split_digits=True, allow_whitespace_only_pieces=True, character_coverage=0.9999,
-        pad_id=PAD, eos_id=EOS, unk_id=UNK, bos_id=-1, hard_vocab_limit=False,
-        max_sentence_length=1 << 16, num_threads=2, minloglevel=2, train_extremely_large_corpus=False)
+        sentence_iterator=iter(lines),
+        model_writer=out,
+        vocab_size=vocab_size,
+        model_type="unigram",
+        byte_fallback=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=False,
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+        character_coverage=0.9999,
+        pad_id=PAD,
+        eos_id=EOS,
+        unk_id=UNK,
+        bos_id=-1,
+        hard_vocab_limit=False,
+        max_sentence_length=1 << 16,
+        num_threads=2,
+        minloglevel=2,
+        train_extremely_large_corpus=False,
+    )
 
 
-def load_corpus(spec: str | None = None, validation_percent: float = 2.0, min_chars: int = 10,
-                max_chars: int = corpus.MAX_CHARS) -> corpus.Corpus:
+def load_corpus(
+    spec: str | None = None,
+    validation_percent: float = 2.0,
+    min_chars: int = 10,
+    max_chars: int = corpus.MAX_CHARS,
+) -> corpus.Corpus:
     """Every line of a corpus spec (:func:`t5vae.corpus.parse_spec`) in memory: ``None``/"stdlib" the embedded
     corpus; "prose" the English sentences of :mod:`t5vae.sentences` (5-25 words, then ``min_chars``-``max_chars``
     characters); "py:PACKAGE_OR_DIR" the statements of other Python code chosen the same way (``py:optax``);
@@ -97,7 +125,9 @@ def load_corpus(spec: str | None = None, validation_percent: float = 2.0, min_ch
     the grain pipeline holds them out); otherwise a comma-separated list of text files."""
     spec = corpus.parse_spec(spec)
     if spec.kind == "stdlib":
-        return corpus.Corpus.from_lines(corpus.stdlib_lines(min_chars, max_chars), "stdlib", validation_percent)
+        return corpus.Corpus.from_lines(
+            corpus.stdlib_lines(min_chars, max_chars), "stdlib", validation_percent
+        )
     if spec.kind == "prose":  # English sentences of the Python installation's own text
         from t5vae import sentences
 
@@ -111,8 +141,13 @@ def load_corpus(spec: str | None = None, validation_percent: float = 2.0, min_ch
             tfds_data,  # optional: raises an ImportError naming the pip install when TFDS is missing
         )
 
-        return tfds_data.load_tfds_corpus(spec.name, field=spec.field, validation_percent=validation_percent,
-                                          min_chars=min_chars, max_chars=max_chars)
+        return tfds_data.load_tfds_corpus(
+            spec.name,
+            field=spec.field,
+            validation_percent=validation_percent,
+            min_chars=min_chars,
+            max_chars=max_chars,
+        )
     if spec.kind == "array_record":
         records = corpus.array_records(spec.paths, spec.text)
         lines = corpus.read_texts(records, range(len(records)), None, spec.text)
@@ -123,11 +158,14 @@ def load_corpus(spec: str | None = None, validation_percent: float = 2.0, min_ch
 def check_vocab(tok: Tokenizer, embedding_rows: int) -> None:
     """A tokenizer with more pieces than the model's embedding has rows belongs to another model."""
     if tok.vocab_size > embedding_rows:
-        raise ValueError(f"the tokenizer has {tok.vocab_size} pieces but the model's embedding has only "
-                         f"{embedding_rows} rows: tokenizer and checkpoint do not match")
+        raise ValueError(
+            f"the tokenizer has {tok.vocab_size} pieces but the model's embedding has only "
+            f"{embedding_rows} rows: tokenizer and checkpoint do not match"
+        )
 
 
 # -- tokenization and batches ----------------------------------------------------------------------
+
 
 @dataclasses.dataclass
 class Encoded:
@@ -162,7 +200,9 @@ def encode_lines(tok: Tokenizer, lines: Sequence[str], max_length: int) -> Encod
     return Encoded(out, np.array(cut, bool))
 
 
-def swap_in(enc: Encoded, lines: dict[int, str], tok: Tokenizer, buckets: Sequence[int]) -> tuple[Encoded, list[int]]:
+def swap_in(
+    enc: Encoded, lines: dict[int, str], tok: Tokenizer, buckets: Sequence[int]
+) -> tuple[Encoded, list[int]]:
     """``enc`` with line i replaced by ``lines[i]`` (a renamed variant of it, say) wherever that one's tokens fit
     line i's length bucket and the original was not truncated, so an epoch's batches keep their count and
     shapes -> ``(encoded, the indices replaced)``."""
@@ -172,7 +212,11 @@ def swap_in(enc: Encoded, lines: dict[int, str], tok: Tokenizer, buckets: Sequen
         if not 0 <= i < len(ids):
             raise IndexError(f"swap_in: line index {i} is outside the {len(ids)} encoded lines")
         n = len(new) + 1
-        if not enc.truncated[i] and n <= buckets[-1] and bucket_of(n, buckets) == bucket_of(len(ids[i]), buckets):
+        if (
+            not enc.truncated[i]
+            and n <= buckets[-1]
+            and bucket_of(n, buckets) == bucket_of(len(ids[i]), buckets)
+        ):
             ids[i] = np.asarray(new + [EOS], np.int32)
             swapped.append(i)
     return Encoded(ids, enc.truncated), swapped
@@ -188,7 +232,9 @@ def buckets_for(max_length: int, min_length: int = 1) -> tuple[int, ...]:
     :data:`BUCKET_FRACTIONS`, rounded up to multiples of 4, none below ``min_length`` (e.g. the latent tokens
     of "first" pooling) or 8 -> (8, 12, 16, 20, 24, 32, 40, 48) for 48."""
     floor = max(8, min_length)
-    cands = {min(max_length, max(floor, -(-int(round(max_length * f, 6)) // 4) * 4)) for f in BUCKET_FRACTIONS}
+    cands = {
+        min(max_length, max(floor, -(-int(round(max_length * f, 6)) // 4) * 4)) for f in BUCKET_FRACTIONS
+    }
     return tuple(sorted(cands))
 
 
@@ -211,8 +257,14 @@ def bucket_of(n: int, buckets: Sequence[int]) -> int:
     raise ValueError(f"sequence of {n} tokens exceeds the largest bucket {buckets[-1]}")
 
 
-def batches(data: Encoded, batch_size: int, buckets: Sequence[int], seed: int, epoch: int = 0,
-            drop_remainder: bool = True) -> Iterator[dict]:
+def batches(
+    data: Encoded,
+    batch_size: int,
+    buckets: Sequence[int],
+    seed: int,
+    epoch: int = 0,
+    drop_remainder: bool = True,
+) -> Iterator[dict]:
     """One epoch of shuffled batches; each batch holds lines of one length bucket, padded to it."""
     rng = np.random.default_rng([seed, epoch])
     groups: dict[int, list[int]] = {}
@@ -221,7 +273,7 @@ def batches(data: Encoded, batch_size: int, buckets: Sequence[int], seed: int, e
     chunks = []
     for b, idx in groups.items():
         stop = len(idx) - len(idx) % batch_size if drop_remainder else len(idx)
-        chunks += [(b, idx[s: s + batch_size]) for s in range(0, stop, batch_size)]
+        chunks += [(b, idx[s : s + batch_size]) for s in range(0, stop, batch_size)]
     for j in rng.permutation(len(chunks)):
         b, idx = chunks[j]
         yield pad_batch([data.ids[i] for i in idx], b)
@@ -235,7 +287,7 @@ def eval_batches(data: Encoded, batch_size: int, buckets: Sequence[int]) -> Iter
         groups.setdefault(bucket_of(len(data.ids[i]), buckets), []).append(i)
     for b, idx in groups.items():
         for s in range(0, len(idx), batch_size):
-            part = idx[s: s + batch_size]
+            part = idx[s : s + batch_size]
             seqs = [data.ids[i] for i in part] + [np.zeros(0, np.int32)] * (batch_size - len(part))
             yield part, pad_batch(seqs, b)
 
@@ -268,8 +320,9 @@ class BatchStream:
     shapes, so renaming costs no extra compile and no extra padding.
     """
 
-    def __init__(self, enc: Encoded, batch_size: int, buckets, seed: int, renamer=None,
-                 tok: Tokenizer | None = None):
+    def __init__(
+        self, enc: Encoded, batch_size: int, buckets, seed: int, renamer=None, tok: Tokenizer | None = None
+    ):
         if renamer is not None and (tok is None or len(renamer.lines) != len(enc)):
             raise ValueError("BatchStream: a renamer needs the tokenizer and one line per encoded line")
         self.enc, self.bs, self.buckets, self.seed = enc, batch_size, tuple(buckets), seed
@@ -277,8 +330,10 @@ class BatchStream:
         self._epoch, self._batches, self.swapped = None, [], 0
         self.per_epoch = len(list(batches(enc, batch_size, buckets, seed, 0)))
         if self.per_epoch == 0:
-            raise ValueError(f"the training set ({len(enc)} lines) does not fill one batch of {batch_size}; "
-                             f"lower batch_size or add data")
+            raise ValueError(
+                f"the training set ({len(enc)} lines) does not fill one batch of {batch_size}; "
+                f"lower batch_size or add data"
+            )
 
     def __call__(self, i: int) -> dict:
         epoch = i // self.per_epoch
@@ -300,8 +355,9 @@ class BatchStream:
         renamed again with other names, up to ``attempts`` times, then kept as it was."""
         enc, todo, swapped = self.enc, set(self.renamer.chosen(self.seed, epoch).tolist()), 0
         for attempt in range(attempts):
-            enc, done = swap_in(enc, self.renamer.epoch(self.seed, epoch, sorted(todo), attempt), self.tok,
-                             self.buckets)
+            enc, done = swap_in(
+                enc, self.renamer.epoch(self.seed, epoch, sorted(todo), attempt), self.tok, self.buckets
+            )
             swapped += len(done)
             todo.difference_update(done)
             if not todo:

@@ -7,6 +7,7 @@ row (every beam) has produced EOS. Output: int32 tokens [B, max_new_tokens], wit
 token, pad (``cfg.pad_token_id``) after EOS. The plain step scans the stacked params; with the
 "decoder_layout" fast path it runs on ``decoder_layout.DecoderWeights``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -20,6 +21,7 @@ from t5vae.decoder_layout import DecoderWeights, decoder_weights  # noqa: F401  
 from t5vae.names import METHODS
 
 # -- the plain step: a scan over the stacked decoder layers ---------------------------------------------
+
 
 def _cross_kv(params: dict, cfg: T5Config, enc_BSD: jax.Array):
     """Cross-attention keys and values of every layer, stacked: ([L, B, H, S, K], [L, B, H, S, K])."""
@@ -39,8 +41,9 @@ def _step(params: dict, cfg: T5Config, cross_kv, tok_B: jax.Array, t: jax.Array,
     dt, eps, T = cfg.dtype, cfg.layer_norm_epsilon, cache[0].shape[3]
     dec = params["decoder"]
     x = jnp.take(params["shared"]["embedding"], tok_B, axis=0).astype(dt)  # [B, D]
-    bias_at = functools.partial(layers.position_bias_at, k_len=T, q_pos=t,
-                                max_distance=cfg.relative_attention_max_distance)
+    bias_at = functools.partial(
+        layers.position_bias_at, k_len=T, q_pos=t, max_distance=cfg.relative_attention_max_distance
+    )
     shared_1HT = None if cfg.relative_attention_per_layer else bias_at(dec["relpos_bias"])
     self_mask_11T = (jnp.arange(T) <= t)[None, None, :]
     proj = lambda h, w: jnp.einsum("BD,DHK->BHK", h, w.astype(dt))  # noqa: E731
@@ -63,8 +66,11 @@ def _step(params: dict, cfg: T5Config, cross_kv, tok_B: jax.Array, t: jax.Array,
     x, cache = jax.lax.scan(layer, x, (dec["layers"], *cache, *cross_kv))
     x = layers.rms_norm(x, dec["final_norm"], eps)
     if cfg.tie_word_embeddings:  # v1.0 scales the hidden states before the tied head
-        return jnp.dot(x * cfg.d_model ** -0.5, params["shared"]["embedding"].T.astype(dt),
-                       preferred_element_type=jnp.float32), cache
+        return jnp.dot(
+            x * cfg.d_model**-0.5,
+            params["shared"]["embedding"].T.astype(dt),
+            preferred_element_type=jnp.float32,
+        ), cache
     return jnp.dot(x, params["lm_head"].astype(dt), preferred_element_type=jnp.float32), cache
 
 
@@ -123,7 +129,9 @@ def _sample_loop(w, cfg, enc, enc_mask, max_new_tokens, method, key, temperature
             nxt = layers.argmax(logits)
         else:
             key, sub = jax.random.split(key)
-            nxt = jax.random.categorical(sub, _filter_logits(logits, temperature, top_k, top_p)).astype(jnp.int32)
+            nxt = jax.random.categorical(sub, _filter_logits(logits, temperature, top_k, top_p)).astype(
+                jnp.int32
+            )
         nxt = jnp.where(done, cfg.pad_token_id, nxt)
         out = jax.lax.dynamic_update_slice_in_dim(out, nxt[:, None], t, axis=1)
         return t + 1, nxt, out, cache, done | (nxt == cfg.eos_token_id), key
@@ -143,9 +151,15 @@ def _beam_loop(w, cfg, enc, enc_mask, max_new_tokens, num_beams, length_penalty,
     cross_kv = cross_kv_of(w, cfg, rep(enc))
     # only the first beam is live at the start, so the W beams do not all pick the same token
     logp = jnp.tile(jnp.where(jnp.arange(W) == 0, 0.0, -jnp.inf), (B, 1))
-    state = (jnp.int32(0), jnp.full((B * W,), cfg.decoder_start_token_id, jnp.int32),
-             jnp.full((B, W, T), cfg.pad_token_id, jnp.int32), cache_of(cfg, B * W, T), logp,
-             jnp.zeros((B, W), bool), jnp.zeros((B, W), jnp.int32))
+    state = (
+        jnp.int32(0),
+        jnp.full((B * W,), cfg.decoder_start_token_id, jnp.int32),
+        jnp.full((B, W, T), cfg.pad_token_id, jnp.int32),
+        cache_of(cfg, B * W, T),
+        logp,
+        jnp.zeros((B, W), bool),
+        jnp.zeros((B, W), jnp.int32),
+    )
 
     def score(logp, length):
         return logp / jnp.maximum(length, 1).astype(jnp.float32) ** length_penalty
@@ -180,11 +194,22 @@ def _beam_loop(w, cfg, enc, enc_mask, max_new_tokens, num_beams, length_penalty,
     return jnp.take_along_axis(seqs, best[:, None, None], axis=1)[:, 0]
 
 
-def generate(params: dict | DecoderWeights, cfg: T5Config, encoder_states: jax.Array,
-             encoder_mask: jax.Array | None, max_new_tokens: int, method: str = "greedy", key: jax.Array | None = None,
-             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, num_beams: int = 4,
-             length_penalty: float = 1.0, decoder_weights: DecoderWeights | None = None,  # noqa: F811
-             vocab_limit: int | None = None) -> jax.Array:
+def generate(
+    params: dict | DecoderWeights,
+    cfg: T5Config,
+    encoder_states: jax.Array,
+    encoder_mask: jax.Array | None,
+    max_new_tokens: int,
+    method: str = "greedy",
+    key: jax.Array | None = None,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    num_beams: int = 4,
+    length_penalty: float = 1.0,
+    decoder_weights: DecoderWeights | None = None,  # noqa: F811
+    vocab_limit: int | None = None,
+) -> jax.Array:
     """Decode from encoder states [B, S, D] (mask [B, S] or None) -> int32 tokens [B, max_new_tokens].
 
     ``params``: the T5 params tree. ``decoder_weights``: ``decoder_weights(params, cfg)`` built once
@@ -197,32 +222,54 @@ def generate(params: dict | DecoderWeights, cfg: T5Config, encoder_states: jax.A
     if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     if encoder_states.ndim != 3 or encoder_states.shape[-1] != cfg.d_model:
-        raise ValueError(f"encoder_states must be [batch, length, d_model={cfg.d_model}], "
-                         f"got shape {tuple(encoder_states.shape)}")
+        raise ValueError(
+            f"encoder_states must be [batch, length, d_model={cfg.d_model}], "
+            f"got shape {tuple(encoder_states.shape)}"
+        )
     if vocab_limit is not None and (not isinstance(vocab_limit, int) or not 2 < vocab_limit):
-        raise ValueError(f"vocab_limit must be an int above 2 (pad, eos and unk are ids 0-2), got {vocab_limit!r}")
+        raise ValueError(
+            f"vocab_limit must be an int above 2 (pad, eos and unk are ids 0-2), got {vocab_limit!r}"
+        )
     if encoder_mask is not None and tuple(encoder_mask.shape) != tuple(encoder_states.shape[:2]):
-        raise ValueError(f"encoder_mask shape {tuple(encoder_mask.shape)} does not match encoder_states "
-                         f"{tuple(encoder_states.shape[:2])}")
+        raise ValueError(
+            f"encoder_mask shape {tuple(encoder_mask.shape)} does not match encoder_states "
+            f"{tuple(encoder_states.shape[:2])}"
+        )
     vocab_limit = effective_vocab_limit(vocab_limit, cfg.vocab_size)
     w = params if decoder_weights is None else decoder_weights
     if isinstance(w, DecoderWeights) or kernels.ops(cfg).decoder_layout:
         w = decoder_layout.check_decoder_weights(decoder_layout.decoder_weights(w, cfg), cfg)
     elif not isinstance(w, dict) or not {"shared", "decoder"} <= w.keys():
         got = sorted(w) if isinstance(w, dict) else type(w).__name__
-        raise ValueError(f"generate needs a T5 params tree (keys 'shared', 'decoder', ...), got {got}"
-                         + (" (a T5-VAE's tree? pass its params['t5'])" if "t5" in got else ""))
+        raise ValueError(
+            f"generate needs a T5 params tree (keys 'shared', 'decoder', ...), got {got}"
+            + (" (a T5-VAE's tree? pass its params['t5'])" if "t5" in got else "")
+        )
     if method == "beam":
         if num_beams < 1:
             raise ValueError(f"num_beams must be >= 1, got {num_beams}")
-        return _beam_loop(w, cfg, encoder_states, encoder_mask, max_new_tokens, num_beams, length_penalty,
-                          vocab_limit)
+        return _beam_loop(
+            w, cfg, encoder_states, encoder_mask, max_new_tokens, num_beams, length_penalty, vocab_limit
+        )
     if method == "sample":
         if key is None:
             raise ValueError("method='sample' needs a PRNG key (key=jax.random.key(seed))")
         if temperature <= 0 or not 0 < top_p <= 1 or top_k < 0:
-            raise ValueError(f"need temperature > 0, 0 < top_p <= 1, top_k >= 0; got {temperature}, {top_p}, {top_k}")
+            raise ValueError(
+                f"need temperature > 0, 0 < top_p <= 1, top_k >= 0; got {temperature}, {top_p}, {top_k}"
+            )
     else:
         key = jax.random.key(0)  # unused by greedy; keeps one signature for the compiled loop
-    return _sample_loop(w, cfg, encoder_states, encoder_mask, max_new_tokens, method, key,
-                        temperature, top_k, top_p, vocab_limit)
+    return _sample_loop(
+        w,
+        cfg,
+        encoder_states,
+        encoder_mask,
+        max_new_tokens,
+        method,
+        key,
+        temperature,
+        top_k,
+        top_p,
+        vocab_limit,
+    )

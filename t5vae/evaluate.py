@@ -28,9 +28,19 @@ from t5vae.names import (
 from t5vae.text import Model
 
 
-def evaluate(model: Model, lines: Sequence[str], *, pairs: int = 100, batch_size: int = 128, seed: int = 0,
-             steps: int = 9, kind: str = DEFAULT_INTERPOLATION, method: str = "greedy",
-             num_beams: int = DEFAULT_BEAMS, language: str = "code") -> dict:
+def evaluate(
+    model: Model,
+    lines: Sequence[str],
+    *,
+    pairs: int = 100,
+    batch_size: int = 128,
+    seed: int = 0,
+    steps: int = 9,
+    kind: str = DEFAULT_INTERPOLATION,
+    method: str = "greedy",
+    num_beams: int = DEFAULT_BEAMS,
+    language: str = "code",
+) -> dict:
     """All held-out metrics as a flat dict (see the module docstring); ``examples`` holds one interpolation.
     Reconstruction is always greedy; ``method`` decodes the interpolation paths ("greedy", or "beam" with
     ``num_beams``); ``language`` ("code" or "prose") chooses the path measures and the length buckets."""
@@ -52,9 +62,15 @@ def evaluate(model: Model, lines: Sequence[str], *, pairs: int = 100, batch_size
     exact &= ~enc.truncated  # a line cut to max_length tokens is never reconstructed exactly
     rng = np.random.default_rng(seed)
     decoded = [model.tokenizer.decode(t) for t in toks]
-    results = {"n_lines": len(lines), "n_truncated": enc.n_truncated, "language": language,
-               "recon_token_acc": n_ok / max(n_tok, 1), "recon_exact_match": int(exact.sum()) / max(len(lines), 1),
-               "recon_bleu4": scores.corpus_bleu(lines, decoded), **latent_spread(z, cfg.bandwidth, rng)}
+    results = {
+        "n_lines": len(lines),
+        "n_truncated": enc.n_truncated,
+        "language": language,
+        "recon_token_acc": n_ok / max(n_tok, 1),
+        "recon_exact_match": int(exact.sum()) / max(len(lines), 1),
+        "recon_bleu4": scores.corpus_bleu(lines, decoded),
+        **latent_spread(z, cfg.bandwidth, rng),
+    }
     results.update(exact_by_length(lines, exact, language))
     results.update(mutual_information(z, cfg.latent_noise or MI_SIGMA, seed))
     how = {"steps": steps, "kind": kind, "method": method, "num_beams": num_beams, "batch_size": batch_size}
@@ -74,7 +90,11 @@ def latent_spread(z: np.ndarray, bandwidth: float, rng: np.random.Generator) -> 
     prior = rng.standard_normal(sub.shape).astype(np.float32)
     held_mmd = float(bottleneck.mmd(jnp.asarray(sub), jnp.asarray(prior), bandwidth, unbiased=True))
     unit_var = z.reshape(len(z), -1).var(axis=0)
-    return {"heldout_mmd": held_mmd, "active_units": int(np.sum(unit_var > 0.01)), "latent_units": unit_var.size}
+    return {
+        "heldout_mmd": held_mmd,
+        "active_units": int(np.sum(unit_var > 0.01)),
+        "latent_units": unit_var.size,
+    }
 
 
 def decoded_paths(model: Model, lines, z, pairs, rng, steps, kind, method, num_beams, batch_size, ends: bool):
@@ -85,45 +105,79 @@ def decoded_paths(model: Model, lines, z, pairs, rng, steps, kind, method, num_b
     keep = slice(None) if ends else slice(1, -1)
     paths = np.stack([np.asarray(latent.interpolate(z[a], z[b], steps + 2, kind))[keep] for a, b in idx])
     beams = {"num_beams": num_beams} if method == "beam" else {}
-    ids = np.asarray(model.decode_ids(paths.reshape((-1,) + z.shape[1:]), method=method, batch_size=batch_size,
-                                      **beams))
+    ids = np.asarray(
+        model.decode_ids(paths.reshape((-1,) + z.shape[1:]), method=method, batch_size=batch_size, **beams)
+    )
     texts = np.array([model.tokenizer.decode(t) for t in ids], dtype=object).reshape(pairs, -1)
     return idx, ids.reshape(pairs, texts.shape[1], -1), texts
 
 
-def interpolation_quality(model: Model, lines, z, pairs, rng, steps=9, kind=DEFAULT_INTERPOLATION,
-                          method="greedy", num_beams=DEFAULT_BEAMS, batch_size=128) -> dict:
+def interpolation_quality(
+    model: Model,
+    lines,
+    z,
+    pairs,
+    rng,
+    steps=9,
+    kind=DEFAULT_INTERPOLATION,
+    method="greedy",
+    num_beams=DEFAULT_BEAMS,
+    batch_size=128,
+) -> dict:
     """For ``pairs`` random pairs of distinct lines: decode (``method``) ``steps`` interior points of their
     codes' path (``kind`` as in :func:`t5vae.interpolate`)."""
     if len(lines) < 2 or pairs <= 0:
         return {"interp_pairs": 0}
-    idx, _, texts = decoded_paths(model, lines, z, pairs, rng, steps, kind, method, num_beams, batch_size, False)
+    idx, _, texts = decoded_paths(
+        model, lines, z, pairs, rng, steps, kind, method, num_beams, batch_size, False
+    )
     valid = np.vectorize(parses, otypes=[bool])(texts)
     distinct = np.array([[t != lines[a] and t != lines[b] for t in row] for (a, b), row in zip(idx, texts)])
     a, b = idx[0]
-    return {"interp_pairs": int(pairs), "interp_kind": kind, "interp_method": method,
-            "interp_valid": float(valid.mean()), "interp_distinct": float(distinct.mean()),
-            "interp_valid_and_distinct": float((valid & distinct).mean()),
-            "example": [lines[a]] + list(texts[0]) + [lines[b]]}
+    return {
+        "interp_pairs": int(pairs),
+        "interp_kind": kind,
+        "interp_method": method,
+        "interp_valid": float(valid.mean()),
+        "interp_distinct": float(distinct.mean()),
+        "interp_valid_and_distinct": float((valid & distinct).mean()),
+        "example": [lines[a]] + list(texts[0]) + [lines[b]],
+    }
 
 
-def prose_paths(model: Model, lines, z, pairs, rng, steps=9, kind=DEFAULT_INTERPOLATION, method="greedy",
-                num_beams=DEFAULT_BEAMS, batch_size=128) -> dict:
+def prose_paths(
+    model: Model,
+    lines,
+    z,
+    pairs,
+    rng,
+    steps=9,
+    kind=DEFAULT_INTERPOLATION,
+    method="greedy",
+    num_beams=DEFAULT_BEAMS,
+    batch_size=128,
+) -> dict:
     """For ``pairs`` random pairs of distinct sentences: decode their codes' whole path (``steps`` interior
     points and both ends). An interior point is distinct when it differs from both decoded ends; a path is
     smooth by :func:`t5vae.scores.is_smooth`; a point whose decoding never ended (a phrase repeated until
     max_length, say) counts as degenerate."""
     if len(lines) < 2 or pairs <= 0:
         return {"interp_pairs": 0}
-    idx, ids, texts = decoded_paths(model, lines, z, pairs, rng, steps, kind, method, num_beams, batch_size, True)
+    idx, ids, texts = decoded_paths(
+        model, lines, z, pairs, rng, steps, kind, method, num_beams, batch_size, True
+    )
     ran_out = ~np.any(ids == model.cfg.t5.eos_token_id, axis=2)  # no end
     distinct = np.array([[t != row[0] and t != row[-1] for t in row[1:-1]] for row in texts])
     a, b = idx[0]
-    return {"interp_pairs": int(pairs), "interp_kind": kind, "interp_method": method,
-            "interp_distinct": float(distinct.mean()),
-            "interp_smooth": float(np.mean([scores.is_smooth(r) for r in texts])),
-            "interp_degenerate": float(ran_out[:, 1:-1].mean()),
-            "example": [lines[a]] + list(texts[0][1:-1]) + [lines[b]]}
+    return {
+        "interp_pairs": int(pairs),
+        "interp_kind": kind,
+        "interp_method": method,
+        "interp_distinct": float(distinct.mean()),
+        "interp_smooth": float(np.mean([scores.is_smooth(r) for r in texts])),
+        "interp_degenerate": float(ran_out[:, 1:-1].mean()),
+        "example": [lines[a]] + list(texts[0][1:-1]) + [lines[b]],
+    }
 
 
 # -- latent diagnostics ------------------------------------------------------------------------------
@@ -153,14 +207,19 @@ def mutual_information(z: np.ndarray, sigma: float, seed: int = 0, max_lines: in
     if len(x) < 2:
         return {}
     noisy = x + sigma * np.random.default_rng(seed).standard_normal(x.shape)
-    d2 = (noisy ** 2).sum(1)[:, None] + (x ** 2).sum(1)[None, :] - 2 * noisy @ x.T  # [n, n] squared distances
-    log_q = -0.5 * np.maximum(d2, 0) / sigma ** 2  # log N(noisy_i; x_j, sigma^2) up to a shared constant
+    d2 = (noisy**2).sum(1)[:, None] + (x**2).sum(1)[None, :] - 2 * noisy @ x.T  # [n, n] squared distances
+    log_q = -0.5 * np.maximum(d2, 0) / sigma**2  # log N(noisy_i; x_j, sigma^2) up to a shared constant
     log_marginal = np.logaddexp.reduce(log_q, axis=1) - np.log(len(x))
-    return {"mutual_info": float(np.mean(np.diag(log_q) - log_marginal)), "mutual_info_max": float(np.log(len(x))),
-            "mutual_info_sigma": float(sigma)}
+    return {
+        "mutual_info": float(np.mean(np.diag(log_q) - log_marginal)),
+        "mutual_info_max": float(np.log(len(x))),
+        "mutual_info_sigma": float(sigma),
+    }
 
 
-def linear_probe(lines: Sequence[str], z: np.ndarray, seed: int = 0, steps: int = 300, l2: float = 1e-3) -> dict:
+def linear_probe(
+    lines: Sequence[str], z: np.ndarray, seed: int = 0, steps: int = 300, l2: float = 1e-3
+) -> dict:
     """Accuracy of a logistic-regression classifier (softmax, numpy, full-batch gradient descent) that
     predicts a line's statement kind from its code, trained on half the lines and tested on the other half,
     against the majority baseline (the most common kind of the training half)."""
@@ -183,36 +242,59 @@ def linear_probe(lines: Sequence[str], z: np.ndarray, seed: int = 0, steps: int 
         p /= p.sum(1, keepdims=True)
         w -= 0.5 * (xt.T @ (p - onehot) / len(xt) + l2 * w)
     majority = np.bincount(y[~is_test], minlength=len(classes)).argmax()
-    return {"probe_accuracy": float(np.mean((x[is_test] @ w).argmax(1) == y[is_test])),
-            "probe_majority": float(np.mean(y[is_test] == majority)), "probe_classes": int(len(classes))}
+    return {
+        "probe_accuracy": float(np.mean((x[is_test] @ w).argmax(1) == y[is_test])),
+        "probe_majority": float(np.mean(y[is_test] == majority)),
+        "probe_classes": int(len(classes)),
+    }
 
 
 # What the learning curve records (t5vae.train.fit's ``curve``), per language.
-CURVE_KEYS = {"code": ("recon_token_acc", "recon_exact_match", "recon_bleu4", "interp_valid", "interp_distinct",
-                       "heldout_mmd"),
-              "prose": ("recon_token_acc", "recon_exact_match", "recon_bleu4", "interp_distinct", "interp_smooth",
-                        "heldout_mmd")}
+CURVE_KEYS = {
+    "code": (
+        "recon_token_acc",
+        "recon_exact_match",
+        "recon_bleu4",
+        "interp_valid",
+        "interp_distinct",
+        "heldout_mmd",
+    ),
+    "prose": (
+        "recon_token_acc",
+        "recon_exact_match",
+        "recon_bleu4",
+        "interp_distinct",
+        "interp_smooth",
+        "heldout_mmd",
+    ),
+}
 
-ROWS = [("recon_token_acc", "greedy reconstruction token accuracy", "{:.3f}"),
-        ("recon_exact_match", "greedy reconstruction exact match", "{:.3f}"),
-        ("recon_bleu4", "greedy reconstruction corpus BLEU-4 (words)", "{:.3f}"),
-        ("heldout_mmd", "held-out MMD (unbiased)", "{:.4f}"),
-        ("active_units", "active latent units (var > 0.01)", "{}"),
-        ("mutual_info", "mutual information I(x; z), nats (Optimus's estimate)", "{:.2f}"),
-        ("probe_accuracy", "linear probe: statement kind from the code, accuracy", "{:.3f}"),
-        ("interp_valid", "interpolation: interior points that parse", "{:.3f}"),
-        ("interp_distinct", "interpolation: interior points distinct from both ends", "{:.3f}"),
-        ("interp_valid_and_distinct", "interpolation: valid and distinct", "{:.3f}"),
-        ("interp_smooth", "interpolation: smooth paths (word edit distance monotone)", "{:.3f}"),
-        ("interp_degenerate", "interpolation: points that ran to max_length", "{:.3f}")]
+ROWS = [
+    ("recon_token_acc", "greedy reconstruction token accuracy", "{:.3f}"),
+    ("recon_exact_match", "greedy reconstruction exact match", "{:.3f}"),
+    ("recon_bleu4", "greedy reconstruction corpus BLEU-4 (words)", "{:.3f}"),
+    ("heldout_mmd", "held-out MMD (unbiased)", "{:.4f}"),
+    ("active_units", "active latent units (var > 0.01)", "{}"),
+    ("mutual_info", "mutual information I(x; z), nats (Optimus's estimate)", "{:.2f}"),
+    ("probe_accuracy", "linear probe: statement kind from the code, accuracy", "{:.3f}"),
+    ("interp_valid", "interpolation: interior points that parse", "{:.3f}"),
+    ("interp_distinct", "interpolation: interior points distinct from both ends", "{:.3f}"),
+    ("interp_valid_and_distinct", "interpolation: valid and distinct", "{:.3f}"),
+    ("interp_smooth", "interpolation: smooth paths (word edit distance monotone)", "{:.3f}"),
+    ("interp_degenerate", "interpolation: points that ran to max_length", "{:.3f}"),
+]
 
 
 def table(results: dict) -> str:
     """A Markdown table of the results."""
     how = f" ({results['interp_kind']}, {results['interp_method']})" if "interp_kind" in results else ""
-    lines = [f"{results.get('source', 'Validation')}: {results['n_lines']} lines ({results['n_truncated']} truncated), "
-             f"{results.get('interp_pairs', 0)} interpolation pairs x 9 interior points{how}", "",
-             "| metric | value |", "|---|---|"]
+    lines = [
+        f"{results.get('source', 'Validation')}: {results['n_lines']} lines ({results['n_truncated']} truncated), "
+        f"{results.get('interp_pairs', 0)} interpolation pairs x 9 interior points{how}",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
     for key, name, fmt in ROWS:
         if key in results:
             val = fmt.format(results[key])
@@ -221,14 +303,27 @@ def table(results: dict) -> str:
             if key == "mutual_info":
                 val += f" (at most {results['mutual_info_max']:.2f}; posterior std {results['mutual_info_sigma']:g})"
             if key == "probe_accuracy":
-                val += f" (majority baseline {results['probe_majority']:.3f}, {results['probe_classes']} kinds)"
+                val += (
+                    f" (majority baseline {results['probe_majority']:.3f}, {results['probe_classes']} kinds)"
+                )
             lines.append(f"| {name} | {val} |")
-    buckets = [(k, k.replace("recon_exact_len_", "").replace("_up", "+").replace("_", "-")) for k in results
-               if k.startswith("recon_exact_len_")]
+    buckets = [
+        (k, k.replace("recon_exact_len_", "").replace("_up", "+").replace("_", "-"))
+        for k in results
+        if k.startswith("recon_exact_len_")
+    ]
     if buckets:
         unit = "words" if results.get("language") == "prose" else "characters"
-        lines += ["", f"Exact match by line length ({unit}):", "", "| length | lines | exact match |", "|---|---|---|"]
-        lines += [f"| {name} | {results[k.replace('recon_exact', 'n')]} | {results[k]:.3f} |" for k, name in buckets]
+        lines += [
+            "",
+            f"Exact match by line length ({unit}):",
+            "",
+            "| length | lines | exact match |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {name} | {results[k.replace('recon_exact', 'n')]} | {results[k]:.3f} |" for k, name in buckets
+        ]
     if "example" in results:
         lines += ["", "Example interpolation:", ""] + [f"    {s}" for s in results["example"]]
     return "\n".join(lines) + "\n"

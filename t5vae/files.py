@@ -58,7 +58,9 @@ def atomic_directory(out: str | os.PathLike, overwrite: bool = False) -> Iterato
     ``out`` is a FileExistsError unless ``overwrite``, and is then replaced only once the new one is whole."""
     out = Path(out).absolute()
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; choose another output or pass overwrite=True (--overwrite)")
+        raise FileExistsError(
+            f"{out} already exists; choose another output or pass overwrite=True (--overwrite)"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _staging(out, "partial")
     tmp.mkdir()  # not mkdtemp, whose 0700 the finished directory would keep: mkdir applies the umask

@@ -4,6 +4,7 @@ TrainConfig is a flag of ``t5vae train``, typed by its default; ``--config FILE`
 Kept apart from the commands (t5vae.cli) because it is one idea with its own rules: how a flag's text becomes
 a value, which default a help line shows, and how a config's error names the flag that set it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,7 +53,9 @@ def _setting_help(name: str, default, training: bool) -> str:
     if name == "language":
         return f"code or prose (default: the corpus's: {PROSE!r} is prose, every other corpus code)"
     if name in LANGUAGE_DEFAULTS["code"]:
-        return "default by language: " + ", ".join(f"{lang} {d[name]!r}" for lang, d in LANGUAGE_DEFAULTS.items())
+        return "default by language: " + ", ".join(
+            f"{lang} {d[name]!r}" for lang, d in LANGUAGE_DEFAULTS.items()
+        )
     return f"default {default!r}"
 
 
@@ -82,17 +85,25 @@ def _number(text: str, kind: type):
 
 def add_setting_flags(p: argparse.ArgumentParser):
     model, t5, train = _fields()
-    for group, fields, prefix, defaults in (("model", model, "", Config()), ("T5 backbone", t5, "t5-", DEFAULT_T5),
-                                            ("training", train, "", TrainConfig())):
+    for group, fields, prefix, defaults in (
+        ("model", model, "", Config()),
+        ("T5 backbone", t5, "t5-", DEFAULT_T5),
+        ("training", train, "", TrainConfig()),
+    ):
         g = p.add_argument_group(group)
         for f in fields:
             default = getattr(defaults, f.name)
             # mixed precision is a setting users reach for by its short name: --dtype bfloat16 is --t5-dtype
             alias = [f"--{f.name.replace('_', '-')}"] if prefix and f.name in ("dtype", "param_dtype") else []
-            g.add_argument(f"--{prefix}{f.name.replace('_', '-')}", *alias, dest=f"{prefix.replace('-', '.')}{f.name}",
-                           type=lambda s, d=default, t=str(f.type): _parse_value(s, d, t), default=argparse.SUPPRESS,
-                           metavar=type(default).__name__.upper() if default is not None else "VALUE",
-                           help=_setting_help(f.name, default, isinstance(defaults, TrainConfig)))
+            g.add_argument(
+                f"--{prefix}{f.name.replace('_', '-')}",
+                *alias,
+                dest=f"{prefix.replace('-', '.')}{f.name}",
+                type=lambda s, d=default, t=str(f.type): _parse_value(s, d, t),
+                default=argparse.SUPPRESS,
+                metavar=type(default).__name__.upper() if default is not None else "VALUE",
+                help=_setting_help(f.name, default, isinstance(defaults, TrainConfig)),
+            )
 
 
 def _read_config_file(path: str) -> dict:
@@ -125,8 +136,10 @@ def build_configs(args: argparse.Namespace):
         elif k in model_names or k in train_names:
             settings[k] = v
     try:
-        cfg = Config(t5=T5Config.from_dict({**DEFAULT_T5.to_dict(), **t5}),
-                     **{k: v for k, v in settings.items() if k in model_names})
+        cfg = Config(
+            t5=T5Config.from_dict({**DEFAULT_T5.to_dict(), **t5}),
+            **{k: v for k, v in settings.items() if k in model_names},
+        )
         tc = TrainConfig(**{k: v for k, v in settings.items() if k in train_names})
     except (TypeError, ValueError) as e:
         raise SystemExit(f"error: {flag_names(str(e))}")
@@ -137,8 +150,11 @@ def flag_names(message: str) -> str:
     """A config error as the command line's user reads it: ``TrainConfig.learning_rate`` -> ``--learning-rate``,
     ``T5Config.d_model`` -> ``--t5-d-model`` (the flags that set them)."""
     prefixes = {"TrainConfig": "", "Config": "", "T5Config": "t5-"}
-    return re.sub(r"\b(TrainConfig|T5Config|Config)\.(\w+)",
-                  lambda m: f"--{prefixes[m.group(1)]}{m.group(2).replace('_', '-')}", message)
+    return re.sub(
+        r"\b(TrainConfig|T5Config|Config)\.(\w+)",
+        lambda m: f"--{prefixes[m.group(1)]}{m.group(2).replace('_', '-')}",
+        message,
+    )
 
 
 def int_at_least(lo: int):
@@ -147,4 +163,5 @@ def int_at_least(lo: int):
         if value < lo:
             raise argparse.ArgumentTypeError(f"must be at least {lo}, got {value}")
         return value
+
     return parse

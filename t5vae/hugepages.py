@@ -3,6 +3,7 @@
 Only the command line does this (never ``import t5vae``), and only where it was measured to pay: on the
 CPU backend (no accelerator plugin installed, or ``JAX_PLATFORMS=cpu``). ``T5VAE_HUGEPAGES=0`` opts out.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -12,7 +13,13 @@ import sys
 from pathlib import Path
 
 # jax's accelerator plugins: with one installed, training runs on the accelerator, not in host memory
-ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin", "libtpu")
+ACCELERATOR_PLUGINS = (
+    "jax_cuda12_plugin",
+    "jax_cuda13_plugin",
+    "jax_rocm60_plugin",
+    "jax_rocm7_plugin",
+    "libtpu",
+)
 
 
 def cpu_backend(env: dict) -> bool:
@@ -61,4 +68,7 @@ def restart_with_hugepages(argv: list[str]) -> None:
         try:
             os.execve(sys.executable, [sys.executable, "-m", "t5vae.cli", *argv], env)
         except OSError as e:  # could not restart: train as we are, only slower
-            print(f"note: not restarted with huge-page malloc ({e}); T5VAE_HUGEPAGES=0 skips trying", file=sys.stderr)
+            print(
+                f"note: not restarted with huge-page malloc ({e}); T5VAE_HUGEPAGES=0 skips trying",
+                file=sys.stderr,
+            )

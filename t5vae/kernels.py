@@ -7,6 +7,7 @@ each has a test that it matches its twin (dropout: same keep rate, deterministic
 (the set measured faster on the running backend, :data:`AUTO`; benchmarks/NOTES.md has the numbers), or
 names from ``config.FAST_PATHS`` joined by "+" (for measuring one at a time). The model asks :func:`ops` only.
 """
+
 from __future__ import annotations
 
 import functools
@@ -39,11 +40,12 @@ def enabled(kernels: str) -> frozenset:
 
 class Ops(NamedTuple):
     """The functions the model runs, plain or fast, with the plain functions' signatures."""
-    dropout: Callable        # (x, rate, key) -> x
-    mlp: Callable            # (p, x_BLD, activation, rate, key) -> y_BLD, dropout bound to this set's
-    lm_head_xent: Callable   # (x_BTD, w_DV, labels_BT) -> (nll_BT, pred_BT)
-    decoder_layout: bool     # decode on DecoderWeights instead of the stacked params
-    attend: Callable         # (o_HKD, q_BQHK, k_BSHK, v_BSHK, bias_B1QS, layers.Mask | None, drop) -> y_BQD
+
+    dropout: Callable  # (x, rate, key) -> x
+    mlp: Callable  # (p, x_BLD, activation, rate, key) -> y_BLD, dropout bound to this set's
+    lm_head_xent: Callable  # (x_BTD, w_DV, labels_BT) -> (nll_BT, pred_BT)
+    decoder_layout: bool  # decode on DecoderWeights instead of the stacked params
+    attend: Callable  # (o_HKD, q_BQHK, k_BSHK, v_BSHK, bias_B1QS, layers.Mask | None, drop) -> y_BQD
 
 
 @functools.lru_cache(maxsize=None)
@@ -51,8 +53,13 @@ def _ops(on: frozenset) -> Ops:
     dropout = hash_dropout if "dropout" in on else layers.dropout
 
     mlp = functools.partial(mlp_2d if "mlp" in on else layers.mlp, dropout=dropout)
-    return Ops(dropout, mlp, lm_head_xent if "xent" in on else layers.lm_head_xent, "decoder_layout" in on,
-               dpa_attend if "dpa" in on else layers.attend)
+    return Ops(
+        dropout,
+        mlp,
+        lm_head_xent if "xent" in on else layers.lm_head_xent,
+        "decoder_layout" in on,
+        dpa_attend if "dpa" in on else layers.attend,
+    )
 
 
 def ops(cfg: T5Config) -> Ops:
@@ -61,6 +68,7 @@ def ops(cfg: T5Config) -> Ops:
 
 
 # -- dropout: a counter hash computed inside the fusion that applies it --------------------------------
+
 
 def _mix32(x: jax.Array) -> jax.Array:
     """A 32-bit integer finaliser (Wellons' "lowbias32"): consecutive inputs give uncorrelated outputs."""
@@ -73,13 +81,13 @@ def _mix32(x: jax.Array) -> jax.Array:
 
 def keep_threshold(rate: float) -> int:
     """Keep an element when its uint32 bits are below this: round((1 - rate) * 2**32), in [1, 2**32 - 1]."""
-    return min(max(round((1.0 - rate) * 2 ** 32), 1), 2 ** 32 - 1)
+    return min(max(round((1.0 - rate) * 2**32), 1), 2**32 - 1)
 
 
 def hash_bits(key: jax.Array, shape: tuple) -> jax.Array:
     """Uniform uint32 bits of ``shape``: a hash of each element's index, seeded by two words of ``key``."""
     n = math.prod(shape)
-    if n >= 2 ** 32:
+    if n >= 2**32:
         raise ValueError(f"hashed dropout counts elements in uint32; shape {tuple(shape)} has {n}")
     seed = jax.random.bits(key, (2,), jnp.uint32)
     counter = jax.lax.iota(jnp.uint32, n).reshape(shape)
@@ -93,18 +101,30 @@ def hash_dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
     if key is None or rate == 0.0:
         return x
     t = keep_threshold(rate)
-    return jnp.where(hash_bits(key, x.shape) < jnp.uint32(t), x * (2 ** 32 / t), 0).astype(x.dtype)
+    return jnp.where(hash_bits(key, x.shape) < jnp.uint32(t), x * (2**32 / t), 0).astype(x.dtype)
 
 
 # -- attention through jax.nn.dot_product_attention ---------------------------------------------------
 
+
 def dpa_implementation(dtype) -> str | None:
     """cuDNN's fused attention on a GPU for bf16/f16 (the dtypes it takes); XLA's (None) otherwise."""
-    return "cudnn" if jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else None
+    return (
+        "cudnn"
+        if jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+        else None
+    )
 
 
-def dpa_attend(o_HKD: jax.Array, q_BQHK: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.Array,
-               bias_B1QS: jax.Array | None, mask: layers.Mask | None, drop: Callable | None = None) -> jax.Array:
+def dpa_attend(
+    o_HKD: jax.Array,
+    q_BQHK: jax.Array,
+    k_BSHK: jax.Array,
+    v_BSHK: jax.Array,
+    bias_B1QS: jax.Array | None,
+    mask: layers.Mask | None,
+    drop: Callable | None = None,
+) -> jax.Array:
     """Twin of ``layers.attend`` through ``jax.nn.dot_product_attention``: scale 1 (T5 does not scale), the
     relative position bias as its ``bias`` ([1, H, Q, S], in the inputs' dtype on cuDNN), padding as key
     lengths and causality as ``is_causal``. Lengths rather than a boolean mask because cuDNN folds a mask
@@ -118,12 +138,21 @@ def dpa_attend(o_HKD: jax.Array, q_BQHK: jax.Array, k_BSHK: jax.Array, v_BSHK: j
         bias_B1QS = bias_B1QS.astype(q_BQHK.dtype)  # cuDNN takes the bias in the inputs' dtype
     mask = mask or layers.Mask()
     lengths = None if mask.keys_BS is None else jnp.sum(mask.keys_BS.astype(jnp.int32), axis=-1)
-    out = jax.nn.dot_product_attention(q_BQHK, k_BSHK, v_BSHK, bias_B1QS, scale=1.0, is_causal=mask.causal,
-                                       key_value_seq_lengths=lengths, implementation=impl)
+    out = jax.nn.dot_product_attention(
+        q_BQHK,
+        k_BSHK,
+        v_BSHK,
+        bias_B1QS,
+        scale=1.0,
+        is_causal=mask.causal,
+        key_value_seq_lengths=lengths,
+        implementation=impl,
+    )
     return layers.project_out(out, o_HKD)
 
 
 # -- feed-forward with a hand-written backward ---------------------------------------------------------
+
 
 def _act_grad(activation: str, a: jax.Array) -> jax.Array:
     """d act(a) / da, elementwise, from the pre-activation alone."""
@@ -134,7 +163,9 @@ def _act_grad(activation: str, a: jax.Array) -> jax.Array:
         t = jnp.tanh(c * (a + 0.044715 * a * a * a))
         return 0.5 * (1.0 + t) + 0.5 * a * (1.0 - t * t) * c * (1.0 + 3 * 0.044715 * a * a)
     if activation == "gelu":
-        return 0.5 * (1.0 + jax.lax.erf(a * (1 / math.sqrt(2.0)))) + a * jnp.exp(-0.5 * a * a) / math.sqrt(2 * math.pi)
+        return 0.5 * (1.0 + jax.lax.erf(a * (1 / math.sqrt(2.0)))) + a * jnp.exp(-0.5 * a * a) / math.sqrt(
+            2 * math.pi
+        )
     if activation == "silu":
         s = jax.nn.sigmoid(a)
         return s * (1.0 + a * (1.0 - s))
@@ -182,19 +213,34 @@ def _mlp_2d_bwd(activation, rate, dropout, res, g_ND):
 _mlp_2d.defvjp(_mlp_2d_fwd, _mlp_2d_bwd)
 
 
-def mlp_2d(p: dict, x_BLD: jax.Array, activation: str, rate: float, key: jax.Array | None,
-           dropout: Callable = layers.dropout) -> jax.Array:
+def mlp_2d(
+    p: dict,
+    x_BLD: jax.Array,
+    activation: str,
+    rate: float,
+    key: jax.Array | None,
+    dropout: Callable = layers.dropout,
+) -> jax.Array:
     """Twin of ``layers.mlp`` (hidden dropout by ``dropout(h, rate, key)``) on [B*L, D] rows with the
     hand-written VJP above instead of autodiff's."""
     dt, (B, L, D) = x_BLD.dtype, x_BLD.shape
     wi, wi1 = (p["wi"], None) if "wi" in p else (p["wi_0"], p["wi_1"])
     on = key is not None and rate > 0.0
-    y = _mlp_2d(activation, float(rate) if on else 0.0, dropout, x_BLD.reshape(B * L, D), wi.astype(dt),
-                None if wi1 is None else wi1.astype(dt), p["wo"].astype(dt), key if on else None)
+    y = _mlp_2d(
+        activation,
+        float(rate) if on else 0.0,
+        dropout,
+        x_BLD.reshape(B * L, D),
+        wi.astype(dt),
+        None if wi1 is None else wi1.astype(dt),
+        p["wo"].astype(dt),
+        key if on else None,
+    )
     return y.reshape(B, L, -1)
 
 
 # -- cross-entropy over the LM head with a hand-written backward ---------------------------------------
+
 
 @jax.custom_vjp
 def _xent_2d(x_ND, w_DV, labels_N):
@@ -223,5 +269,7 @@ _xent_2d.defvjp(_xent_2d_fwd, _xent_2d_bwd)
 def lm_head_xent(x_BTD: jax.Array, w_DV: jax.Array, labels_BT: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Twin of ``layers.lm_head_xent``; the logits never leave it (its backward is ``softmax - onehot``)."""
     B, T, D = x_BTD.shape
-    nll, pred = _xent_2d(x_BTD.reshape(B * T, D), w_DV.astype(x_BTD.dtype), labels_BT.reshape(B * T).astype(jnp.int32))
+    nll, pred = _xent_2d(
+        x_BTD.reshape(B * T, D), w_DV.astype(x_BTD.dtype), labels_BT.reshape(B * T).astype(jnp.int32)
+    )
     return nll.reshape(B, T), pred.reshape(B, T)

@@ -9,6 +9,7 @@ are put into (-CLIP, CLIP).
 The default prior is "aggregate": on the default model its samples parse most often (benchmarks/NOTES.md).
 Interpolation paths between codes: slerp per latent token, slerp of the whole code, or lerp.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,8 +43,6 @@ def slerp(a: jax.Array, b: jax.Array, t: jax.Array) -> jax.Array:
     return s * a + e * b
 
 
-
-
 def interpolate(z_a: jax.Array, z_b: jax.Array, steps: int = 9, kind: str = "slerp") -> jax.Array:
     """``steps`` points from z_a to z_b, both endpoints included -> [steps, *shape] (ratios linspace(0, 1, steps)).
 
@@ -54,8 +53,10 @@ def interpolate(z_a: jax.Array, z_b: jax.Array, steps: int = 9, kind: str = "sle
     if kind not in INTERPOLATIONS:
         raise ValueError(f"kind must be one of {INTERPOLATIONS}, got {kind!r}")
     if isinstance(steps, bool) or not isinstance(steps, (int, jnp.integer)) or steps < 2:
-        raise ValueError(f"steps is the number of points including both endpoints and must be an integer >= 2, "
-                         f"got {steps!r}")
+        raise ValueError(
+            f"steps is the number of points including both endpoints and must be an integer >= 2, "
+            f"got {steps!r}"
+        )
     z_a, z_b = jnp.asarray(z_a, jnp.float32), jnp.asarray(z_b, jnp.float32)
     if z_a.shape != z_b.shape:
         raise ValueError(f"interpolate needs codes of equal shape, got z_a {z_a.shape} and z_b {z_b.shape}")
@@ -85,9 +86,11 @@ def check_codes(z, cfg: Config, name: str = "z") -> np.ndarray:
     if z.ndim == 2:
         z = z[None]
     if z.ndim != 3 or z.shape[1:] != want:
-        raise ValueError(f"{name} has shape {got} but this model's codes "
-                         f"are [n, N, Z] = [n, {want[0]}, {want[1]}] (or one code [{want[0]}, {want[1]}]): "
-                         f"codes from another model or config?")
+        raise ValueError(
+            f"{name} has shape {got} but this model's codes "
+            f"are [n, N, Z] = [n, {want[0]}, {want[1]}] (or one code [{want[0]}, {want[1]}]): "
+            f"codes from another model or config?"
+        )
     if not np.all(np.isfinite(z)):
         raise ValueError(f"{name} holds non-finite values (NaN or inf)")
     return z
@@ -107,7 +110,9 @@ def _rng(seed) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def sample_prior(kind: str, n: int, cfg: Config, seed=0, aggregate: FittedGaussian | None = None) -> np.ndarray:
+def sample_prior(
+    kind: str, n: int, cfg: Config, seed=0, aggregate: FittedGaussian | None = None
+) -> np.ndarray:
     """``n`` codes [n, N, Z] from a prior, clipped into (-CLIP, CLIP).
 
     "gaussian": N(0, I), the distribution the MMD loss pulls the codes toward (about 32 % of its
@@ -121,10 +126,14 @@ def sample_prior(kind: str, n: int, cfg: Config, seed=0, aggregate: FittedGaussi
     shape = (n, cfg.n_latent_tokens, cfg.latent_size)
     if kind == "aggregate":
         if aggregate is None:
-            raise ValueError("prior='aggregate' needs the fitted Gaussian (aggregate=FittedGaussian.fit(codes))")
+            raise ValueError(
+                "prior='aggregate' needs the fitted Gaussian (aggregate=FittedGaussian.fit(codes))"
+            )
         if aggregate.shape != shape[1:]:
-            raise ValueError(f"the aggregate posterior was fitted to codes of shape [N, Z] = {list(aggregate.shape)} "
-                             f"but this model's codes are {list(shape[1:])}")
+            raise ValueError(
+                f"the aggregate posterior was fitted to codes of shape [N, Z] = {list(aggregate.shape)} "
+                f"but this model's codes are {list(shape[1:])}"
+            )
         return aggregate.sample(n, rng)
     z = rng.standard_normal(shape).astype(np.float32)
     return np.clip(np.tanh(z) if kind == "tanh" else z, -CLIP, CLIP)
@@ -135,11 +144,15 @@ def analogy(a, b, c, scale: float = 1.0, clip: bool = True) -> np.ndarray:
     broadcast; clipped into (-CLIP, CLIP) unless ``clip=False``."""
     a, b, c = (np.asarray(x, np.float32) for x in (a, b, c))
     if not (a.shape[-2:] == b.shape[-2:] == c.shape[-2:]) or min(a.ndim, b.ndim, c.ndim) < 2:
-        raise ValueError(f"analogy needs codes [..., N, Z] of one [N, Z], got a {a.shape}, b {b.shape}, c {c.shape}")
+        raise ValueError(
+            f"analogy needs codes [..., N, Z] of one [N, Z], got a {a.shape}, b {b.shape}, c {c.shape}"
+        )
     try:
         out = a + np.float32(scale) * (b - c)
     except ValueError:
-        raise ValueError(f"analogy: the batch axes of a {a.shape}, b {b.shape}, c {c.shape} do not broadcast") from None
+        raise ValueError(
+            f"analogy: the batch axes of a {a.shape}, b {b.shape}, c {c.shape} do not broadcast"
+        ) from None
     return np.clip(out, -CLIP, CLIP) if clip else out
 
 
@@ -184,17 +197,31 @@ class FittedGaussian:
     def save(self, path: str | os.PathLike) -> None:
         """Write an .npz atomically: a temporary file in the same directory, then ``os.replace``."""
         with atomic_file(path, "wb") as f:
-            np.savez(f, mean=self.mean, cov=self.cov, shape=np.asarray(self.shape), n_codes=self.n_codes,
-                     fingerprint=np.asarray(self.fingerprint))
+            np.savez(
+                f,
+                mean=self.mean,
+                cov=self.cov,
+                shape=np.asarray(self.shape),
+                n_codes=self.n_codes,
+                fingerprint=np.asarray(self.fingerprint),
+            )
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FittedGaussian:
         try:
             with np.load(path, allow_pickle=False) as f:
-                g = cls(f["mean"], f["cov"], tuple(int(s) for s in f["shape"]), int(f["n_codes"]), str(f["fingerprint"]))
+                g = cls(
+                    f["mean"],
+                    f["cov"],
+                    tuple(int(s) for s in f["shape"]),
+                    int(f["n_codes"]),
+                    str(f["fingerprint"]),
+                )
         except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
             raise ValueError(f"{path} is not an aggregate-posterior file: {e}") from None
         d = int(np.prod(g.shape))
         if g.mean.shape != (d,) or g.cov.shape != (d, d):
-            raise ValueError(f"{path}: mean {g.mean.shape} / cov {g.cov.shape} do not match codes of shape {g.shape}")
+            raise ValueError(
+                f"{path}: mean {g.mean.shape} / cov {g.cov.shape} do not match codes of shape {g.shape}"
+            )
         return g

@@ -4,6 +4,7 @@ Faster twins of some of them, chosen per platform, are in t5vae.kernels.
 Shape letters: B batch, L/Q query length, S/K key length, D d_model, H heads, K d_kv (in weight names),
 F d_ff, V vocab. Attention logits are *not* scaled by 1/sqrt(d_kv): T5 folds that into the init.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,6 +23,7 @@ class Mask(NamedTuple):
     [B, 1, Q, S] array so that fused attention (t5vae.kernels.dpa_attend) can take padding as sequence
     lengths and causality as a flag, which is how cuDNN wants them. Batches are right-padded (real tokens
     first), which the lengths form assumes."""
+
     keys_BS: jax.Array | None = None
     causal: bool = False
 
@@ -69,14 +71,21 @@ def relative_position_bucket(relative_position, bidirectional: bool, num_buckets
     is_small = n < max_exact
     # log-spaced buckets; max(n, 1) keeps log() finite where the small branch is taken anyway
     nf = xp.maximum(n, 1).astype(np.float32)
-    large = max_exact + (xp.log(nf / max_exact) / math.log(max_distance / max_exact)
-                         * (num_buckets - max_exact)).astype(np.int32)
+    large = max_exact + (
+        xp.log(nf / max_exact) / math.log(max_distance / max_exact) * (num_buckets - max_exact)
+    ).astype(np.int32)
     large = xp.minimum(large, num_buckets - 1)
     return bucket + xp.where(is_small, n, large).astype(np.int32)
 
 
-def position_bias(table_RH: jax.Array, q_len: int, k_len: int, bidirectional: bool, max_distance: int,
-                  q_offset: jax.Array | int = 0) -> jax.Array:
+def position_bias(
+    table_RH: jax.Array,
+    q_len: int,
+    k_len: int,
+    bidirectional: bool,
+    max_distance: int,
+    q_offset: jax.Array | int = 0,
+) -> jax.Array:
     """Relative position bias [1, H, Q, K] from a [buckets, H] table; queries start at ``q_offset``."""
     q_pos = jnp.arange(q_len, dtype=jnp.int32)[:, None] + q_offset
     k_pos = jnp.arange(k_len, dtype=jnp.int32)[None, :]
@@ -90,9 +99,15 @@ def position_bias_at(table_RH: jax.Array, k_len: int, q_pos: jax.Array, max_dist
     return position_bias(table_RH, 1, k_len, False, max_distance, q_offset=q_pos)[:, :, 0, :]
 
 
-def attention(p: dict, x_BQD: jax.Array, kv_BSD: jax.Array, bias_B1QS: jax.Array | None,
-              mask: Mask | None, drop: Callable | None = None, attend_fn: Callable | None = None
-              ) -> jax.Array:
+def attention(
+    p: dict,
+    x_BQD: jax.Array,
+    kv_BSD: jax.Array,
+    bias_B1QS: jax.Array | None,
+    mask: Mask | None,
+    drop: Callable | None = None,
+    attend_fn: Callable | None = None,
+) -> jax.Array:
     """Multi-head attention with weights q,k,v [D,H,K] and o [H,K,D]; logits in float32, no scaling.
     ``drop`` (an array -> array function) is the dropout applied to the attention probabilities;
     ``attend_fn`` replaces :func:`attend` (a fast twin from t5vae.kernels).
@@ -110,8 +125,15 @@ def attention(p: dict, x_BQD: jax.Array, kv_BSD: jax.Array, bias_B1QS: jax.Array
     return (attend_fn or attend)(p["o"], q, k, v, bias_B1QS, mask, drop)
 
 
-def attend(o_HKD: jax.Array, q_BQHK: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.Array,
-           bias_B1QS: jax.Array | None, mask: Mask | None, drop: Callable | None = None) -> jax.Array:
+def attend(
+    o_HKD: jax.Array,
+    q_BQHK: jax.Array,
+    k_BSHK: jax.Array,
+    v_BSHK: jax.Array,
+    bias_B1QS: jax.Array | None,
+    mask: Mask | None,
+    drop: Callable | None = None,
+) -> jax.Array:
     """Softmax attention over projected q/k/v and the output projection -> [B, Q, D]."""
     dt = q_BQHK.dtype
     mask_B1QS = None if mask is None else mask.dense(q_BQHK.shape[1], k_BSHK.shape[1])
@@ -129,7 +151,9 @@ def attend(o_HKD: jax.Array, q_BQHK: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.A
 def project_out(out_BQHK: jax.Array, o_HKD: jax.Array) -> jax.Array:
     """The attention's output projection as one 2-D dot -> [B, Q, D]."""
     B, Q, H, K = out_BQHK.shape
-    return (out_BQHK.reshape(B * Q, H * K) @ o_HKD.astype(out_BQHK.dtype).reshape(H * K, -1)).reshape(B, Q, -1)
+    return (out_BQHK.reshape(B * Q, H * K) @ o_HKD.astype(out_BQHK.dtype).reshape(H * K, -1)).reshape(
+        B, Q, -1
+    )
 
 
 def attend_one(q_BHK, k_BHSK, v_BHSK, bias_1HS, mask_B1S):
@@ -144,7 +168,6 @@ def attend_one(q_BHK, k_BHSK, v_BHSK, bias_1HS, mask_B1S):
     return out.reshape(out.shape[0], -1)
 
 
-
 ACTIVATIONS = {
     "relu": jax.nn.relu,
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
@@ -153,16 +176,23 @@ ACTIVATIONS = {
 }
 
 
-def mlp(p: dict, x_BLD: jax.Array, activation: str, rate: float = 0.0, key: jax.Array | None = None,
-        dropout: Callable = dropout) -> jax.Array:
+def mlp(
+    p: dict,
+    x_BLD: jax.Array,
+    activation: str,
+    rate: float = 0.0,
+    key: jax.Array | None = None,
+    dropout: Callable = dropout,
+) -> jax.Array:
     """T5 feed-forward: ``wo(act(wi x))`` or, gated, ``wo(act(wi_0 x) * wi_1 x)``; wi* [D,F], wo [F,D];
     the hidden activations [B, L, F] go through ``dropout(h, rate, key)`` (none when key is None or rate 0)."""
     dt, act = x_BLD.dtype, ACTIVATIONS[activation]
     if "wi" in p:
         h = act(jnp.einsum("BLD,DF->BLF", x_BLD, p["wi"].astype(dt)))
     else:
-        h = (act(jnp.einsum("BLD,DF->BLF", x_BLD, p["wi_0"].astype(dt)))
-             * jnp.einsum("BLD,DF->BLF", x_BLD, p["wi_1"].astype(dt)))
+        h = act(jnp.einsum("BLD,DF->BLF", x_BLD, p["wi_0"].astype(dt))) * jnp.einsum(
+            "BLD,DF->BLF", x_BLD, p["wi_1"].astype(dt)
+        )
     if key is not None and rate > 0.0:
         h = dropout(h, rate, key)
     return jnp.einsum("BLF,FD->BLD", h, p["wo"].astype(dt))

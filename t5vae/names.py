@@ -25,7 +25,10 @@ PROSE = "prose"  # the spec of the embedded English corpus
 # measures: code lines (parse checks, statement kinds) or sentences (BLEU, smooth paths, lengths in words).
 LANGUAGES = ("code", "prose")
 # Length buckets of exact match and of the demo's prose map: characters for code, words for prose.
-LENGTH_BUCKETS = {"code": ((0, 40), (41, 60), (61, 80), (81, None)), "prose": ((0, 8), (9, 12), (13, 16), (17, None))}
+LENGTH_BUCKETS = {
+    "code": ((0, 40), (41, 60), (61, 80), (81, None)),
+    "prose": ((0, 8), (9, 12), (13, 16), (17, None)),
+}
 
 
 def line_length(line: str, language: str) -> int:
@@ -86,4 +89,3 @@ def statement_kind(line: str) -> str:
     if tree is None:
         return NO_PARSE
     return type(tree.body[0]).__name__ if tree.body else EMPTY
-

@@ -6,6 +6,7 @@ state that is saved with the checkpoint, so a resumed run continues the data exa
 Nothing else imports this module at import time: the default in-memory run (:class:`t5vae.data.BatchStream`)
 never imports grain. See docs/pipeline.md.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -19,8 +20,10 @@ from t5vae.sources import Source, held_lines, open_source, sample_lines
 try:
     import grain
 except ImportError as e:
-    raise ImportError(f"the grain input pipeline needs grain, which cannot be imported ({e}): "
-                      f"pip install 'grain>=0.2.18'  (or: pip install 't5vae[scale]')") from None
+    raise ImportError(
+        f"the grain input pipeline needs grain, which cannot be imported ({e}): "
+        f"pip install 'grain>=0.2.18'  (or: pip install 't5vae[scale]')"
+    ) from None
 
 STATE_FORMAT = 1
 LONG_LINES = ("truncate", "error")
@@ -28,12 +31,19 @@ LONG_LINES = ("truncate", "error")
 
 # -- the grain pipeline ----------------------------------------------------------------------------
 
+
 class _Tokenize(grain.transforms.Map):
     """A chunk of records -> their int32 token ids, each ending in EOS; a line longer than the largest bucket is
     cut to it (keeping EOS, as :func:`t5vae.data.encode_lines` does) or, with ``long_lines="error"``, raises."""
 
     def __init__(self, proto: bytes, field: str | None, max_length: int, long_lines: str, name: str):
-        self.proto, self.field, self.max_length, self.long_lines, self.name = proto, field, max_length, long_lines, name
+        self.proto, self.field, self.max_length, self.long_lines, self.name = (
+            proto,
+            field,
+            max_length,
+            long_lines,
+            name,
+        )
         self._sp = None
 
     def __getstate__(self):  # a sentencepiece processor does not pickle: each worker builds its own
@@ -45,13 +55,18 @@ class _Tokenize(grain.transforms.Map):
             import sentencepiece as spm
 
             self._sp = spm.SentencePieceProcessor(model_proto=self.proto)
-        texts = [record_text(r, self.field, *(where[k] if where else (self.name, "?"))) for k, r in enumerate(records)]
+        texts = [
+            record_text(r, self.field, *(where[k] if where else (self.name, "?")))
+            for k, r in enumerate(records)
+        ]
         out = []
         for text, ids in zip(texts, self._sp.encode(texts)):
             line, cut = data.with_eos(ids, self.max_length)
             if cut and self.long_lines == "error":
-                raise ValueError(f"{self.name}: the line {text[:60]!r}... has {len(ids) + 1} tokens (EOS included), "
-                                 f"more than the largest bucket {self.max_length} (max_length)")
+                raise ValueError(
+                    f"{self.name}: the line {text[:60]!r}... has {len(ids) + 1} tokens (EOS included), "
+                    f"more than the largest bucket {self.max_length} (max_length)"
+                )
             out.append(line)
         return out
 
@@ -61,7 +76,7 @@ class _Tokenize(grain.transforms.Map):
 # that grows with the file (docs/pipeline.md), so chunks grow with the shard: N / 500 lines, within [512, 32768]. READ_AHEAD chunks are read
 # ahead in READ_THREADS threads. Chunk j holds positions [j * size, (j + 1) * size) of the endless stream of the
 # shard's records, each epoch in its own order (grain's index_shuffle, seeded by seed + epoch: none is stored).
-MIN_CHUNK, MAX_CHUNK, READ_AHEAD, READ_THREADS, ENDLESS = 512, 32768, 4, 2, 2 ** 62
+MIN_CHUNK, MAX_CHUNK, READ_AHEAD, READ_THREADS, ENDLESS = 512, 32768, 4, 2, 2**62
 
 
 class _ReadChunk(grain.transforms.Map):
@@ -73,8 +88,9 @@ class _ReadChunk(grain.transforms.Map):
 
     def record_index(self, position: int) -> int:
         epoch, i = divmod(position, self.n)
-        return self.lo + grain.experimental.index_shuffle(i, max_index=self.n - 1, seed=(self.seed + epoch) % 2 ** 32,
-                                                          rounds=4)
+        return self.lo + grain.experimental.index_shuffle(
+            i, max_index=self.n - 1, seed=(self.seed + epoch) % 2**32, rounds=4
+        )
 
     def lines(self, positions) -> list[np.ndarray]:
         """The tokens of the lines at these stream positions (one read)."""
@@ -102,7 +118,9 @@ class _BucketBatches(grain.IterDataset):
     def _chunks(self) -> grain.IterDataset:
         first, step = self.part
         chunks = grain.MapDataset.range(ENDLESS)[first::step].map(self.read)
-        return chunks.to_iter_dataset(grain.ReadOptions(num_threads=READ_THREADS, prefetch_buffer_size=READ_AHEAD))
+        return chunks.to_iter_dataset(
+            grain.ReadOptions(num_threads=READ_THREADS, prefetch_buffer_size=READ_AHEAD)
+        )
 
     def set_slice(self, sl: slice, sequential_slice: bool = False) -> None:
         """What ``mp_prefetch`` calls in each worker: read every ``sl.step``-th chunk from ``sl.start``."""
@@ -143,12 +161,20 @@ class _BucketIterator(grain.DatasetIterator):
                 return data.pad_batch([x for _, x in batch], b)
 
     def get_state(self) -> dict:
-        return {"chunk": self.chunk_state, "offset": self.offset, "position": self.position,
-                "waiting": {str(b): [i for i, _ in w] for b, w in self.waiting.items()}}
+        return {
+            "chunk": self.chunk_state,
+            "offset": self.offset,
+            "position": self.position,
+            "waiting": {str(b): [i for i, _ in w] for b, w in self.waiting.items()},
+        }
 
     def set_state(self, state: dict) -> None:
         self._parent.set_state(state["chunk"])
-        self.chunk_state, self.offset, self.position = state["chunk"], int(state["offset"]), int(state["position"])
+        self.chunk_state, self.offset, self.position = (
+            state["chunk"],
+            int(state["offset"]),
+            int(state["position"]),
+        )
         self.chunk = next(self._parent) if self.offset else []
         where = [(b, i) for b in self.ds.buckets for i in state["waiting"][str(b)]]
         self.waiting = {b: [] for b in self.ds.buckets}
@@ -164,19 +190,32 @@ class GrainBatches:
     each tokenise and bucket their own slice of it, so the stream depends on the worker count (a resume with
     another count is refused). ``shard``: grain ``ShardOptions`` (default: this JAX process of all of them)."""
 
-    def __init__(self, source: Source, tok: data.Tokenizer, buckets: Sequence[int], batch_size: int, seed: int,
-                 worker_count: int = 0, shard=None, long_lines: str = "truncate"):
+    def __init__(
+        self,
+        source: Source,
+        tok: data.Tokenizer,
+        buckets: Sequence[int],
+        batch_size: int,
+        seed: int,
+        worker_count: int = 0,
+        shard=None,
+        long_lines: str = "truncate",
+    ):
         if long_lines not in LONG_LINES:
             raise ValueError(f"long_lines must be one of {LONG_LINES}, got {long_lines!r}")
         shard = shard if shard is not None else grain.sharding.ShardByJaxProcess(drop_remainder=True)
         lo, hi = shard_bounds(len(source), shard.shard_index, shard.shard_count, shard.drop_remainder)
         where = f"{source.name} (shard {shard.shard_index} of {shard.shard_count}: {hi - lo} lines)"
         if hi - lo < batch_size * max(1, worker_count):
-            raise ValueError(f"batch of {batch_size} is larger than the lines each of {max(1, worker_count)} "
-                             f"worker(s) reads in {where}; lower batch_size or add data")
+            raise ValueError(
+                f"batch of {batch_size} is larger than the lines each of {max(1, worker_count)} "
+                f"worker(s) reads in {where}; lower batch_size or add data"
+            )
         self.worker_count, self.batch_size, self.where, self.position = worker_count, batch_size, where, 0
         tokenize = _Tokenize(tok.proto, source.field, max(buckets), long_lines, source.name)
-        ds = _BucketBatches(_ReadChunk(source.records, source.start + lo, hi - lo, seed, tokenize), buckets, batch_size)
+        ds = _BucketBatches(
+            _ReadChunk(source.records, source.start + lo, hi - lo, seed, tokenize), buckets, batch_size
+        )
         if worker_count:
             _absl_flags_defaults()
             ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
@@ -191,19 +230,28 @@ class GrainBatches:
 
     def __call__(self, i: int) -> dict:
         if i != self.position:
-            raise ValueError(f"the grain stream is at batch {self.position}, asked for batch {i}: it reads in order")
+            raise ValueError(
+                f"the grain stream is at batch {self.position}, asked for batch {i}: it reads in order"
+            )
         return next(self)
 
     def get_state(self) -> dict:
-        return {"format": STATE_FORMAT, "batches": self.position, "workers": self.worker_count,
-                "where": self.where, "grain": self._it.get_state()}
+        return {
+            "format": STATE_FORMAT,
+            "batches": self.position,
+            "workers": self.worker_count,
+            "where": self.where,
+            "grain": self._it.get_state(),
+        }
 
     def set_state(self, state: dict) -> None:
         if state.get("format") != STATE_FORMAT or "grain" not in state:
             raise ValueError(f"not a t5vae grain pipeline state (format {state.get('format')!r})")
         if state["workers"] != self.worker_count or state["where"] != self.where:
-            raise ValueError(f"the saved data position is for {state['where']} read by {state['workers']} worker(s); "
-                             f"this run reads {self.where} with {self.worker_count}: resume with the same settings")
+            raise ValueError(
+                f"the saved data position is for {state['where']} read by {state['workers']} worker(s); "
+                f"this run reads {self.where} with {self.worker_count}: resume with the same settings"
+            )
         self._it.set_state(state["grain"])
         self.position = int(state["batches"])
 
@@ -235,21 +283,28 @@ def shard_bounds(n: int, index: int, count: int, drop_remainder: bool = True) ->
 
 # -- what training asks for ------------------------------------------------------------------------
 
+
 def load_corpus(tc) -> tuple[corpus.Corpus, int]:
     """What ``t5vae.run_setup.prepare`` needs of a ``TrainConfig`` with ``pipeline="grain"`` -> ``(Corpus of a
     tokenizer-training sample of the training lines and every held-out line, the number of training lines)``."""
-    train, held = open_source(tc.corpus, "train", tc.validation_percent, min_chars=tc.min_chars,
-                              max_chars=tc.max_chars)
+    train, held = open_source(
+        tc.corpus, "train", tc.validation_percent, min_chars=tc.min_chars, max_chars=tc.max_chars
+    )
     if len(train) < tc.batch_size:
-        raise ValueError(f"the training set of {train.name} ({len(train)} lines) does not fill one batch of "
-                         f"{tc.batch_size}; lower batch_size or add data")
+        raise ValueError(
+            f"the training set of {train.name} ({len(train)} lines) does not fill one batch of "
+            f"{tc.batch_size}; lower batch_size or add data"
+        )
     return corpus.Corpus(sample_lines(train), held_lines(held), train.name), len(train)
 
 
-def for_training(tc, tok: data.Tokenizer, buckets: Sequence[int], batch_size: int, state: dict | None = None,
-                 shard=None) -> GrainBatches:
+def for_training(
+    tc, tok: data.Tokenizer, buckets: Sequence[int], batch_size: int, state: dict | None = None, shard=None
+) -> GrainBatches:
     """This process's stream of ``batch_size``-line batches of ``tc.corpus`` (continued from ``state``)."""
-    train, _ = open_source(tc.corpus, "train", tc.validation_percent, min_chars=tc.min_chars, max_chars=tc.max_chars)
+    train, _ = open_source(
+        tc.corpus, "train", tc.validation_percent, min_chars=tc.min_chars, max_chars=tc.max_chars
+    )
     stream = GrainBatches(train, tok, buckets, batch_size, tc.seed, tc.pipeline_workers, shard)
     if state is not None:
         stream.set_state(state)

@@ -4,6 +4,7 @@ run checked against the settings it was started with), the corpus read and its t
 Apart from t5vae.train because it is everything before the first step and touches no optimizer state: files,
 tokenizer and corpus, in the order that leaves a run directory resumable or clearly incomplete.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,14 @@ from t5vae.config import Config
 from t5vae.train_config import TrainConfig
 
 
-def prepare(cfg: Config, tc: TrainConfig, out: str | os.PathLike, init_from: str | None = None,
-            overwrite: bool = False, log=print):
+def prepare(
+    cfg: Config,
+    tc: TrainConfig,
+    out: str | os.PathLike,
+    init_from: str | None = None,
+    overwrite: bool = False,
+    log=print,
+):
     """Set up (or reopen) a run directory, whose lock the caller holds (:func:`t5vae.rundir.claim`) ->
     ``(cfg, tokenizer, corpus, encoded training lines, T5 params of init_from or None)``.
 
@@ -31,14 +38,20 @@ def prepare(cfg: Config, tc: TrainConfig, out: str | os.PathLike, init_from: str
     chief = jax.process_index() == 0
     resuming = rundir.reuse_or_clear(out, overwrite, log) if chief else None
     corpus, n_train = rundir.training_corpus(tc)  # streamed: only a tokenizer sample and the held-out lines
-    log(f"corpus {corpus.source}: {n_train} train / {len(corpus.validation)} validation lines ({tc.pipeline} pipeline)")
+    log(
+        f"corpus {corpus.source}: {n_train} train / {len(corpus.validation)} validation lines ({tc.pipeline} pipeline)"
+    )
     t5_params = None
     if init_from is not None:
         t5_cfg, t5_params = checkpoint.load_t5(init_from)
-        bad = checkpoint.non_finite((jax.tree_util.keystr(k), x) for k, x in jax.tree_util.tree_leaves_with_path(t5_params))
+        bad = checkpoint.non_finite(
+            (jax.tree_util.keystr(k), x) for k, x in jax.tree_util.tree_leaves_with_path(t5_params)
+        )
         if bad:
-            raise FloatingPointError(f"{checkpoint.non_finite_message(f'--init-from {init_from}', bad)}: "
-                                     f"training cannot start from it; convert the source again, or use another")
+            raise FloatingPointError(
+                f"{checkpoint.non_finite_message(f'--init-from {init_from}', bad)}: "
+                f"training cannot start from it; convert the source again, or use another"
+            )
         cfg = cfg.replace(t5=t5_cfg.replace(dropout_rate=cfg.t5.dropout_rate))
     if chief and not resuming:
         cfg, tok, enc = _start(cfg, tc, out, init_from, corpus, log)
@@ -61,8 +74,10 @@ def _encode(tok: data.Tokenizer, corpus, cfg: Config, log, tc: TrainConfig) -> d
         return None
     enc = data.encode_lines(tok, corpus.train, cfg.max_length)
     if enc.n_truncated:
-        log(f"warning: {enc.n_truncated} of {len(enc)} training lines are longer than max_length="
-            f"{cfg.max_length} tokens and were truncated")
+        log(
+            f"warning: {enc.n_truncated} of {len(enc)} training lines are longer than max_length="
+            f"{cfg.max_length} tokens and were truncated"
+        )
     return enc
 
 
@@ -81,7 +96,9 @@ def _start(cfg: Config, tc: TrainConfig, out: Path, init_from, corpus, log):
         cfg = cfg.replace(t5=cfg.t5.replace(vocab_size=tok.vocab_size))
     data.check_vocab(tok, cfg.t5.vocab_size)
     enc = _encode(tok, corpus, cfg, log, tc)
-    if enc is not None:  # raises if no batch fills: before any write (a grain corpus: checked as it was opened)
+    if (
+        enc is not None
+    ):  # raises if no batch fills: before any write (a grain corpus: checked as it was opened)
         data.BatchStream(enc, tc.batch_size, data.length_buckets(cfg), tc.seed)
     rundir.mark_incomplete(out)
     tok.save(out / rundir.TOKENIZER_FILE)

@@ -17,6 +17,7 @@ what is in it may be resumed.
   and no committed checkpoint is the debris of a run that failed before it could be resumed (bad data, a
   kill, Ctrl-C): the next run clears it and starts over instead of silently reusing, say, its tokenizer.
 """
+
 from __future__ import annotations
 
 import errno
@@ -73,8 +74,10 @@ def check_tokenizer(run_dir: str | os.PathLike, tok: data.Tokenizer) -> None:
     got = _tokenizer_record(run_dir / TOKENIZER_FILE, tok.vocab_size)
     if (got["pieces"], got["sha256"]) != (pieces, digest):
         same = "the same number of pieces but other ones" if got["pieces"] == pieces else "another tokenizer"
-        raise ValueError(f"{run_dir / TOKENIZER_FILE} is not the tokenizer this run trained on ({same}): it has "
-                         f"{got['pieces']} pieces, the run's had {pieces}; put the run's own spiece.model back")
+        raise ValueError(
+            f"{run_dir / TOKENIZER_FILE} is not the tokenizer this run trained on ({same}): it has "
+            f"{got['pieces']} pieces, the run's had {pieces}; put the run's own spiece.model back"
+        )
 
 
 def train_config(run_dir: str | os.PathLike) -> TrainConfig:
@@ -144,8 +147,10 @@ def _lock(out: Path) -> int:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
         if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise RunDirBusy(f"{out} is in use by another t5vae run (PID {holder}); wait for it to finish, stop "
-                             f"it, or choose another --out") from None
+            raise RunDirBusy(
+                f"{out} is in use by another t5vae run (PID {holder}); wait for it to finish, stop "
+                f"it, or choose another --out"
+            ) from None
         raise
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -158,8 +163,9 @@ def is_incomplete(out: Path) -> bool:
 
 
 def mark_incomplete(out: Path) -> None:
-    (Path(out) / INCOMPLETE_FILE).write_text("this run has not reached its first checkpoint yet; the next run "
-                                             "here starts over\n")
+    (Path(out) / INCOMPLETE_FILE).write_text(
+        "this run has not reached its first checkpoint yet; the next run here starts over\n"
+    )
 
 
 def mark_complete(out: Path) -> None:
@@ -188,8 +194,10 @@ def reuse_or_clear(out: Path, overwrite: bool, log) -> bool:
     if is_incomplete(out):
         removed = clear(out)
         if removed != [INCOMPLETE_FILE]:
-            log(f"{out} holds a run that stopped before its first checkpoint; starting it over (removed "
-                f"{', '.join(n for n in removed if n != INCOMPLETE_FILE)})")
+            log(
+                f"{out} holds a run that stopped before its first checkpoint; starting it over (removed "
+                f"{', '.join(n for n in removed if n != INCOMPLETE_FILE)})"
+            )
         return False
     if (out / checkpoint.CONFIG_FILE).is_file():
         if not overwrite:
@@ -198,14 +206,25 @@ def reuse_or_clear(out: Path, overwrite: bool, log) -> bool:
         return False
     if not is_new(out):
         found = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE)
-        raise FileExistsError(f"{out} exists and is not a t5vae run directory (it holds {', '.join(found[:5])}"
-                              f"{' ...' if len(found) > 5 else ''}); choose another --out")
+        raise FileExistsError(
+            f"{out} exists and is not a t5vae run directory (it holds {', '.join(found[:5])}"
+            f"{' ...' if len(found) > 5 else ''}); choose another --out"
+        )
     return False
 
 
 # Settings that may change when a run is resumed; any other difference is an error.
-RESUMABLE = ("steps", "checkpoint_every", "keep_checkpoints", "log_every", "progress", "max_minutes",
-             "eval_pairs", "eval_batch_size", "eval_every")
+RESUMABLE = (
+    "steps",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "log_every",
+    "progress",
+    "max_minutes",
+    "eval_pairs",
+    "eval_batch_size",
+    "eval_every",
+)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -224,17 +243,26 @@ def _short(v) -> str:
 def check_resumable(run_dir: Path, cfg: Config, tc: TrainConfig, log=print) -> bool:
     """Refuse to resume a run with other settings, listing only the fields that differ. The backbone's run-time
     fields (dtype, param_dtype, remat, kernels) may change, with a notice -> whether any did."""
-    old = {**_flat(Config.load_json(run_dir / CONFIG_FILE).to_dict(), "model."),
-           **_flat(TrainConfig.load_json(run_dir / TRAIN_CONFIG_FILE).to_dict(), "train.")}
+    old = {
+        **_flat(Config.load_json(run_dir / CONFIG_FILE).to_dict(), "model."),
+        **_flat(TrainConfig.load_json(run_dir / TRAIN_CONFIG_FILE).to_dict(), "train."),
+    }
     new = {**_flat(cfg.to_dict(), "model."), **_flat(tc.to_dict(), "train.")}
     changed = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
     runtime = [k for k in changed if k.removeprefix("model.t5.") in _RUNTIME_FIELDS]
-    diffs = [f"{k}: {_short(old.get(k))} -> {_short(new.get(k))}" for k in changed
-             if k not in runtime and k.removeprefix("train.") not in RESUMABLE]
+    diffs = [
+        f"{k}: {_short(old.get(k))} -> {_short(new.get(k))}"
+        for k in changed
+        if k not in runtime and k.removeprefix("train.") not in RESUMABLE
+    ]
     if diffs:
-        raise ValueError(f"{run_dir} holds a run with a different config; refusing to resume it "
-                         f"(use another --out, or --overwrite to start over):\n  " + "\n  ".join(diffs))
+        raise ValueError(
+            f"{run_dir} holds a run with a different config; refusing to resume it "
+            f"(use another --out, or --overwrite to start over):\n  " + "\n  ".join(diffs)
+        )
     if runtime:
         what = ", ".join(f"{k.removeprefix('model.t5.')} {old.get(k)} -> {new.get(k)}" for k in runtime)
-        log(f"note: resuming with other run-time settings ({what}); they change memory and speed, not the model")
+        log(
+            f"note: resuming with other run-time settings ({what}); they change memory and speed, not the model"
+        )
     return bool(runtime)

@@ -1,5 +1,6 @@
 """What a training run writes as it goes: metrics.jsonl (a row per step), eval_curve.jsonl (the learning
 curve), TensorBoard event files when the ``tensorboard`` package is installed, and their rollback on resume."""
+
 from __future__ import annotations
 
 import json
@@ -67,8 +68,10 @@ class StepBar:
             end = min(self.steps, step + max(0, int(rate * left)))
             if end != self._bar.total:
                 self._bar.total = max(end, step)
-                self._bar.set_description("train" if end == self.steps else
-                                          f"train ({self.budget / 60:g} min budget)", refresh=False)
+                self._bar.set_description(
+                    "train" if end == self.steps else f"train ({self.budget / 60:g} min budget)",
+                    refresh=False,
+                )
         self._bar.update(1)
 
     @property
@@ -90,9 +93,25 @@ class RunLog:
     the learning curve in eval_curve.jsonl, messages, and the progress bar. Only the chief process writes
     files and shows the bar; every process may call it."""
 
-    def __init__(self, run_dir: Path, steps: int, step: int, log_every: int, max_minutes: float | None,
-                 t0: float, progress: bool, chief: bool, log=print):
-        self.run_dir, self.steps, self.log_every, self.t0, self.chief = Path(run_dir), steps, log_every, t0, chief
+    def __init__(
+        self,
+        run_dir: Path,
+        steps: int,
+        step: int,
+        log_every: int,
+        max_minutes: float | None,
+        t0: float,
+        progress: bool,
+        chief: bool,
+        log=print,
+    ):
+        self.run_dir, self.steps, self.log_every, self.t0, self.chief = (
+            Path(run_dir),
+            steps,
+            log_every,
+            t0,
+            chief,
+        )
         self.bar = StepBar(steps, step, max_minutes, t0) if progress and chief else None
         self.log, self.say = log, self.bar.write if self.bar is not None else log
         self.metrics_file = open(self.run_dir / METRICS_FILE, "a") if chief else None
@@ -101,7 +120,9 @@ class RunLog:
     def step(self, n: int, metrics: dict) -> None:
         """Step ``n``'s metrics (floats): a row, a flush every ``log_every`` steps, the bar advanced."""
         if self.chief:
-            self.metrics_file.write(json.dumps({"step": n, "time": round(time.time() - self.t0, 3), **metrics}) + "\n")
+            self.metrics_file.write(
+                json.dumps({"step": n, "time": round(time.time() - self.t0, 3), **metrics}) + "\n"
+            )
             if self.tensorboard is not None:
                 self.tensorboard.write(n, metrics)
         if n % self.log_every == 0 or n == self.steps:
@@ -110,7 +131,9 @@ class RunLog:
             if self.tensorboard is not None:
                 self.tensorboard.flush()
             if self.bar is not None:
-                self.bar.set_postfix({k: f"{metrics[k]:.3g}" for k in BAR_KEYS if k in metrics}, refresh=False)
+                self.bar.set_postfix(
+                    {k: f"{metrics[k]:.3g}" for k in BAR_KEYS if k in metrics}, refresh=False
+                )
         if self.bar is not None:
             self.bar.update(n)
 

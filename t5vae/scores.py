@@ -1,6 +1,7 @@
 """Scores of decoded text against its source, over whitespace-separated words: corpus BLEU-4 (Papineni et
 al., 2002), word edit distance, and whether a decoded path moves monotonically from one end to the other.
 Pure Python, no jax: evaluation and the demo share them."""
+
 from __future__ import annotations
 
 import collections
@@ -9,7 +10,7 @@ from typing import Sequence
 
 
 def _ngrams(words: Sequence[str], n: int) -> collections.Counter:
-    return collections.Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    return collections.Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
 
 
 def corpus_bleu(references: Sequence[str], hypotheses: Sequence[str], max_n: int = 4) -> float:

@@ -12,6 +12,7 @@ exclamation mark last, and nothing that marks code or markup (identifiers with `
 capitals, calls, brackets, operators, backquotes, URLs, reST roles); quotes, apostrophes and parentheses
 around words are English and stay. Duplicates are dropped.
 """
+
 from __future__ import annotations
 
 import ast
@@ -93,7 +94,12 @@ def is_clean(sentence: str, min_words: int = MIN_WORDS, max_words: int = MAX_WOR
         return False
     if not (sentence[0].isupper() and sentence[-1] in ".!?") or sentence.isupper():
         return False
-    if _CODE_CHARS & set(sentence) or _CALL.search(sentence) or _URL.search(sentence) or not sentence.isascii():
+    if (
+        _CODE_CHARS & set(sentence)
+        or _CALL.search(sentence)
+        or _URL.search(sentence)
+        or not sentence.isascii()
+    ):
         return False
     if sentence.count('"') % 2 or sentence.count("(") != sentence.count(")") or "\"'" in sentence:
         return False
@@ -110,8 +116,9 @@ def docstrings(root: str) -> Iterator[str]:
     """Module, class and function docstrings of the ``.py`` files under ``root`` (tests and site-packages
     left out), in a stable order."""
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in ("site-packages", "test", "tests", "idle_test",
-                                                               "__pycache__"))
+        dirnames[:] = sorted(
+            d for d in dirnames if d not in ("site-packages", "test", "tests", "idle_test", "__pycache__")
+        )
         for name in sorted(filenames):
             if not name.endswith(".py"):
                 continue
@@ -137,7 +144,9 @@ def reference_topics() -> Iterator[str]:
         yield topics[key]
 
 
-def clean_sentences(texts: Iterable[str], min_words: int = MIN_WORDS, max_words: int = MAX_WORDS) -> list[str]:
+def clean_sentences(
+    texts: Iterable[str], min_words: int = MIN_WORDS, max_words: int = MAX_WORDS
+) -> list[str]:
     """Every clean sentence of ``texts``, first occurrence kept, in order."""
     seen: dict[str, None] = {}
     for text in texts:
@@ -189,8 +198,12 @@ def _read(path: str) -> str:
         return f.read()
 
 
-def python_prose(min_words: int = MIN_WORDS, max_words: int = MAX_WORDS, root: str | None = None,
-                 docs: list[str] | None = None) -> list[str]:
+def python_prose(
+    min_words: int = MIN_WORDS,
+    max_words: int = MAX_WORDS,
+    root: str | None = None,
+    docs: list[str] | None = None,
+) -> list[str]:
     """The ``prose`` corpus: the clean sentences of the reference topics, of the standard library's docstrings
     (``root``, default this Python's stdlib directory), then of the documentation sources ``docs`` (default
     :func:`docs_sources`: none where the documentation is not installed)."""
@@ -201,4 +214,5 @@ def python_prose(min_words: int = MIN_WORDS, max_words: int = MAX_WORDS, root: s
         yield from reference_topics()
         yield from docstrings(root)
         yield from map(_read, docs)
+
     return clean_sentences(texts(), min_words, max_words)

@@ -9,6 +9,7 @@
 Multi-host: call :func:`initialize_distributed` first in every process; each process reads the rows
 :func:`process_slice` gives it; the same program then runs on 1 CPU, 8 fake devices, a GPU or a TPU slice.
 """
+
 from __future__ import annotations
 
 import functools
@@ -28,6 +29,7 @@ from t5vae.specs import MESH_AXES, RULES, abstract, is_spec, logical_to_spec, me
 
 # -- meshes ----------------------------------------------------------------------------------------
 
+
 def parse_mesh(spec: str | Mapping[str, int] | None, n_devices: int | None = None) -> dict[str, int]:
     """``"data=4,fsdp=1,model=2"`` or a dict -> {axis: size} over all of MESH_AXES (missing ones are 1).
 
@@ -41,8 +43,10 @@ def parse_mesh(spec: str | Mapping[str, int] | None, n_devices: int | None = Non
         for part in spec.replace(" ", "").split(","):
             name, eq, size = part.partition("=")
             if not eq or not size.lstrip("-").isdigit():
-                raise ValueError(f"bad mesh spec {spec!r}: expected comma-separated axis=size, e.g. "
-                                 f"'data=4,fsdp=1,model=2', got {part!r}")
+                raise ValueError(
+                    f"bad mesh spec {spec!r}: expected comma-separated axis=size, e.g. "
+                    f"'data=4,fsdp=1,model=2', got {part!r}"
+                )
             if name in items:
                 raise ValueError(f"bad mesh spec {spec!r}: axis {name!r} given twice")
             items[name] = int(size)
@@ -57,8 +61,10 @@ def parse_mesh(spec: str | Mapping[str, int] | None, n_devices: int | None = Non
     if auto:
         rest = math.prod(s for s in sizes.values() if s != -1)
         if n_devices % rest:
-            raise ValueError(f"mesh {spec!r}: cannot fill mesh axis {auto[0]!r} (-1): {n_devices} devices are "
-                             f"not divisible by the other axes' product {rest}")
+            raise ValueError(
+                f"mesh {spec!r}: cannot fill mesh axis {auto[0]!r} (-1): {n_devices} devices are "
+                f"not divisible by the other axes' product {rest}"
+            )
         sizes[auto[0]] = n_devices // rest
     return sizes
 
@@ -73,11 +79,14 @@ def make_mesh(spec: str | Mapping[str, int] | None = None, devices=None) -> Mesh
     n = math.prod(sizes.values())
     shape = ", ".join(f"{a}={s}" for a, s in sizes.items())
     if n > len(devices):
-        raise ValueError(f"mesh {shape} needs {n} devices but only {len(devices)} exist "
-                         f"({devices[0].platform}; {jax.process_count()} process(es))")
+        raise ValueError(
+            f"mesh {shape} needs {n} devices but only {len(devices)} exist "
+            f"({devices[0].platform}; {jax.process_count()} process(es))"
+        )
     if n < len(devices) and jax.process_count() > 1:
-        raise ValueError(f"mesh {shape} uses {n} of the {len(devices)} devices; a multi-process mesh must use "
-                         f"all of them")
+        raise ValueError(
+            f"mesh {shape} uses {n} of the {len(devices)} devices; a multi-process mesh must use all of them"
+        )
     auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
     return jax.make_mesh(tuple(sizes.values()), MESH_AXES, axis_types=auto, devices=devices[:n])
 
@@ -88,19 +97,24 @@ def mesh_sizes(mesh: Mesh) -> dict[str, int]:
 
 # -- logical axes -> shardings ---------------------------------------------------------------------
 
+
 def _check_divisible(shape, axes, mesh: Mesh, rules, where: str) -> None:
     sizes = mesh_sizes(mesh)
     for dim, (size, name) in enumerate(zip(shape, axes)):
         targets = mesh_axes(name, rules)
         missing = [a for a in targets if a not in sizes]
         if missing:
-            raise ValueError(f"{where}: logical axis {name!r} maps to mesh axis {missing}, which the mesh "
-                             f"{sizes} does not have")
+            raise ValueError(
+                f"{where}: logical axis {name!r} maps to mesh axis {missing}, which the mesh "
+                f"{sizes} does not have"
+            )
         parts = math.prod(sizes[a] for a in targets)
         if size % parts:
             desc = " x ".join(f"{a}={sizes[a]}" for a in targets)
-            raise ValueError(f"{where}: dimension {dim} ({name!r}, size {size}) is not divisible by mesh axis "
-                             f"{desc} ({parts} shards); choose a mesh whose axes divide it")
+            raise ValueError(
+                f"{where}: dimension {dim} ({name!r}, size {size}) is not divisible by mesh axis "
+                f"{desc} ({parts} shards); choose a mesh whose axes divide it"
+            )
 
 
 def _spec_tree(specs_or_cfg):
@@ -112,10 +126,14 @@ def _spec_tree(specs_or_cfg):
     return specs_or_cfg
 
 
-def named_sharding(mesh: Mesh, shape, axes, rules: Mapping[str, Any] = RULES, where: str = "array") -> NamedSharding:
+def named_sharding(
+    mesh: Mesh, shape, axes, rules: Mapping[str, Any] = RULES, where: str = "array"
+) -> NamedSharding:
     """The sharding of one array with logical ``axes``; raises if the mesh does not divide a dimension."""
     if len(shape) != len(axes):
-        raise ValueError(f"{where}: shape {tuple(shape)} has {len(shape)} dims but logical axes {tuple(axes)}")
+        raise ValueError(
+            f"{where}: shape {tuple(shape)} has {len(shape)} dims but logical axes {tuple(axes)}"
+        )
     _check_divisible(shape, axes, mesh, rules, where)
     return NamedSharding(mesh, logical_to_spec(axes, rules))
 
@@ -128,7 +146,9 @@ def param_shardings(specs_or_cfg, mesh: Mesh, rules: Mapping[str, Any] = RULES):
     specs = _spec_tree(specs_or_cfg)
     return jax.tree_util.tree_map_with_path(
         lambda path, s: named_sharding(mesh, s.shape, s.axes, rules, f"param {jax.tree_util.keystr(path)}"),
-        specs, is_leaf=is_spec)
+        specs,
+        is_leaf=is_spec,
+    )
 
 
 def _param_table(specs) -> dict:
@@ -183,6 +203,7 @@ def opt_state_shardings(optimizer, specs_or_cfg, mesh: Mesh, rules: Mapping[str,
 
 # -- batches ---------------------------------------------------------------------------------------
 
+
 def batch_sharding(mesh: Mesh, ndim: int = 2, rules: Mapping[str, Any] = RULES) -> NamedSharding:
     """Leading (batch) dimension over the "batch" rule's mesh axes, the rest replicated."""
     return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1), rules))
@@ -190,6 +211,7 @@ def batch_sharding(mesh: Mesh, ndim: int = 2, rules: Mapping[str, Any] = RULES) 
 
 def batch_shardings(batch, mesh: Mesh, rules: Mapping[str, Any] = RULES):
     """``batch_sharding`` for every array of a batch pytree; raises if the batch size is not divisible."""
+
     def one(path, x):
         shape = np.shape(x)
         _check_divisible(shape[:1], ("batch",), mesh, rules, f"batch {jax.tree_util.keystr(path)}")
@@ -212,8 +234,10 @@ def process_slice(n_examples: int, mesh: Mesh | None = None, rules: Mapping[str,
     starts = sorted({i[0].indices(n_examples)[:2] for i in idx.values()})
     lo, hi = starts[0][0], starts[-1][1]
     if sum(b - a for a, b in starts) != hi - lo:
-        raise ValueError(f"this process's devices hold non-contiguous rows {starts} of the batch; "
-                         f"order the mesh so each process owns one block")
+        raise ValueError(
+            f"this process's devices hold non-contiguous rows {starts} of the batch; "
+            f"order the mesh so each process owns one block"
+        )
     return slice(lo, hi)
 
 
@@ -252,6 +276,7 @@ def _local_batch_shards(mesh: Mesh, rules) -> int:
 
 # -- params created / placed in their sharding -----------------------------------------------------
 
+
 @functools.lru_cache(maxsize=None)
 def _sharded_init(cfg, mesh: Mesh):
     init = t5.init if isinstance(cfg, T5Config) else vae.init
@@ -271,20 +296,27 @@ def shard_params(params, specs_or_cfg, mesh: Mesh, rules: Mapping[str, Any] = RU
 
 # -- multi-host ------------------------------------------------------------------------------------
 
+
 def _launched_as_cluster(env) -> bool:
     """A multi-process launch that ``jax.distributed.initialize()`` can detect by itself."""
+
     def count(name):
         try:
             return int(env.get(name, "1"))
         except ValueError:
             return 1
-    return (env.get("T5VAE_DISTRIBUTED", "").lower() in ("1", "true", "yes")
-            or "," in env.get("TPU_WORKER_HOSTNAMES", "")            # a multi-host Cloud TPU slice
-            or count("SLURM_STEP_NUM_TASKS") > 1 or count("OMPI_COMM_WORLD_SIZE") > 1)
+
+    return (
+        env.get("T5VAE_DISTRIBUTED", "").lower() in ("1", "true", "yes")
+        or "," in env.get("TPU_WORKER_HOSTNAMES", "")  # a multi-host Cloud TPU slice
+        or count("SLURM_STEP_NUM_TASKS") > 1
+        or count("OMPI_COMM_WORLD_SIZE") > 1
+    )
 
 
-def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None) -> bool:
+def initialize_distributed(
+    coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> bool:
     """``jax.distributed.initialize`` when launched as several processes -> whether it is initialised.
 
     Explicit arguments, or ``JAX_COORDINATOR_ADDRESS`` + ``JAX_NUM_PROCESSES`` + ``JAX_PROCESS_ID``; else a

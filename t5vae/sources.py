@@ -5,6 +5,7 @@ them that a tokenizer and an evaluation read.
 Apart from the pipeline because none of it needs grain: opening a corpus at scale, and checking it, costs
 nothing of the pipeline's imports.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,6 +20,7 @@ TOKENIZER_LINES = 100_000  # training lines sampled (evenly spaced) to train a t
 
 
 # -- sources ---------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class Source:
@@ -39,8 +41,15 @@ class Source:
         return corpus.read_texts(self.records, [self.start + int(i) for i in indices], self.field, self.name)
 
 
-def open_source(spec: str | None, split: str = "train", validation_percent: float = 2.0, *, min_chars: int = 10,
-                max_chars: int = corpus.MAX_CHARS, data_dir: str | None = None) -> tuple[Source, Source | None]:
+def open_source(
+    spec: str | None,
+    split: str = "train",
+    validation_percent: float = 2.0,
+    *,
+    min_chars: int = 10,
+    max_chars: int = corpus.MAX_CHARS,
+    data_dir: str | None = None,
+) -> tuple[Source, Source | None]:
     """``(training source, held-out source or None)`` of a corpus spec (:func:`t5vae.corpus.parse_spec`), the
     same lines :func:`t5vae.data.load_corpus` reads: ``tfds:NAME[/CONFIG][:VERSION][:FIELD]`` (None/"stdlib":
     ``tfds:python_statements``, the embedded corpus's split), array_record files of UTF-8 lines, text files
@@ -50,19 +59,26 @@ def open_source(spec: str | None, split: str = "train", validation_percent: floa
     parsed = corpus.parse_spec(spec)
     if parsed.kind in ("py", "prose"):  # built in memory: the same split as the in-memory pipeline's
         lines = data.load_corpus(spec, validation_percent, min_chars, max_chars)
-        return (Source(_Lines(lines.train), None, f"{spec}[train]"),
-                Source(_Lines(lines.validation), None, f"{spec}[validation]"))
+        return (
+            Source(_Lines(lines.train), None, f"{spec}[train]"),
+            Source(_Lines(lines.validation), None, f"{spec}[validation]"),
+        )
     if parsed.kind == "array_record":
         return _hold_out(Source(corpus.array_records(parsed.paths, spec), None, spec), validation_percent)
     from t5vae import tfds_data  # optional: raises an ImportError naming the pip install
 
     if parsed.kind in ("tfds", "stdlib"):
-        name, field = ("python_statements", "text") if parsed.kind == "stdlib" else (parsed.name, parsed.field)
-        builder = tfds_data.get_builder(name, data_dir, min_chars=min_chars, max_chars=max_chars,
-                                        validation_percent=validation_percent)
+        name, field = (
+            ("python_statements", "text") if parsed.kind == "stdlib" else (parsed.name, parsed.field)
+        )
+        builder = tfds_data.get_builder(
+            name, data_dir, min_chars=min_chars, max_chars=max_chars, validation_percent=validation_percent
+        )
     else:
-        builder, field = tfds_data.text_lines_builder(list(parsed.paths), data_dir,
-                                                      validation_percent=validation_percent), "text"
+        builder, field = (
+            tfds_data.text_lines_builder(list(parsed.paths), data_dir, validation_percent=validation_percent),
+            "text",
+        )
         if not builder.is_prepared():
             builder.download_and_prepare()
     train = _tfds_split(tfds_data, builder, split, field)
@@ -98,8 +114,12 @@ def _hold_out(src: Source, validation_percent: float) -> tuple[Source, Source]:
     n = len(src.records)
     held = corpus.held_out_count(n, validation_percent)
     if n < held + 1:
-        raise ValueError(f"{src.name} holds {n} lines: too few to hold out {held} for validation and train on the rest")
-    return dataclasses.replace(src, start=held), Source(src.records, src.field, f"{src.name}[:{held}]", 0, held)
+        raise ValueError(
+            f"{src.name} holds {n} lines: too few to hold out {held} for validation and train on the rest"
+        )
+    return dataclasses.replace(src, start=held), Source(
+        src.records, src.field, f"{src.name}[:{held}]", 0, held
+    )
 
 
 def held_lines(src: Source, n: int | None = None) -> list[str]:

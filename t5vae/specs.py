@@ -4,6 +4,7 @@ One spec tree drives init, abstract shapes (what a checkpoint must hold), shardi
 validation. The logical-axis table :data:`RULES` maps axis names to mesh axes; everything asks it. This
 module imports nothing from t5vae.
 """
+
 from __future__ import annotations
 
 from collections import namedtuple
@@ -54,8 +55,11 @@ def check_tree(params, abstract_tree, what: str) -> None:
     want = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(abstract_tree)}
     problems = [f"missing {k} {tuple(want[k].shape)}" for k in sorted(want.keys() - got.keys())]
     problems += [f"unexpected {k} {tuple(np.shape(got[k]))}" for k in sorted(got.keys() - want.keys())]
-    problems += [f"{k}: shape {tuple(np.shape(got[k]))}, expected {tuple(want[k].shape)}"
-                 for k in sorted(want.keys() & got.keys()) if tuple(np.shape(got[k])) != tuple(want[k].shape)]
+    problems += [
+        f"{k}: shape {tuple(np.shape(got[k]))}, expected {tuple(want[k].shape)}"
+        for k in sorted(want.keys() & got.keys())
+        if tuple(np.shape(got[k])) != tuple(want[k].shape)
+    ]
     if problems:
         raise ValueError(f"{what} does not match the expected params tree:\n  " + "\n  ".join(problems))
 
@@ -66,8 +70,17 @@ MESH_AXES = ("data", "fsdp", "model")
 
 # Logical axis name -> mesh axis (or tuple of mesh axes, or None = replicated). The only such table.
 RULES: dict[str, Any] = {
-    "batch": ("data", "fsdp"), "vocab": "model", "heads": "model", "mlp": "model", "embed": "fsdp",
-    "kv": None, "layers": None, "relpos_buckets": None, "latent": None, "latent_tokens": None, "length": None,
+    "batch": ("data", "fsdp"),
+    "vocab": "model",
+    "heads": "model",
+    "mlp": "model",
+    "embed": "fsdp",
+    "kv": None,
+    "layers": None,
+    "relpos_buckets": None,
+    "latent": None,
+    "latent_tokens": None,
+    "length": None,
 }
 
 

@@ -2,6 +2,7 @@
 rematerialised per ``T5Config.remat``, T5's pre-norm residual around each sublayer, the dropout keys of
 every site, and the relative position bias computed once per stack or per layer.
 """
+
 from __future__ import annotations
 
 import functools
@@ -40,12 +41,23 @@ def residual(ops: kernels.Ops, x_BLD: jax.Array, scale_D: jax.Array, eps: float,
     return x_BLD + ops.dropout(sublayer(layers.rms_norm(x_BLD, scale_D, eps)), rate, key)
 
 
-REMAT_POLICY = {"dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-                 "full": jax.checkpoint_policies.nothing_saveable}
+REMAT_POLICY = {
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
 
 
-def run(ops: kernels.Ops, stack: dict, block, x_BLD: jax.Array, key_outer, key_layers, eps: float, rate: float,
-        remat: str) -> jax.Array:
+def run(
+    ops: kernels.Ops,
+    stack: dict,
+    block,
+    x_BLD: jax.Array,
+    key_outer,
+    key_layers,
+    eps: float,
+    rate: float,
+    remat: str,
+) -> jax.Array:
     """Embedding dropout, ``block`` scanned over a stack's layers (rematerialised per ``T5Config.remat``),
     then its final norm and dropout."""
     k_emb, k_out = split(key_outer, 2)
@@ -59,8 +71,13 @@ def run(ops: kernels.Ops, stack: dict, block, x_BLD: jax.Array, key_outer, key_l
 def bias_of(stack: dict, cfg: T5Config, length: int, bidirectional: bool):
     """A layer's params -> its relative position bias [1, H, Q, K] (Q = K = ``length``): the stack's table
     computed once, outside the scan, or the layer's own table inside it (``relative_attention_per_layer``)."""
-    bias = functools.partial(layers.position_bias, q_len=length, k_len=length, bidirectional=bidirectional,
-                             max_distance=cfg.relative_attention_max_distance)
+    bias = functools.partial(
+        layers.position_bias,
+        q_len=length,
+        k_len=length,
+        bidirectional=bidirectional,
+        max_distance=cfg.relative_attention_max_distance,
+    )
     if cfg.relative_attention_per_layer:
         return lambda lp: bias(lp["relpos_bias"])
     shared = bias(stack["relpos_bias"])

@@ -6,6 +6,7 @@ few shapes are ever compiled. Bad input is a ValueError naming the argument: an 
 string; a string longer than the model's ``max_length`` tokens (EOS included) unless ``truncate=True``, which
 cuts it and warns; codes whose [N, Z] are not this model's; ``steps < 2``; ``max_new_tokens <= 0``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,15 +39,21 @@ def _as_lines(lines, name: str) -> tuple[list[str], list[str]]:
 def _check_max_new_tokens(max_new_tokens, default: int) -> int:
     if max_new_tokens is None:
         return default
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens <= 0:
+    if (
+        isinstance(max_new_tokens, bool)
+        or not isinstance(max_new_tokens, (int, np.integer))
+        or max_new_tokens <= 0
+    ):
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     return int(max_new_tokens)
 
 
 def _check_steps(steps) -> int:
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 2:
-        raise ValueError(f"steps is the number of points including both endpoints and must be an integer >= 2, "
-                         f"got {steps!r}")
+        raise ValueError(
+            f"steps is the number of points including both endpoints and must be an integer >= 2, "
+            f"got {steps!r}"
+        )
     return int(steps)
 
 
@@ -81,31 +88,44 @@ class Model:
     def __init__(self, cfg: Config, params: dict, tokenizer: data.Tokenizer, run_dir: str | None = None):
         data.check_vocab(tokenizer, cfg.t5.vocab_size)
         self.cfg, self.params, self.tokenizer, self.run_dir = cfg, params, tokenizer, run_dir
-        self._decoder_weights = (None, None)  # (the params they were built from, the decoder laid out for decoding)
+        self._decoder_weights = (
+            None,
+            None,
+        )  # (the params they were built from, the decoder laid out for decoding)
         self._aggregate: latent.FittedGaussian | None = None
 
     def __repr__(self):
-        return (f"Model({self.run_dir or 'in memory'}: {self.cfg.n_latent_tokens} latent tokens x {self.cfg.latent_size}, "
-                f"max_length {self.cfg.max_length})")
+        return (
+            f"Model({self.run_dir or 'in memory'}: {self.cfg.n_latent_tokens} latent tokens x {self.cfg.latent_size}, "
+            f"max_length {self.cfg.max_length})"
+        )
 
     # -- strings <-> codes -------------------------------------------------------------------------
 
     def _tokenize(self, lines: list[str], names: list[str], truncate: bool) -> data.Encoded:
         for s, name in zip(lines, names):
             if not s.strip():
-                raise EmptyLine(f"{name} is empty{' (only whitespace)' if s else ''}: there is nothing to encode", name)
+                raise EmptyLine(
+                    f"{name} is empty{' (only whitespace)' if s else ''}: there is nothing to encode", name
+                )
         enc = data.encode_lines(self.tokenizer, lines, self.cfg.max_length)
         if enc.n_truncated:
             lengths = [len(self.tokenizer.encode(s)) for s in lines]
             long = [(name, n, s) for s, name, n in zip(lines, names, lengths) if n > self.cfg.max_length]
-            what = "; ".join(f"{name} is {n} tokens ({s[:40]!r}{'...' if len(s) > 40 else ''})" for name, n, s in long[:3])
+            what = "; ".join(
+                f"{name} is {n} tokens ({s[:40]!r}{'...' if len(s) > 40 else ''})" for name, n, s in long[:3]
+            )
             what += f" and {len(long) - 3} more" if len(long) > 3 else ""
             if not truncate:
-                raise TooLong(f"{what}: longer than the model's max_length={self.cfg.max_length} tokens (EOS "
-                          f"included); shorten it or pass truncate=True to cut it to max_length",
-                          [(name, n) for name, n, _ in long])
-            warnings.warn(f"{len(long)} input(s) truncated to max_length={self.cfg.max_length} tokens: {what}",
-                          stacklevel=3)
+                raise TooLong(
+                    f"{what}: longer than the model's max_length={self.cfg.max_length} tokens (EOS "
+                    f"included); shorten it or pass truncate=True to cut it to max_length",
+                    [(name, n) for name, n, _ in long],
+                )
+            warnings.warn(
+                f"{len(long)} input(s) truncated to max_length={self.cfg.max_length} tokens: {what}",
+                stacklevel=3,
+            )
         return enc
 
     def encode(self, lines: Sequence[str] | str, truncate: bool = False) -> np.ndarray:
@@ -120,22 +140,39 @@ class Model:
         """Codes [n, N, Z] of lines already tokenized (:func:`t5vae.data.encode_lines`)."""
         return batched.encode(self.params, self.cfg, enc, batch_size or batched.batch_size(len(enc)))
 
-    def decode(self, z, max_new_tokens: int | None = None, method: str = "greedy", seed: int = 0,
-               **kwargs) -> list[str]:
+    def decode(
+        self, z, max_new_tokens: int | None = None, method: str = "greedy", seed: int = 0, **kwargs
+    ) -> list[str]:
         """Strings for codes [n, N, Z] (or one code [N, Z]); at most ``max_new_tokens`` tokens each (default
         ``max_length``). ``method`` "greedy", "sample" (seeded; temperature/top_k/top_p in kwargs) or "beam"
         (``num_beams``, default 4)."""
         return [self.tokenizer.decode(t) for t in self.decode_ids(z, max_new_tokens, method, seed, **kwargs)]
 
-    def decode_ids(self, z, max_new_tokens: int | None = None, method: str = "greedy", seed: int = 0,
-                   batch_size: int | None = None, **kwargs) -> np.ndarray:
+    def decode_ids(
+        self,
+        z,
+        max_new_tokens: int | None = None,
+        method: str = "greedy",
+        seed: int = 0,
+        batch_size: int | None = None,
+        **kwargs,
+    ) -> np.ndarray:
         """Token ids [n, max_new_tokens] for codes, as :meth:`decode` (pad after EOS); ids the tokenizer does
         not have (T5's extra embedding rows) are never produced."""
         z = latent.check_codes(z, self.cfg, "z")
         T = _check_max_new_tokens(max_new_tokens, self.cfg.max_length)
-        return batched.decode(self.params, self.cfg, z, T, batch_size or batched.batch_size(len(z)), method, seed,
-                              decoder_weights=self.decoder_weights(), vocab_limit=self.tokenizer.vocab_size,
-                              **kwargs)
+        return batched.decode(
+            self.params,
+            self.cfg,
+            z,
+            T,
+            batch_size or batched.batch_size(len(z)),
+            method,
+            seed,
+            decoder_weights=self.decoder_weights(),
+            vocab_limit=self.tokenizer.vocab_size,
+            **kwargs,
+        )
 
     def decoder_weights(self) -> decoding.DecoderWeights | None:
         """With the "decoder_layout" fast path on: the backbone's decoder laid out for decoding, built on first
@@ -151,8 +188,15 @@ class Model:
 
     # -- latent-space operations -------------------------------------------------------------------
 
-    def path(self, a: str, b: str, steps: int = 9, kind: str = DEFAULT_INTERPOLATION, truncate: bool = False,
-             **decode_kwargs) -> LinePath:
+    def path(
+        self,
+        a: str,
+        b: str,
+        steps: int = 9,
+        kind: str = DEFAULT_INTERPOLATION,
+        truncate: bool = False,
+        **decode_kwargs,
+    ) -> LinePath:
         """The path from a's code to b's: ``steps`` ratios from 0 to 1 (both endpoints included), the codes
         there and the lines they decode to (``decode_kwargs`` as in :meth:`decode`)."""
         if not isinstance(a, str) or not isinstance(b, str):
@@ -160,9 +204,15 @@ class Model:
         codes = self._path_codes([a], [b], ["a"], ["b"], steps, kind, truncate, decode_kwargs)[:, 0]
         return LinePath(np.linspace(0, 1, len(codes)), codes, self.decode(codes, **decode_kwargs))
 
-    def interpolate(self, a: str | Sequence[str], b: str | Sequence[str], steps: int = 9,
-                    kind: str = DEFAULT_INTERPOLATION, truncate: bool = False,
-                    **decode_kwargs) -> list[str] | list[list[str]]:
+    def interpolate(
+        self,
+        a: str | Sequence[str],
+        b: str | Sequence[str],
+        steps: int = 9,
+        kind: str = DEFAULT_INTERPOLATION,
+        truncate: bool = False,
+        **decode_kwargs,
+    ) -> list[str] | list[list[str]]:
         """The lines of :meth:`path` from a to b. Lists of a and b (equal lengths) -> one path per pair, decoded
         in one go. ``kind``: "slerp" (per latent token), "slerp_flat" (the whole code) or "lerp"."""
         la, na = _as_lines(a, "a")
@@ -188,15 +238,24 @@ class Model:
         z = self.codes(self._tokenize(la + lb, na + nb, truncate))
         return np.asarray(latent.interpolate(z[: len(la)], z[len(la) :], steps, kind))
 
-    def analogy(self, a: str | Sequence[str], b: str, c: str, scale: float = 1.0, truncate: bool = False,
-                **decode_kwargs) -> str | list[str]:
+    def analogy(
+        self,
+        a: str | Sequence[str],
+        b: str,
+        c: str,
+        scale: float = 1.0,
+        truncate: bool = False,
+        **decode_kwargs,
+    ) -> str | list[str]:
         """Decode ``code(a) + scale * (code(b) - code(c))`` (clipped into the tanh range), e.g.
         ``analogy("x = 1", "def g(y):", "y = 1")``; a list of a -> a list of strings."""
         la, na = _as_lines(a, "a")
         for name, s in (("b", b), ("c", c)):
             if not isinstance(s, str):
-                raise TypeError(f"{name} must be one string (the difference code(b) - code(c) is added to every a), "
-                                f"got {type(s).__name__}")
+                raise TypeError(
+                    f"{name} must be one string (the difference code(b) - code(c) is added to every a), "
+                    f"got {type(s).__name__}"
+                )
         if not la:
             return []
         z = self.codes(self._tokenize(la + [b, c], na + ["b", "c"], truncate))
@@ -212,7 +271,9 @@ class Model:
     def sample(self, n: int, prior: str = DEFAULT_PRIOR, seed: int = 0, **decode_kwargs) -> list[str]:
         """Decode ``n`` codes drawn from ``prior``: "aggregate" (default: a Gaussian fitted to the training
         codes, the prior whose samples parse most often, see t5vae.latent), "gaussian" or "tanh"."""
-        _check_max_new_tokens(decode_kwargs.get("max_new_tokens"), 1)  # before fitting the aggregate posterior
+        _check_max_new_tokens(
+            decode_kwargs.get("max_new_tokens"), 1
+        )  # before fitting the aggregate posterior
         return self.decode(self.sample_codes(n, prior, seed), **decode_kwargs)
 
     # -- the aggregate posterior -------------------------------------------------------------------
@@ -236,8 +297,10 @@ class Model:
         if self._aggregate is not None and self._aggregate.fingerprint == fp:
             return self._aggregate
         if self.run_dir is None:
-            raise ValueError("this model has no run directory to find its training lines in: call "
-                             "model.fit_aggregate(lines) first, or sample with prior='tanh' or 'gaussian'")
+            raise ValueError(
+                "this model has no run directory to find its training lines in: call "
+                "model.fit_aggregate(lines) first, or sample with prior='tanh' or 'gaussian'"
+            )
         cache = aggregate_cache(self.run_dir, fp)
         for file in (Path(self.run_dir) / rundir.AGGREGATE_FILE, cache):
             if file.is_file():
@@ -248,15 +311,19 @@ class Model:
         try:
             corpus = rundir.corpus(self.run_dir)
         except FileNotFoundError as e:
-            raise FileNotFoundError(f"{e}: the aggregate prior is fitted to the lines of the run's training corpus; call "
-                                    f"model.fit_aggregate(lines) first, or sample with prior='tanh' or "
-                                    f"'gaussian'") from None
+            raise FileNotFoundError(
+                f"{e}: the aggregate prior is fitted to the lines of the run's training corpus; call "
+                f"model.fit_aggregate(lines) first, or sample with prior='tanh' or "
+                f"'gaussian'"
+            ) from None
         g = self.fit_aggregate(corpus.train)
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
             g.save(cache)
         except OSError as e:
-            warnings.warn(f"could not write {cache} ({e}); the aggregate posterior is kept in memory only", stacklevel=2)
+            warnings.warn(
+                f"could not write {cache} ({e}); the aggregate posterior is kept in memory only", stacklevel=2
+            )
         return g
 
 
@@ -273,24 +340,33 @@ def load(path: str | os.PathLike) -> Model:
     in one line names the run, the damaged part and what to do."""
     path = Path(path)
     if not (path / rundir.CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"{path} is not a t5vae run directory: {path / rundir.CONFIG_FILE} is missing")
+        raise FileNotFoundError(
+            f"{path} is not a t5vae run directory: {path / rundir.CONFIG_FILE} is missing"
+        )
     cfg = Config.load_json(path / rundir.CONFIG_FILE)
     tok = data.Tokenizer.load(path / rundir.TOKENIZER_FILE)
     rundir.check_tokenizer(path, tok)
     damaged = None
     if (path / rundir.PARAMS_DIR).is_dir():
         try:
-            return Model(cfg, checkpoint.restore_params(path / rundir.PARAMS_DIR, vae.abstract_params(cfg)), tok,
-                         str(path))
+            return Model(
+                cfg,
+                checkpoint.restore_params(path / rundir.PARAMS_DIR, vae.abstract_params(cfg)),
+                tok,
+                str(path),
+            )
         except checkpoint.Unreadable as e:
             damaged = e
+
     def warn(message: str) -> None:
         warnings.warn(message, stacklevel=3)
 
     step, params = checkpoint.restore_checkpoint_params(path, vae.abstract_params(cfg), log=warn)
     if params is None and damaged is not None:
-        raise ValueError(f"{damaged}, and {path} has no readable checkpoint to fall back on: restore the run from "
-                         f"a backup, or train it again (t5vae train --out {path} --overwrite)")
+        raise ValueError(
+            f"{damaged}, and {path} has no readable checkpoint to fall back on: restore the run from "
+            f"a backup, or train it again (t5vae train --out {path} --overwrite)"
+        )
     if params is None:
         raise FileNotFoundError(f"{path} has neither final params nor a checkpoint yet")
     if damaged is not None:

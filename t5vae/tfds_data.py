@@ -4,6 +4,7 @@ reader for TFDS catalog datasets that are already prepared (as array_record) in 
 
 Nothing here imports TensorFlow, and nothing downloads: a catalog dataset that is not prepared is an error.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,9 +24,13 @@ _INSTALL = "pip install tensorflow-datasets array_record importlib_resources  (o
 try:
     import tensorflow_datasets as tfds
 except ImportError as e:
-    raise ImportError(f"TFDS corpora need tensorflow-datasets, which cannot be imported ({e}): {_INSTALL}") from None
-for _mod, _why in (("array_record", "the storage format"),
-                   ("importlib_resources", "imported by TFDS 4.9.10 without declaring it, tensorflow/datasets#11212")):
+    raise ImportError(
+        f"TFDS corpora need tensorflow-datasets, which cannot be imported ({e}): {_INSTALL}"
+    ) from None
+for _mod, _why in (
+    ("array_record", "the storage format"),
+    ("importlib_resources", "imported by TFDS 4.9.10 without declaring it, tensorflow/datasets#11212"),
+):
     if importlib.util.find_spec(_mod) is None:
         raise ImportError(f"TFDS corpora need {_mod} ({_why}), which is not installed: {_INSTALL}")
 
@@ -38,6 +43,7 @@ def _features():
 
 # -- builder configs -------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass(eq=False)
 class PythonStatementsConfig(tfds.core.BuilderConfig):
     """``corpus.stdlib_lines(min_chars, max_chars, root)`` split by ``corpus.Corpus.from_lines``."""
@@ -48,17 +54,25 @@ class PythonStatementsConfig(tfds.core.BuilderConfig):
     root: str = ""
 
 
-def python_statements_config(min_chars: int = 10, max_chars: int = corpus.MAX_CHARS, validation_percent: float = 2.0,
-                             root: str | os.PathLike | None = None) -> PythonStatementsConfig:
+def python_statements_config(
+    min_chars: int = 10,
+    max_chars: int = corpus.MAX_CHARS,
+    validation_percent: float = 2.0,
+    root: str | os.PathLike | None = None,
+) -> PythonStatementsConfig:
     """A config named by its settings and a hash of (Python version, stdlib root), so corpora of different
     interpreters or roots never share a directory."""
     root = str(Path(root or sysconfig.get_paths()["stdlib"]).resolve())
     tag = hashlib.sha256(f"{platform.python_version()}\0{root}".encode()).hexdigest()[:10]
     return PythonStatementsConfig(
-        name=f"c{min_chars}-{max_chars}_v{validation_percent:g}_{tag}", min_chars=min_chars,
-        max_chars=max_chars, validation_percent=validation_percent, root=root,
+        name=f"c{min_chars}-{max_chars}_v{validation_percent:g}_{tag}",
+        min_chars=min_chars,
+        max_chars=max_chars,
+        validation_percent=validation_percent,
+        root=root,
         description=f"Python {platform.python_version()} statements from {root}, {min_chars}-{max_chars} "
-                    f"characters, {validation_percent:g}% validation")
+        f"characters, {validation_percent:g}% validation",
+    )
 
 
 @dataclasses.dataclass(eq=False)
@@ -83,13 +97,16 @@ def text_lines_config(paths: Sequence[str | os.PathLike], validation_percent: fl
         b = Path(p).read_bytes()
         h.update(len(b).to_bytes(8, "little") + b)
     stem = re.sub(r"[^\w\-]", "-", Path(paths[0]).stem)[:40] or "lines"
-    return TextLinesConfig(name=f"{stem}_v{validation_percent:g}_{h.hexdigest()[:16]}",
-                           paths=tuple(str(Path(p).resolve()) for p in paths),
-                           validation_percent=validation_percent,
-                           description=f"lines of {', '.join(str(p) for p in paths)}")
+    return TextLinesConfig(
+        name=f"{stem}_v{validation_percent:g}_{h.hexdigest()[:16]}",
+        paths=tuple(str(Path(p).resolve()) for p in paths),
+        validation_percent=validation_percent,
+        description=f"lines of {', '.join(str(p) for p in paths)}",
+    )
 
 
 # -- builders --------------------------------------------------------------------------------------
+
 
 class _Lines(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Train/validation splits of ``corpus.Corpus.from_lines(self._lines())``, written in order (no shuffle)."""
@@ -101,14 +118,17 @@ class _Lines(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         raise NotImplementedError
 
     def _info(self):
-        return tfds.core.DatasetInfo(builder=self, description=self.__doc__, features=_features(),
-                                     disable_shuffling=True)
+        return tfds.core.DatasetInfo(
+            builder=self, description=self.__doc__, features=_features(), disable_shuffling=True
+        )
 
     def _split_generators(self, dl_manager):
         lines, source = self._lines()
         split = corpus.Corpus.from_lines(lines, source, self.builder_config.validation_percent)
-        return {"train": self._generate_examples(split.train),
-                "validation": self._generate_examples(split.validation)}
+        return {
+            "train": self._generate_examples(split.train),
+            "validation": self._generate_examples(split.validation),
+        }
 
     def _generate_examples(self, lines):
         for i, s in enumerate(lines):
@@ -130,50 +150,70 @@ class TextLines(_Lines):
 
     def __init__(self, *, config=None, **kwargs):
         if not isinstance(config, TextLinesConfig):
-            raise ValueError("the text_lines builder needs its files: "
-                             "t5vae.tfds_data.text_lines_builder(paths, data_dir)")
+            raise ValueError(
+                "the text_lines builder needs its files: t5vae.tfds_data.text_lines_builder(paths, data_dir)"
+            )
         super().__init__(config=config, **kwargs)
 
     def _lines(self):
         return corpus.read_text_lines(self.builder_config.paths), ",".join(self.builder_config.paths)
 
 
-def python_statements_builder(data_dir: str | os.PathLike | None = None, *, min_chars: int = 10,
-                              max_chars: int = corpus.MAX_CHARS, validation_percent: float = 2.0,
-                              root: str | os.PathLike | None = None) -> PythonStatements:
+def python_statements_builder(
+    data_dir: str | os.PathLike | None = None,
+    *,
+    min_chars: int = 10,
+    max_chars: int = corpus.MAX_CHARS,
+    validation_percent: float = 2.0,
+    root: str | os.PathLike | None = None,
+) -> PythonStatements:
     cfg = python_statements_config(min_chars, max_chars, validation_percent, root)
     if cfg.name in PythonStatements.builder_configs:  # TFDS wants a registered config by name
         cfg = cfg.name
     return PythonStatements(config=cfg, data_dir=_data_dir(data_dir), file_format=_ARRAY_RECORD)
 
 
-def text_lines_builder(paths: Sequence[str | os.PathLike], data_dir: str | os.PathLike | None = None, *,
-                       validation_percent: float = 2.0) -> TextLines:
+def text_lines_builder(
+    paths: Sequence[str | os.PathLike],
+    data_dir: str | os.PathLike | None = None,
+    *,
+    validation_percent: float = 2.0,
+) -> TextLines:
     cfg = text_lines_config(paths, validation_percent)
     return TextLines(config=cfg, data_dir=_data_dir(data_dir), file_format=_ARRAY_RECORD)
 
 
 # -- reading ---------------------------------------------------------------------------------------
 
+
 def _data_dir(data_dir) -> str:
     """The explicit ``data_dir``, else ``$TFDS_DATA_DIR`` (read now, not at import), else TFDS's default."""
     return str(data_dir or os.environ.get("TFDS_DATA_DIR") or tfds.core.constants.DATA_DIR)
 
 
-def get_builder(name: str, data_dir=None, *, min_chars: int = 10, max_chars: int = corpus.MAX_CHARS,
-                validation_percent: float = 2.0) -> tfds.core.DatasetBuilder:
+def get_builder(
+    name: str,
+    data_dir=None,
+    *,
+    min_chars: int = 10,
+    max_chars: int = corpus.MAX_CHARS,
+    validation_percent: float = 2.0,
+) -> tfds.core.DatasetBuilder:
     """A prepared builder: ``python_statements`` is prepared on first use; a catalog dataset must already
     be prepared in ``data_dir`` (nothing is downloaded), else FileNotFoundError naming both."""
     data_dir = _data_dir(data_dir)
     if name == PythonStatements.name:
-        builder = python_statements_builder(data_dir, min_chars=min_chars, max_chars=max_chars,
-                                            validation_percent=validation_percent)
+        builder = python_statements_builder(
+            data_dir, min_chars=min_chars, max_chars=max_chars, validation_percent=validation_percent
+        )
     else:
         try:
             builder = tfds.builder(name, data_dir=data_dir)
         except tfds.core.registered.DatasetNotFoundError:
-            raise ValueError(f"no TFDS dataset named {name!r}: not in the TFDS catalog, not a t5vae builder "
-                             f"({PythonStatements.name}), and not prepared in data_dir {data_dir}") from None
+            raise ValueError(
+                f"no TFDS dataset named {name!r}: not in the TFDS catalog, not a t5vae builder "
+                f"({PythonStatements.name}), and not prepared in data_dir {data_dir}"
+            ) from None
     _prepare(builder)
     return builder
 
@@ -189,7 +229,8 @@ def _prepare(builder) -> None:
         f"TFDS dataset {name!r} is not prepared in data_dir {builder.data_dir_root} (no {builder.data_dir}); "
         f"t5vae never downloads datasets: prepare it where it can be downloaded with `tfds build "
         f"{builder.name} --file_format=array_record --data_dir=DIR`, then pass that DIR as data_dir "
-        f"(or set TFDS_DATA_DIR)")
+        f"(or set TFDS_DATA_DIR)"
+    )
 
 
 def read_split(builder, split: str, field: str = "text", limit: int | None = None) -> list[str]:
@@ -197,9 +238,11 @@ def read_split(builder, split: str, field: str = "text", limit: int | None = Non
     info, name = builder.info, builder.info.full_name
     if _ARRAY_RECORD not in info.available_file_formats():
         have = ", ".join(getattr(f, "value", str(f)) for f in info.available_file_formats()) or "tfrecord"
-        raise ValueError(f"TFDS dataset {name!r} in {builder.data_dir} is stored as {have}; "
-                         f"reading without TensorFlow needs array_record: rebuild it with `tfds build "
-                         f"{builder.name} --file_format=array_record`")
+        raise ValueError(
+            f"TFDS dataset {name!r} in {builder.data_dir} is stored as {have}; "
+            f"reading without TensorFlow needs array_record: rebuild it with `tfds build "
+            f"{builder.name} --file_format=array_record`"
+        )
     if split not in info.splits:
         raise ValueError(f"TFDS dataset {name!r} has no split {split!r} (it has {sorted(info.splits)})")
     feature = info.features[field] if field in info.features else None
@@ -207,12 +250,20 @@ def read_split(builder, split: str, field: str = "text", limit: int | None = Non
         have = {k: type(v).__name__ for k, v in info.features.items()}
         raise ValueError(f"TFDS dataset {name!r} has no text feature {field!r} (its features: {have})")
     src = builder.as_data_source(split=split)
-    return corpus.read_texts(src, range(len(src) if limit is None else min(limit, len(src))), field,
-                             f"tfds:{name}[{split}]")
+    return corpus.read_texts(
+        src, range(len(src) if limit is None else min(limit, len(src))), field, f"tfds:{name}[{split}]"
+    )
 
 
-def load_tfds_corpus(name_or_builder, data_dir=None, field: str = "text", *, validation_percent: float = 2.0,
-                     min_chars: int = 10, max_chars: int = corpus.MAX_CHARS) -> corpus.Corpus:
+def load_tfds_corpus(
+    name_or_builder,
+    data_dir=None,
+    field: str = "text",
+    *,
+    validation_percent: float = 2.0,
+    min_chars: int = 10,
+    max_chars: int = corpus.MAX_CHARS,
+) -> corpus.Corpus:
     """Train and validation lines of a TFDS dataset (a name or a builder), prepared first if it is one of
     ours. Validation is the ``validation`` split, else ``test``, else the first records of ``train``
     (:func:`t5vae.corpus.held_out_count`), as the grain pipeline holds them out."""
@@ -220,8 +271,13 @@ def load_tfds_corpus(name_or_builder, data_dir=None, field: str = "text", *, val
         builder = name_or_builder
         _prepare(builder)
     else:
-        builder = get_builder(name_or_builder, data_dir, min_chars=min_chars, max_chars=max_chars,
-                              validation_percent=validation_percent)
+        builder = get_builder(
+            name_or_builder,
+            data_dir,
+            min_chars=min_chars,
+            max_chars=max_chars,
+            validation_percent=validation_percent,
+        )
     source = f"tfds:{builder.info.full_name}"
     splits = builder.info.splits
     train = read_split(builder, "train", field)
@@ -231,8 +287,9 @@ def load_tfds_corpus(name_or_builder, data_dir=None, field: str = "text", *, val
     return corpus.Corpus.held_out_head(train, source, validation_percent)  # as the grain pipeline holds out
 
 
-def tfds_lines(name: str, split: str, field: str = "text", limit: int | None = None,
-               data_dir: str | None = None) -> list[str]:
+def tfds_lines(
+    name: str, split: str, field: str = "text", limit: int | None = None, data_dir: str | None = None
+) -> list[str]:
     """Lines of a TFDS dataset read TF-free via ``as_data_source`` (array_record): ``python_statements`` (built
     on first use) or a catalog dataset already prepared in ``data_dir``; ``field`` names the text feature."""
     return read_split(get_builder(name, data_dir), split, field, limit)

@@ -1,6 +1,7 @@
 """Training: optimizer and schedule, the train state, one jitted train step, and the fit loop (resumable
 orbax checkpoints, progress bar, metrics.jsonl, NaN/inf guard). Opening the run directory and its data before
 the first step is t5vae.run_setup."""
+
 from __future__ import annotations
 
 import functools
@@ -28,8 +29,9 @@ CURVE_LINES, CURVE_PAIRS = 256, 50
 def schedule(tc: TrainConfig) -> optax.Schedule:
     """Linear warmup to ``learning_rate`` then cosine decay to ``learning_rate * end_lr_fraction``."""
     warm = max(1, min(tc.warmup_steps, tc.steps - 1))  # optax needs warmup >= 1 and decay_steps > warmup
-    return optax.warmup_cosine_decay_schedule(0.0, tc.learning_rate, warm, max(tc.steps, warm + 1),
-                                              tc.learning_rate * tc.end_lr_fraction)
+    return optax.warmup_cosine_decay_schedule(
+        0.0, tc.learning_rate, warm, max(tc.steps, warm + 1), tc.learning_rate * tc.end_lr_fraction
+    )
 
 
 def make_optimizer(optimizer: str = "adamw", clip_norm: float = 1.0, weight_decay: float = 0.0):
@@ -49,8 +51,9 @@ def init_state(cfg: Config, tc: TrainConfig, params: dict) -> dict:
 
 
 @functools.lru_cache(maxsize=8)
-def make_train_step(cfg: Config, optimizer: str = "adamw", clip_norm: float = 1.0, weight_decay: float = 0.0,
-                    mesh=None):
+def make_train_step(
+    cfg: Config, optimizer: str = "adamw", clip_norm: float = 1.0, weight_decay: float = 0.0, mesh=None
+):
     """``train_step(state, batch, key, lr) -> (state, metrics)``, jitted, the state donated; cached per setting.
 
     With a ``mesh`` the state keeps the sharding the rules give it and the batch is split over data x fsdp;
@@ -62,7 +65,9 @@ def make_train_step(cfg: Config, optimizer: str = "adamw", clip_norm: float = 1.
         grad_fn = jax.value_and_grad(lambda p: vae.loss(p, cfg, batch, key, state["step"]), has_aux=True)
         (_, metrics), grads = grad_fn(state["params"])
         updates, opt_state = opt.update(grads, state["opt_state"], state["params"])
-        params = jax.tree.map(lambda p, u: (p - lr * u.astype(jnp.float32)).astype(p.dtype), state["params"], updates)
+        params = jax.tree.map(
+            lambda p, u: (p - lr * u.astype(jnp.float32)).astype(p.dtype), state["params"], updates
+        )
         metrics = {**metrics, "grad_norm": optax.global_norm(grads), "lr": jnp.asarray(lr, jnp.float32)}
         return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
 
@@ -74,18 +79,34 @@ def make_train_step(cfg: Config, optimizer: str = "adamw", clip_norm: float = 1.
         with jax.set_mesh(mesh):
             return train_step(*args)
 
-    return jax.jit(traced_under_mesh, in_shardings=(state_sh, sharding.batch_sharding(mesh, 1), rep, rep),
-                   out_shardings=(state_sh, rep), donate_argnums=0)
+    return jax.jit(
+        traced_under_mesh,
+        in_shardings=(state_sh, sharding.batch_sharding(mesh, 1), rep, rep),
+        out_shardings=(state_sh, rep),
+        donate_argnums=0,
+    )
 
 
 def _state_shardings(cfg: Config, opt, mesh):
-    abstract = jax.eval_shape(lambda p: {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": opt.init(p)},
-                              vae.abstract_params(cfg))
+    abstract = jax.eval_shape(
+        lambda p: {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": opt.init(p)},
+        vae.abstract_params(cfg),
+    )
     return sharding.state_shardings(abstract, cfg, mesh)
 
 
-def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: data.Encoded | None, params: dict,
-        log=print, mesh=None, curve=None, renamer=None, tok: data.Tokenizer | None = None) -> tuple[dict, dict]:
+def fit(
+    cfg: Config,
+    tc: TrainConfig,
+    run_dir: str | os.PathLike,
+    enc_train: data.Encoded | None,
+    params: dict,
+    log=print,
+    mesh=None,
+    curve=None,
+    renamer=None,
+    tok: data.Tokenizer | None = None,
+) -> tuple[dict, dict]:
     """Train in ``run_dir`` (resuming from its newest checkpoint) -> ``(params, last metrics)``.
 
     ``run_dir`` must already hold config.json, train_config.json and spiece.model (see t5vae.cli).
@@ -116,8 +137,10 @@ def fit(cfg: Config, tc: TrainConfig, run_dir: str | os.PathLike, enc_train: dat
                 if pending is not None:
                     last, pending = saver.read(*pending, out), None
                 saver.final(step, state)
-                out.say(f"interrupted: saved a checkpoint at step {step} in {run_dir / rundir.CHECKPOINTS_DIR}; "
-                        f"run the same command again to resume")
+                out.say(
+                    f"interrupted: saved a checkpoint at step {step} in {run_dir / rundir.CHECKPOINTS_DIR}; "
+                    f"run the same command again to resume"
+                )
                 raise KeyboardInterrupt
             if tc.max_minutes is not None and time.time() - t0 > 60 * tc.max_minutes:
                 log(f"stopping at step {step}: max_minutes={tc.max_minutes} reached")
@@ -166,10 +189,13 @@ def _initial_state(cfg: Config, tc: TrainConfig, params: dict, mesh, mngr, run_d
         state = init_state(cfg, tc, params)
     else:
         opt = make_optimizer(tc.optimizer, tc.clip_norm, tc.weight_decay)
-        state = jax.jit(lambda p: init_state(cfg, tc, p), out_shardings=_state_shardings(cfg, opt, mesh))(params)
+        state = jax.jit(lambda p: init_state(cfg, tc, p), out_shardings=_state_shardings(cfg, opt, mesh))(
+            params
+        )
     streamed = tc.pipeline == "grain"  # the stream's position is checkpointed with the state
     start, restored, *data_state = checkpoint.restore_train_state(
-        mngr, jax.eval_shape(lambda: state), log=log, set_aside=_chief(), with_data=streamed)
+        mngr, jax.eval_shape(lambda: state), log=log, set_aside=_chief(), with_data=streamed
+    )
     if restored is None:
         return state, None, time.time()
     log(f"resumed from {run_dir / rundir.CHECKPOINTS_DIR}/{start} (step {int(restored['step'])})")
@@ -182,7 +208,9 @@ def _initial_state(cfg: Config, tc: TrainConfig, params: dict, mesh, mngr, run_d
 def _open_stream(cfg: Config, tc: TrainConfig, enc_train, renamer, tok, mesh, data_state, step: int, log):
     """The run's :class:`t5vae.data.Stream` of batches, placed on the ``mesh`` when there is one."""
     streamed = tc.pipeline == "grain"
-    rows = sharding.process_slice(tc.batch_size, mesh) if mesh is not None or streamed else None  # its own rows
+    rows = (
+        sharding.process_slice(tc.batch_size, mesh) if mesh is not None or streamed else None
+    )  # its own rows
     if streamed:
         from t5vae import pipeline  # imports grain: only a run that asks for it pays for it
 
@@ -191,8 +219,10 @@ def _open_stream(cfg: Config, tc: TrainConfig, enc_train, renamer, tok, mesh, da
         stream = data.BatchStream(enc_train, tc.batch_size, data.length_buckets(cfg), tc.seed, renamer, tok)
     if renamer is not None:
         stream(step)
-        log(f"identifier renaming: {stream.swapped} of {len(enc_train)} training lines renamed this epoch "
-            f"(rename_prob {tc.rename_prob}; a line whose renamings all leave its length bucket is kept as it was)")
+        log(
+            f"identifier renaming: {stream.swapped} of {len(enc_train)} training lines renamed this epoch "
+            f"(rename_prob {tc.rename_prob}; a line whose renamings all leave its length bucket is kept as it was)"
+        )
     return stream if mesh is None and not streamed else _Placed(stream, mesh, rows, streamed)
 
 
@@ -238,7 +268,8 @@ class _Saver:
             raise FloatingPointError(
                 f"non-finite training metrics at step {n}: {bad}. Stopped; the newest checkpoint "
                 f"({self.mngr.latest_step()}) in {self.run_dir / rundir.CHECKPOINTS_DIR} is the last good state. "
-                f"Try a lower learning_rate or clip_norm.")
+                f"Try a lower learning_rate or clip_norm."
+            )
         out.step(n, metrics)
         return metrics
 
@@ -276,8 +307,15 @@ class _Interrupt:
             self._old = None
 
 
-def run(cfg: Config, tc: TrainConfig, out: str | os.PathLike, init_from: str | None = None,
-        overwrite: bool = False, log=print, mesh=None) -> tuple[dict, dict]:
+def run(
+    cfg: Config,
+    tc: TrainConfig,
+    out: str | os.PathLike,
+    init_from: str | None = None,
+    overwrite: bool = False,
+    log=print,
+    mesh=None,
+) -> tuple[dict, dict]:
     """Train (or resume) a run in ``out``, save the final params, evaluate -> ``(params, eval results)``.
 
     The run holds ``out``'s lock throughout (a second writer gets :class:`t5vae.rundir.RunDirBusy`). Ctrl-C
@@ -293,23 +331,44 @@ def _run(cfg, tc, out: Path, init_from, overwrite, log, mesh):
     if mesh is None:
         params = vae.init(cfg, key) if t5_params is None else vae.from_t5(cfg, t5_params, key)
     else:
-        params = (sharding.shard_init(cfg, key, mesh) if t5_params is None
-                  else sharding.shard_params(vae.from_t5(cfg, t5_params, key), cfg, mesh))
+        params = (
+            sharding.shard_init(cfg, key, mesh)
+            if t5_params is None
+            else sharding.shard_params(vae.from_t5(cfg, t5_params, key), cfg, mesh)
+        )
     curve_lines = corpus.validation[:CURVE_LINES]
 
     def curve(params):
-        r = evaluate.evaluate(text.Model(cfg, params, tok), curve_lines, pairs=CURVE_PAIRS,
-                              batch_size=tc.eval_batch_size, seed=tc.seed, language=tc.language)
+        r = evaluate.evaluate(
+            text.Model(cfg, params, tok),
+            curve_lines,
+            pairs=CURVE_PAIRS,
+            batch_size=tc.eval_batch_size,
+            seed=tc.seed,
+            language=tc.language,
+        )
         return {k: r[k] for k in evaluate.CURVE_KEYS[tc.language] if k in r}
 
-    renamer = augment.Renamer(corpus.train, p_line=tc.rename_prob) if tc.rename_prob > 0 and enc is not None else None
+    renamer = (
+        augment.Renamer(corpus.train, p_line=tc.rename_prob)
+        if tc.rename_prob > 0 and enc is not None
+        else None
+    )
     if tc.rename_prob > 0 and enc is None:
-        log(f"note: the grain pipeline does not rename identifiers (rename_prob {tc.rename_prob} is not applied)")
+        log(
+            f"note: the grain pipeline does not rename identifiers (rename_prob {tc.rename_prob} is not applied)"
+        )
     params, last = fit(cfg, tc, out, enc, params, log, mesh, curve if curve_lines else None, renamer, tok)
     checkpoint.save_params_replacing(out / rundir.PARAMS_DIR, params)  # orbax: every process takes part
     log(f"training took {time.time() - t_start:.0f}s; evaluating on {len(corpus.validation)} held-out lines")
-    results = evaluate.evaluate(text.Model(cfg, params, tok, str(out)), corpus.validation, pairs=tc.eval_pairs,
-                                batch_size=tc.eval_batch_size, seed=tc.seed, language=tc.language)
+    results = evaluate.evaluate(
+        text.Model(cfg, params, tok, str(out)),
+        corpus.validation,
+        pairs=tc.eval_pairs,
+        batch_size=tc.eval_batch_size,
+        seed=tc.seed,
+        language=tc.language,
+    )
     results["train_seconds"] = round(time.time() - t_start, 1)
     log(evaluate.save(results, out) if jax.process_index() == 0 else evaluate.table(results))
     return params, results

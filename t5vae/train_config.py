@@ -2,6 +2,7 @@
 
 Kept apart from the model's configs (t5vae.config) because what it leaves unset follows the corpus's
 language (t5vae.names), which the model's shape never does; JSON in/out is config's ``Settings`` base."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,34 +31,36 @@ class TrainConfig(Settings):
 
     steps: int = 20000
     batch_size: int = 64
-    optimizer: str = "adamw"         # or "adafactor" (T5's); benchmarks/NOTES.md compares them
+    optimizer: str = "adamw"  # or "adafactor" (T5's); benchmarks/NOTES.md compares them
     learning_rate: float = 2e-3
     warmup_steps: int = 100
-    end_lr_fraction: float = 0.05    # cosine decay to learning_rate * end_lr_fraction
-    weight_decay: float = 0.0        # AdamW only
+    end_lr_fraction: float = 0.05  # cosine decay to learning_rate * end_lr_fraction
+    weight_decay: float = 0.0  # AdamW only
     clip_norm: float = 1.0
     seed: int = 0
-    corpus: str | None = None        # None/"stdlib", "prose", "py:...", "tfds:NAME[:FIELD]" or text files
+    corpus: str | None = None  # None/"stdlib", "prose", "py:...", "tfds:NAME[:FIELD]" or text files
     # None: by the corpus's language (LANGUAGE_DEFAULTS), which is "prose" for the prose corpus, else "code"
     language: str | None = None
-    min_chars: int | None = None     # line length bounds, characters
+    min_chars: int | None = None  # line length bounds, characters
     max_chars: int | None = None
     validation_percent: float = 2.0
-    tokenizer: str | None = None     # a spiece.model; None trains one on the corpus
-    vocab_size: int | None = None    # for a trained tokenizer
-    rename_prob: float | None = None  # per epoch, the chance a training line's names are renamed (t5vae.augment)
+    tokenizer: str | None = None  # a spiece.model; None trains one on the corpus
+    vocab_size: int | None = None  # for a trained tokenizer
+    rename_prob: float | None = (
+        None  # per epoch, the chance a training line's names are renamed (t5vae.augment)
+    )
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 10
     progress: bool = True
     max_minutes: float | None = 18.0  # training time budget: the lr schedule follows max(step/steps, time
-                                      # used/budget) and training stops (checkpointed) when it is spent
-    eval_pairs: int = 400             # interpolation pairs of the final evaluation, 9 interior points each
+    # used/budget) and training stops (checkpointed) when it is spent
+    eval_pairs: int = 400  # interpolation pairs of the final evaluation, 9 interior points each
     eval_batch_size: int = 128
-    eval_every: int = 2000            # steps between learning-curve evaluations (eval_curve.jsonl); 0: none
-    pipeline: str = "memory"          # "memory": the corpus encoded in host memory (data.BatchStream); "grain":
-                                      # streamed from array_record by grain (t5vae.pipeline, docs/pipeline.md)
-    pipeline_workers: int = 0         # grain worker processes (0: in the training process)
+    eval_every: int = 2000  # steps between learning-curve evaluations (eval_curve.jsonl); 0: none
+    pipeline: str = "memory"  # "memory": the corpus encoded in host memory (data.BatchStream); "grain":
+    # streamed from array_record by grain (t5vae.pipeline, docs/pipeline.md)
+    pipeline_workers: int = 0  # grain worker processes (0: in the training process)
 
     def __post_init__(self):
         language = self.language or corpus_language(self.corpus)
@@ -68,8 +71,17 @@ class TrainConfig(Settings):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"TrainConfig.optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
-        for name in ("steps", "batch_size", "checkpoint_every", "log_every", "vocab_size", "keep_checkpoints"):
+            raise ValueError(
+                f"TrainConfig.optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}"
+            )
+        for name in (
+            "steps",
+            "batch_size",
+            "checkpoint_every",
+            "log_every",
+            "vocab_size",
+            "keep_checkpoints",
+        ):
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                 raise ValueError(f"TrainConfig.{name} must be a positive int, got {getattr(self, name)!r}")
         if self.pipeline not in PIPELINES:
@@ -77,28 +89,42 @@ class TrainConfig(Settings):
         for name in ("eval_every", "eval_pairs", "warmup_steps", "seed", "min_chars", "pipeline_workers"):
             if not is_int(getattr(self, name)) or getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be an int >= 0, got {getattr(self, name)!r}")
-        if self.seed >= 2 ** 32:
+        if self.seed >= 2**32:
             raise ValueError(f"TrainConfig.seed must be below 2**32, got {self.seed!r}")
         if not is_int(self.eval_batch_size) or self.eval_batch_size <= 0:
-            raise ValueError(f"TrainConfig.eval_batch_size must be a positive int, got {self.eval_batch_size!r}")
+            raise ValueError(
+                f"TrainConfig.eval_batch_size must be a positive int, got {self.eval_batch_size!r}"
+            )
         if not is_int(self.max_chars) or self.max_chars < max(self.min_chars, 1):
-            raise ValueError(f"TrainConfig.max_chars must be an int >= min_chars ({self.min_chars}), "
-                             f"got {self.max_chars!r}")
+            raise ValueError(
+                f"TrainConfig.max_chars must be an int >= min_chars ({self.min_chars}), "
+                f"got {self.max_chars!r}"
+            )
         for name in ("learning_rate", "clip_norm"):
             if not is_positive(getattr(self, name)):
-                raise ValueError(f"TrainConfig.{name} must be a finite number > 0, got {getattr(self, name)!r}")
+                raise ValueError(
+                    f"TrainConfig.{name} must be a finite number > 0, got {getattr(self, name)!r}"
+                )
         if not is_number(self.weight_decay) or self.weight_decay < 0:
-            raise ValueError(f"TrainConfig.weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
+            raise ValueError(
+                f"TrainConfig.weight_decay must be a finite number >= 0, got {self.weight_decay!r}"
+            )
         if not is_number(self.rename_prob) or not 0 <= self.rename_prob <= 1:
-            raise ValueError(f"TrainConfig.rename_prob must be a probability in [0, 1], got {self.rename_prob!r}")
+            raise ValueError(
+                f"TrainConfig.rename_prob must be a probability in [0, 1], got {self.rename_prob!r}"
+            )
         if not is_number(self.end_lr_fraction) or not 0 <= self.end_lr_fraction <= 1:
             raise ValueError(f"TrainConfig.end_lr_fraction must be in [0, 1], got {self.end_lr_fraction!r}")
         if not is_number(self.validation_percent) or not 0 < self.validation_percent < 100:
-            raise ValueError(f"TrainConfig.validation_percent must be above 0 and below 100 (some lines are "
-                             f"needed for each split), got {self.validation_percent!r}")
+            raise ValueError(
+                f"TrainConfig.validation_percent must be above 0 and below 100 (some lines are "
+                f"needed for each split), got {self.validation_percent!r}"
+            )
         if self.max_minutes is not None and not is_positive(self.max_minutes):
-            raise ValueError(f"TrainConfig.max_minutes must be a finite number > 0 or None (no time budget), "
-                             f"got {self.max_minutes!r}")
+            raise ValueError(
+                f"TrainConfig.max_minutes must be a finite number > 0 or None (no time budget), "
+                f"got {self.max_minutes!r}"
+            )
 
     @classmethod
     def from_dict(cls, d: dict, **overrides: Any) -> "TrainConfig":

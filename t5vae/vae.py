@@ -4,6 +4,7 @@ Params tree: ``{"t5": <t5vae.t5 tree>, "latent_encoder": ..., "latent_decoder": 
 A batch is ``{"input_ids" [B, L] int32 ending in EOS, "attention_mask" [B, L]}``; the target is the input
 itself (``labels`` may be given explicitly; pad and -100 labels are ignored).
 """
+
 from __future__ import annotations
 
 import jax
@@ -29,13 +30,20 @@ def init(cfg: Config, key: jax.Array) -> dict:
 
 def from_t5(cfg: Config, t5_params: dict, key: jax.Array) -> dict:
     """Wrap pretrained T5 params (e.g. from :func:`t5vae.load_t5`) with a freshly initialised bottleneck."""
-    specs.check_tree(t5_params, t5.abstract_params(cfg.t5),
-                     "the T5 params given to from_t5 (does cfg.t5 match them?)")
+    specs.check_tree(
+        t5_params, t5.abstract_params(cfg.t5), "the T5 params given to from_t5 (does cfg.t5 match them?)"
+    )
     return {"t5": t5_params, **specs.init(bottleneck.param_specs(cfg), key, cfg.t5.param_dtype)}
 
 
-def encode(params: dict, cfg: Config, input_ids: jax.Array, attention_mask: jax.Array | None = None, *,
-           dropout_key: jax.Array | None = None) -> jax.Array:
+def encode(
+    params: dict,
+    cfg: Config,
+    input_ids: jax.Array,
+    attention_mask: jax.Array | None = None,
+    *,
+    dropout_key: jax.Array | None = None,
+) -> jax.Array:
     """Latent codes [B, N, Z] for token ids [B, L] (padding given by ``attention_mask`` [B, L])."""
     if attention_mask is None:
         attention_mask = input_ids != cfg.t5.pad_token_id
@@ -48,15 +56,23 @@ def latent_states(params: dict, cfg: Config, z_BNZ: jax.Array) -> jax.Array:
     return bottleneck.latent_decode(params["latent_decoder"], cfg, z_BNZ)
 
 
-def decode(params: dict, cfg: Config, z_BNZ: jax.Array, decoder_input_ids: jax.Array, *,
-           dropout_key: jax.Array | None = None) -> jax.Array:
+def decode(
+    params: dict,
+    cfg: Config,
+    z_BNZ: jax.Array,
+    decoder_input_ids: jax.Array,
+    *,
+    dropout_key: jax.Array | None = None,
+) -> jax.Array:
     """Teacher-forced logits [B, T, V] (float32) from latent codes [B, N, Z]."""
-    return t5.decode(params["t5"], cfg.t5, decoder_input_ids, latent_states(params, cfg, z_BNZ),
-                     dropout_key=dropout_key)
+    return t5.decode(
+        params["t5"], cfg.t5, decoder_input_ids, latent_states(params, cfg, z_BNZ), dropout_key=dropout_key
+    )
 
 
-def loss(params: dict, cfg: Config, batch: dict, key: jax.Array | None, step, *,
-         deterministic: bool = False) -> tuple[jax.Array, dict]:
+def loss(
+    params: dict, cfg: Config, batch: dict, key: jax.Array | None, step, *, deterministic: bool = False
+) -> tuple[jax.Array, dict]:
     """``CE + w(step) * MMD`` and metrics {loss, ce, mmd, w, token_acc, seq_acc} (all scalars).
 
     ``key`` drives dropout, the latent noise and latent-token dropout (``cfg.latent_noise``,
@@ -69,7 +85,9 @@ def loss(params: dict, cfg: Config, batch: dict, key: jax.Array | None, step, *,
     valid = (labels != -100) & (labels != cfg.t5.pad_token_id) if "labels" in batch else labels != -100
     if key is None:
         key, deterministic = jax.random.key(0), True
-    k_enc, k_dec, k_mmd = jax.random.split(key, 3)  # encoder dropout, decoder dropout, the MMD's prior samples
+    k_enc, k_dec, k_mmd = jax.random.split(
+        key, 3
+    )  # encoder dropout, decoder dropout, the MMD's prior samples
     k_noise = jax.random.fold_in(key, 1)  # the latent noise: a stream of its own, so the three above stay put
     if deterministic:
         k_enc = k_dec = None
@@ -81,8 +99,14 @@ def loss(params: dict, cfg: Config, batch: dict, key: jax.Array | None, step, *,
     if cfg.latent_dropout > 0 and not deterministic:
         keep_BN = jax.random.bernoulli(jax.random.fold_in(key, 2), 1.0 - cfg.latent_dropout, z.shape[:2])
         keep_BN = keep_BN.at[:, 0].set(keep_BN[:, 0] | ~jnp.any(keep_BN, axis=1))  # never all dropped
-    x = t5.decoder_hidden(params["t5"], cfg.t5, t5.shift_right(labels, cfg.t5), latent_states(params, cfg, z_dec),
-                          keep_BN, dropout_key=k_dec)
+    x = t5.decoder_hidden(
+        params["t5"],
+        cfg.t5,
+        t5.shift_right(labels, cfg.t5),
+        latent_states(params, cfg, z_dec),
+        keep_BN,
+        dropout_key=k_dec,
+    )
     safe = jnp.where(valid, labels, 0)
     nll, pred = t5.token_nll(params["t5"], cfg.t5, x, safe)
     n_tok = jnp.maximum(jnp.sum(valid), 1)
@@ -91,18 +115,25 @@ def loss(params: dict, cfg: Config, batch: dict, key: jax.Array | None, step, *,
     w = bottleneck.mmd_weight(cfg, step)
     total = ce + w * m
     correct = (pred == safe) | ~valid
-    metrics = {"loss": total, "ce": ce, "mmd": m, "w": w,
-               "token_acc": jnp.sum(correct & valid) / n_tok,
-               "seq_acc": jnp.mean(jnp.all(correct, axis=-1).astype(jnp.float32))}
+    metrics = {
+        "loss": total,
+        "ce": ce,
+        "mmd": m,
+        "w": w,
+        "token_acc": jnp.sum(correct & valid) / n_tok,
+        "seq_acc": jnp.mean(jnp.all(correct, axis=-1).astype(jnp.float32)),
+    }
     return total, metrics
 
 
-def generate(params: dict, cfg: Config, z_BNZ: jax.Array, max_new_tokens: int, method: str = "greedy",
-             **kwargs) -> jax.Array:
+def generate(
+    params: dict, cfg: Config, z_BNZ: jax.Array, max_new_tokens: int, method: str = "greedy", **kwargs
+) -> jax.Array:
     """Decode latent codes [B, N, Z] to token ids [B, max_new_tokens] (pad after EOS).
 
     ``method`` is "greedy", "sample" or "beam"; ``kwargs`` (key, temperature, top_k, top_p, num_beams,
     length_penalty, decoder_weights of ``params["t5"]``, vocab_limit) go to :func:`t5vae.decoding.generate`.
     """
-    return decoding.generate(params["t5"], cfg.t5, latent_states(params, cfg, z_BNZ), None, max_new_tokens,
-                             method=method, **kwargs)
+    return decoding.generate(
+        params["t5"], cfg.t5, latent_states(params, cfg, z_BNZ), None, max_new_tokens, method=method, **kwargs
+    )

@@ -1,4 +1,5 @@
 """Test setup: 8 fake CPU devices and exact float32 matmuls, set before jax is imported."""
+
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -6,7 +7,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ["XDG_CACHE_HOME"] = __import__("tempfile").mkdtemp(prefix="t5vae-test-cache-")  # not the user's cache
+os.environ["XDG_CACHE_HOME"] = __import__("tempfile").mkdtemp(
+    prefix="t5vae-test-cache-"
+)  # not the user's cache
 
 import importlib  # noqa: E402
 
@@ -27,6 +30,7 @@ def require(module: str):
 
 
 # -- fixtures shared by several test files (each built once per session) ----------------------------
+
 
 @pytest.fixture(scope="session")
 def stdlib_corpus():
@@ -69,8 +73,12 @@ def text_tok():
 def text_cfg(text_tok):
     import t5vae as tv
 
-    return tv.Config(t5=tv.preset("tiny").replace(vocab_size=text_tok.vocab_size), n_latent_tokens=3,
-                     latent_size=8, max_length=24)
+    return tv.Config(
+        t5=tv.preset("tiny").replace(vocab_size=text_tok.vocab_size),
+        n_latent_tokens=3,
+        latent_size=8,
+        max_length=24,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -101,10 +109,38 @@ def text_run_dir(tmp_path_factory, text_cfg, text_tok, text_model):
 
 # A tiny T5-VAE trained for 6 steps by `t5vae train` (the CLI, the fit loop, checkpoints, the final
 # evaluation); test_cli, test_runlog, test_text and test_train read it. Tests that change a run work on a copy.
-TINY_FLAGS = ["--t5-d-model", "32", "--t5-d-kv", "8", "--t5-d-ff", "64", "--t5-num-layers", "1",
-              "--t5-num-heads", "2", "--t5-relative-attention-num-buckets", "8", "--n-latent-tokens", "2",
-              "--latent-size", "8", "--max-length", "8", "--batch-size", "4", "--vocab-size", "340",
-              "--eval-pairs", "2", "--eval-batch-size", "8", "--progress", "false", "--log-every", "2"]
+TINY_FLAGS = [
+    "--t5-d-model",
+    "32",
+    "--t5-d-kv",
+    "8",
+    "--t5-d-ff",
+    "64",
+    "--t5-num-layers",
+    "1",
+    "--t5-num-heads",
+    "2",
+    "--t5-relative-attention-num-buckets",
+    "8",
+    "--n-latent-tokens",
+    "2",
+    "--latent-size",
+    "8",
+    "--max-length",
+    "8",
+    "--batch-size",
+    "4",
+    "--vocab-size",
+    "340",
+    "--eval-pairs",
+    "2",
+    "--eval-batch-size",
+    "8",
+    "--progress",
+    "false",
+    "--log-every",
+    "2",
+]
 LONG = "very_long_name = " + " + ".join(f"term_{i}" for i in range(30))
 
 
@@ -143,8 +179,22 @@ def run(tmp_path_factory):
     base = tmp_path_factory.mktemp("train")
     corpus = write_train_corpus(base / "corpus.txt")
     out = base / "run"
-    argv = ["train", "--out", str(out), "--corpus", str(corpus), "--steps", "6", "--checkpoint-every", "3",
-            "--eval-every", "3", "--rename-prob", "0.5", *TINY_FLAGS]
+    argv = [
+        "train",
+        "--out",
+        str(out),
+        "--corpus",
+        str(corpus),
+        "--steps",
+        "6",
+        "--checkpoint-every",
+        "3",
+        "--eval-every",
+        "3",
+        "--rename-prob",
+        "0.5",
+        *TINY_FLAGS,
+    ]
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         rc = cli.main(argv)

@@ -7,6 +7,7 @@ batch with ``global_batch``, runs ``t5vae.train.make_train_step`` and writes ``O
 processes then save the params with orbax into ``OUT/params``, and process 0 writes the gathered params to
 ``OUT/gathered.npz`` for comparison. Loopback addresses only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,13 @@ BATCH = 16
 def config():
     from t5vae import config as c
 
-    return c.Config(t5=c.preset("tiny", num_layers=1, dropout_rate=0.1), n_latent_tokens=2, latent_size=8,
-                    pooling="mean", max_length=12)
+    return c.Config(
+        t5=c.preset("tiny", num_layers=1, dropout_rate=0.1),
+        n_latent_tokens=2,
+        latent_size=8,
+        pooling="mean",
+        max_length=12,
+    )
 
 
 def train_config():
@@ -90,9 +96,14 @@ def main(argv=None) -> None:
     assert jax.process_count() == args.num_processes and jax.local_device_count() == args.devices
 
     losses, params, read = run(os.path.join(args.out, "data.npz"))
-    result = {"process_index": jax.process_index(), "process_count": jax.process_count(),
-              "devices": jax.device_count(), "local_devices": jax.local_device_count(),
-              "losses": losses, "rows_read": read}
+    result = {
+        "process_index": jax.process_index(),
+        "process_count": jax.process_count(),
+        "devices": jax.device_count(),
+        "local_devices": jax.local_device_count(),
+        "losses": losses,
+        "rows_read": read,
+    }
     with open(os.path.join(args.out, f"result_{args.process_id}.json"), "w") as f:
         json.dump(result, f)
     checkpoint.save_params(os.path.join(args.out, "params"), params)  # every process writes its shards
@@ -102,8 +113,13 @@ def main(argv=None) -> None:
     if jax.process_index() == 0:
         import numpy as np
 
-        np.savez(os.path.join(args.out, "gathered.npz"),
-                 **{jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(gathered)})
+        np.savez(
+            os.path.join(args.out, "gathered.npz"),
+            **{
+                jax.tree_util.keystr(p): np.asarray(x)
+                for p, x in jax.tree_util.tree_leaves_with_path(gathered)
+            },
+        )
     if args.num_processes > 1:
         jax.distributed.shutdown()
     print(json.dumps(result), flush=True)

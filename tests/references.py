@@ -1,4 +1,5 @@
 """Test-only references: slow, obviously correct versions of what the library does fast (never in t5vae/)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -1,5 +1,6 @@
 """Identifier renaming (t5vae.augment): renamed lines keep their syntax, names keep their style and are
 renamed consistently, keywords and builtins stay, and an epoch's renaming is a pure function of (seed, epoch)."""
+
 import ast
 import io
 import keyword
@@ -24,8 +25,10 @@ LINES = [
 
 def token_kinds(line):
     """Each token's type, and its text where renaming must keep it: operators, keywords, builtins, self."""
-    return [(t.type, t.string if t.type == tokenize.OP or t.string in augment.KEEP else None)
-            for t in tokenize.generate_tokens(io.StringIO(line).readline)]
+    return [
+        (t.type, t.string if t.type == tokenize.OP or t.string in augment.KEEP else None)
+        for t in tokenize.generate_tokens(io.StringIO(line).readline)
+    ]
 
 
 def test_words_of_splits_snake_camel_and_acronyms():
@@ -55,14 +58,20 @@ def test_a_name_is_renamed_the_same_way_everywhere_in_its_line():
         assert rhs.startswith(lhs + " + len(") and lhs != "total_count"
 
 
-@pytest.mark.parametrize("old,pattern", [("MAX_SIZE", r"[A-Z][A-Z0-9]*(_[A-Z0-9]+)*"),
-                                         ("total_count", r"[a-z][a-z0-9]*(_[a-z0-9]+)*"),
-                                         ("HTTPServer", r"[A-Z][A-Za-z0-9]*"),
-                                         ("parseHeader", r"[a-z][A-Za-z0-9]*"),
-                                         ("_cache", r"_[a-z][a-z0-9_]*"),
-                                         ("__dunder__", r"__[a-z][a-z0-9_]*[a-z0-9]__")])
+@pytest.mark.parametrize(
+    "old,pattern",
+    [
+        ("MAX_SIZE", r"[A-Z][A-Z0-9]*(_[A-Z0-9]+)*"),
+        ("total_count", r"[a-z][a-z0-9]*(_[a-z0-9]+)*"),
+        ("HTTPServer", r"[A-Z][A-Za-z0-9]*"),
+        ("parseHeader", r"[a-z][A-Za-z0-9]*"),
+        ("_cache", r"_[a-z][a-z0-9_]*"),
+        ("__dunder__", r"__[a-z][a-z0-9_]*[a-z0-9]__"),
+    ],
+)
 def test_new_names_keep_the_old_ones_style(old, pattern):
     import re
+
     r = augment.Renamer(LINES)
     rng = np.random.default_rng(1)
     for _ in range(50):

@@ -1,4 +1,5 @@
 """Batched encoding and decoding (t5vae.batched): padded batches of a few fixed sizes."""
+
 import numpy as np
 
 from t5vae import batched

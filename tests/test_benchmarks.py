@@ -1,5 +1,6 @@
 """The benchmark harness's two train-step losses compute the same function (benchmarks/ is timing-only code;
 this checks that the fast path it times is the same loss as the plain logits path the reference uses)."""
+
 import jax
 import jax.numpy as jnp
 from conftest import require
@@ -14,12 +15,15 @@ def test_t5vae_loss_equals_logits_cross_entropy():
     batch = harness.random_batch(cfg.vocab_size, 3, 9, seed=1)
 
     def logits_fn(p, b, k):
-        return tv.t5.apply(p, cfg, b["input_ids"], b["attention_mask"], b["decoder_input_ids"],
-                           b["decoder_attention_mask"])
+        return tv.t5.apply(
+            p, cfg, b["input_ids"], b["attention_mask"], b["decoder_input_ids"], b["decoder_attention_mask"]
+        )
 
     key = jax.random.key(1)
-    (l1, g1), (l2, g2) = [jax.value_and_grad(f)(params, batch, key)
-                          for f in (harness.t5vae_loss(cfg), harness.logits_loss(logits_fn))]
+    (l1, g1), (l2, g2) = [
+        jax.value_and_grad(f)(params, batch, key)
+        for f in (harness.t5vae_loss(cfg), harness.logits_loss(logits_fn))
+    ]
     assert abs(float(l1) - float(l2)) < 1e-5 * abs(float(l2))
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
         assert float(jnp.max(jnp.abs(a - b))) <= 1e-5 * max(float(jnp.max(jnp.abs(b))), 1e-6)
@@ -48,6 +52,7 @@ def test_t5vae_bench_passes_its_arguments_to_the_benchmarks(capsys):
     import pytest
 
     from t5vae import cli
+
     with pytest.raises(SystemExit) as e:
         cli.main(["bench", "--help"])
     assert e.value.code == 0
@@ -59,6 +64,7 @@ def test_only_rejects_an_unknown_workload_by_name(capsys):
     import pytest
 
     from benchmarks.__main__ import main
+
     with pytest.raises(SystemExit) as e:
         main(["--only", "train,fwd"])
     assert e.value.code == 2

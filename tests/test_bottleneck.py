@@ -1,4 +1,5 @@
 """The bottleneck: pooling variants (padding respected), latent decoder, MMD estimators, schedule."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,7 +65,7 @@ def test_latent_decoder_is_dense_then_rms_norm():
     p = {**p, "norm": jnp.linspace(0.5, 1.5, T5.d_model)}
     z = jax.random.uniform(jax.random.key(2), (2, 3, 8), minval=-1, maxval=1)
     x = np.asarray(z) @ np.asarray(p["kernel"]) + np.asarray(p["bias"])
-    want = x / np.sqrt(np.mean(x ** 2, -1, keepdims=True) + T5.layer_norm_epsilon) * np.asarray(p["norm"])
+    want = x / np.sqrt(np.mean(x**2, -1, keepdims=True) + T5.layer_norm_epsilon) * np.asarray(p["norm"])
     np.testing.assert_allclose(bottleneck.latent_decode(p, cfg, z), want, rtol=1e-5, atol=1e-5)
 
 
@@ -73,7 +74,11 @@ def _mmd_ref(x, y, h, unbiased):
     kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
     if unbiased:
         n, m = len(x), len(y)
-        return (kxx.sum() - np.trace(kxx)) / (n * (n - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2 * kxy.mean()
+        return (
+            (kxx.sum() - np.trace(kxx)) / (n * (n - 1))
+            + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+            - 2 * kxy.mean()
+        )
     return kxx.mean() + kyy.mean() - 2 * kxy.mean()
 
 

@@ -1,5 +1,6 @@
 """Checkpoints (t5vae.checkpoint): save_t5 / load_t5 round trips and shape errors, restore straight into a
 sharding, atomic directories and files, and train-state checkpoints (NaN refused, none yet, replacing)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,7 +22,9 @@ def model(request):
 
 
 def leaves_with_paths(tree):
-    return [(jax.tree_util.keystr(p), x) for p, x in jax.tree_util.tree_leaves_with_path(tree, is_leaf=is_spec)]
+    return [
+        (jax.tree_util.keystr(p), x) for p, x in jax.tree_util.tree_leaves_with_path(tree, is_leaf=is_spec)
+    ]
 
 
 def test_save_load_round_trip_and_shape_errors(tmp_path, model):
@@ -55,8 +58,9 @@ def test_sharded_restore_puts_every_leaf_in_its_sharding(tmp_path):
     shardings = sh.param_shardings(T5_TINY, mesh222)
     cfg, restored = load_t5(tmp_path / "ckpt", shardings=shardings)
     assert cfg == T5_TINY
-    for (path, x), (_, r), (_, s) in zip(leaves_with_paths(restored), leaves_with_paths(params),
-                                         leaves_with_paths(shardings)):
+    for (path, x), (_, r), (_, s) in zip(
+        leaves_with_paths(restored), leaves_with_paths(params), leaves_with_paths(shardings)
+    ):
         assert x.sharding == s or x.sharding.is_equivalent_to(s, x.ndim), (path, x.sharding, s)
         np.testing.assert_array_equal(np.asarray(x), np.asarray(r), err_msg=path)
     emb = restored["shared"]["embedding"]
@@ -86,7 +90,10 @@ def test_train_state_checkpoints_refuse_nan_and_restore_the_newest(tmp_path):
     checkpoint.save_params_replacing(final, {"w": np.full(3, 2.0, np.float32)})  # replaces the older copy
     abstract = {"w": jax.ShapeDtypeStruct((3,), jnp.float32)}
     np.testing.assert_array_equal(checkpoint.restore_params(final, abstract)["w"], [2.0, 2.0, 2.0])
-    assert sorted(p.name for p in final.parent.iterdir()) == [checkpoint.CHECKPOINTS_DIR, checkpoint.PARAMS_DIR]
+    assert sorted(p.name for p in final.parent.iterdir()) == [
+        checkpoint.CHECKPOINTS_DIR,
+        checkpoint.PARAMS_DIR,
+    ]
     with pytest.raises(ValueError, match=r"\['w'\]: shape \(3,\), expected \(4,\)"):
         checkpoint.restore_params(final, {"w": jax.ShapeDtypeStruct((4,), jnp.float32)})
     assert checkpoint.tokenizer_path(tmp_path) is None

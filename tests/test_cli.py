@@ -1,5 +1,6 @@
 """The ``t5vae`` command (t5vae.cli): train writes a complete run directory, eval / info / interpolate /
 sample print their tables, bad corpora fail before anything is written, --config files and flags."""
+
 import ast
 import json
 import re
@@ -58,7 +59,11 @@ def test_eval_and_info_commands(run, tmp_path, capsys):
 def test_bad_corpora_are_clear_errors_before_anything_is_written(tmp_path, capsys):
     (tmp_path / "empty.txt").write_text("\n\n")
     (tmp_path / "blob.bin").write_bytes(bytes(range(256)))
-    for corpus, msg in (("empty.txt", "empty"), ("blob.bin", "not a text file"), ("nope.txt", "no such file")):
+    for corpus, msg in (
+        ("empty.txt", "empty"),
+        ("blob.bin", "not a text file"),
+        ("nope.txt", "no such file"),
+    ):
         out = tmp_path / f"run-{corpus}"
         assert cli.main(["train", "--out", str(out), "--corpus", str(tmp_path / corpus)]) == 1
         assert msg in capsys.readouterr().err
@@ -77,18 +82,20 @@ def test_config_file_and_flags(tmp_path):
     f.write_text(json.dumps({"t5": {"d_modle": 48}}))  # a typo in the backbone's settings is named too
     with pytest.raises(SystemExit, match=r"unknown T5Config field\(s\) \['d_modle'\]"):
         flags.build_configs(cli.parser().parse_args(["train", "--config", str(f)]))
-    assert flags.build_configs(cli.parser().parse_args(["train", "--t5-kernels", "plain"]))[0].t5.kernels == "plain"
+    assert (
+        flags.build_configs(cli.parser().parse_args(["train", "--t5-kernels", "plain"]))[0].t5.kernels
+        == "plain"
+    )
     with pytest.raises(SystemExit, match="--t5-kernels must be one of"):  # named as the flag
         flags.build_configs(cli.parser().parse_args(["train", "--t5-kernels", "gpu"]))
 
 
 # -- the tables of interpolate and sample, on the text-level model's run directory (conftest) ------------
 
+
 @pytest.fixture(scope="module")
 def run_dir(text_run_dir):
     return text_run_dir
-
-
 
 
 def test_cli_interpolate_prints_ratio_text_valid(run_dir):
@@ -103,9 +110,13 @@ def test_cli_interpolate_prints_ratio_text_valid(run_dir):
         valid = "yes" if _parses(text) else "no"
         assert row.rstrip().endswith(valid) and cli._show(text).strip() in row
     assert lines[5] == f"{sum(_parses(t) for t in texts)} of 4 parse with ast.parse"
-    rc, out, _ = run_cli(["interpolate", str(run_dir), "x1 = f(1, y1)", "import mod3", "--steps", "3", "--method", "beam"])
+    rc, out, _ = run_cli(
+        ["interpolate", str(run_dir), "x1 = f(1, y1)", "import mod3", "--steps", "3", "--method", "beam"]
+    )
     beam = tv.load(run_dir).interpolate("x1 = f(1, y1)", "import mod3", 3, method="beam", num_beams=4)
-    assert rc == 0 and [cli._show(t).strip() in row for t, row in zip(beam, out.splitlines()[1:4])] == [True] * 3
+    assert (
+        rc == 0 and [cli._show(t).strip() in row for t, row in zip(beam, out.splitlines()[1:4])] == [True] * 3
+    )
     rc, _, err = run_cli(["interpolate", str(run_dir), "x = 1", "y = 2", "--steps", "1"])
     assert rc == 2 and "argument --steps: must be at least 2, got 1" in err
     rc, _, err = run_cli(["interpolate", str(run_dir), "", "y = 2"])
@@ -122,7 +133,10 @@ def test_cli_sample_prints_a_table(run_dir):
     assert lines[5] == f"{sum(_parses(t) for t in texts)} of 4 parse with ast.parse"
     rc, _, err = run_cli(["sample", str(run_dir), "-n", "2", "--max-new-tokens", "0"])
     assert rc == 2 and "argument --max-new-tokens: must be at least 1, got 0" in err
-    for flag, value in (("--seed", "-1"), ("-n", "0")):  # each refused before the model is loaded, naming the flag
+    for flag, value in (
+        ("--seed", "-1"),
+        ("-n", "0"),
+    ):  # each refused before the model is loaded, naming the flag
         rc, _, err = run_cli(["sample", str(run_dir), flag, value])
         assert rc == 2 and f"argument {flag}: must be at least" in err
 
@@ -143,7 +157,9 @@ def test_eval_on_held_out_lines_leaves_the_training_lines_out(run, tmp_path):
     assert rc == 0, err
     assert "12 lines of 10-80 characters not in the run's training corpus" in out
     saved = json.loads(next(run["out"].glob("eval-*held.txt.json")).read_text())
-    assert saved["n_lines"] == 12 and saved["n_len_0_40"] == 12 and "probe_accuracy" not in saved  # < 20 lines
+    assert (
+        saved["n_lines"] == 12 and saved["n_len_0_40"] == 12 and "probe_accuracy" not in saved
+    )  # < 20 lines
     assert "Exact match by line length" in out and (run["out"] / "eval.md").read_text() != out
 
 
@@ -164,29 +180,42 @@ def test_train_on_the_prose_corpus_takes_the_prose_settings_and_flags_win():
 
     _, tc = flags.build_configs(cli.parser().parse_args(["train", "--corpus", "prose"]))
     assert (tc.language, tc.rename_prob, tc.min_chars, tc.max_chars) == ("prose", 0.0, 20, 200)
-    _, tc = flags.build_configs(cli.parser().parse_args(["train", "--corpus", "prose", "--rename-prob", "0.3"]))
+    _, tc = flags.build_configs(
+        cli.parser().parse_args(["train", "--corpus", "prose", "--rename-prob", "0.3"])
+    )
     assert tc.rename_prob == 0.3
-    _, tc = flags.build_configs(cli.parser().parse_args(["train", "--corpus", "x.txt", "--language", "prose"]))
+    _, tc = flags.build_configs(
+        cli.parser().parse_args(["train", "--corpus", "x.txt", "--language", "prose"])
+    )
     assert tc.language == "prose" and tc.rename_prob == 0.0
 
 
-@pytest.mark.parametrize("argv, says", [
-    (["train", "--steps", "1e3"], "argument --steps: expected a whole number, got '1e3' (write 1000)"),
-    (["train", "--steps", "9" * 5000], "argument --steps: expected a whole number, got '" + "9" * 40 + "'... (5,000 "
-                                       "characters)"),
-    (["train", "--steps", "9" * 30], "argument --steps: '" + "9" * 30 + "' is too large"),
-    (["train", "--learning-rate", "fast"], "argument --learning-rate: expected a number, got 'fast'"),
-    (["sample", "RUN", "-n", "2.5"], "argument -n: expected a whole number, got '2.5'"),
-])
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["train", "--steps", "1e3"], "argument --steps: expected a whole number, got '1e3' (write 1000)"),
+        (
+            ["train", "--steps", "9" * 5000],
+            "argument --steps: expected a whole number, got '" + "9" * 40 + "'... (5,000 characters)",
+        ),
+        (["train", "--steps", "9" * 30], "argument --steps: '" + "9" * 30 + "' is too large"),
+        (["train", "--learning-rate", "fast"], "argument --learning-rate: expected a number, got 'fast'"),
+        (["sample", "RUN", "-n", "2.5"], "argument -n: expected a whole number, got '2.5'"),
+    ],
+)
 def test_bad_numbers_are_named_and_cut(argv, says):
     rc, _, err = run_cli(argv)
     last = err.strip().splitlines()[-1]
     assert rc == 2 and says in last and "<lambda>" not in err and "9" * 100 not in err, last
 
 
-@pytest.mark.parametrize("lines, says", [("DIR", "is a directory, not a text file: for the Python statements in it "
-                                                  "write py:"),
-                                         ("py:", "names no package or directory: expected py:PACKAGE_OR_DIR")])
+@pytest.mark.parametrize(
+    "lines, says",
+    [
+        ("DIR", "is a directory, not a text file: for the Python statements in it write py:"),
+        ("py:", "names no package or directory: expected py:PACKAGE_OR_DIR"),
+    ],
+)
 def test_eval_lines_that_name_a_directory_or_nothing(run, tmp_path, lines, says):
     rc, _, err = run_cli(["eval", str(run["out"]), "--lines", str(tmp_path) if lines == "DIR" else lines])
     assert rc == 1 and says in err and err.count("\n") == 1, err

@@ -1,6 +1,7 @@
 """Configs (t5vae.config): T5Config, Config and TrainConfig validation, presets, JSON in and out, and the one
 dict -> config policy: the project's own files reject unknown keys, naming them; a Hugging Face config.json's
 extra keys are ignored (hf=True)."""
+
 import dataclasses
 import json
 
@@ -28,7 +29,9 @@ def test_config_round_trips_through_hf_json(tmp_path):
 
 
 def test_per_layer_position_tables_round_trip_and_default_off(tmp_path):
-    assert not tv.T5Config().relative_attention_per_layer  # every existing config and checkpoint: shared tables
+    assert (
+        not tv.T5Config().relative_attention_per_layer
+    )  # every existing config and checkpoint: shared tables
     cfg = V11.replace(relative_attention_per_layer=True)
     cfg.save_json(tmp_path / "config.json")
     assert json.loads((tmp_path / "config.json").read_text())["relative_attention_per_layer"] is True
@@ -41,7 +44,9 @@ def test_per_layer_position_tables_round_trip_and_default_off(tmp_path):
 def test_project_dicts_reject_unknown_keys_naming_them(tmp_path):
     with pytest.raises(ValueError, match=r"unknown T5Config field\(s\) \['d_modle'\]"):
         tv.T5Config.from_dict({"d_modle": 64})
-    with pytest.raises(ValueError, match=r"unknown T5Config field\(s\) \['architectures', 'is_encoder_decoder'"):
+    with pytest.raises(
+        ValueError, match=r"unknown T5Config field\(s\) \['architectures', 'is_encoder_decoder'"
+    ):
         tv.T5Config.from_dict(V11.to_hf_dict())  # an HF file is only read with hf=True
     assert tv.T5Config.from_dict(V11.to_dict()) == V11 and tv.T5Config.from_dict({}, d_model=64).d_model == 64
     with pytest.raises(ValueError, match=r"unknown T5Config field\(s\) \['num_head'\]"):
@@ -51,7 +56,7 @@ def test_project_dicts_reject_unknown_keys_naming_them(tmp_path):
     (tmp_path / "train_config.json").write_text(json.dumps({"steps": 5, "learnig_rate": 0.1}))
     with pytest.raises(ValueError, match=r"\['learnig_rate'\]"):
         tv.TrainConfig.load_json(tmp_path / "train_config.json")
-    (tmp_path / "broken.json").write_text("{\"steps\": ")
+    (tmp_path / "broken.json").write_text('{"steps": ')
     with pytest.raises(ValueError, match=r"broken.json is not valid JSON"):
         tv.TrainConfig.load_json(tmp_path / "broken.json")
     (tmp_path / "list.json").write_text("[1, 2]")
@@ -60,9 +65,17 @@ def test_project_dicts_reject_unknown_keys_naming_them(tmp_path):
 
 
 def test_hf_dicts_ignore_extra_keys_and_never_set_run_time_fields():
-    hf = {**V11.to_hf_dict(), "task_specific_params": {"summarize": {}}, "transformers_version": "4.57.6",
-          "dense_act_fn": "gelu_new", "use_cache": True, "torch_dtype": "bfloat16",
-          "remat": "full", "kernels": "plain", "dtype": "float16"}
+    hf = {
+        **V11.to_hf_dict(),
+        "task_specific_params": {"summarize": {}},
+        "transformers_version": "4.57.6",
+        "dense_act_fn": "gelu_new",
+        "use_cache": True,
+        "torch_dtype": "bfloat16",
+        "remat": "full",
+        "kernels": "plain",
+        "dtype": "float16",
+    }
     cfg = tv.T5Config.from_dict(hf, hf=True)
     assert cfg == V11.replace(param_dtype="bfloat16")  # torch_dtype is the storage dtype; the rest is ignored
     assert (cfg.remat, cfg.kernels, cfg.dtype) == ("dots", "auto", "float32")
@@ -111,7 +124,9 @@ def test_config_validation_and_json_round_trip(tmp_path):
         tv.Config(pooling="max")
     with pytest.raises(ValueError, match="latent_size"):
         tv.Config(latent_size=0)
-    cfg = tv.Config(t5=tv.preset("tiny"), n_latent_tokens=3, latent_size=8, pooling="attention", mmd_unbiased=True)
+    cfg = tv.Config(
+        t5=tv.preset("tiny"), n_latent_tokens=3, latent_size=8, pooling="attention", mmd_unbiased=True
+    )
     cfg.save_json(tmp_path / "c.json")
     assert tv.Config.load_json(tmp_path / "c.json") == cfg
     with pytest.raises(ValueError, match="unknown Config field"):
@@ -139,6 +154,7 @@ def test_train_config_validation_and_json_round_trip(tmp_path):
 
 def test_train_config_corpus_cap_is_the_embedded_corpus_cap():
     from t5vae import corpus  # config is a leaf module, so the default is written in both places
+
     assert tv.TrainConfig().max_chars == corpus.MAX_CHARS
 
 
@@ -147,7 +163,9 @@ def test_train_settings_follow_the_corpus_language_unless_given():
     assert (code.language, code.rename_prob, code.max_chars, code.vocab_size) == ("code", 0.8, 80, 1024)
     assert (prose.language, prose.rename_prob, prose.min_chars, prose.max_chars) == ("prose", 0.0, 20, 200)
     assert tv.TrainConfig(corpus="prose", rename_prob=0.5, max_chars=120).rename_prob == 0.5
-    assert tv.TrainConfig(corpus="my_sentences.txt", language="prose").rename_prob == 0.0  # a text corpus of prose
+    assert (
+        tv.TrainConfig(corpus="my_sentences.txt", language="prose").rename_prob == 0.0
+    )  # a text corpus of prose
     again = tv.TrainConfig.from_dict(prose.to_dict())
     assert again == prose and again.to_dict()["language"] == "prose"  # the run knows its language
     with pytest.raises(ValueError, match="TrainConfig.language must be one of"):

@@ -1,6 +1,7 @@
 """weights_convert.convert end to end: a good source converts; a bad one fails with a clear message naming the file
 or key, leaving no OUT (nor partial dir) and an existing OUT untouched; the host memory a conversion peaks at.
 (What OUT may be, --overwrite, leftovers of killed runs, bad config.json: test_convert_faults.py.)"""
+
 import hashlib
 import json
 import subprocess
@@ -32,8 +33,10 @@ def assert_nothing_written(out):
 
 def tree_hashes(root) -> dict:
     """{relative path: sha256 of the file, or "dir"} for everything under ``root``: compare before and after."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(root.rglob("*"))}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(root.rglob("*"))
+    }
 
 
 def test_good_source_converts(tmp_path):
@@ -41,12 +44,24 @@ def test_good_source_converts(tmp_path):
     assert cfg.num_decoder_layers == 3 and params["decoder"]["layers"]["mlp"]["wi"].shape == (3, 6, 10)
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda sd: sd.update({"encoder.extra.weight": np.zeros(3, np.float32)}), r"encoder\.extra\.weight \(3,\): matches no rule"),
-    (lambda sd: sd.pop("decoder.block.2.layer.1.EncDecAttention.v.weight"), r"missing decoder/layers/cross_attn/v .*layers \[2\]"),
-    (lambda sd: sd.update({"encoder.final_layer_norm.weight": np.zeros(7, np.float32)}),
-     r"encoder\.final_layer_norm\.weight: shape \(7,\), expected \(6,\)"),
-], ids=["extra", "missing", "shape"])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (
+            lambda sd: sd.update({"encoder.extra.weight": np.zeros(3, np.float32)}),
+            r"encoder\.extra\.weight \(3,\): matches no rule",
+        ),
+        (
+            lambda sd: sd.pop("decoder.block.2.layer.1.EncDecAttention.v.weight"),
+            r"missing decoder/layers/cross_attn/v .*layers \[2\]",
+        ),
+        (
+            lambda sd: sd.update({"encoder.final_layer_norm.weight": np.zeros(7, np.float32)}),
+            r"encoder\.final_layer_norm\.weight: shape \(7,\), expected \(6,\)",
+        ),
+    ],
+    ids=["extra", "missing", "shape"],
+)
 def test_mapping_errors_name_the_key_and_leave_nothing(tmp_path, damage, message):
     sd = fake_hf_state(V10)
     damage(sd)
@@ -78,7 +93,9 @@ def test_truncated_safetensors(tmp_path, cut):
 
 
 def test_truncated_flax_msgpack(tmp_path):
-    serialization = pytest.importorskip("flax.serialization")  # only to write the file; the reader is flax-free
+    serialization = pytest.importorskip(
+        "flax.serialization"
+    )  # only to write the file; the reader is flax-free
     src = tmp_path / "src"
     src.mkdir()
     V10.save_json(src / "config.json")
@@ -102,7 +119,9 @@ def test_existing_out_refused_and_untouched_on_failure(tmp_path):
         convert(hf_dir(tmp_path / "bad", sd), out, overwrite=True)
     assert tree_hashes(out) == before
     assert not list(tmp_path.glob(".out*"))
-    convert(good, out, dtype="bfloat16", overwrite=True)  # a previous conversion is replaced as a whole when asked
+    convert(
+        good, out, dtype="bfloat16", overwrite=True
+    )  # a previous conversion is replaced as a whole when asked
     assert tv.load_t5(out)[0].param_dtype == "bfloat16" and tree_hashes(out) != before
     assert not list(tmp_path.glob(".out*"))
 
@@ -113,7 +132,9 @@ def test_pytorch_bin_without_torch_is_a_clear_error(tmp_path, monkeypatch):
     V10.save_json(src / "config.json")
     (src / "pytorch_model.bin").write_bytes(b"\0" * 10)
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
-    with pytest.raises(ConversionError, match=r"pytorch_model\.bin is a PyTorch checkpoint; reading it needs torch"):
+    with pytest.raises(
+        ConversionError, match=r"pytorch_model\.bin is a PyTorch checkpoint; reading it needs torch"
+    ):
         convert(src, tmp_path / "out")
     assert_nothing_written(tmp_path / "out")
 
@@ -121,8 +142,16 @@ def test_pytorch_bin_without_torch_is_a_clear_error(tmp_path, monkeypatch):
 # -- peak host memory, above the process's RSS before converting ---------------------------------------------
 
 # ~21M float32 params = ~84 MB
-MEMORY_CFG = T5Config(vocab_size=8192, d_model=512, d_kv=64, num_heads=8, d_ff=1024, num_layers=2,
-                      feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+MEMORY_CFG = T5Config(
+    vocab_size=8192,
+    d_model=512,
+    d_kv=64,
+    num_heads=8,
+    d_ff=1024,
+    num_layers=2,
+    feed_forward_proj="gated-gelu",
+    tie_word_embeddings=False,
+)
 
 MEASURE = textwrap.dedent("""
     import json, sys
@@ -164,12 +193,18 @@ def test_peak_memory_under_twice_the_checkpoint(tmp_path):
     save_file(sd, str(src / "model.safetensors"))
     del sd
     MEMORY_CFG.save_json(src / "config.json")
-    r = subprocess.run([sys.executable, "-c", MEASURE, str(src), str(tmp_path / "out")], capture_output=True,
-                       text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(src), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads(r.stdout.strip().splitlines()[-1])
     mapped, total = (m["mapped"] - m["before"]) / size, (m["peak"] - m["before"]) / size
-    print(f"checkpoint {size / 2**20:.0f} MiB; peak above baseline: {mapped:.2f}x until save, {total:.2f}x in all")
+    print(
+        f"checkpoint {size / 2**20:.0f} MiB; peak above baseline: {mapped:.2f}x until save, {total:.2f}x in all"
+    )
     assert size > 50 * 2**20
     assert 0.9 < mapped < 1.5, f"reading + mapping used {mapped:.2f}x the checkpoint size"
     assert total < 3.0, f"conversion + save used {total:.2f}x the checkpoint size"

@@ -1,4 +1,5 @@
 """``python -m weights_convert`` (weights_convert.__main__): flags reach the conversion, errors go to stderr, exit 1."""
+
 import numpy as np
 from safetensors.numpy import save_file
 from test_convert import assert_nothing_written, hf_dir
@@ -46,8 +47,24 @@ def test_nan_and_inf_weights_are_refused_by_the_converter_and_by_init_from(tmp_p
     assert f"shared.weight (3 of {sd['shared.weight'].size})" in err and "SelfAttention.q.weight (1 of" in err
     assert_nothing_written(out)
     assert main([str(src), str(out), "--quiet", "--allow-nonfinite"]) == 0
-    assert "converting them anyway (--allow-nonfinite)" in caplog.text and np.isnan(tv.load_t5(out)[1]["shared"]["embedding"]).any()
-    rc, _, err = run_cli(["train", "--out", str(tmp_path / "run"), "--corpus",
-                          str(write_train_corpus(tmp_path / "c.txt")), "--init-from", str(out), "--steps", "1"])
-    assert rc == 1 and f"--init-from {out} holds NaN or inf in 2 tensor(s)" in err and "learning_rate" not in err
+    assert (
+        "converting them anyway (--allow-nonfinite)" in caplog.text
+        and np.isnan(tv.load_t5(out)[1]["shared"]["embedding"]).any()
+    )
+    rc, _, err = run_cli(
+        [
+            "train",
+            "--out",
+            str(tmp_path / "run"),
+            "--corpus",
+            str(write_train_corpus(tmp_path / "c.txt")),
+            "--init-from",
+            str(out),
+            "--steps",
+            "1",
+        ]
+    )
+    assert (
+        rc == 1 and f"--init-from {out} holds NaN or inf in 2 tensor(s)" in err and "learning_rate" not in err
+    )
     assert not (tmp_path / "run").exists()

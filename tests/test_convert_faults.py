@@ -3,6 +3,7 @@ sits in SRC is refused; --overwrite replaces only a previous conversion or an em
 leftovers are removed by the next run when their process is gone; OUT follows the umask; a bad config.json is
 one line naming the file; two weight formats in SRC say which is converted; orbax's INFO logs stay quiet.
 The source is a tiny random transformers T5 written by ``save_pretrained``, shared by the module."""
+
 import json
 import logging
 import os
@@ -34,8 +35,13 @@ def hf(tmp_path_factory):
     make_hf_model("v1_0", seed=12).save_pretrained(root / "pt", safe_serialization=False)
     (root / "hf" / "spiece.model").write_bytes(b"copied as it is")  # not read by the converter, only copied
     converted, converted_bin = convert(root / "hf", root / "converted"), convert(root / "pt", root / "pt_out")
-    return dict(src=root / "hf", converted=converted, want=flat_params(tv.load_t5(converted)[1]),
-                bin=root / "pt" / "pytorch_model.bin", want_bin=flat_params(tv.load_t5(converted_bin)[1]))
+    return dict(
+        src=root / "hf",
+        converted=converted,
+        want=flat_params(tv.load_t5(converted)[1]),
+        bin=root / "pt" / "pytorch_model.bin",
+        want_bin=flat_params(tv.load_t5(converted_bin)[1]),
+    )
 
 
 def same_params(out, want) -> bool:
@@ -62,14 +68,24 @@ def dead_pid() -> int:
 
 # -- OUT is, holds, or sits in SRC ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("src_arg, out_arg, flags, message", [
-    ("models/hf", "models/hf", ["--overwrite"], "it is the source checkpoint's directory"),
-    ("models/hf/model.safetensors", "models/hf", ["--overwrite"], "it is the source checkpoint's directory"),
-    ("models/hf", "link", ["--overwrite"], "it is the source checkpoint's directory"),
-    ("models/hf", "models", ["--overwrite"], "it contains the source checkpoint"),
-    ("link/model.safetensors", "models", ["--overwrite"], "it contains the source checkpoint"),
-    ("models/hf", "models/hf/converted", [], "it is inside the source checkpoint's directory"),
-], ids=["same", "src-file", "out-symlink", "parent", "src-via-symlink", "inside"])
+
+@pytest.mark.parametrize(
+    "src_arg, out_arg, flags, message",
+    [
+        ("models/hf", "models/hf", ["--overwrite"], "it is the source checkpoint's directory"),
+        (
+            "models/hf/model.safetensors",
+            "models/hf",
+            ["--overwrite"],
+            "it is the source checkpoint's directory",
+        ),
+        ("models/hf", "link", ["--overwrite"], "it is the source checkpoint's directory"),
+        ("models/hf", "models", ["--overwrite"], "it contains the source checkpoint"),
+        ("link/model.safetensors", "models", ["--overwrite"], "it contains the source checkpoint"),
+        ("models/hf", "models/hf/converted", [], "it is inside the source checkpoint's directory"),
+    ],
+    ids=["same", "src-file", "out-symlink", "parent", "src-via-symlink", "inside"],
+)
 def test_out_that_is_holds_or_sits_in_src_is_refused(hf, tmp_path, capsys, src_arg, out_arg, flags, message):
     shutil.copytree(hf["src"], tmp_path / "models" / "hf")
     (tmp_path / "models" / "notes.txt").write_text("a sibling of the source")
@@ -85,6 +101,7 @@ def test_out_that_is_holds_or_sits_in_src_is_refused(hf, tmp_path, capsys, src_a
 
 
 # -- --overwrite -------------------------------------------------------------------------------------------
+
 
 def _run_dir(d, hf):  # a training run directory: config + params + more
     shutil.copytree(hf["converted"], d)
@@ -102,13 +119,24 @@ def _many(d, hf):
         (d / f"f{i}.txt").write_text(str(i))
 
 
-@pytest.mark.parametrize("make, listed", [
-    (lambda d, hf: (d.mkdir(), (d / "notes.txt").write_text("precious"), (d / "data").mkdir(),
-                    (d / "data" / "x.bin").write_bytes(b"\1")), "it holds data/, notes.txt;"),
-    (_run_dir, "it holds config.json, metrics.jsonl, params/, spiece.model;"),
-    (_not_t5_config, "config.json is not a T5 config.json (model_type None)"),
-    (_many, "it holds f0.txt, f1.txt, f2.txt, f3.txt, f4.txt (+ 2 more);"),
-], ids=["files", "run-dir", "not-t5-config", "many"])
+@pytest.mark.parametrize(
+    "make, listed",
+    [
+        (
+            lambda d, hf: (
+                d.mkdir(),
+                (d / "notes.txt").write_text("precious"),
+                (d / "data").mkdir(),
+                (d / "data" / "x.bin").write_bytes(b"\1"),
+            ),
+            "it holds data/, notes.txt;",
+        ),
+        (_run_dir, "it holds config.json, metrics.jsonl, params/, spiece.model;"),
+        (_not_t5_config, "config.json is not a T5 config.json (model_type None)"),
+        (_many, "it holds f0.txt, f1.txt, f2.txt, f3.txt, f4.txt (+ 2 more);"),
+    ],
+    ids=["files", "run-dir", "not-t5-config", "many"],
+)
 def test_overwrite_refuses_what_is_not_a_conversion(hf, tmp_path, capsys, make, listed):
     out = tmp_path / "out"
     make(out, hf)
@@ -123,8 +151,11 @@ def test_overwrite_replaces_a_previous_conversion_or_an_empty_dir(hf, tmp_path, 
     out = tmp_path / "out"
     out.mkdir()
     assert run_cli(capsys, hf["src"], out, "--overwrite", "--quiet") == (0, "")
-    assert same_params(out, hf["want"]) and sorted(p.name for p in out.iterdir()) == ["config.json", "params",
-                                                                                       "spiece.model"]
+    assert same_params(out, hf["want"]) and sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "params",
+        "spiece.model",
+    ]
     assert run_cli(capsys, hf["src"], out, "--overwrite", "--dtype", "bfloat16", "--quiet") == (0, "")
     assert tv.load_t5(out)[0].param_dtype == "bfloat16" and not leftovers(out)
 
@@ -139,8 +170,14 @@ def test_overwrite_onto_a_file_or_link_is_refused_leaving_nothing(hf, tmp_path, 
     before = tree_hashes(hf["converted"])
     rc, err = run_cli(capsys, hf["src"], out, "--overwrite", "--quiet")
     assert rc == 1
-    assert err.startswith(f"error: refusing to overwrite {out}: " + ("it is a file, not a directory" if kind == "file"
-                          else f"it is a symbolic link (to {hf['converted']})")), err
+    assert err.startswith(
+        f"error: refusing to overwrite {out}: "
+        + (
+            "it is a file, not a directory"
+            if kind == "file"
+            else f"it is a symbolic link (to {hf['converted']})"
+        )
+    ), err
     assert (out.read_text() == "not a directory") if kind == "file" else (out.readlink() == hf["converted"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no .out.old-* nor .out.partial-*
     assert tree_hashes(hf["converted"]) == before
@@ -168,8 +205,11 @@ OUR_LINES = r"(reading |skipping \d+ tensors: |writing |done in |removed )"
 
 def test_killed_conversion_is_cleaned_up_by_the_next_run(hf, tmp_path):
     out = tmp_path / "out"
-    p = subprocess.Popen([sys.executable, "-c", HANG_AFTER_SAVE, str(hf["src"]), str(out), "--quiet"],
-                         stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", HANG_AFTER_SAVE, str(hf["src"]), str(out), "--quiet"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 300
         while not list(tmp_path.glob(".out.partial-*/params/_METADATA")) and p.poll() is None:
@@ -182,11 +222,19 @@ def test_killed_conversion_is_cleaned_up_by_the_next_run(hf, tmp_path):
     partial = [x.name for x in tmp_path.glob(".out.partial-*")]
     assert len(partial) == 1 and partial[0].startswith(f".out.partial-{p.pid}-") and not out.exists()
 
-    r = subprocess.run([sys.executable, "-m", "weights_convert", str(hf["src"]), str(out)], capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "weights_convert", str(hf["src"]), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
-    assert re.search(rf"^removed {re.escape(str(tmp_path / partial[0]))} \(\d+\.\d MB\), left by process {p.pid}, "
-                     "which is no longer running$", r.stderr, re.M), r.stderr
+    assert re.search(
+        rf"^removed {re.escape(str(tmp_path / partial[0]))} \(\d+\.\d MB\), left by process {p.pid}, "
+        "which is no longer running$",
+        r.stderr,
+        re.M,
+    ), r.stderr
     assert all(re.match(OUR_LINES, line) for line in r.stderr.splitlines()), r.stderr  # orbax stays quiet
     assert not leftovers(out) and same_params(out, hf["want"])
 
@@ -197,26 +245,45 @@ def test_leftovers_of_running_or_unknown_processes_are_kept(hf, tmp_path, caplog
     out = tmp_path / "out"
     gone = dead_pid()
     running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    names = {"dead": f".out.partial-{gone}-0a1b2c3d-{HOST}", "t5vae-old": f".out.old-{gone}",
-             "running": f".out.partial-{running.pid}-0a1b2c3d-{HOST}",
-             "other-host": f".out.partial-{gone}-0a1b2c3d-elsewhere", "unknown": ".out.partial-k2j_x9qa"}
+    names = {
+        "dead": f".out.partial-{gone}-0a1b2c3d-{HOST}",
+        "t5vae-old": f".out.old-{gone}",
+        "running": f".out.partial-{running.pid}-0a1b2c3d-{HOST}",
+        "other-host": f".out.partial-{gone}-0a1b2c3d-elsewhere",
+        "unknown": ".out.partial-k2j_x9qa",
+    }
     try:
         for name in names.values():
             (tmp_path / name).mkdir()
             (tmp_path / name / "data").write_bytes(b"\0" * 3000)
-        shutil.copytree(hf["converted"], tmp_path / (aside := f".out.old-{gone}-5e6f7a8b-{HOST}"))  # OUT is gone
+        shutil.copytree(
+            hf["converted"], tmp_path / (aside := f".out.old-{gone}-5e6f7a8b-{HOST}")
+        )  # OUT is gone
         (tmp_path / "bare").mkdir()  # a source that fails after the leftovers are swept: no config.json
         shutil.copy(hf["src"] / "model.safetensors", tmp_path / "bare")
-        with caplog.at_level(logging.INFO, logger="weights_convert"), pytest.raises(ValueError, match="missing"):
+        with (
+            caplog.at_level(logging.INFO, logger="weights_convert"),
+            pytest.raises(ValueError, match="missing"),
+        ):
             convert(tmp_path / "bare", out)
         assert leftovers(out) == sorted(set(names.values()) - {names["dead"]} | {aside})
-        assert f"removed {tmp_path / names['dead']} (0.0 MB), left by process {gone}, which is no longer running" \
+        assert (
+            f"removed {tmp_path / names['dead']} (0.0 MB), left by process {gone}, which is no longer running"
             in caplog.text
+        )
         assert f"leaving {tmp_path / names['running']} alone: process {running.pid}" in caplog.text
-        assert f"{tmp_path / names['other-host']} (0.0 MB) left by an earlier run, but cannot tell" in caplog.text
-        assert f"{tmp_path / names['unknown']} (0.0 MB) left by an earlier run, but cannot tell" in caplog.text
+        assert (
+            f"{tmp_path / names['other-host']} (0.0 MB) left by an earlier run, but cannot tell"
+            in caplog.text
+        )
+        assert (
+            f"{tmp_path / names['unknown']} (0.0 MB) left by an earlier run, but cannot tell" in caplog.text
+        )
         for old in (aside, names["t5vae-old"]):
-            assert f"keeping {tmp_path / old}, the previous out (a run was killed while replacing it)" in caplog.text
+            assert (
+                f"keeping {tmp_path / old}, the previous out (a run was killed while replacing it)"
+                in caplog.text
+            )
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="weights_convert"):
             convert(hf["src"], out)
@@ -230,6 +297,7 @@ def test_leftovers_of_running_or_unknown_processes_are_kept(hf, tmp_path, caplog
 
 
 # -- permissions, config.json, formats, logs ------------------------------------------------------------------
+
 
 def test_out_permissions_follow_the_umask(hf, tmp_path):
     old = os.umask(0o027)
@@ -250,8 +318,10 @@ BAD_CONFIGS = {
     "array": (b"[1, 2]", "must hold a JSON object (a T5 config), got a JSON list"),
     "bert": (json.dumps({"model_type": "bert", "hidden_size": 16}).encode(), "model_type is 'bert'; only T5"),
     "no-t5-keys": (b'{"hello": 1}', "not a T5 config: it has no model_type and none of d_model"),
-    "bad-value": (json.dumps({"model_type": "t5", "num_heads": -1}).encode(),
-                  "T5Config.num_heads must be a positive int"),
+    "bad-value": (
+        json.dumps({"model_type": "t5", "num_heads": -1}).encode(),
+        "T5Config.num_heads must be a positive int",
+    ),
 }
 
 
@@ -272,17 +342,23 @@ def test_bad_config_json_is_one_line_naming_the_file(hf, tmp_path, capsys, name)
 
 def test_config_flag_neither_file_nor_preset(hf, tmp_path, capsys):
     rc, err = run_cli(capsys, hf["src"], tmp_path / "out", "--config", "t5-smal", "--quiet")
-    assert rc == 1 and err.startswith("error: --config t5-smal: no such file, and not a preset (flan-t5-base"), err
+    assert rc == 1 and err.startswith(
+        "error: --config t5-smal: no such file, and not a preset (flan-t5-base"
+    ), err
 
 
 def test_both_formats_say_which_is_converted(hf, tmp_path, caplog):
     both = shutil.copytree(hf["src"], tmp_path / "both")
     shutil.copy(hf["bin"], both)
-    assert not same_params(hf["converted"], hf["want_bin"])  # two different models: the output tells which was read
+    assert not same_params(
+        hf["converted"], hf["want_bin"]
+    )  # two different models: the output tells which was read
     with caplog.at_level(logging.WARNING, logger="weights_convert"):
         out = convert(both, tmp_path / "out")
-    assert f"{both} holds model.safetensors, pytorch_model.bin: converting model.safetensors, ignoring " \
-           f"pytorch_model.bin (name a file as SRC, e.g. {both / 'pytorch_model.bin'}" in caplog.text
+    assert (
+        f"{both} holds model.safetensors, pytorch_model.bin: converting model.safetensors, ignoring "
+        f"pytorch_model.bin (name a file as SRC, e.g. {both / 'pytorch_model.bin'}" in caplog.text
+    )
     assert same_params(out, hf["want"])
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="weights_convert"):
@@ -292,12 +368,20 @@ def test_both_formats_say_which_is_converted(hf, tmp_path, caplog):
 
 @pytest.mark.slow
 def test_cli_logs_only_its_own_lines(hf, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "weights_convert", str(hf["src"]), str(tmp_path / "out")],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "weights_convert", str(hf["src"]), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     lines = r.stderr.splitlines()
     assert [line.split()[0] for line in lines] == ["reading", "writing", "done"], r.stderr
     assert "orbax" not in r.stderr.lower()
-    r = subprocess.run([sys.executable, "-m", "weights_convert", str(hf["src"]), str(tmp_path / "out2"), "--quiet"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "weights_convert", str(hf["src"]), str(tmp_path / "out2"), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert (r.returncode, r.stderr) == (0, "")

@@ -1,5 +1,6 @@
 """Corpora (t5vae.corpus): the embedded stdlib corpus, text files and bad input, the hash-fixed split, and
 the quiet parse check."""
+
 import ast
 
 import pytest

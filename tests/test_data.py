@@ -1,11 +1,19 @@
 """Data (t5vae.data): tokenizer round trips and training, truncation, bucketed batches."""
+
 import numpy as np
 import pytest
 
 import t5vae as tv
 from t5vae import data
 
-TRICKY = ["x = 1", "\tdef  f(a):\t@dec é 中文 ∑", "  two  spaces  ", "@property", "s = '\\x00'  # ok", "🙂 = 3"]
+TRICKY = [
+    "x = 1",
+    "\tdef  f(a):\t@dec é 中文 ∑",
+    "  two  spaces  ",
+    "@property",
+    "s = '\\x00'  # ok",
+    "🙂 = 3",
+]
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +93,7 @@ def test_swap_in_replaces_a_line_only_within_its_length_bucket(tok):
 
 def test_batch_stream_with_renaming_keeps_shapes_and_is_a_pure_function_of_the_step(tok, stdlib_corpus):
     from t5vae import augment
+
     lines = stdlib_corpus.train[:600]
     enc, buckets = data.encode_lines(tok, lines, 32), (8, 12, 16, 24, 32)
     plain = data.BatchStream(enc, 16, buckets, 5)

@@ -1,4 +1,5 @@
 """The decoder laid out for decoding (t5vae.decoder_layout): its step gives the plain step's logits and cache."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,8 +18,11 @@ def _rel(a, b):
 def test_layout_step_matches_the_plain_step(name):
     """Three decode steps on DecoderWeights give the plain step's logits, cache by cache (per-layer position
     tables: each layer's own, as initialised, so they differ)."""
-    cfg = tv.preset("tiny") if name == "tiny" else tv.preset("tiny", feed_forward_proj="gated-gelu",
-                                                              tie_word_embeddings=False)
+    cfg = (
+        tv.preset("tiny")
+        if name == "tiny"
+        else tv.preset("tiny", feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+    )
     cfg = cfg.replace(relative_attention_per_layer=name.endswith("per-layer"))
     params = tv.t5.init(cfg, jax.random.key(0))
     enc = jax.random.normal(jax.random.key(1), (2, 5, cfg.d_model))

@@ -1,5 +1,6 @@
 """Decoding (t5vae.decoding): the KV cache against a full recompute, EOS and padding, sampling, top-k/top-p,
 beam search against brute force, DecoderWeights, argument errors, and the plain step against the CPU one."""
+
 import itertools
 
 import jax
@@ -38,7 +39,9 @@ def test_kv_cache_greedy_equals_full_recompute(model):
 
 
 def test_generation_stops_at_eos_and_pads():
-    cfg = V11.replace(eos_token_id=8)  # this init emits 8 first in one row, later in another, never in a third
+    cfg = V11.replace(
+        eos_token_id=8
+    )  # this init emits 8 first in one row, later in another, never in a third
     params = tv.t5.init(cfg, jax.random.key(42))
     ids, mask = batch(cfg)
     want = uncached_greedy(params, cfg, ids, mask, 9)
@@ -53,12 +56,15 @@ def test_sampling_and_beam_reduce_to_greedy(model):
     cfg, params = model
     ids, mask = batch(cfg)
     greedy = tv.t5.generate(params, cfg, ids, mask, max_new_tokens=6)
-    top1 = tv.t5.generate(params, cfg, ids, mask, max_new_tokens=6, method="sample", key=jax.random.key(3), top_k=1)
+    top1 = tv.t5.generate(
+        params, cfg, ids, mask, max_new_tokens=6, method="sample", key=jax.random.key(3), top_k=1
+    )
     beam1 = tv.t5.generate(params, cfg, ids, mask, max_new_tokens=6, method="beam", num_beams=1)
     np.testing.assert_array_equal(top1, greedy)
     np.testing.assert_array_equal(beam1, greedy)
-    hot = tv.t5.generate(params, cfg, ids, mask, max_new_tokens=6, method="sample", key=jax.random.key(3),
-                         temperature=5.0)
+    hot = tv.t5.generate(
+        params, cfg, ids, mask, max_new_tokens=6, method="sample", key=jax.random.key(3), temperature=5.0
+    )
     assert not np.array_equal(hot, greedy)
 
 
@@ -68,15 +74,21 @@ def test_decoder_weights_built_once_give_the_same_tokens(model):
     w = decoder_weights(params, cfg)
     assert decoder_weights(w, cfg) is w
     for kw in ({}, {"method": "beam", "num_beams": 2}, {"method": "sample", "key": jax.random.key(3)}):
-        np.testing.assert_array_equal(tv.t5.generate(params, cfg, ids, mask, 6, decoder_weights=w, **kw),
-                                      tv.t5.generate(params, cfg, ids, mask, 6, **kw), err_msg=str(kw))
+        np.testing.assert_array_equal(
+            tv.t5.generate(params, cfg, ids, mask, 6, decoder_weights=w, **kw),
+            tv.t5.generate(params, cfg, ids, mask, 6, **kw),
+            err_msg=str(kw),
+        )
 
 
 def test_decoder_weights_for_another_config_are_named():
     p10, p11 = tv.t5.init(V10, jax.random.key(0)), tv.t5.init(V11, jax.random.key(0))
     h = jnp.zeros((2, 3, V10.d_model))
-    with pytest.raises(ValueError, match=r"DecoderWeights do not match the config: .*lm_head: \(16, 7\) "
-                                         r"\(config wants \(16, 11\)\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"DecoderWeights do not match the config: .*lm_head: \(16, 7\) "
+        r"\(config wants \(16, 11\)\)",
+    ):
         generate(decoder_weights(p10, V10), V11, h, None, 4)
     with pytest.raises(ValueError, match=r"layers: 3 \(config wants 2\)"):
         generate(decoder_weights(p11, V11), V11.replace(num_decoder_layers=2), h, None, 4)
@@ -85,8 +97,11 @@ def test_decoder_weights_for_another_config_are_named():
     with pytest.raises(ValueError, match=r"relpos_bias: \(8, 3\) \(config wants \(3, 8, 3\)\)"):
         generate(decoder_weights(p11, V11), V11.replace(relative_attention_per_layer=True), h, None, 4)
     for k in ("cpu", "plain"):  # the DecoderWeights builder's check, and generate's own
-        with pytest.raises(ValueError, match=r"needs a T5 params tree .* got \['t5'\] \(a T5-VAE's tree\? pass "
-                                             r"its params\['t5'\]\)"):
+        with pytest.raises(
+            ValueError,
+            match=r"needs a T5 params tree .* got \['t5'\] \(a T5-VAE's tree\? pass "
+            r"its params\['t5'\]\)",
+        ):
             generate({"t5": p10}, V10.replace(kernels=k), h, None, 4)
 
 
@@ -112,14 +127,22 @@ def test_exhaustive_beam_finds_the_best_sequence(length_penalty):
     dec = np.concatenate([np.zeros((len(seqs), 1), int), seqs[:, :-1]], 1)
     best = []
     for b in range(2):  # brute force, one batched teacher-forced pass per input row
-        rep = lambda x: jnp.repeat(x[b:b + 1], len(seqs), 0)  # noqa: E731
+        rep = lambda x: jnp.repeat(x[b : b + 1], len(seqs), 0)  # noqa: E731
         lp = np.asarray(jax.nn.log_softmax(_decode(params, cfg, jnp.asarray(dec), rep(h), rep(mask)), -1))
         tok_lp = np.take_along_axis(lp, seqs[..., None], -1)[..., 0]
-        total = np.where(np.arange(T)[None] < n[:, None], tok_lp, 0).sum(1) / n ** length_penalty
+        total = np.where(np.arange(T)[None] < n[:, None], tok_lp, 0).sum(1) / n**length_penalty
         i = int(np.argmax(total))
         best.append(np.where(np.arange(T) < n[i], seqs[i], 0))
-    got = generate(params, cfg, h, mask, T, method="beam", num_beams=cfg.vocab_size ** (T - 1),
-                   length_penalty=length_penalty)
+    got = generate(
+        params,
+        cfg,
+        h,
+        mask,
+        T,
+        method="beam",
+        num_beams=cfg.vocab_size ** (T - 1),
+        length_penalty=length_penalty,
+    )
     np.testing.assert_array_equal(got, np.asarray(best))
 
 
@@ -141,7 +164,10 @@ def test_plain_and_cpu_kernels_decode_the_same_tokens(model):
     DecoderWeights) pick the same tokens, greedy over the full length and by beam search."""
     cfg, params = model
     if cfg.tie_word_embeddings:  # a random tied model feeds its own token back forever; a smaller embedding
-        params = {**params, "shared": {"embedding": params["shared"]["embedding"] * 0.1}}  # lets the layers decide
+        params = {
+            **params,
+            "shared": {"embedding": params["shared"]["embedding"] * 0.1},
+        }  # lets the layers decide
     ids, mask = batch(cfg)
     assert not kernels.ops(cfg.replace(kernels="plain")).decoder_layout
     assert kernels.ops(cfg.replace(kernels="cpu")).decoder_layout
@@ -149,8 +175,10 @@ def test_plain_and_cpu_kernels_decode_the_same_tokens(model):
     for k in ("plain", "cpu"):
         c = cfg.replace(kernels=k)
         never = c.replace(eos_token_id=c.vocab_size + 5)  # never emitted: every greedy step is compared
-        out[k] = (np.asarray(tv.t5.generate(params, never, ids, mask, max_new_tokens=7)),
-                  np.asarray(tv.t5.generate(params, c, ids, mask, max_new_tokens=5, method="beam", num_beams=3)))
+        out[k] = (
+            np.asarray(tv.t5.generate(params, never, ids, mask, max_new_tokens=7)),
+            np.asarray(tv.t5.generate(params, c, ids, mask, max_new_tokens=5, method="beam", num_beams=3)),
+        )
     np.testing.assert_array_equal(out["plain"][0], out["cpu"][0])
     np.testing.assert_array_equal(out["plain"][1], out["cpu"][1])
     for tokens in out["plain"]:
@@ -175,11 +203,13 @@ def test_per_layer_tables_cached_steps_equal_the_full_forward(model, kernels_):
     for t in range(6):
         logits, cache = step(w, pl_cfg, cross_kv, dec[:, t], jnp.int32(t), cache, mask[:, None, :])
         np.testing.assert_allclose(logits, want[:, t], rtol=1e-5, atol=1e-5, err_msg=f"step {t}")
-    np.testing.assert_array_equal(tv.t5.generate(pl_params, pl_cfg, ids, mask, 7),
-                                  uncached_greedy(pl_params, pl_cfg, ids, mask, 7))
+    np.testing.assert_array_equal(
+        tv.t5.generate(pl_params, pl_cfg, ids, mask, 7), uncached_greedy(pl_params, pl_cfg, ids, mask, 7)
+    )
     eq_cfg, eq_params = per_layer(cfg, params)
-    np.testing.assert_array_equal(tv.t5.generate(eq_params, eq_cfg, ids, mask, 7),
-                                  tv.t5.generate(params, cfg, ids, mask, 7))
+    np.testing.assert_array_equal(
+        tv.t5.generate(eq_params, eq_cfg, ids, mask, 7), tv.t5.generate(params, cfg, ids, mask, 7)
+    )
 
 
 def test_ids_past_the_tokenizer_are_never_generated():

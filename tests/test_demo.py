@@ -1,6 +1,7 @@
 """The demo's logic without a browser: input checks and their stated bounds, shareable links, parse marks and
 statement kinds, the map's PCA and SVG, nearest lines, the backend's lock and the page's callbacks (on a fake
 model: these tests are about the demo, not about a trained T5-VAE; the browser tests use a real run)."""
+
 import re
 import socket
 import threading
@@ -19,6 +20,7 @@ from t5vae import demo, text
 from t5vae.demo import backend, core, mapview
 
 # -- checks ----------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("value, want", [(2, 2), ("9", 9), (32.0, 32), (" 5 ", 5)])
 def test_check_int_accepts_whole_numbers_in_bounds(value, want):
@@ -41,7 +43,9 @@ def test_the_models_refusals_read_as_the_pages_errors():
     assert str(core.empty_line("line A")) == "line A is empty: type a line of Python"
     e = core.too_long("line B", 9, 8)
     assert isinstance(e, core.TooLong) and isinstance(e, core.InputError)
-    assert str(e).startswith("line B is 9 tokens, longer than the model's max length of 8") and "cut it to 8" in str(e)
+    assert str(e).startswith(
+        "line B is 9 tokens, longer than the model's max length of 8"
+    ) and "cut it to 8" in str(e)
 
 
 # -- links -----------------------------------------------------------------------------------------
@@ -78,9 +82,20 @@ def test_parse_link_defaults_and_errors():
 
 # -- lines -----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("line, kind", [("x = 1", "Assign"), ("return x", "Return"), ("f(x)", "Expr"),
-                                        ("import os", "Import"), ("x += 1", "AugAssign"), ("def f(:", "no parse"),
-                                        ("# only a comment", "empty"), ("for x in y:", "no parse")])
+
+@pytest.mark.parametrize(
+    "line, kind",
+    [
+        ("x = 1", "Assign"),
+        ("return x", "Return"),
+        ("f(x)", "Expr"),
+        ("import os", "Import"),
+        ("x += 1", "AugAssign"),
+        ("def f(:", "no parse"),
+        ("# only a comment", "empty"),
+        ("for x in y:", "no parse"),
+    ],
+)
 def test_statement_kind(line, kind):
     assert core.statement_kind(line) == kind
     assert core.parses(line) == (kind != "no parse")
@@ -94,6 +109,7 @@ def test_parse_check_is_quiet():
 
 
 # -- PCA, nearest lines, the map ---------------------------------------------------------------------
+
 
 def test_pca_finds_the_two_widest_directions_and_projects_consistently():
     rng = np.random.default_rng(0)
@@ -139,8 +155,14 @@ def test_flat_codes():
 def test_map_svg_has_a_point_per_line_the_path_and_escaped_hover_text():
     xy = np.array([[0, 0], [1, 0], [0, 1], [1, 1]])
     kinds, lines = ["Assign", "Assign", "Return", "Expr"], ["x = 1", "y = 2", "return a<b", "f(x)"]
-    html = mapview.render_map(xy, kinds, lines, path_xy=[[0, 0], [0.5, 0.5], [1, 1]],
-                              path_lines=["x = 1", "z = <3", "f(x)"], current=1)
+    html = mapview.render_map(
+        xy,
+        kinds,
+        lines,
+        path_xy=[[0, 0], [0.5, 0.5], [1, 1]],
+        path_lines=["x = 1", "z = <3", "f(x)"],
+        current=1,
+    )
     assert html.count('class="map-point"') == 4 and html.count('class="path-point') == 3
     assert html.count("path-current") == 1 and 'data-index="1" ' in html.split("path-current")[1][:20]
     assert "<title>return a&lt;b (Return)</title>" in html and "ratio 0.500: z = &lt;3" in html
@@ -165,6 +187,7 @@ def test_spread_is_even_and_keeps_both_ends():
 
 # -- the backend on a fake model ---------------------------------------------------------------------
 
+
 class FakeModel:
     """tv.Model's surface: a line's code is seeded by its CRC, a code decodes to a line naming its mean; it
     records how many calls overlap."""
@@ -183,17 +206,29 @@ class FakeModel:
 
     def encode(self, lines, truncate=False):
         self._call()
-        return np.stack([np.tanh(np.random.default_rng(zlib.crc32(s.encode())).standard_normal(
-            (self.cfg.n_latent_tokens, self.cfg.latent_size))) for s in lines]).astype(np.float32)
+        return np.stack(
+            [
+                np.tanh(
+                    np.random.default_rng(zlib.crc32(s.encode())).standard_normal(
+                        (self.cfg.n_latent_tokens, self.cfg.latent_size)
+                    )
+                )
+                for s in lines
+            ]
+        ).astype(np.float32)
 
     def decode(self, z, method="greedy"):
         self._call()
-        return [f"v = {float(np.mean(c)):.6f}" + (" # beam" if method == "beam" else "") for c in np.asarray(z)]
+        return [
+            f"v = {float(np.mean(c)):.6f}" + (" # beam" if method == "beam" else "") for c in np.asarray(z)
+        ]
 
     def sample_codes(self, n, prior, seed):
         if prior == "aggregate":
             raise FileNotFoundError("the run names no corpus")
-        return np.random.default_rng(seed).uniform(-0.9, 0.9, (n, self.cfg.n_latent_tokens, self.cfg.latent_size))
+        return np.random.default_rng(seed).uniform(
+            -0.9, 0.9, (n, self.cfg.n_latent_tokens, self.cfg.latent_size)
+        )
 
     def _check(self, lines, names, truncate):
         """The Model's line checks (t5vae.text): before any encoding, an empty line, then too many tokens."""
@@ -228,9 +263,15 @@ def fake():
 
 def test_backend_path_rows_codes_and_map_points(fake):
     p = fake.interpolate("x = 1", "return y", 5, "lerp")
-    assert p.ratios == [0, 0.25, 0.5, 0.75, 1] and len(p.lines) == 5 and p.parses == [core.parses(s) for s in p.lines]
+    assert (
+        p.ratios == [0, 0.25, 0.5, 0.75, 1]
+        and len(p.lines) == 5
+        and p.parses == [core.parses(s) for s in p.lines]
+    )
     z = fake.model.encode(["x = 1", "return y"])
-    assert np.allclose(p.codes[0], z[0].ravel(), atol=1e-6) and np.allclose(p.codes[-1], z[1].ravel(), atol=1e-6)
+    assert np.allclose(p.codes[0], z[0].ravel(), atol=1e-6) and np.allclose(
+        p.codes[-1], z[1].ravel(), atol=1e-6
+    )
     assert np.allclose(p.xy[0], fake.map_xy[0], atol=1e-5)  # line A is on the map: its path point sits on it
     assert p.link == core.Link("x = 1", "return y", 5, "lerp", "greedy")
     html = fake.map_html(p, 2)
@@ -250,7 +291,9 @@ def test_backend_checks_before_any_model_call(fake):
         fake.sample("gaussian", 0)
     with pytest.raises(core.InputError, match="prior must be one of"):
         fake.sample("uniform", 4)
-    with pytest.raises(core.InputError, match="cannot sample from the aggregate prior: the run names no corpus"):
+    with pytest.raises(
+        core.InputError, match="cannot sample from the aggregate prior: the run names no corpus"
+    ):
         fake.sample("aggregate", 4)
     with pytest.raises(core.InputError, match="line c is empty"):
         fake.analogy("x = 1", "y = 2", "")
@@ -294,6 +337,7 @@ def test_concurrent_requests_get_their_own_results_and_never_overlap_in_the_mode
 
 # -- the page's callbacks (Gradio imported, no server) -------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def handlers(fake):
     require("gradio")
@@ -308,7 +352,9 @@ def test_callbacks_show_errors_on_the_page(handlers):
     assert cut["visible"] == "hidden"
     err, cut, state, *_ = handlers.interpolate("x = 1", "a b c d e f g h i", 9, "slerp", "greedy", False)
     assert "longer than the model&#x27;s max length of 8" in err and cut["visible"] is True and state is None
-    truncate, err, cut, state, *_ = handlers.cut_and_interpolate("x = 1", "a b c d e f g h i", 9, "slerp", "greedy")
+    truncate, err, cut, state, *_ = handlers.cut_and_interpolate(
+        "x = 1", "a b c d e f g h i", 9, "slerp", "greedy"
+    )
     assert truncate is True and err == "" and len(state.lines) == 9
     err, out = handlers.sample("tanh", 99, 0, "greedy")
     assert "from 1 to 32, got 99" in err and out == ""
@@ -351,10 +397,14 @@ def test_cmd_demo_serves_with_the_arguments_then_blocks(monkeypatch):
     page = SimpleNamespace(block_thread=lambda: calls.append("block"), close=lambda: calls.append("close"))
     monkeypatch.setattr(demo, "serve", lambda *a, **k: calls.append((a, k)) or (page, "http://h:1/"))
     args = demo.add_arguments(argparse.ArgumentParser()).parse_args(
-        ["run", "--port", "1234", "--corpus", "c.txt", "--map-lines", "10", "--nearest-lines", "20"])
+        ["run", "--port", "1234", "--corpus", "c.txt", "--map-lines", "10", "--nearest-lines", "20"]
+    )
     assert demo.cmd_demo(args) == 0
-    assert calls == [((["run"], "127.0.0.1", 1234), {"corpus": "c.txt", "map_lines": 10, "pool_lines": 20}),
-                     "block", "close"]
+    assert calls == [
+        ((["run"], "127.0.0.1", 1234), {"corpus": "c.txt", "map_lines": 10, "pool_lines": 20}),
+        "block",
+        "close",
+    ]
 
 
 def test_add_arguments_and_a_missing_run(tmp_path, capsys):
@@ -363,8 +413,12 @@ def test_add_arguments_and_a_missing_run(tmp_path, capsys):
     args = demo.add_arguments(argparse.ArgumentParser()).parse_args(["some-run"])
     assert (args.dirs, args.host, args.port, args.corpus) == (["some-run"], "127.0.0.1", 7860, None)
     assert demo.add_arguments(argparse.ArgumentParser()).parse_args(["code-run", "prose-run"]).dirs == [
-        "code-run", "prose-run"]
-    args = demo.add_arguments(argparse.ArgumentParser()).parse_args(["r", "--host", "0.0.0.0", "--port", "8080"])
+        "code-run",
+        "prose-run",
+    ]
+    args = demo.add_arguments(argparse.ArgumentParser()).parse_args(
+        ["r", "--host", "0.0.0.0", "--port", "8080"]
+    )
     assert (args.host, args.port) == ("0.0.0.0", 8080)
     require("gradio")
     with socket.socket() as s:  # a port that is free now
@@ -383,7 +437,9 @@ def test_missing_demo_extra_is_a_clear_error(monkeypatch, capsys):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gradio" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "gradio" else real(name, *a)
+    )
     assert demo.cmd_demo(argparse.Namespace(dirs=["x"])) == 1
     assert 'pip install -e ".[demo]"' in capsys.readouterr().err
 
@@ -413,13 +469,19 @@ def test_serving_a_run_writes_nothing_into_its_directory(text_run_dir):
     assert {p.name: p.stat().st_mtime_ns for p in text_run_dir.rglob("*")} == before
 
 
-@pytest.mark.parametrize("flags, says", [
-    (["--port", "70000"], "--port 70000 is out of range: a port is a number from 1 to 65535"),
-    (["--port", "0"], "--port 0 is out of range"),
-    (["--host", "no.such.host.invalid"], "--host 'no.such.host.invalid' does not resolve"),
-    (["--host", "192.0.2.1"], "cannot serve on --host 192.0.2.1"),  # TEST-NET: an address of no machine here
-    ("busy", "is in use on 127.0.0.1 by another program: choose another --port"),
-])
+@pytest.mark.parametrize(
+    "flags, says",
+    [
+        (["--port", "70000"], "--port 70000 is out of range: a port is a number from 1 to 65535"),
+        (["--port", "0"], "--port 0 is out of range"),
+        (["--host", "no.such.host.invalid"], "--host 'no.such.host.invalid' does not resolve"),
+        (
+            ["--host", "192.0.2.1"],
+            "cannot serve on --host 192.0.2.1",
+        ),  # TEST-NET: an address of no machine here
+        ("busy", "is in use on 127.0.0.1 by another program: choose another --port"),
+    ],
+)
 def test_host_and_port_are_checked_before_the_model_loads(text_run_dir, monkeypatch, flags, says):
     from conftest import run_cli
 
@@ -436,12 +498,18 @@ def test_host_and_port_are_checked_before_the_model_loads(text_run_dir, monkeypa
     assert rc == 1 and says in err and err.count("\n") == 1, err
 
 
-@pytest.mark.parametrize("line, says", [
-    ("x" * 129, "line A is 129 characters; the page takes at most 128 (16 per token of the model's max length of 8"),
-    ("x = 1\x00", "line A holds the control character U+0000 at position 6"),
-    ("\x00" * 50, "line A holds the control character U+0000 at position 1"),
-    ("x = '\ufffd'", "line A holds U+FFFD, the replacement character, at position 6"),
-])
+@pytest.mark.parametrize(
+    "line, says",
+    [
+        (
+            "x" * 129,
+            "line A is 129 characters; the page takes at most 128 (16 per token of the model's max length of 8",
+        ),
+        ("x = 1\x00", "line A holds the control character U+0000 at position 6"),
+        ("\x00" * 50, "line A holds the control character U+0000 at position 1"),
+        ("x = '\ufffd'", "line A holds U+FFFD, the replacement character, at position 6"),
+    ],
+)
 def test_long_lines_and_control_characters_are_refused_before_tokenizing(fake, line, says):
     calls = fake.model.calls
     with pytest.raises(core.InputError, match=re.escape(says)):
@@ -455,14 +523,22 @@ def test_long_lines_and_control_characters_are_refused_before_tokenizing(fake, l
 
 # -- prose runs and pages of several runs ------------------------------------------------------------
 
-SENTENCES = ["The file is opened.", "This function returns a new list of strings for the caller.",
-             "A short one here.", "Every module in the package is read once and then kept in memory for later use again."]
+SENTENCES = [
+    "The file is opened.",
+    "This function returns a new list of strings for the caller.",
+    "A short one here.",
+    "Every module in the package is read once and then kept in memory for later use again.",
+]
 
 
 def test_map_colours_code_by_statement_kind_and_prose_by_length_in_words():
     assert core.map_kind("x = 1", "code") == "Assign"
-    assert [core.map_kind(s, "prose") for s in SENTENCES] == ["up to 8 words", "9-12 words", "up to 8 words",
-                                                              "17+ words"]
+    assert [core.map_kind(s, "prose") for s in SENTENCES] == [
+        "up to 8 words",
+        "9-12 words",
+        "up to 8 words",
+        "17+ words",
+    ]
     assert core.map_kind(" ".join(["word"] * 13), "prose") == "13-16 words"
 
 
@@ -477,7 +553,9 @@ def test_a_prose_backend_has_no_parse_marks_and_english_examples():
     require("gradio")
     from t5vae.demo import page
 
-    prose = backend.Backend(FakeModel(max_length=16), SENTENCES, SENTENCES, language="prose", name="prose-run")
+    prose = backend.Backend(
+        FakeModel(max_length=16), SENTENCES, SENTENCES, language="prose", name="prose-run"
+    )
     assert prose.map_kinds[1] == "9-12 words" and prose.examples() == backend.EXAMPLES["prose"][:2]
     path = prose.interpolate("The file is opened.", "A short one here.", 5)
     assert path.parses is None and len(path.lines) == 5
@@ -485,7 +563,10 @@ def test_a_prose_backend_has_no_parse_marks_and_english_examples():
     table, here, near, _ = h.point(path, 2)
     assert "<th>parses</th>" not in table and "parse-mark" not in table + here + near
     assert "decoded sentence" in table and "nearest training sentence" in near
-    assert "parse-mark" not in h.sample("tanh", 2, 0, "greedy")[1] + h.analogy(*SENTENCES[:3], "greedy", False)[1]
+    assert (
+        "parse-mark"
+        not in h.sample("tanh", 2, 0, "greedy")[1] + h.analogy(*SENTENCES[:3], "greedy", False)[1]
+    )
     code_table = page.Handlers(backend.Backend(FakeModel(), MAP, POOL)).point(path, 0)[0]
     assert "<th>parses</th>" in code_table and "parse-mark" in code_table
     with pytest.raises(ValueError, match="language must be one of"):
@@ -504,8 +585,17 @@ def test_each_tab_takes_the_links_for_its_own_run():
     link = core.Link("The file is opened.", "A short one here.", 4, run="prose-run")
     req = SimpleNamespace(query_params=dict(parse_qsl(core.link_query(link)[1:])))
     got = second.load(req)
-    assert got[:3] == (link.a, link.b, 4) and got[9] == core.link_query(link) and 'id="run1-path-table"' in got[10]
+    assert (
+        got[:3] == (link.a, link.b, 4)
+        and got[9] == core.link_query(link)
+        and 'id="run1-path-table"' in got[10]
+    )
     assert first.load(req)[:2] == backend.EXAMPLES["code"][:2]  # another tab's link: the examples
-    plain = SimpleNamespace(query_params={"a": "x = 1", "b": "y = 2"})  # a link without run= is the first tab's
-    assert first.load(plain)[:2] == ("x = 1", "y = 2") and second.load(plain)[:2] == backend.EXAMPLES["prose"][:2]
+    plain = SimpleNamespace(
+        query_params={"a": "x = 1", "b": "y = 2"}
+    )  # a link without run= is the first tab's
+    assert (
+        first.load(plain)[:2] == ("x = 1", "y = 2")
+        and second.load(plain)[:2] == backend.EXAMPLES["prose"][:2]
+    )
     assert first.load(plain)[9].endswith("&run=code-run")

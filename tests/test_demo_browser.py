@@ -2,6 +2,7 @@
 served from a tiny run that `t5vae train` makes here: a shareable link opens with its path, the inputs and
 the button work as a person uses them, bad input is an error on the page, nothing is fetched from off the
 machine. Under CI=true a missing browser, driver or library fails these tests instead of skipping them."""
+
 import contextlib
 import io
 import json
@@ -29,7 +30,12 @@ def corpus_lines() -> list[str]:
     for i, a in enumerate(NAMES):
         for j, b in enumerate(NAMES):
             if a != b:
-                out += [f"{a} = {b} + {i * 8 + j}", f"print({a}, {b})", f"return {a}[{j}]", f"{a}.append({b})"]
+                out += [
+                    f"{a} = {b} + {i * 8 + j}",
+                    f"print({a}, {b})",
+                    f"return {a}[{j}]",
+                    f"{a}.append({b})",
+                ]
         out += [f"import {a}", f"del {a}", f"assert {a} is not None"]
     return out
 
@@ -56,14 +62,53 @@ def tiny_run(tmp_path_factory):
     need_browser()
     base = tmp_path_factory.mktemp("demo")
     (base / "corpus.txt").write_text("\n".join(corpus_lines()) + "\n")
-    argv = ["train", "--out", str(base / "run"), "--corpus", str(base / "corpus.txt"), "--steps", "2",
-            "--t5-d-model", "32", "--t5-d-kv", "8", "--t5-d-ff", "64", "--t5-num-layers", "1", "--t5-num-heads", "2",
-            "--t5-relative-attention-num-buckets", "8", "--n-latent-tokens", "2", "--latent-size", "8",
-            "--max-length", "24", "--vocab-size", "400", "--batch-size", "64",  # 64 lines reach the same length
-            "--validation-percent", "15", "--eval-pairs", "1", "--eval-batch-size", "8",  # bucket: one compile
-            "--eval-every", "0", "--max-minutes", "3", "--progress", "false"]
+    argv = [
+        "train",
+        "--out",
+        str(base / "run"),
+        "--corpus",
+        str(base / "corpus.txt"),
+        "--steps",
+        "2",
+        "--t5-d-model",
+        "32",
+        "--t5-d-kv",
+        "8",
+        "--t5-d-ff",
+        "64",
+        "--t5-num-layers",
+        "1",
+        "--t5-num-heads",
+        "2",
+        "--t5-relative-attention-num-buckets",
+        "8",
+        "--n-latent-tokens",
+        "2",
+        "--latent-size",
+        "8",
+        "--max-length",
+        "24",
+        "--vocab-size",
+        "400",
+        "--batch-size",
+        "64",  # 64 lines reach the same length
+        "--validation-percent",
+        "15",
+        "--eval-pairs",
+        "1",
+        "--eval-batch-size",
+        "8",  # bucket: one compile
+        "--eval-every",
+        "0",
+        "--max-minutes",
+        "3",
+        "--progress",
+        "false",
+    ]
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):  # in this process: the server reuses what the evaluation compiled
+    with contextlib.redirect_stdout(
+        printed
+    ):  # in this process: the server reuses what the evaluation compiled
         rc = cli.main(argv)
     assert rc == 0, printed.getvalue()[-3000:]
     return base / "run"
@@ -78,8 +123,12 @@ def sentence_lines() -> list[str]:
     for i, a in enumerate(SENTENCE_WORDS):
         for j, b in enumerate(SENTENCE_WORDS):
             if a != b:
-                out += [f"{a.capitalize()} reads {b}.", f"{a.capitalize()} is kept beside {b} for {i + j} days.",
-                        f"Is {a} older than {b}?", f"{a.capitalize()} and {b} are both in the package {i} times."]
+                out += [
+                    f"{a.capitalize()} reads {b}.",
+                    f"{a.capitalize()} is kept beside {b} for {i + j} days.",
+                    f"Is {a} older than {b}?",
+                    f"{a.capitalize()} and {b} are both in the package {i} times.",
+                ]
     return out
 
 
@@ -89,12 +138,55 @@ def prose_run(tiny_run):
     reuses its compiled functions)."""
     base = tiny_run.parent
     (base / "sentences.txt").write_text("\n".join(sentence_lines()) + "\n")
-    argv = ["train", "--out", str(base / "prose"), "--corpus", str(base / "sentences.txt"), "--language", "prose",
-            "--steps", "2", "--t5-d-model", "32", "--t5-d-kv", "8", "--t5-d-ff", "64", "--t5-num-layers", "1",
-            "--t5-num-heads", "2", "--t5-relative-attention-num-buckets", "8", "--n-latent-tokens", "2",
-            "--latent-size", "8", "--max-length", "24", "--vocab-size", "400", "--batch-size", "64",
-            "--min-chars", "10", "--max-chars", "80", "--validation-percent", "15", "--eval-pairs", "1",
-            "--eval-batch-size", "8", "--eval-every", "0", "--max-minutes", "3", "--progress", "false"]
+    argv = [
+        "train",
+        "--out",
+        str(base / "prose"),
+        "--corpus",
+        str(base / "sentences.txt"),
+        "--language",
+        "prose",
+        "--steps",
+        "2",
+        "--t5-d-model",
+        "32",
+        "--t5-d-kv",
+        "8",
+        "--t5-d-ff",
+        "64",
+        "--t5-num-layers",
+        "1",
+        "--t5-num-heads",
+        "2",
+        "--t5-relative-attention-num-buckets",
+        "8",
+        "--n-latent-tokens",
+        "2",
+        "--latent-size",
+        "8",
+        "--max-length",
+        "24",
+        "--vocab-size",
+        "400",
+        "--batch-size",
+        "64",
+        "--min-chars",
+        "10",
+        "--max-chars",
+        "80",
+        "--validation-percent",
+        "15",
+        "--eval-pairs",
+        "1",
+        "--eval-batch-size",
+        "8",
+        "--eval-every",
+        "0",
+        "--max-minutes",
+        "3",
+        "--progress",
+        "false",
+    ]
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         rc = cli.main(argv)
@@ -126,9 +218,17 @@ def browser(server):
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1800",
-                "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                "--disable-renderer-backgrounding", "--disable-background-timer-throttling"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1800",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-renderer-backgrounding",
+        "--disable-background-timer-throttling",
+    ):
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
@@ -151,8 +251,14 @@ def wait(driver, check, timeout=WAIT):
 def path_rows(driver):
     """[(ratio, line, parse mark)] of the path table as shown."""
     rows = css(driver, "#path-table tbody tr")
-    return [(r.find_element("css selector", ".first").text, r.find_element("css selector", ".line code")
-             .get_attribute("textContent"), r.find_element("css selector", ".parses").text) for r in rows]
+    return [
+        (
+            r.find_element("css selector", ".first").text,
+            r.find_element("css selector", ".line code").get_attribute("textContent"),
+            r.find_element("css selector", ".parses").text,
+        )
+        for r in rows
+    ]
 
 
 def open_link(driver, url, a, b, steps, timeout=WAIT):
@@ -190,14 +296,20 @@ def test_a_shareable_link_opens_with_its_path(browser, server):
     assert css(browser, "#line-a textarea, #line-a input")[0].get_attribute("value") == a
     assert css(browser, "#line-b textarea, #line-b input")[0].get_attribute("value") == b
     assert error_text(browser) == ""
-    link = wait(browser, lambda d: css(d, "#share-link textarea, #share-link input")[0].get_attribute("value"))
+    link = wait(
+        browser, lambda d: css(d, "#share-link textarea, #share-link input")[0].get_attribute("value")
+    )
     assert urlsplit(link).query == core.link_query(core.Link(a, b, 5))[1:] and browser.current_url == link
-    assert len(css(browser, "#latent-map circle.path-point")) == 5 and css(browser, "#latent-map polyline.map-path")
+    assert len(css(browser, "#latent-map circle.path-point")) == 5 and css(
+        browser, "#latent-map polyline.map-path"
+    )
     points = css(browser, "#latent-map circle.map-point")
     assert len(points) > 10
     hover = points[0].find_element("css selector", "title").get_attribute("textContent")
     line, kind = hover.rsplit(" (", 1)
-    assert kind == core.statement_kind(line) + ")" and line in corpus_lines()  # a validation line and its kind
+    assert (
+        kind == core.statement_kind(line) + ")" and line in corpus_lines()
+    )  # a validation line and its kind
 
 
 def test_the_inputs_slider_and_button_as_a_person_uses_them(browser, server):
@@ -209,7 +321,9 @@ def test_the_inputs_slider_and_button_as_a_person_uses_them(browser, server):
     type_into(browser, "steps", "4\t")
     click(browser, "interpolate")
     link = wait(browser, lambda d: "kind=lerp" in d.current_url and d.current_url)
-    assert core.parse_link(dict(parse_qsl(urlsplit(link).query))) == core.Link("x = [1, 2]", "return value", 4, "lerp")
+    assert core.parse_link(dict(parse_qsl(urlsplit(link).query))) == core.Link(
+        "x = [1, 2]", "return value", 4, "lerp"
+    )
     assert len(path_rows(browser)) == 4
     scrub = css(browser, "#scrub input[type=range]")[0]
     scrub.send_keys("\ue014")  # arrow right: the second point
@@ -218,7 +332,9 @@ def test_the_inputs_slider_and_button_as_a_person_uses_them(browser, server):
     assert css(browser, "#latent-map circle.path-current")[0].get_attribute("data-index") == "1"
     nearest = css(browser, "#nearest tbody tr")
     assert len(nearest) == core.NEAREST_K
-    assert all(r.find_element("css selector", "code").get_attribute("textContent") in corpus_lines() for r in nearest)
+    assert all(
+        r.find_element("css selector", "code").get_attribute("textContent") in corpus_lines() for r in nearest
+    )
 
 
 def test_bad_input_is_an_error_on_the_page_and_the_server_keeps_serving(browser, server):
@@ -309,8 +425,12 @@ def test_nothing_was_fetched_from_off_this_machine(browser, server):
         if msg["method"] == "Network.requestWillBeSent":
             seen.add(msg["params"]["request"]["url"])
     assert any(u.startswith(server) for u in seen)
-    off = sorted(u for u in seen if urlsplit(u).scheme not in ("data", "blob")
-                 and urlsplit(u).hostname not in ("127.0.0.1", "localhost"))
+    off = sorted(
+        u
+        for u in seen
+        if urlsplit(u).scheme not in ("data", "blob")
+        and urlsplit(u).hostname not in ("127.0.0.1", "localhost")
+    )
     assert not off, off
 
 
@@ -318,7 +438,6 @@ def test_the_url_is_printed_once_when_loaded_and_warmed_up(served):
     url, printed = served
     assert url.startswith("http://127.0.0.1:") and printed.count(url) == 1
     assert "loaded and warmed up" in printed.splitlines()[-1] and printed.splitlines()[-1].endswith(url)
-
 
 
 @pytest.fixture(scope="module")
@@ -343,8 +462,9 @@ def test_a_code_run_and_a_prose_run_side_by_side(browser, two_runs):
     wait(browser, lambda d: len(css(d, "#run1-path-table tbody tr")) == core.DEFAULT_STEPS)
     prose_table = css(browser, "#run1-path-table")[0]
     assert prose_table.find_elements("css selector", "th")[1].text == "decoded sentence"
-    assert not prose_table.find_elements("css selector", ".parses") and "parse-mark" not in prose_table.get_attribute(
-        "outerHTML")
+    assert not prose_table.find_elements(
+        "css selector", ".parses"
+    ) and "parse-mark" not in prose_table.get_attribute("outerHTML")
     legend = css(browser, "#run1-map .map-legend")[0].text
     assert "words" in legend and "Assign" not in legend, legend
     # a link to the prose run opens in its tab with its path; the code tab shows its examples
@@ -353,7 +473,10 @@ def test_a_code_run_and_a_prose_run_side_by_side(browser, two_runs):
     wait(browser, lambda d: len(css(d, "#run1-path-table tbody tr")) == 5)
     assert css(browser, "#run1-line-a textarea, #run1-line-a input")[0].get_attribute("value") == a
     assert css(browser, "#tab-1")[0].is_displayed() and not css(browser, "#tab-0")[0].is_displayed()
-    link = wait(browser, lambda d: css(d, "#run1-share-link textarea, #run1-share-link input")[0].get_attribute("value"))
+    link = wait(
+        browser,
+        lambda d: css(d, "#run1-share-link textarea, #run1-share-link input")[0].get_attribute("value"),
+    )
     assert core.parse_link(dict(parse_qsl(urlsplit(link).query))) == core.Link(a, b, 5, run="prose")
     click(browser, "run1-sample")
     wait(browser, lambda d: len(css(d, "#run1-samples-table tbody tr")) == core.DEFAULT_SAMPLES)

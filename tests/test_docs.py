@@ -1,5 +1,6 @@
 """The README and docs/ as a newcomer reads them: the README opens with the two commands of a fresh machine,
 no unfinished marker is left in a page, and every relative link points at a file of the repository."""
+
 import re
 from pathlib import Path
 
@@ -15,7 +16,9 @@ def test_readme_opens_with_the_train_and_the_test_command():
     commands = [line for line in block.splitlines()[1:] if line.strip() and not line.lstrip().startswith("#")]
     assert len(commands) == 2, commands
     train, test = commands
-    assert "python3 -m venv" in train and "pip install -e ." in train and train.rstrip().endswith("t5vae train")
+    assert (
+        "python3 -m venv" in train and "pip install -e ." in train and train.rstrip().endswith("t5vae train")
+    )
     assert "python3 -m venv" in test and 'pip install -e ".[test]"' in test and "python -m pytest" in test
 
 

@@ -1,5 +1,6 @@
 """Evaluation (t5vae.evaluate): fixed-shape padded batches, decoding codes in them, the results table and
 files. The whole evaluation of a trained run is exercised by ``t5vae eval`` in test_cli."""
+
 import json
 
 import numpy as np
@@ -37,20 +38,39 @@ def test_evaluation_decodes_through_the_model(text_model, monkeypatch):
         return real(self, z, *args, **kwargs)
 
     monkeypatch.setattr(type(text_model), "decode_ids", spy)
-    r = evaluate.evaluate(text_model, TEXT_LINES[:6], pairs=2, steps=3, method="beam", num_beams=3, batch_size=8)
+    r = evaluate.evaluate(
+        text_model, TEXT_LINES[:6], pairs=2, steps=3, method="beam", num_beams=3, batch_size=8
+    )
     assert calls == [(6, "greedy", None), (6, "beam", 3)] and r["interp_method"] == "beam"
 
 
 def test_table_and_files(tmp_path):
-    results = {"n_lines": 12, "n_truncated": 1, "recon_token_acc": 0.51234, "recon_exact_match": 0.25,
-               "heldout_mmd": 0.012345, "active_units": 7, "latent_units": 24, "interp_pairs": 3,
-               "interp_kind": "lerp", "interp_method": "beam", "interp_valid": 0.5, "interp_distinct": 0.75,
-               "interp_valid_and_distinct": 0.375, "example": ["a = 1", "a = 2", "b = 2"]}
+    results = {
+        "n_lines": 12,
+        "n_truncated": 1,
+        "recon_token_acc": 0.51234,
+        "recon_exact_match": 0.25,
+        "heldout_mmd": 0.012345,
+        "active_units": 7,
+        "latent_units": 24,
+        "interp_pairs": 3,
+        "interp_kind": "lerp",
+        "interp_method": "beam",
+        "interp_valid": 0.5,
+        "interp_distinct": 0.75,
+        "interp_valid_and_distinct": 0.375,
+        "example": ["a = 1", "a = 2", "b = 2"],
+    }
     text = evaluate.table(results)
-    assert text.startswith("Validation: 12 lines (1 truncated), 3 interpolation pairs x 9 interior points "
-                           "(lerp, beam)\n")
-    for row in ("| greedy reconstruction token accuracy | 0.512 |", "| held-out MMD (unbiased) | 0.0123 |",
-                "| active latent units (var > 0.01) | 7 / 24 |", "| interpolation: valid and distinct | 0.375 |"):
+    assert text.startswith(
+        "Validation: 12 lines (1 truncated), 3 interpolation pairs x 9 interior points (lerp, beam)\n"
+    )
+    for row in (
+        "| greedy reconstruction token accuracy | 0.512 |",
+        "| held-out MMD (unbiased) | 0.0123 |",
+        "| active latent units (var > 0.01) | 7 / 24 |",
+        "| interpolation: valid and distinct | 0.375 |",
+    ):
         assert row in text, row
     assert text.endswith("Example interpolation:\n\n    a = 1\n    a = 2\n    b = 2\n")
     short = evaluate.table({"n_lines": 2, "n_truncated": 0, "recon_token_acc": 1.0})
@@ -63,8 +83,16 @@ def test_table_and_files(tmp_path):
 def test_exact_match_by_length_bucket():
     lines = ["x" * 10, "y" * 40, "z" * 41, "w" * 75, "v" * 90]
     got = evaluate.exact_by_length(lines, np.array([True, False, True, False, True]))
-    assert got == {"recon_exact_len_0_40": 0.5, "n_len_0_40": 2, "recon_exact_len_41_60": 1.0, "n_len_41_60": 1,
-                   "recon_exact_len_61_80": 0.0, "n_len_61_80": 1, "recon_exact_len_81_up": 1.0, "n_len_81_up": 1}
+    assert got == {
+        "recon_exact_len_0_40": 0.5,
+        "n_len_0_40": 2,
+        "recon_exact_len_41_60": 1.0,
+        "n_len_41_60": 1,
+        "recon_exact_len_61_80": 0.0,
+        "n_len_61_80": 1,
+        "recon_exact_len_81_up": 1.0,
+        "n_len_81_up": 1,
+    }
 
 
 def test_mutual_information_tells_collapse_from_separated_codes():
@@ -78,7 +106,11 @@ def test_mutual_information_tells_collapse_from_separated_codes():
 
 def test_linear_probe_reads_a_kind_written_into_the_codes():
     rng = np.random.default_rng(1)
-    lines = [f"x{i} = {i}" for i in range(60)] + [f"return y{i}" for i in range(40)] + [f"import m{i}" for i in range(20)]
+    lines = (
+        [f"x{i} = {i}" for i in range(60)]
+        + [f"return y{i}" for i in range(40)]
+        + [f"import m{i}" for i in range(20)]
+    )
     kinds = np.array([0] * 60 + [1] * 40 + [2] * 20)
     noise = rng.normal(0, 1, (120, 2, 8))
     coded = noise.copy()
@@ -86,15 +118,21 @@ def test_linear_probe_reads_a_kind_written_into_the_codes():
     got = evaluate.linear_probe(lines, coded)
     assert got["probe_classes"] == 3 and got["probe_accuracy"] > 0.85 > 0.7 > got["probe_majority"]
     blind = evaluate.linear_probe(lines, noise)
-    assert blind["probe_accuracy"] < 0.8  # noise carries no kind: near the majority baseline, not above the coded one
+    assert (
+        blind["probe_accuracy"] < 0.8
+    )  # noise carries no kind: near the majority baseline, not above the coded one
     assert evaluate.statement_kind("return x") == "Return" and evaluate.statement_kind("x = (") == "no parse"
 
 
 def test_prose_evaluation_measures_words_bleu_and_smooth_paths(text_model):
     """language="prose": BLEU-4 and word-length buckets, paths judged against their decoded ends (distinct,
     smooth, ran to max_length); no parse check and no statement-kind probe."""
-    sentences = ["The cat sat on the mat today.", "A dog ran in the park at noon.",
-                 "We read the old book twice.", "It rained all day long here."]
+    sentences = [
+        "The cat sat on the mat today.",
+        "A dog ran in the park at noon.",
+        "We read the old book twice.",
+        "It rained all day long here.",
+    ]
     r = evaluate.evaluate(text_model, sentences, pairs=3, steps=3, batch_size=8, language="prose")
     assert r["language"] == "prose" and 0.0 <= r["recon_bleu4"] <= 1.0
     assert {"interp_distinct", "interp_smooth", "interp_degenerate"} <= set(r)
@@ -114,7 +152,10 @@ def test_prose_paths_count_points_that_run_to_max_length(text_model, monkeypatch
 
     def fixed(self, codes, **kw):
         out = np.full((len(codes), limit), 5, np.int32)  # no point ends ...
-        out[:2, 3], out[:2, 4:] = text_model.cfg.t5.eos_token_id, 0  # ... but the first end and one interior point
+        out[:2, 3], out[:2, 4:] = (
+            text_model.cfg.t5.eos_token_id,
+            0,
+        )  # ... but the first end and one interior point
         return out
 
     monkeypatch.setattr(type(text_model), "decode_ids", fixed)
@@ -125,5 +166,11 @@ def test_prose_paths_count_points_that_run_to_max_length(text_model, monkeypatch
 def test_exact_match_by_length_in_words_for_prose():
     lines = ["one two three", "a b c d e f g h i j", "w " * 20]
     got = evaluate.exact_by_length(lines, np.array([True, False, True]), "prose")
-    assert got == {"recon_exact_len_0_8": 1.0, "n_len_0_8": 1, "recon_exact_len_9_12": 0.0, "n_len_9_12": 1,
-                   "recon_exact_len_17_up": 1.0, "n_len_17_up": 1}
+    assert got == {
+        "recon_exact_len_0_8": 1.0,
+        "n_len_0_8": 1,
+        "recon_exact_len_9_12": 0.0,
+        "n_len_9_12": 1,
+        "recon_exact_len_17_up": 1.0,
+        "n_len_17_up": 1,
+    }

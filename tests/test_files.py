@@ -1,4 +1,5 @@
 """The atomic-write helper: nothing half-written is ever left, and what is written follows the umask."""
+
 import os
 import stat
 

@@ -3,6 +3,7 @@
 Each HF format (safetensors, sharded safetensors, pytorch_model.bin, flax_model.msgpack) is converted with
 ``weights_convert`` and loaded with ``tv.load_t5``; encoder states and logits must match torch in float32.
 """
+
 import subprocess
 import sys
 
@@ -18,12 +19,32 @@ from weights_convert import convert
 # v1.0: relu, tied (output scaled by d_model**-0.5); v1.1: gated-gelu, untied lm_head. Both with H*K != D,
 # num_decoder_layers != num_layers, odd vocab sizes and non-default relative attention buckets/max_distance.
 CONFIGS = {
-    "v1_0": dict(vocab_size=99, d_model=32, d_kv=12, num_heads=4, d_ff=40, num_layers=2, num_decoder_layers=3,
-                 feed_forward_proj="relu", tie_word_embeddings=True,
-                 relative_attention_num_buckets=10, relative_attention_max_distance=20),
-    "v1_1": dict(vocab_size=101, d_model=24, d_kv=8, num_heads=2, d_ff=36, num_layers=3, num_decoder_layers=2,
-                 feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-                 relative_attention_num_buckets=12, relative_attention_max_distance=33),
+    "v1_0": dict(
+        vocab_size=99,
+        d_model=32,
+        d_kv=12,
+        num_heads=4,
+        d_ff=40,
+        num_layers=2,
+        num_decoder_layers=3,
+        feed_forward_proj="relu",
+        tie_word_embeddings=True,
+        relative_attention_num_buckets=10,
+        relative_attention_max_distance=20,
+    ),
+    "v1_1": dict(
+        vocab_size=101,
+        d_model=24,
+        d_kv=8,
+        num_heads=2,
+        d_ff=36,
+        num_layers=3,
+        num_decoder_layers=2,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+        relative_attention_num_buckets=12,
+        relative_attention_max_distance=33,
+    ),
 }
 RTOL = 1e-4
 
@@ -62,7 +83,12 @@ def torch_outputs(model, ids, mask, dec, dec_mask):
     torch = require("torch")
     t = lambda a: torch.tensor(a)  # noqa: E731
     with torch.no_grad():
-        out = model(input_ids=t(ids), attention_mask=t(mask), decoder_input_ids=t(dec), decoder_attention_mask=t(dec_mask))
+        out = model(
+            input_ids=t(ids),
+            attention_mask=t(mask),
+            decoder_input_ids=t(dec),
+            decoder_attention_mask=t(dec_mask),
+        )
     return out.encoder_last_hidden_state.numpy(), out.logits.numpy()
 
 
@@ -71,6 +97,7 @@ def _forward(cfg):
     def fwd(params, ids, mask, dec, dec_mask):
         h = tv.t5.encode(params, cfg, ids, mask)
         return h, tv.t5.decode(params, cfg, dec, h, mask, dec_mask)
+
     return fwd
 
 
@@ -98,7 +125,12 @@ def hf(request, tmp_path_factory):
     name = request.param
     model = make_hf_model(name)
     root = tmp_path_factory.mktemp(f"hf_{name}")
-    dirs = {"safetensors": root / "st", "bin": root / "bin", "sharded": root / "sharded", "flax": root / "flax"}
+    dirs = {
+        "safetensors": root / "st",
+        "bin": root / "bin",
+        "sharded": root / "sharded",
+        "flax": root / "flax",
+    }
     model.save_pretrained(dirs["safetensors"], safe_serialization=True)
     model.save_pretrained(dirs["bin"], safe_serialization=False)
     model.save_pretrained(dirs["sharded"], safe_serialization=True, max_shard_size="20KB")
@@ -137,9 +169,14 @@ def test_other_hf_formats_match_torch(hf, converted, fmt, tmp_path, monkeypatch)
         transformers = require("transformers")
         # transformers 4.x Flax T5 calls jnp.clip(a_max=...), which jax >= 0.8 removed: shim it for this test only
         clip = jnp.clip
-        monkeypatch.setattr(jnp, "clip", lambda x, a_min=None, a_max=None, **kw: clip(x, kw.pop("min", a_min),
-                                                                                       kw.pop("max", a_max), **kw))
-        flax_model = transformers.FlaxT5ForConditionalGeneration.from_pretrained(hf["dirs"]["bin"], from_pt=True)
+        monkeypatch.setattr(
+            jnp,
+            "clip",
+            lambda x, a_min=None, a_max=None, **kw: clip(x, kw.pop("min", a_min), kw.pop("max", a_max), **kw),
+        )
+        flax_model = transformers.FlaxT5ForConditionalGeneration.from_pretrained(
+            hf["dirs"]["bin"], from_pt=True
+        )
         flax_model.save_pretrained(src)
         assert (src / "flax_model.msgpack").is_file() and not (src / "model.safetensors").exists()
     out = convert(src, tmp_path / "out")
@@ -167,15 +204,23 @@ def test_bfloat16_conversion_close_to_float32(hf, tmp_path):
 
 def test_cli_subprocess(hf, converted, tmp_path):
     out = tmp_path / "cli"
-    r = subprocess.run([sys.executable, "-m", "weights_convert", str(hf["dirs"]["safetensors"]), str(out)],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "weights_convert", str(hf["dirs"]["safetensors"]), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "writing" in r.stderr and "done" in r.stderr
     got, want = flat_params(tv.load_t5(out)[1]), flat_params(tv.load_t5(converted)[1])
     assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
     # an existing OUT is refused without --overwrite and replaced with it
-    r = subprocess.run([sys.executable, "-m", "weights_convert", str(hf["dirs"]["safetensors"]), str(out), "--quiet"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "weights_convert", str(hf["dirs"]["safetensors"]), str(out), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 1 and "already exists" in r.stderr and "--overwrite" in r.stderr
 
 
@@ -186,10 +231,22 @@ def test_greedy_generate_matches_torch_token_for_token(hf, converted):
     ids, mask, _, _ = hf["x"]
     n = 12
     with torch.no_grad():
-        want = hf["model"].generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), do_sample=False,
-                                    num_beams=1, max_new_tokens=n, min_new_tokens=0,
-                                    use_cache=False).numpy()[:, 1:]  # 4.57's cache assumes equal depths
-    want = np.pad(want, ((0, 0), (0, n - want.shape[1])), constant_values=cfg.pad_token_id)  # torch stops early
+        want = (
+            hf["model"]
+            .generate(
+                input_ids=torch.tensor(ids),
+                attention_mask=torch.tensor(mask),
+                do_sample=False,
+                num_beams=1,
+                max_new_tokens=n,
+                min_new_tokens=0,
+                use_cache=False,
+            )
+            .numpy()[:, 1:]
+        )  # 4.57's cache assumes equal depths
+    want = np.pad(
+        want, ((0, 0), (0, n - want.shape[1])), constant_values=cfg.pad_token_id
+    )  # torch stops early
     got = np.asarray(tv.t5.generate(params, cfg, jnp.asarray(ids), jnp.asarray(mask), max_new_tokens=n))
     np.testing.assert_array_equal(got, want)
     assert not (want == want[0, 0]).all(), "degenerate reference output: the test would prove little"

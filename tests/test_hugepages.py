@@ -1,5 +1,6 @@
 """The huge-page restart of ``t5vae train`` (t5vae.hugepages): where it applies, that only the train command
 restarts, that a failed exec trains on, and that it applies only on the CPU backend."""
+
 import importlib.util
 import os
 import sys
@@ -16,11 +17,15 @@ def test_train_restarts_with_hugepage_malloc_only_where_it_applies():
     assert got == {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
     other = hugepages.hugepage_env({"GLIBC_TUNABLES": "glibc.cpu.x86_shstk=off"}, *linux, thp)
     assert other["GLIBC_TUNABLES"] == "glibc.cpu.x86_shstk=off:glibc.malloc.hugetlb=1"  # kept, appended to
-    for args in [(got, *linux, thp),  # already restarted: never twice
-                 ({"T5VAE_HUGEPAGES": "0"}, *linux, thp),  # opted out
-                 (env, "Darwin", ("", ""), thp), (env, "Linux", ("", ""), thp),  # no glibc (musl)
-                 (env, "Linux", ("glibc", "2.31"), thp),  # no glibc.malloc.hugetlb before 2.35
-                 (env, *linux, "always madvise [never]\n"), (env, *linux, None)]:  # THP off, or no setting
+    for args in [
+        (got, *linux, thp),  # already restarted: never twice
+        ({"T5VAE_HUGEPAGES": "0"}, *linux, thp),  # opted out
+        (env, "Darwin", ("", ""), thp),
+        (env, "Linux", ("", ""), thp),  # no glibc (musl)
+        (env, "Linux", ("glibc", "2.31"), thp),  # no glibc.malloc.hugetlb before 2.35
+        (env, *linux, "always madvise [never]\n"),
+        (env, *linux, None),
+    ]:  # THP off, or no setting
         assert hugepages.hugepage_env(*args) is None, args
 
 
@@ -43,8 +48,13 @@ def test_only_the_train_command_restarts_itself(monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "argv", ["t5vae", "train", "--steps", "3"])
     with pytest.raises(SystemExit):
         cli.main()
-    assert calls == [(sys.executable, [sys.executable, "-m", "t5vae.cli", "train", "--steps", "3"],
-                      {**os.environ, "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"})]
+    assert calls == [
+        (
+            sys.executable,
+            [sys.executable, "-m", "t5vae.cli", "train", "--steps", "3"],
+            {**os.environ, "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
+        )
+    ]
     assert cli.main(["info", str(tmp_path / "missing")]) == 1  # an explicit argv never restarts
     monkeypatch.setattr(sys, "argv", ["t5vae", "info", str(tmp_path / "missing")])
     assert cli.main() == 1 and len(calls) == 1  # nor does any other command
@@ -63,11 +73,17 @@ def test_cpu_backend_reads_jax_platforms_then_the_installed_plugins(monkeypatch)
     assert hugepages.cpu_backend({"JAX_PLATFORMS": "cpu,cuda"}) is True  # the first platform is the one used
     assert hugepages.cpu_backend({"JAX_PLATFORMS": "tpu,cpu"}) is False
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name in hugepages.ACCELERATOR_PLUGINS else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in hugepages.ACCELERATOR_PLUGINS else real(name, *a),
+    )
     assert hugepages.cpu_backend({}) is True  # no accelerator plugin installed
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: object() if name == "jax_cuda12_plugin" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: object() if name == "jax_cuda12_plugin" else real(name, *a),
+    )
     assert hugepages.cpu_backend({}) is False and hugepages.cpu_backend({"JAX_PLATFORMS": "cpu"}) is True
 
 

@@ -1,4 +1,5 @@
 """Each fast path of t5vae.kernels against its plain twin, and the one switch that chooses them."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +17,7 @@ def _rel(a, b):
 
 # -- the switch ----------------------------------------------------------------------------------------
 
+
 def test_switch_names_the_fast_paths():
     assert kernels.enabled("plain") == frozenset()
     assert kernels.enabled("cpu") == frozenset(CPU_PATHS) == frozenset(FAST_PATHS) - {"dpa"}
@@ -28,8 +30,16 @@ def test_switch_names_the_fast_paths():
     assert kernels.ops(tv.T5Config(kernels="dpa")).attend is kernels.dpa_attend
     assert kernels.ops(tv.T5Config(kernels="cpu")).attend is layers.attend
     plain, fast = kernels.ops(tv.T5Config(kernels="plain")), kernels.ops(tv.T5Config(kernels="cpu"))
-    assert plain.dropout is layers.dropout and plain.lm_head_xent is layers.lm_head_xent and not plain.decoder_layout
-    assert fast.dropout is kernels.hash_dropout and fast.lm_head_xent is kernels.lm_head_xent and fast.decoder_layout
+    assert (
+        plain.dropout is layers.dropout
+        and plain.lm_head_xent is layers.lm_head_xent
+        and not plain.decoder_layout
+    )
+    assert (
+        fast.dropout is kernels.hash_dropout
+        and fast.lm_head_xent is kernels.lm_head_xent
+        and fast.decoder_layout
+    )
     for bad in ("gpu", "dropout+typo", "", "auto+cpu", "argmax"):  # argmax: measured slower here, removed
         with pytest.raises(ValueError, match="T5Config.kernels"):
             tv.T5Config(kernels=bad)
@@ -43,6 +53,7 @@ def test_kernels_is_a_run_time_field():
 
 # -- dropout -------------------------------------------------------------------------------------------
 
+
 def test_hash_dropout_keep_rate_scale_and_determinism():
     x = jnp.ones((200, 100), jnp.float32)
     assert kernels.hash_dropout(x, 0.3, None) is x and kernels.hash_dropout(x, 0.0, jax.random.key(0)) is x
@@ -51,8 +62,8 @@ def test_hash_dropout_keep_rate_scale_and_determinism():
     kept = y != 0
     assert abs(kept.mean() - 0.7) < 0.015 and abs(kept.mean() - (plain != 0).mean()) < 0.02  # the twin's rate
     t = kernels.keep_threshold(0.3)
-    assert t == round(0.7 * 2 ** 32)
-    np.testing.assert_allclose(y[kept], 2 ** 32 / t, rtol=1e-6)  # keep prob t / 2**32: unbiased
+    assert t == round(0.7 * 2**32)
+    np.testing.assert_allclose(y[kept], 2**32 / t, rtol=1e-6)  # keep prob t / 2**32: unbiased
     again = jax.jit(kernels.hash_dropout, static_argnums=1)(x, 0.3, jax.random.key(0))
     np.testing.assert_array_equal(y, np.asarray(again))  # deterministic for a key, jitted or not
     assert not np.array_equal(y, np.asarray(kernels.hash_dropout(x, 0.3, jax.random.key(1))))
@@ -61,8 +72,8 @@ def test_hash_dropout_keep_rate_scale_and_determinism():
 
 
 def test_hash_bits_are_uniform_and_uncorrelated():
-    ua = np.asarray(kernels.hash_bits(jax.random.key(3), (300, 400)), np.float64).ravel() / 2 ** 32
-    ub = np.asarray(kernels.hash_bits(jax.random.key(4), (300, 400)), np.float64).ravel() / 2 ** 32
+    ua = np.asarray(kernels.hash_bits(jax.random.key(3), (300, 400)), np.float64).ravel() / 2**32
+    ub = np.asarray(kernels.hash_bits(jax.random.key(4), (300, 400)), np.float64).ravel() / 2**32
     counts = np.histogram(ua, bins=16, range=(0, 1))[0]
     expected = ua.size / 16
     assert ((counts - expected) ** 2 / expected).sum() < 40  # chi-square, 15 dof: p ~ 5e-4
@@ -74,6 +85,7 @@ def test_hash_bits_are_uniform_and_uncorrelated():
 
 
 # -- feed-forward and cross-entropy ---------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("gated", [False, True])
 @pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_new", "silu"])
@@ -88,8 +100,11 @@ def test_mlp_2d_matches_plain_mlp_values_and_grads(gated, activation):
     else:
         p["wi"] = jax.random.normal(k[1], (D, F))
     r = jax.random.normal(jax.random.key(9), (B, L, D))  # a linear read-out: a well-conditioned loss
-    for rate, key, dropout in ((0.0, None, layers.dropout), (0.3, k[4], layers.dropout),
-                               (0.3, k[4], kernels.hash_dropout)):
+    for rate, key, dropout in (
+        (0.0, None, layers.dropout),
+        (0.3, k[4], layers.dropout),
+        (0.3, k[4], kernels.hash_dropout),
+    ):
         fast = lambda p, x: jnp.sum(r * kernels.mlp_2d(p, x, activation, rate, key, dropout))  # noqa: E731
         plain = lambda p, x: jnp.sum(r * layers.mlp(p, x, activation, rate, key, dropout))  # noqa: E731
         (v1, g1), (v2, g2) = (jax.value_and_grad(f, argnums=(0, 1))(p, x) for f in (fast, plain))
@@ -105,19 +120,25 @@ def test_lm_head_xent_matches_plain_values_grads_and_predictions():
     labels = jax.random.randint(k[2], (2, 7), 0, 50)
     weights = (jnp.arange(7) < 5).astype(jnp.float32)[None]
     loss = lambda fn: lambda x, w: jnp.sum(fn(x, w, labels)[0] * weights)  # noqa: E731
-    (v1, g1), (v2, g2) = (jax.value_and_grad(loss(f), argnums=(0, 1))(x, w)
-                          for f in (kernels.lm_head_xent, layers.lm_head_xent))
+    (v1, g1), (v2, g2) = (
+        jax.value_and_grad(loss(f), argnums=(0, 1))(x, w) for f in (kernels.lm_head_xent, layers.lm_head_xent)
+    )
     assert _rel(v1, v2) < 1e-5 and _rel(g1[0], g2[0]) < 1e-5 and _rel(g1[1], g2[1]) < 1e-5
     np.testing.assert_array_equal(kernels.lm_head_xent(x, w, labels)[1], layers.lm_head_xent(x, w, labels)[1])
 
 
 # -- attention through jax.nn.dot_product_attention -----------------------------------------------------
 
+
 def _qkvo(B=2, Q=5, S=7, H=3, K=4, D=6, seed=4):
     k = jax.random.split(jax.random.key(seed), 5)
-    return (jax.random.normal(k[0], (H, K, D)), jax.random.normal(k[1], (B, Q, H, K)),
-            jax.random.normal(k[2], (B, S, H, K)), jax.random.normal(k[3], (B, S, H, K)),
-            jax.random.normal(k[4], (1, H, Q, S)))
+    return (
+        jax.random.normal(k[0], (H, K, D)),
+        jax.random.normal(k[1], (B, Q, H, K)),
+        jax.random.normal(k[2], (B, S, H, K)),
+        jax.random.normal(k[3], (B, S, H, K)),
+        jax.random.normal(k[4], (1, H, Q, S)),
+    )
 
 
 @pytest.mark.parametrize("masked", ["none", "padding", "causal", "causal+padding"])
@@ -128,14 +149,20 @@ def test_dpa_attend_matches_attend_values_and_grads(masked, biased):
     o, q, k, v, bias = _qkvo(S=5 if "causal" in masked else 7)
     B, S = q.shape[0], k.shape[1]
     keys_BS = jnp.arange(S)[None] < jnp.array([S, 3])[:, None]
-    mask = {"none": None, "padding": layers.Mask(keys_BS), "causal": layers.Mask(causal=True),
-            "causal+padding": layers.Mask(keys_BS, causal=True)}[masked]
+    mask = {
+        "none": None,
+        "padding": layers.Mask(keys_BS),
+        "causal": layers.Mask(causal=True),
+        "causal+padding": layers.Mask(keys_BS, causal=True),
+    }[masked]
     bias = bias if biased else None
     r = jax.random.normal(jax.random.key(8), (B, q.shape[1], o.shape[-1]))
     loss = lambda fn: lambda *a: jnp.sum(r * fn(a[0], a[1], a[2], a[3], a[4] if biased else None, mask))  # noqa: E731
     args = (o, q, k, v, bias if biased else jnp.zeros(()))
-    (v1, g1), (v2, g2) = (jax.value_and_grad(loss(f), argnums=tuple(range(4 + biased)))(*args)
-                          for f in (kernels.dpa_attend, layers.attend))
+    (v1, g1), (v2, g2) = (
+        jax.value_and_grad(loss(f), argnums=tuple(range(4 + biased)))(*args)
+        for f in (kernels.dpa_attend, layers.attend)
+    )
     assert _rel(v1, v2) < 1e-5
     assert len(g1) == 4 + biased
     for a, b in zip(g1, g2):
@@ -148,9 +175,13 @@ def test_dpa_attend_matches_attend_values_and_grads(masked, biased):
 
 def test_mask_dense():
     keys = jnp.array([[1, 1, 0], [1, 0, 0]])
-    np.testing.assert_array_equal(jnp.broadcast_to(layers.Mask(keys).dense(2, 3), (2, 1, 2, 3))[:, 0],
-                                  [[[1, 1, 0], [1, 1, 0]], [[1, 0, 0], [1, 0, 0]]])
-    np.testing.assert_array_equal(layers.Mask(keys, causal=True).dense(3, 3)[1, 0], [[1, 0, 0], [1, 0, 0], [1, 0, 0]])
+    np.testing.assert_array_equal(
+        jnp.broadcast_to(layers.Mask(keys).dense(2, 3), (2, 1, 2, 3))[:, 0],
+        [[[1, 1, 0], [1, 1, 0]], [[1, 0, 0], [1, 0, 0]]],
+    )
+    np.testing.assert_array_equal(
+        layers.Mask(keys, causal=True).dense(3, 3)[1, 0], [[1, 0, 0], [1, 0, 0], [1, 0, 0]]
+    )
     np.testing.assert_array_equal(layers.Mask(causal=True).dense(2, 2), [[[[1, 0], [1, 1]]]])
     assert layers.Mask().dense(2, 3) is None
 
@@ -174,7 +205,9 @@ def test_dpa_attend_with_attention_dropout_is_the_einsum_path(monkeypatch):
     assert calls == []
     kernels.dpa_attend(o, q, k, v, bias, None, None)
     # on the CPU: XLA's implementation, unscaled
-    assert calls == [{"scale": 1.0, "is_causal": False, "key_value_seq_lengths": None, "implementation": None}]
+    assert calls == [
+        {"scale": 1.0, "is_causal": False, "key_value_seq_lengths": None, "implementation": None}
+    ]
     assert kernels.dpa_implementation(jnp.bfloat16) is None
 
 
@@ -211,6 +244,7 @@ def test_t5_logits_with_dpa_equal_the_einsum_path(per_layer):
 
 
 # -- the whole model ----------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def vae_setup():

@@ -1,5 +1,6 @@
 """Latent-space operations (t5vae.latent): interpolation paths, shape checks of codes, priors, the fitted
 aggregate posterior and its file, latent arithmetic."""
+
 import os
 
 import jax
@@ -17,6 +18,7 @@ def cfg():
 
 
 # -- tv.interpolate ------------------------------------------------------------------------------------
+
 
 def test_interpolate_endpoints_and_kinds():
     a = jax.random.normal(jax.random.key(0), (3, 8))
@@ -82,12 +84,15 @@ def test_interpolate_rejects_bad_steps_and_shapes():
 
 # -- priors, the fitted Gaussian, arithmetic -----------------------------------------------------------
 
+
 def test_check_codes_names_the_argument_and_both_shapes(cfg):
     z = np.zeros((3, 8), np.float32)
     assert latent.check_codes(z, cfg).shape == (1, 3, 8)
     assert latent.check_codes(np.zeros((0, 3, 8)), cfg).shape == (0, 3, 8)
     for bad in ((4, 8), (2, 3, 9), (2, 3, 8, 1), (24,)):
-        with pytest.raises(ValueError, match=rf"codes has shape \({', '.join(map(str, bad))},?\).*\[n, 3, 8\]"):
+        with pytest.raises(
+            ValueError, match=rf"codes has shape \({', '.join(map(str, bad))},?\).*\[n, 3, 8\]"
+        ):
             latent.check_codes(np.zeros(bad), cfg, "codes")
     with pytest.raises(ValueError, match="non-finite"):
         latent.check_codes(np.full((1, 3, 8), np.nan), cfg)
@@ -101,8 +106,12 @@ def test_priors_shapes_ranges_and_statistics(cfg):
     # N(0, I) clipped: about 32 % of the coordinates sit on the clip bound; tanh(N(0, I)) has variance ~0.39
     assert 0.29 < np.mean(np.abs(g) == np.float32(latent.CLIP)) < 0.35
     assert 0.37 < t.var() < 0.42 and 0.49 < g.var() < 0.54
-    np.testing.assert_array_equal(latent.sample_prior("tanh", 5, cfg, seed=3), latent.sample_prior("tanh", 5, cfg, seed=3))
-    assert not np.array_equal(latent.sample_prior("tanh", 5, cfg, seed=3), latent.sample_prior("tanh", 5, cfg, seed=4))
+    np.testing.assert_array_equal(
+        latent.sample_prior("tanh", 5, cfg, seed=3), latent.sample_prior("tanh", 5, cfg, seed=3)
+    )
+    assert not np.array_equal(
+        latent.sample_prior("tanh", 5, cfg, seed=3), latent.sample_prior("tanh", 5, cfg, seed=4)
+    )
     with pytest.raises(ValueError, match="prior must be one of"):
         latent.sample_prior("laplace", 3, cfg)
     with pytest.raises(ValueError, match="aggregate"):

@@ -1,4 +1,5 @@
 """Each T5 layer against transformers' torch implementation, with weights copied by hand."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,7 +29,8 @@ def test_relative_position_bucket_matches_transformers(hf, bidirectional, num_bu
     torch, modeling = hf
     rel = np.arange(-700, 701)[None, :] + np.zeros((3, 1), np.int64)  # a grid of distances, both signs
     want = modeling.T5Attention._relative_position_bucket(
-        torch.tensor(rel), bidirectional=bidirectional, num_buckets=num_buckets, max_distance=max_distance).numpy()
+        torch.tensor(rel), bidirectional=bidirectional, num_buckets=num_buckets, max_distance=max_distance
+    ).numpy()
     got_np = layers.relative_position_bucket(rel, bidirectional, num_buckets, max_distance)
     got_jax = layers.relative_position_bucket(jnp.asarray(rel), bidirectional, num_buckets, max_distance)
     np.testing.assert_array_equal(got_np, want)
@@ -53,8 +55,9 @@ def test_rms_norm_matches_transformers(hf):
 @pytest.mark.parametrize("gated", [False, True])
 def test_mlp_matches_transformers(hf, gated):
     torch, modeling = hf
-    cfg = modeling.T5Config(d_model=16, d_ff=24, dropout_rate=0.0,
-                            feed_forward_proj="gated-gelu" if gated else "relu")
+    cfg = modeling.T5Config(
+        d_model=16, d_ff=24, dropout_rate=0.0, feed_forward_proj="gated-gelu" if gated else "relu"
+    )
     mod = (modeling.T5DenseGatedActDense if gated else modeling.T5DenseActDense)(cfg).eval()
     w = {k: v.detach().numpy().T for k, v in mod.state_dict().items()}  # torch Linear is [out, in]
     p = {k.removesuffix(".weight"): jnp.asarray(v) for k, v in w.items()}
@@ -77,8 +80,15 @@ def _hf_attention_to_ours(att, H, K):
 def test_self_attention_with_position_bias_matches_transformers(hf, is_decoder):
     torch, modeling = hf
     H, K, D, L = 3, 5, 12, 9  # heads * d_kv != d_model on purpose
-    cfg = modeling.T5Config(d_model=D, d_kv=K, num_heads=H, dropout_rate=0.0, is_decoder=is_decoder,
-                            relative_attention_num_buckets=6, relative_attention_max_distance=10)
+    cfg = modeling.T5Config(
+        d_model=D,
+        d_kv=K,
+        num_heads=H,
+        dropout_rate=0.0,
+        is_decoder=is_decoder,
+        relative_attention_num_buckets=6,
+        relative_attention_max_distance=10,
+    )
     att = modeling.T5Attention(cfg, has_relative_attention_bias=True).eval()
     with torch.no_grad():
         att.relative_attention_bias.weight.normal_()
@@ -92,7 +102,9 @@ def test_self_attention_with_position_bias_matches_transformers(hf, is_decoder):
     ext = torch.tensor(np.where(mask_B11L, 0.0, torch.finfo(torch.float32).min).astype(np.float32))
     want = att(torch.tensor(x), mask=ext, cache_position=torch.arange(L))[0].detach().numpy()
     bias = layers.position_bias(jnp.asarray(w["relative_attention_bias.weight"]), L, L, not is_decoder, 10)
-    got = layers.attention(p, jnp.asarray(x), jnp.asarray(x), bias, layers.Mask(jnp.asarray(valid), causal=is_decoder))
+    got = layers.attention(
+        p, jnp.asarray(x), jnp.asarray(x), bias, layers.Mask(jnp.asarray(valid), causal=is_decoder)
+    )
     rows = valid[:, :, None]  # padded query rows are garbage in both; compare the real ones
     assert rel_err(np.where(rows, got, 0), np.where(rows, want, 0)) < 1e-5
 
@@ -106,8 +118,14 @@ def test_cross_attention_has_no_position_bias(hf):
     rng = np.random.default_rng(3)
     x, kv = rng.normal(size=(2, 3, D)).astype(np.float32), rng.normal(size=(2, 5, D)).astype(np.float32)
     valid = np.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], bool)
-    ext = torch.tensor(np.where(valid[:, None, None, :], 0.0, torch.finfo(torch.float32).min).astype(np.float32))
-    want = att(torch.tensor(x), key_value_states=torch.tensor(kv), mask=ext, cache_position=torch.arange(3))[0].detach().numpy()
+    ext = torch.tensor(
+        np.where(valid[:, None, None, :], 0.0, torch.finfo(torch.float32).min).astype(np.float32)
+    )
+    want = (
+        att(torch.tensor(x), key_value_states=torch.tensor(kv), mask=ext, cache_position=torch.arange(3))[0]
+        .detach()
+        .numpy()
+    )
     got = layers.attention(p, jnp.asarray(x), jnp.asarray(kv), None, layers.Mask(jnp.asarray(valid)))
     assert rel_err(got, want) < 1e-5
 
@@ -119,7 +137,9 @@ def test_dropout_is_inverted_and_seeded():
     kept = y != 0
     assert abs(kept.mean() - 0.7) < 0.015
     np.testing.assert_allclose(y[kept], 1 / 0.7, rtol=1e-6)  # inverted: the expectation is x
-    np.testing.assert_array_equal(y, np.asarray(jax.jit(layers.dropout, static_argnums=1)(x, 0.3, jax.random.key(0))))
+    np.testing.assert_array_equal(
+        y, np.asarray(jax.jit(layers.dropout, static_argnums=1)(x, 0.3, jax.random.key(0)))
+    )
     assert not np.array_equal(y, np.asarray(layers.dropout(x, 0.3, jax.random.key(1))))
 
 
@@ -129,7 +149,9 @@ def test_lm_head_xent_is_log_softmax_and_argmax():
     w = jax.random.normal(k[1], (16, 50))
     labels = jax.random.randint(k[2], (2, 7), 0, 50)
     nll, pred = layers.lm_head_xent(x, w, labels)
-    logp = jax.nn.log_softmax(np.einsum("btd,dv->btv", np.asarray(x, np.float64), np.asarray(w, np.float64)), -1)
+    logp = jax.nn.log_softmax(
+        np.einsum("btd,dv->btv", np.asarray(x, np.float64), np.asarray(w, np.float64)), -1
+    )
     want = -np.take_along_axis(np.asarray(logp), np.asarray(labels)[..., None], -1)[..., 0]
     assert rel_err(nll, want) < 1e-5
     np.testing.assert_array_equal(pred, np.argmax(np.asarray(logp), -1))

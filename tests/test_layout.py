@@ -1,5 +1,6 @@
 """The package layout's rules: no import cycle among the project's modules (function-local imports count),
 no module over 400 lines, and the leaf modules import nothing from the project."""
+
 import ast
 from pathlib import Path
 
@@ -28,7 +29,9 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(pkg.split(".")[: len(pkg.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    pkg.split(".")[: len(pkg.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             targets = [f"{base}.{a.name}" for a in node.names] + [base]
         else:
             continue
@@ -58,7 +61,7 @@ def find_cycle(g: dict[str, set[str]]):
         stack.append(m)
         for t in sorted(g.get(m, ())):
             if state.get(t) == "open":
-                return stack[stack.index(t):] + [t]
+                return stack[stack.index(t) :] + [t]
             if t not in state:
                 cycle = visit(t)
                 if cycle:
@@ -129,7 +132,10 @@ def test_the_inference_layer_reaches_neither_training_nor_evaluation():
 def test_the_demo_and_the_cli_decode_only_through_the_model():
     g = graph()
     for m in ("t5vae.cli", "t5vae.demo.backend", "t5vae.demo.core", "t5vae.demo.page"):
-        assert not g[m] & {"t5vae.decoding", "t5vae.batched", "t5vae.decoder_layout", "t5vae.latent"}, (m, g[m])
+        assert not g[m] & {"t5vae.decoding", "t5vae.batched", "t5vae.decoder_layout", "t5vae.latent"}, (
+            m,
+            g[m],
+        )
 
 
 def long_functions(pkg: str) -> list[str]:

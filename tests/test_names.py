@@ -1,4 +1,5 @@
 """The shared vocabulary: one definition of each name, used by every layer that offers it."""
+
 import ast
 import gc
 from pathlib import Path
@@ -9,9 +10,17 @@ from t5vae import cli, decoding, evaluate, latent, names
 from t5vae.demo import core
 
 
-@pytest.mark.parametrize(("line", "kind"), [("x = 1", "Assign"), ("return x", "Return"), ("f(x)", "Expr"),
-                                            ("# a comment", names.EMPTY), ("def f(:", names.NO_PARSE),
-                                            ("y = 1if x else 2", "Assign")])
+@pytest.mark.parametrize(
+    ("line", "kind"),
+    [
+        ("x = 1", "Assign"),
+        ("return x", "Return"),
+        ("f(x)", "Expr"),
+        ("# a comment", names.EMPTY),
+        ("def f(:", names.NO_PARSE),
+        ("y = 1if x else 2", "Assign"),
+    ],
+)
 def test_statement_kind_and_parses(line, kind):
     assert names.statement_kind(line) == kind
     assert names.parses(line) == (kind != names.NO_PARSE)

@@ -1,5 +1,6 @@
 """The grain input pipeline (t5vae.pipeline): bucketed batches equal to the tokenizer's, disjoint covering shards,
 an exactly resumable state, its checkpointing next to the train state (old checkpoints still restore), errors."""
+
 import json
 import sys
 
@@ -36,7 +37,9 @@ def shard(i=0, n=1, drop_remainder=True):
     return grain.sharding.ShardOptions(shard_index=i, shard_count=n, drop_remainder=drop_remainder)
 
 
-def stream(corpus_file, tok, batch_size=8, seed=0, workers=0, sh=None, long_lines="truncate", buckets=BUCKETS):
+def stream(
+    corpus_file, tok, batch_size=8, seed=0, workers=0, sh=None, long_lines="truncate", buckets=BUCKETS
+):
     src, _ = sources.open_source(str(corpus_file))
     return pipeline.GrainBatches(src, tok, buckets, batch_size, seed, workers, sh or shard(), long_lines)
 
@@ -67,7 +70,7 @@ def test_batches_are_bucketed_padded_and_equal_the_tokenizers(corpus_file, tok):
         for row, text in zip(ids, rows_as_text(b, tok)):
             want = np.asarray(tok.encode(text), np.int32)
             np.testing.assert_array_equal(row[: len(want)], want)  # the line's tokens, EOS, then padding
-            assert not row[len(want):].any()
+            assert not row[len(want) :].any()
             assert data.bucket_of(len(want), BUCKETS) == ids.shape[1]  # padded to the line's own bucket
             assert text in train_lines
             seen.append(text)
@@ -75,7 +78,8 @@ def test_batches_are_bucketed_padded_and_equal_the_tokenizers(corpus_file, tok):
     assert len(seen) == len(set(seen))  # 320 of 588 lines: still the first epoch, no line twice
     assert len(lengths) >= 3
     assert [s2 for s2 in rows_as_text(stream(corpus_file, tok, seed=1)(0), tok)] != rows_as_text(
-        stream(corpus_file, tok, seed=0)(0), tok)  # the seed shuffles
+        stream(corpus_file, tok, seed=0)(0), tok
+    )  # the seed shuffles
 
 
 def test_two_processes_shards_are_disjoint_and_cover_the_data(corpus_file, tok):
@@ -93,7 +97,7 @@ def test_two_processes_shards_are_disjoint_and_cover_the_data(corpus_file, tok):
         got.append([rows_as_text(s(k), tok)[0] for k in range(n // 2)])
     assert set(got[0]).isdisjoint(got[1])
     assert sorted(got[0] + got[1]) == sorted(LINES[12:])
-    assert got[0] != LINES[12: 12 + n // 2]  # shuffled, not file order
+    assert got[0] != LINES[12 : 12 + n // 2]  # shuffled, not file order
 
 
 def test_larger_batches_of_two_shards_are_disjoint(corpus_file, tok):
@@ -163,6 +167,7 @@ def test_the_default_run_does_not_import_grain():
 
 # -- checkpoints -----------------------------------------------------------------------------------
 
+
 def _state(x=1.0):
     return {"step": jnp.asarray(3, jnp.int32), "params": {"w": jnp.full((2, 3), x, jnp.float32)}}
 
@@ -185,7 +190,11 @@ def test_old_checkpoints_still_restore_and_the_data_item_rides_along(tmp_path):
     new.close()
     m = checkpoint.checkpoint_manager(tmp_path, with_data=True)
     step, state, data_state = checkpoint.restore_train_state(m, abstract, with_data=True)
-    assert step == 5 and float(state["params"]["w"][0, 0]) == 2.0 and data_state == {"batches": 5, "grain": {"read": [1, 2]}}
+    assert (
+        step == 5
+        and float(state["params"]["w"][0, 0]) == 2.0
+        and data_state == {"batches": 5, "grain": {"read": [1, 2]}}
+    )
     m.close()
     m = checkpoint.checkpoint_manager(tmp_path)  # a new checkpoint's state restores on the old path too
     step, state = checkpoint.restore_train_state(m, abstract)
@@ -193,28 +202,44 @@ def test_old_checkpoints_still_restore_and_the_data_item_rides_along(tmp_path):
     m.close()
     wrong = jax.eval_shape(lambda: {"step": jnp.zeros((), jnp.int32), "params": {"w": jnp.zeros((4, 3))}})
     with pytest.raises(ValueError, match="does not match"):
-        checkpoint.restore_train_state(checkpoint.checkpoint_manager(tmp_path, with_data=True), wrong, with_data=True)
+        checkpoint.restore_train_state(
+            checkpoint.checkpoint_manager(tmp_path, with_data=True), wrong, with_data=True
+        )
 
 
 # -- one tiny fit, stopped and resumed -------------------------------------------------------------
 
+
 def test_fit_resumes_the_grain_stream_where_it_stopped(tmp_path, corpus_file, tok, monkeypatch):
-    cfg = tv.Config(t5=tv.preset("tiny").replace(vocab_size=tok.vocab_size), n_latent_tokens=2, latent_size=4,
-                    max_length=32)
+    cfg = tv.Config(
+        t5=tv.preset("tiny").replace(vocab_size=tok.vocab_size),
+        n_latent_tokens=2,
+        latent_size=4,
+        max_length=32,
+    )
     seen = {}
 
     def fake_step(*_, **__):  # records the batches; no model is compiled
         def step(state, batch, key, lr):
             seen.setdefault("batches", []).append(np.asarray(batch["input_ids"]))
             return {**state, "step": state["step"] + 1}, {"loss": 0.5}
+
         return step
 
     monkeypatch.setattr(train, "make_train_step", fake_step)
     params = random_params(cfg)
 
     def run(out, steps):
-        tc = tv.TrainConfig(corpus=str(corpus_file), pipeline="grain", batch_size=8, steps=steps, checkpoint_every=3,
-                            progress=False, rename_prob=0.0, max_minutes=None)
+        tc = tv.TrainConfig(
+            corpus=str(corpus_file),
+            pipeline="grain",
+            batch_size=8,
+            steps=steps,
+            checkpoint_every=3,
+            progress=False,
+            rename_prob=0.0,
+            max_minutes=None,
+        )
         out.mkdir(exist_ok=True)
         cfg.save_json(out / checkpoint.CONFIG_FILE)
         tc.save_json(out / rundir.TRAIN_CONFIG_FILE)
@@ -234,29 +259,53 @@ def test_fit_resumes_the_grain_stream_where_it_stopped(tmp_path, corpus_file, to
 
 # -- a run on an array_record corpus, end to end ------------------------------------------------------
 
+
 def test_a_grain_run_on_an_array_record_corpus_evaluates_interpolates_and_serves(tmp_path, corpus_file):
     """Every reader of a run's corpus finds the lines of a streamed array_record run: eval, the aggregate
     prior behind interpolate/sample, and the demo's map and neighbours; both pipelines read the spec alike."""
     from conftest import TINY_FLAGS, run_cli
 
     spec = f"array_record:{corpus_file}"
-    memory, streamed = data.load_corpus(spec), pipeline.load_corpus(tv.TrainConfig(corpus=spec, pipeline="grain"))[0]
+    memory, streamed = (
+        data.load_corpus(spec),
+        pipeline.load_corpus(tv.TrainConfig(corpus=spec, pipeline="grain"))[0],
+    )
     assert memory.validation == streamed.validation and set(streamed.train) <= set(memory.train)
     assert len(memory.train) + len(memory.validation) == len(LINES)
     out = tmp_path / "run"
-    rc, stdout, err = run_cli(["train", "--out", str(out), "--corpus", spec, "--pipeline", "grain", "--steps", "4",
-                               "--checkpoint-every", "2", "--rename-prob", "0", *TINY_FLAGS])
+    rc, stdout, err = run_cli(
+        [
+            "train",
+            "--out",
+            str(out),
+            "--corpus",
+            spec,
+            "--pipeline",
+            "grain",
+            "--steps",
+            "4",
+            "--checkpoint-every",
+            "2",
+            "--rename-prob",
+            "0",
+            *TINY_FLAGS,
+        ]
+    )
     assert rc == 0, err
     assert rundir.corpus(out).validation == memory.validation
     rc, stdout, err = run_cli(["eval", str(out), "--pairs", "2"])
     assert rc == 0 and f"Validation: {len(memory.validation)} lines" in stdout, err
     rc, stdout, err = run_cli(["interpolate", str(out), "v1 = f", "v2", "--steps", "3"])
     assert rc == 0 and "0.500" in stdout, err
-    rc, stdout, err = run_cli(["sample", str(out), "-n", "2"])  # the aggregate prior: fitted to the run's lines
+    rc, stdout, err = run_cli(
+        ["sample", str(out), "-n", "2"]
+    )  # the aggregate prior: fitted to the run's lines
     assert rc == 0 and not (out / rundir.AGGREGATE_FILE).exists(), err  # fitted into the user's cache
     demo = pytest.importorskip("t5vae.demo.backend")
     b = demo.Backend.from_run(out, map_lines=20, pool_lines=50)
-    assert b.map_lines and set(b.map_lines) <= set(memory.validation) and set(b.pool_lines) <= set(memory.train)
+    assert (
+        b.map_lines and set(b.map_lines) <= set(memory.validation) and set(b.pool_lines) <= set(memory.train)
+    )
 
 
 def test_prose_reads_the_same_split_in_both_pipelines():
@@ -265,10 +314,14 @@ def test_prose_reads_the_same_split_in_both_pipelines():
     train, held = sources.open_source("prose", min_chars=20, max_chars=200)
     mem = data.load_corpus("prose", 2.0, 20, 200)
     assert len(train) == len(mem.train) and len(held) == len(mem.validation)
-    assert held.texts(range(len(held))) == mem.validation and train.texts([0, 5]) == [mem.train[0], mem.train[5]]
+    assert held.texts(range(len(held))) == mem.validation and train.texts([0, 5]) == [
+        mem.train[0],
+        mem.train[5],
+    ]
 
 
 # -- damaged corpora ------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def big_file(tmp_path_factory):
@@ -289,7 +342,7 @@ def _damage(good, path, how):
     elif how == "text renamed":
         path.write_text("x = 1\ny = 2\n")
     elif how == "bit flipped":
-        path.write_bytes(b[: len(b) // 3] + bytes([b[len(b) // 3] ^ 0xFF]) + b[len(b) // 3 + 1:])
+        path.write_bytes(b[: len(b) // 3] + bytes([b[len(b) // 3] ^ 0xFF]) + b[len(b) // 3 + 1 :])
     else:  # a record that is not UTF-8
         w = ArrayRecordWriter(str(path), "group_size:1")
         for i in range(60):
@@ -298,13 +351,19 @@ def _damage(good, path, how):
         w.close()
 
 
-@pytest.mark.parametrize("how, says", [
-    ("truncated", r"is not a readable array_record file \(RuntimeError: Corrupted"),
-    ("empty", r"is not a readable array_record file \(RuntimeError: ArrayRecord file should be at least 64KB"),
-    ("text renamed", "is not a readable array_record file"),
-    ("bit flipped", r": record \d+ cannot be read \(RuntimeError: Corrupted Riegeli"),
-    ("not UTF-8", r": record 60 is not UTF-8 text \(invalid start byte at byte 5"),
-])
+@pytest.mark.parametrize(
+    "how, says",
+    [
+        ("truncated", r"is not a readable array_record file \(RuntimeError: Corrupted"),
+        (
+            "empty",
+            r"is not a readable array_record file \(RuntimeError: ArrayRecord file should be at least 64KB",
+        ),
+        ("text renamed", "is not a readable array_record file"),
+        ("bit flipped", r": record \d+ cannot be read \(RuntimeError: Corrupted Riegeli"),
+        ("not UTF-8", r": record 60 is not UTF-8 text \(invalid start byte at byte 5"),
+    ],
+)
 def test_a_damaged_array_record_corpus_is_one_line_naming_the_file_and_record(tmp_path, big_file, how, says):
     import re
 
@@ -313,8 +372,20 @@ def test_a_damaged_array_record_corpus_is_one_line_naming_the_file_and_record(tm
     bad = tmp_path / "bad.array_record"
     _damage(big_file, bad, how)
     out = tmp_path / "run"
-    rc, _, err = run_cli(["train", "--out", str(out), "--corpus", f"array_record:{big_file},{bad}", "--pipeline",
-                          "grain", "--steps", "1", *TINY_FLAGS])
+    rc, _, err = run_cli(
+        [
+            "train",
+            "--out",
+            str(out),
+            "--corpus",
+            f"array_record:{big_file},{bad}",
+            "--pipeline",
+            "grain",
+            "--steps",
+            "1",
+            *TINY_FLAGS,
+        ]
+    )
     assert rc == 1 and err.startswith(f"error: {bad}") and err.count("\n") == 1 and re.search(says, err), err
     assert not out.exists()
     with pytest.raises(ValueError, match=re.escape(str(bad))):

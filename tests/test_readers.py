@@ -1,5 +1,6 @@
 """weights_convert.readers, one source format each: T5X (per-layer and scanned) and Mesh-TensorFlow checkpoints
 written by the test from the same random HF weights must convert to exactly the params of the HF conversion."""
+
 import importlib.util
 import logging
 import subprocess
@@ -45,9 +46,20 @@ def write_t5x(ckpt_dir, flat: dict):
     for name, arr in flat.items():
         leaf = arr
         if arr.ndim >= 2:
-            spec = {"driver": "zarr", "dtype": arr.dtype.name, "kvstore": {"driver": "file", "path": name.replace("/", ".")},
-                    "metadata": {"compressor": {"id": "gzip"}, "shape": list(arr.shape), "chunks": list(arr.shape)}}
-            abs_spec = {**spec, "kvstore": {"driver": "file", "path": str(ckpt_dir / spec["kvstore"]["path"])}}
+            spec = {
+                "driver": "zarr",
+                "dtype": arr.dtype.name,
+                "kvstore": {"driver": "file", "path": name.replace("/", ".")},
+                "metadata": {
+                    "compressor": {"id": "gzip"},
+                    "shape": list(arr.shape),
+                    "chunks": list(arr.shape),
+                },
+            }
+            abs_spec = {
+                **spec,
+                "kvstore": {"driver": "file", "path": str(ckpt_dir / spec["kvstore"]["path"])},
+            }
             ts.open(abs_spec, create=True, open=True).result().write(arr).result()
             leaf = spec
         node = tree
@@ -65,7 +77,9 @@ def test_t5x_checkpoint(hf, scanned, tmp_path, caplog):
     flat = _t5x_state(hf["cfg"], hf["sd"], scanned)
     flat["state/step"] = np.array(1000, np.int32)
     flat["state/param_states/decoder/decoder_norm/scale/v"] = np.zeros(hf["cfg"].d_model, np.float32)
-    flat["state/param_states/token_embedder/embedding/v_row"] = np.zeros((hf["cfg"].vocab_size, 4), np.float32)
+    flat["state/param_states/token_embedder/embedding/v_row"] = np.zeros(
+        (hf["cfg"].vocab_size, 4), np.float32
+    )
     write_t5x(ckpt, flat)
     assert list(ckpt.glob("target.encoder.*")), "arrays must live in tensorstore directories"
     with caplog.at_level(logging.INFO, logger="weights_convert"):
@@ -92,15 +106,23 @@ def mesh_tf_names(cfg, sd) -> dict:
         for i in range(n):
             for j, kind in enumerate(kinds):
                 for p in "qkvo":
-                    out[f"{stack}/block_{i:03d}/layer_{j:03d}/{kind}/{p}"] = sd[f"{stack}.block.{i}.layer.{j}.{kind}.{p}.weight"].T
-                out[f"{stack}/block_{i:03d}/layer_{j:03d}/layer_norm/scale"] = sd[f"{stack}.block.{i}.layer.{j}.layer_norm.weight"]
+                    out[f"{stack}/block_{i:03d}/layer_{j:03d}/{kind}/{p}"] = sd[
+                        f"{stack}.block.{i}.layer.{j}.{kind}.{p}.weight"
+                    ].T
+                out[f"{stack}/block_{i:03d}/layer_{j:03d}/layer_norm/scale"] = sd[
+                    f"{stack}.block.{i}.layer.{j}.layer_norm.weight"
+                ]
             m = len(kinds)
             for w in ("wi_0", "wi_1", "wo") if cfg.is_gated else ("wi", "wo"):
-                out[f"{stack}/block_{i:03d}/layer_{m:03d}/DenseReluDense/{w}/kernel"] = \
-                    sd[f"{stack}.block.{i}.layer.{m}.DenseReluDense.{w}.weight"].T
-            out[f"{stack}/block_{i:03d}/layer_{m:03d}/layer_norm/scale"] = sd[f"{stack}.block.{i}.layer.{m}.layer_norm.weight"]
-        out[f"{stack}/block_000/layer_000/SelfAttention/relative_attention_bias"] = \
-            sd[f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"].T
+                out[f"{stack}/block_{i:03d}/layer_{m:03d}/DenseReluDense/{w}/kernel"] = sd[
+                    f"{stack}.block.{i}.layer.{m}.DenseReluDense.{w}.weight"
+                ].T
+            out[f"{stack}/block_{i:03d}/layer_{m:03d}/layer_norm/scale"] = sd[
+                f"{stack}.block.{i}.layer.{m}.layer_norm.weight"
+            ]
+        out[f"{stack}/block_000/layer_000/SelfAttention/relative_attention_bias"] = sd[
+            f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+        ].T
         out[f"{stack}/final_layer_norm/scale"] = sd[f"{stack}.final_layer_norm.weight"]
     if not cfg.tie_word_embeddings:
         out["decoder/logits/kernel"] = sd["lm_head.weight"].T
@@ -118,8 +140,13 @@ def test_mesh_tf_checkpoint_written_by_tensorflow(hf, tmp_path, caplog):
     np.savez(tmp_path / "arrays.npz", **arrays)
     ckpt = tmp_path / "mtf"
     ckpt.mkdir()
-    r = subprocess.run([sys.executable, "-c", MTF_WRITER, str(tmp_path / "arrays.npz"), str(ckpt / "model.ckpt-1000")],
-                       capture_output=True, text=True, timeout=300, env={"CUDA_VISIBLE_DEVICES": "", "PATH": ""})
+    r = subprocess.run(
+        [sys.executable, "-c", MTF_WRITER, str(tmp_path / "arrays.npz"), str(ckpt / "model.ckpt-1000")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"CUDA_VISIBLE_DEVICES": "", "PATH": ""},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert (ckpt / "model.ckpt-1000.index").is_file()
     with caplog.at_level(logging.INFO, logger="weights_convert"):

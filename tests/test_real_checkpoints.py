@@ -1,6 +1,7 @@
 """Checkpoints written by the real T5X, flaxformer and Mesh-TensorFlow libraries (tests/fixtures/real, made by
 tests/fixtures/make_real_checkpoints.py) convert to logits within 1e-5 of the writer's own, with none of those
 libraries installed."""
+
 import json
 import re
 import shutil
@@ -19,13 +20,18 @@ from weights_convert.rules import ConversionError
 
 REAL = Path(__file__).parent / "fixtures" / "real"
 FIXTURES = sorted(p.name for p in REAL.iterdir() if (p / "expected.npz").is_file())
-WRITERS = {"mesh_tf_v1_1": "mesh-tensorflow 0.1.21", "mesh_tf_v1_0": "mesh-tensorflow 0.1.21",
-           "mesh_tf_snappy": "mesh-tensorflow 0.1.21", "t5x_legacy_f32": "t5x cc342d4 (legacy Checkpointer, float32)",
-           "t5x_legacy_bf16": "t5x cc342d4 (legacy Checkpointer, bfloat16)",
-           "t5x_orbax": "t5x cc342d4 (OrbaxCheckpointManagerInterface)", "t5x_scanned": "t5x cc342d4 (scalable_t5",
-           "t5x_scanned_per_layer": "t5x cc342d4 (scalable_t5 scan_layers=True, OrbaxCheckpointManagerInterface; "
-                                    "per-layer relative-position tables as trained)",
-           "flaxformer_t5_1_1": "module flaxformer 399ea3a t5_1_1_flaxformer.gin"}
+WRITERS = {
+    "mesh_tf_v1_1": "mesh-tensorflow 0.1.21",
+    "mesh_tf_v1_0": "mesh-tensorflow 0.1.21",
+    "mesh_tf_snappy": "mesh-tensorflow 0.1.21",
+    "t5x_legacy_f32": "t5x cc342d4 (legacy Checkpointer, float32)",
+    "t5x_legacy_bf16": "t5x cc342d4 (legacy Checkpointer, bfloat16)",
+    "t5x_orbax": "t5x cc342d4 (OrbaxCheckpointManagerInterface)",
+    "t5x_scanned": "t5x cc342d4 (scalable_t5",
+    "t5x_scanned_per_layer": "t5x cc342d4 (scalable_t5 scan_layers=True, OrbaxCheckpointManagerInterface; "
+    "per-layer relative-position tables as trained)",
+    "flaxformer_t5_1_1": "module flaxformer 399ea3a t5_1_1_flaxformer.gin",
+}
 
 
 def test_every_format_has_a_fixture():
@@ -76,7 +82,9 @@ def test_a_corrupt_snappy_block_is_a_named_error(tmp_path):
     data = bytearray(index.read_bytes())
     data[3:40] = b"\xff" * 37  # inside the first (compressed) data block
     index.write_bytes(bytes(data))
-    with pytest.raises(ConversionError, match=r"model\.ckpt-3\.index: not a readable TensorFlow checkpoint index"):
+    with pytest.raises(
+        ConversionError, match=r"model\.ckpt-3\.index: not a readable TensorFlow checkpoint index"
+    ):
         convert(src, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -87,9 +95,15 @@ def test_a_model_directory_converts_its_newest_step_of_either_format(tmp_path):
     shutil.copytree(REAL / "t5x_orbax" / "checkpoint_1", models / "checkpoint_12")
     fmt, read = readers.detect(models)
     assert fmt == "t5x" and read().what == str(models / "checkpoint_12")
-    for src in (models / "checkpoint_12", models / "checkpoint_12" / "state",
-                models / "checkpoint_12" / "state" / "_METADATA"):
-        assert readers.detect(src)[1]().what in (str(models / "checkpoint_12"), str(models / "checkpoint_12/state"))
+    for src in (
+        models / "checkpoint_12",
+        models / "checkpoint_12" / "state",
+        models / "checkpoint_12" / "state" / "_METADATA",
+    ):
+        assert readers.detect(src)[1]().what in (
+            str(models / "checkpoint_12"),
+            str(models / "checkpoint_12/state"),
+        )
 
 
 def test_orbax_skips_the_optimizer_state_and_reads_every_target_leaf():
@@ -105,10 +119,29 @@ def test_a_scanned_config_is_inferred_from_the_shapes(tmp_path):
     (src / "config.json").unlink()
     cfg = tv.load_t5(convert(src, tmp_path / "out"))[0]
     want = json.loads((REAL / "t5x_scanned" / "config.json").read_text())
-    assert {k: getattr(cfg, k) for k in ("d_model", "d_kv", "d_ff", "num_heads", "num_layers", "vocab_size",
-                                         "relative_attention_num_buckets")} == {
-        k: want[k] for k in ("d_model", "d_kv", "d_ff", "num_heads", "num_layers", "vocab_size",
-                             "relative_attention_num_buckets")}
+    assert {
+        k: getattr(cfg, k)
+        for k in (
+            "d_model",
+            "d_kv",
+            "d_ff",
+            "num_heads",
+            "num_layers",
+            "vocab_size",
+            "relative_attention_num_buckets",
+        )
+    } == {
+        k: want[k]
+        for k in (
+            "d_model",
+            "d_kv",
+            "d_ff",
+            "num_heads",
+            "num_layers",
+            "vocab_size",
+            "relative_attention_num_buckets",
+        )
+    }
 
 
 def _scanned_arrays(name):
@@ -125,7 +158,9 @@ def test_per_layer_tables_that_differ_convert_to_the_per_layer_model(tmp_path):
     cfg, params = tv.load_t5(convert(REAL / "t5x_scanned_per_layer", tmp_path / "out"))
     assert cfg.relative_attention_per_layer and params["encoder"]["layers"]["relpos_bias"].shape == (2, 32, 2)
     assert not tv.load_t5(convert(REAL / "t5x_scanned", tmp_path / "shared"))[0].relative_attention_per_layer
-    shared = T5Config.from_dict(json.loads((REAL / "t5x_scanned_per_layer" / "config.json").read_text()), hf=True)
+    shared = T5Config.from_dict(
+        json.loads((REAL / "t5x_scanned_per_layer" / "config.json").read_text()), hf=True
+    )
     arrays = _scanned_arrays("t5x_scanned_per_layer")
     assert arrays[key].shape == (2, 2, 32)  # [H, L, R]
     with pytest.raises(mapping.MappingError, match=re.escape(key) + r".*layers \[1\] differ from layer 0"):
@@ -134,8 +169,13 @@ def test_per_layer_tables_that_differ_convert_to_the_per_layer_model(tmp_path):
         arrays[k] = np.broadcast_to(arrays[k][:, :1], arrays[k].shape)
     want = np.load(REAL / "t5x_scanned_per_layer" / "expected.npz")
     ids = want["input_ids"]
-    logits = tv.t5.apply(mapping.convert_flat(arrays, rules.t5x(shared), shared), shared, ids, np.ones_like(ids),
-                         want["decoder_input_ids"])
+    logits = tv.t5.apply(
+        mapping.convert_flat(arrays, rules.t5x(shared), shared),
+        shared,
+        ids,
+        np.ones_like(ids),
+        want["decoder_input_ids"],
+    )
     assert np.abs(np.asarray(logits) - want["logits"]).max() > 1e-2
 
 
@@ -149,7 +189,9 @@ def test_per_layer_cached_greedy_decoding_equals_the_full_forward(tmp_path):
     want = greedy_uncached(params, cfg, tv.t5.encode(params, cfg, ids, mask), mask, 8)
     assert len(np.unique(want)) > 2
     for kernels in ("plain", "cpu"):
-        np.testing.assert_array_equal(tv.t5.generate(params, cfg.replace(kernels=kernels), ids, mask, 8), want)
+        np.testing.assert_array_equal(
+            tv.t5.generate(params, cfg.replace(kernels=kernels), ids, mask, 8), want
+        )
 
 
 def test_a_corrupt_orbax_metadata_file_is_named(tmp_path):

@@ -1,4 +1,5 @@
 """weights_convert.rules on fake flat dicts (no files, no torch): every key matched once, every leaf filled once."""
+
 import jax
 import numpy as np
 import pytest
@@ -8,15 +9,30 @@ from t5vae.config import T5Config
 from weights_convert import mapping, rules
 from weights_convert.mapping import MappingError
 
-V10 = T5Config(vocab_size=11, d_model=6, d_kv=4, num_heads=2, d_ff=10, num_layers=2, num_decoder_layers=3,
-               relative_attention_num_buckets=5)
+V10 = T5Config(
+    vocab_size=11,
+    d_model=6,
+    d_kv=4,
+    num_heads=2,
+    d_ff=10,
+    num_layers=2,
+    num_decoder_layers=3,
+    relative_attention_num_buckets=5,
+)
 V11 = V10.replace(feed_forward_proj="gated-gelu", tie_word_embeddings=False)
 
 
 def fake_hf_state(cfg: T5Config, seed: int = 0) -> dict:
     """A Hugging Face torch T5 state dict (names and [out, in] shapes), written out independently of rules.py."""
     rng = np.random.default_rng(seed)
-    D, H, K, F, V, R = cfg.d_model, cfg.num_heads, cfg.d_kv, cfg.d_ff, cfg.vocab_size, cfg.relative_attention_num_buckets
+    D, H, K, F, V, R = (
+        cfg.d_model,
+        cfg.num_heads,
+        cfg.d_kv,
+        cfg.d_ff,
+        cfg.vocab_size,
+        cfg.relative_attention_num_buckets,
+    )
     r = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
     sd = {"shared.weight": r(V, D)}
     for stack, n in (("encoder", cfg.num_layers), ("decoder", cfg.num_decoder_layers)):
@@ -51,13 +67,19 @@ def test_good_dict_converts(cfg):
     np.testing.assert_array_equal(params["encoder"]["layers"]["attn"]["o"][1], o.T.reshape(H, K, D))
     # head h, dim k of q is row h*K + k of the torch weight
     np.testing.assert_array_equal(params["decoder"]["layers"]["cross_attn"]["q"][2][:, 1, 3], q[1 * K + 3])
-    np.testing.assert_array_equal(params["decoder"]["relpos_bias"],
-                                  sd["decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"])
-    np.testing.assert_array_equal(params["decoder"]["layers"]["mlp_norm"][1], sd["decoder.block.1.layer.2.layer_norm.weight"])
+    np.testing.assert_array_equal(
+        params["decoder"]["relpos_bias"],
+        sd["decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"],
+    )
+    np.testing.assert_array_equal(
+        params["decoder"]["layers"]["mlp_norm"][1], sd["decoder.block.1.layer.2.layer_norm.weight"]
+    )
     if cfg.is_gated:
         np.testing.assert_array_equal(params["lm_head"], sd["lm_head.weight"].T)
-        np.testing.assert_array_equal(params["encoder"]["layers"]["mlp"]["wi_1"][0],
-                                      sd["encoder.block.0.layer.1.DenseReluDense.wi_1.weight"].T)
+        np.testing.assert_array_equal(
+            params["encoder"]["layers"]["mlp"]["wi_1"][0],
+            sd["encoder.block.0.layer.1.DenseReluDense.wi_1.weight"].T,
+        )
 
 
 def test_tied_aliases_are_accepted_when_equal_and_may_be_the_only_copy():
@@ -68,7 +90,10 @@ def test_tied_aliases_are_accepted_when_equal_and_may_be_the_only_copy():
     params = mapping.convert_flat(sd, rules.hf_torch(V10), V10)
     np.testing.assert_array_equal(params["shared"]["embedding"], emb)
     sd["decoder.embed_tokens.weight"] = emb + 1
-    with pytest.raises(MappingError, match=r"(en|de)coder\.embed_tokens\.weight is declared a tied copy of shared/embedding.*differ"):
+    with pytest.raises(
+        MappingError,
+        match=r"(en|de)coder\.embed_tokens\.weight is declared a tied copy of shared/embedding.*differ",
+    ):
         mapping.convert_flat(sd, rules.hf_torch(V10), V10)
 
 
@@ -82,7 +107,9 @@ def test_extra_key_raises_naming_it():
 def test_lm_head_in_v11_table_but_untied_key_in_tied_config_raises():
     sd = fake_hf_state(V11)
     cfg = V11.replace(feed_forward_proj="relu")  # config says relu, checkpoint has wi_0/wi_1
-    with pytest.raises(MappingError, match=r"DenseReluDense\.wi_0\.weight: target encoder/layers/mlp/wi_0 is not"):
+    with pytest.raises(
+        MappingError, match=r"DenseReluDense\.wi_0\.weight: target encoder/layers/mlp/wi_0 is not"
+    ):
         mapping.convert_flat(sd, rules.hf_torch(cfg), cfg)
 
 
@@ -98,7 +125,9 @@ def test_missing_key_raises_naming_the_leaf_and_layer():
 
 def test_duplicate_filled_leaf_raises():
     sd = fake_hf_state(V10)
-    sd["encoder.block.01.layer.0.SelfAttention.q.weight"] = sd["encoder.block.1.layer.0.SelfAttention.q.weight"]
+    sd["encoder.block.01.layer.0.SelfAttention.q.weight"] = sd[
+        "encoder.block.1.layer.0.SelfAttention.q.weight"
+    ]
     with pytest.raises(MappingError, match=r"encoder/layers/attn/q\[1\], already filled"):
         mapping.convert_flat(sd, rules.hf_torch(V10), V10)
 
@@ -114,17 +143,26 @@ def test_wrong_shape_raises_naming_key_and_expected_shape():
 def test_layer_index_out_of_range_raises():
     sd = fake_hf_state(V10)
     sd["encoder.block.2.layer.0.layer_norm.weight"] = np.ones(6, np.float32)
-    with pytest.raises(MappingError, match=r"block\.2\.layer\.0\.layer_norm\.weight: layer 2 but encoder/layers/attn_norm"):
+    with pytest.raises(
+        MappingError, match=r"block\.2\.layer\.0\.layer_norm\.weight: layer 2 but encoder/layers/attn_norm"
+    ):
         mapping.convert_flat(sd, rules.hf_torch(V10), V10)
 
 
 def _t5x_state(cfg, sd, scanned: bool) -> dict:
     """T5X names from the HF torch dict (kernels [in, out], relpos [H, R]); scanned stacks layers on axis 1."""
     out = {"target/token_embedder/embedding": sd["shared.weight"]}
-    attn = {"encoder": [(0, "SelfAttention", "attention")],
-            "decoder": [(0, "SelfAttention", "self_attention"), (1, "EncDecAttention", "encoder_decoder_attention")]}
-    norms = {"encoder": ["pre_attention_layer_norm", "pre_mlp_layer_norm"],
-             "decoder": ["pre_self_attention_layer_norm", "pre_cross_attention_layer_norm", "pre_mlp_layer_norm"]}
+    attn = {
+        "encoder": [(0, "SelfAttention", "attention")],
+        "decoder": [
+            (0, "SelfAttention", "self_attention"),
+            (1, "EncDecAttention", "encoder_decoder_attention"),
+        ],
+    }
+    norms = {
+        "encoder": ["pre_attention_layer_norm", "pre_mlp_layer_norm"],
+        "decoder": ["pre_self_attention_layer_norm", "pre_cross_attention_layer_norm", "pre_mlp_layer_norm"],
+    }
     for stack, n in (("encoder", cfg.num_layers), ("decoder", cfg.num_decoder_layers)):
         per_layer = {}
         for i in range(n):
@@ -142,8 +180,12 @@ def _t5x_state(cfg, sd, scanned: bool) -> dict:
             for key in per_layer[0]:
                 out[f"target/{stack}/layers/{key}"] = np.stack([per_layer[i][key] for i in range(n)], axis=1)
         else:
-            out.update({f"target/{stack}/layers_{i}/{k}": v for i in range(n) for k, v in per_layer[i].items()})
-        out[f"target/{stack}/relpos_bias/rel_embedding"] = sd[f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"].T
+            out.update(
+                {f"target/{stack}/layers_{i}/{k}": v for i in range(n) for k, v in per_layer[i].items()}
+            )
+        out[f"target/{stack}/relpos_bias/rel_embedding"] = sd[
+            f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+        ].T
         out[f"target/{stack}/{stack}_norm/scale"] = sd[f"{stack}.final_layer_norm.weight"]
     if not cfg.tie_word_embeddings:
         out["target/decoder/logits_dense/kernel"] = sd["lm_head.weight"].T
@@ -159,7 +201,9 @@ def test_t5x_names_give_the_same_params(scanned):
     flat["state/step"] = np.array(7)
     steps, skipped = mapping.plan({k: v.shape for k, v in flat.items()}, rules.t5x(V11), V11)
     assert sorted(skipped) == ["state/param_states/encoder/encoder_norm/scale/v", "state/step"]
-    got = mapping.convert_flat({k: v for k, v in flat.items() if not k.startswith("state/")}, rules.t5x(V11), V11)
+    got = mapping.convert_flat(
+        {k: v for k, v in flat.items() if not k.startswith("state/")}, rules.t5x(V11), V11
+    )
     assert jax.tree.structure(got) == jax.tree.structure(want)
     for a, b in zip(*(jax.tree.leaves(x) for x in (got, want))):
         np.testing.assert_array_equal(a, b)
@@ -168,14 +212,19 @@ def test_t5x_names_give_the_same_params(scanned):
 def test_t5x_scanned_and_per_layer_copies_of_one_leaf_raise():
     sd = fake_hf_state(V11)
     flat = _t5x_state(V11, sd, scanned=True)
-    flat["target/encoder/layers_0/attention/query/kernel"] = flat["target/encoder/layers/attention/query/kernel"][:, 0]
+    flat["target/encoder/layers_0/attention/query/kernel"] = flat[
+        "target/encoder/layers/attention/query/kernel"
+    ][:, 0]
     with pytest.raises(MappingError, match=r"already filled"):
         mapping.convert_flat(flat, rules.t5x(V11), V11)
 
 
 def test_mesh_tf_slots_are_skipped_knowingly_and_unknown_slots_are_not():
-    shapes = {"encoder/block_000/layer_000/SelfAttention/q_slot_vc": (6,), "shared/embedding_slot_vr": (11,),
-              "global_step": ()}
+    shapes = {
+        "encoder/block_000/layer_000/SelfAttention/q_slot_vc": (6,),
+        "shared/embedding_slot_vr": (11,),
+        "global_step": (),
+    }
     with pytest.raises(MappingError) as e:
         mapping.plan(shapes, rules.mesh_tf(V10), V10)
     assert "_slot_" not in str(e.value) and "global_step" not in str(e.value)  # only missing leaves reported
@@ -201,7 +250,9 @@ def _with_per_layer_tables(cfg, flat: dict, scanned: bool, seed: int = 1) -> dic
     tables = {}
     for stack, n in (("encoder", cfg.num_layers), ("decoder", cfg.num_decoder_layers)):
         del flat[f"target/{stack}/relpos_bias/rel_embedding"]
-        x = tables[stack] = rng.standard_normal((cfg.num_heads, n, cfg.relative_attention_num_buckets), np.float32)
+        x = tables[stack] = rng.standard_normal(
+            (cfg.num_heads, n, cfg.relative_attention_num_buckets), np.float32
+        )
         if scanned:
             flat[f"target/{stack}/layers/relpos_bias/rel_embedding"] = x
         else:
@@ -223,7 +274,9 @@ def test_t5x_per_layer_tables_fill_each_layers_table(scanned):
         np.testing.assert_array_equal(got[stack]["layers"]["relpos_bias"], np.transpose(x_HLR, (1, 2, 0)))
     if not scanned:
         del flat["target/decoder/layers_1/relpos_bias/rel_embedding"]
-        with pytest.raises(MappingError, match=r"missing decoder/layers/relpos_bias \(3, 5, 2\): layers \[1\]"):
+        with pytest.raises(
+            MappingError, match=r"missing decoder/layers/relpos_bias \(3, 5, 2\): layers \[1\]"
+        ):
             mapping.convert_flat(flat, rules.t5x(cfg), cfg)
 
 
@@ -236,5 +289,7 @@ def test_t5x_config_keeps_the_shared_table_when_every_layers_table_is_equal():
     assert rules.t5x_config(V11, shapes, flat.__getitem__) == V11
     got = mapping.convert_flat(flat, rules.t5x(V11), V11)
     np.testing.assert_array_equal(got["decoder"]["relpos_bias"], tables["decoder"][:, 0].T)
-    flat["target/decoder/layers/relpos_bias/rel_embedding"] = tables["decoder"]  # one stack differs: per layer
+    flat["target/decoder/layers/relpos_bias/rel_embedding"] = tables[
+        "decoder"
+    ]  # one stack differs: per layer
     assert rules.t5x_config(V11, shapes, flat.__getitem__).relative_attention_per_layer

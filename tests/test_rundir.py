@@ -2,6 +2,7 @@
 writer at a time, nothing half-started reused, damaged checkpoints skipped, bad settings refused before
 anything is written, Ctrl-C saved and exit 130. Each test uses the real failure: a second live process, a
 kill -9, truncated checkpoint files, a SIGINT."""
+
 import json
 import os
 import shutil
@@ -24,8 +25,6 @@ with rundir.claim(Path(sys.argv[1])):
     print("held", flush=True)
     time.sleep(600)
 """
-
-
 
 
 def _listing(d: Path) -> dict:
@@ -67,7 +66,9 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing_reused(run,
     assert rc == 1 and "does not fill one batch" in err
     assert not out.exists()  # the directory it created is gone again
     # the debris a kill -9 leaves before the first checkpoint: the mark, a tokenizer, the configs
-    shutil.copytree(run["out"], out, ignore=shutil.ignore_patterns("checkpoints", "params", "eval*", "*.jsonl"))
+    shutil.copytree(
+        run["out"], out, ignore=shutil.ignore_patterns("checkpoints", "params", "eval*", "*.jsonl")
+    )
     rundir.mark_incomplete(out)
     small = data.train_tokenizer(["x = 1", "y = 2"] * 20, 270)
     small.save(out / checkpoint.TOKENIZER_FILE)
@@ -77,7 +78,9 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing_reused(run,
     assert rc == 0, err
     assert "stopped before its first checkpoint; starting it over" in stdout
     trained = data.Tokenizer.load(run["out"] / checkpoint.TOKENIZER_FILE).vocab_size
-    assert small.vocab_size != trained == data.Tokenizer.load(out / checkpoint.TOKENIZER_FILE).vocab_size  # anew
+    assert (
+        small.vocab_size != trained == data.Tokenizer.load(out / checkpoint.TOKENIZER_FILE).vocab_size
+    )  # anew
     assert not (out / rundir.INCOMPLETE_FILE).exists() and rundir.committed_steps(out) == [2]
 
 
@@ -87,7 +90,9 @@ def _truncate_data(step_dir: Path) -> None:
             fh.truncate(f.stat().st_size // 2)
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax's coroutine of the failed read
+@pytest.mark.filterwarnings(
+    "ignore::pytest.PytestUnraisableExceptionWarning"
+)  # orbax's coroutine of the failed read
 def test_a_damaged_newest_checkpoint_is_set_aside_and_the_older_one_resumed(run, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(run["out"], out)
@@ -100,7 +105,9 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_older_one_resumed(run,
     assert f"moved it to {out / 'checkpoints-damaged' / '6'}" in stdout
     assert f"resumed from {out / 'checkpoints'}/3 (step 3)" in stdout
     assert (out / "checkpoints-damaged" / "6" / "default").is_dir()  # kept, not deleted
-    assert [json.loads(r)["step"] for r in (out / "metrics.jsonl").read_text().splitlines()] == list(range(1, 8))
+    assert [json.loads(r)["step"] for r in (out / "metrics.jsonl").read_text().splitlines()] == list(
+        range(1, 8)
+    )
     # every checkpoint damaged: an error that lists what was tried
     for s in rundir.committed_steps(out):
         _truncate_data(out / checkpoint.CHECKPOINTS_DIR / str(s))
@@ -110,7 +117,9 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_older_one_resumed(run,
     assert err.count(str(out / "checkpoints")) >= 3  # the directory and both checkpoints tried
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax coroutine of a damaged read earlier
+@pytest.mark.filterwarnings(
+    "ignore::pytest.PytestUnraisableExceptionWarning"
+)  # orbax coroutine of a damaged read earlier
 def test_a_config_mismatch_is_not_taken_for_damage(run, tmp_path):
     import jax
 
@@ -130,14 +139,17 @@ def test_a_config_mismatch_is_not_taken_for_damage(run, tmp_path):
     assert rundir.committed_steps(run["out"]) == [3, 6]  # nothing set aside
 
 
-@pytest.mark.parametrize("flag, value, message", [
-    ("--learning-rate", "nan", "--learning-rate must be a finite number > 0, got nan"),
-    ("--learning-rate", "-1", "--learning-rate must be a finite number > 0, got -1.0"),
-    ("--clip-norm", "0", "--clip-norm must be a finite number > 0, got 0.0"),
-    ("--validation-percent", "100", "--validation-percent must be above 0 and below 100"),
-    ("--seed", "-1", "--seed must be an int >= 0, got -1"),
-    ("--t5-d-model", "0", "--t5-d-model must be a positive int, got 0"),
-])
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--learning-rate", "nan", "--learning-rate must be a finite number > 0, got nan"),
+        ("--learning-rate", "-1", "--learning-rate must be a finite number > 0, got -1.0"),
+        ("--clip-norm", "0", "--clip-norm must be a finite number > 0, got 0.0"),
+        ("--validation-percent", "100", "--validation-percent must be above 0 and below 100"),
+        ("--seed", "-1", "--seed must be an int >= 0, got -1"),
+        ("--t5-d-model", "0", "--t5-d-model must be a positive int, got 0"),
+    ],
+)
 def test_bad_settings_are_refused_naming_the_flag_before_anything_is_written(tmp_path, flag, value, message):
     rc, _, err = run_cli(["train", "--out", str(tmp_path / "run"), flag, value])
     assert rc == 1 and message in err, err
@@ -179,14 +191,27 @@ def test_remat_none_is_a_value_and_one_step_has_a_schedule():
 
 def _long_run_argv(run, out: Path, checkpoint_every: int) -> list[str]:
     """A tiny training of 100000 steps (it is stopped, never finished) on the shared run's corpus."""
-    return ["train", "--out", str(out), "--corpus", str(run["corpus"]), "--steps", "100000",
-            "--checkpoint-every", str(checkpoint_every), "--eval-every", "0", *TINY_FLAGS]
+    return [
+        "train",
+        "--out",
+        str(out),
+        "--corpus",
+        str(run["corpus"]),
+        "--steps",
+        "100000",
+        "--checkpoint-every",
+        str(checkpoint_every),
+        "--eval-every",
+        "0",
+        *TINY_FLAGS,
+    ]
 
 
 def _spawn_train(argv, **kw) -> subprocess.Popen:
     code = f"import sys; from t5vae import cli; sys.exit(cli.main({argv!r}))"
-    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw
+    )
 
 
 def _wait_for(pred, proc, seconds=300):
@@ -250,7 +275,11 @@ def test_killed_before_the_first_checkpoint_then_a_different_corpus(run, tmp_pat
     assert "starting it over" in stdout
     killed = data.Tokenizer.load(run["out"] / checkpoint.TOKENIZER_FILE)  # what the killed run had trained
     new = data.Tokenizer.load(out / checkpoint.TOKENIZER_FILE)
-    assert new.vocab_size == data.train_tokenizer(other.read_text().splitlines(), 300).vocab_size != killed.vocab_size
+    assert (
+        new.vocab_size
+        == data.train_tokenizer(other.read_text().splitlines(), 300).vocab_size
+        != killed.vocab_size
+    )
 
 
 def test_the_runs_corpus_is_read_with_the_runs_settings(tmp_path):
@@ -261,8 +290,12 @@ def test_the_runs_corpus_is_read_with_the_runs_settings(tmp_path):
     lines = [f"name_{i} = value_{i}" + "x" * (i % 30) for i in range(200)]
     (tmp_path / "a.txt").write_text("\n".join(lines) + "\n")
     (tmp_path / "b.txt").write_text("\n".join(lines[:50]) + "\n")
-    TrainConfig(corpus=str(tmp_path / "a.txt"), validation_percent=20.0).save_json(tmp_path / "train_config.json")
+    TrainConfig(corpus=str(tmp_path / "a.txt"), validation_percent=20.0).save_json(
+        tmp_path / "train_config.json"
+    )
     got = rundir.corpus(tmp_path)
     assert sorted(got.train + got.validation) == sorted(lines) and 20 <= len(got.validation) <= 60
     other = rundir.corpus(tmp_path, str(tmp_path / "b.txt"))
-    assert sorted(other.train + other.validation) == sorted(lines[:50]) and other.source == str(tmp_path / "b.txt")
+    assert sorted(other.train + other.validation) == sorted(lines[:50]) and other.source == str(
+        tmp_path / "b.txt"
+    )

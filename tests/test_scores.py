@@ -1,4 +1,5 @@
 """BLEU-4, word edit distance and path smoothness, against values worked out by hand."""
+
 import math
 
 import pytest
@@ -37,6 +38,6 @@ def test_word_edit_distance():
 
 def test_smooth_paths():
     assert scores.is_smooth(["a b c", "a b c", "a x c", "y x c", "y x z"])
-    assert not scores.is_smooth(["a b c", "y x z", "a b c", "y x z"])       # goes back to a
-    assert not scores.is_smooth(["a b c", "a b c x x x x", "y x z"])        # drifts away from b, then back
+    assert not scores.is_smooth(["a b c", "y x z", "a b c", "y x z"])  # goes back to a
+    assert not scores.is_smooth(["a b c", "a b c x x x x", "y x z"])  # drifts away from b, then back
     assert scores.is_smooth(["same", "same"])

@@ -1,69 +1,91 @@
 """The prose corpus's sentence extraction: what counts as a plain English sentence, how paragraphs and
 sentences are cut, and what the installed Python yields."""
+
 import pytest
 
 from t5vae import sentences
 
 
-@pytest.mark.parametrize("s", [
-    "The object cannot be used after this call, but the file descriptor can be reused.",
-    "It doesn't change the caller's list (the copy is shallow).",
-    "The \"global\" statement must precede all uses of the listed names.",
-    "Derived from tuple, so a vector is a tuple!",
-    "Is this a question about five words?",
-])
+@pytest.mark.parametrize(
+    "s",
+    [
+        "The object cannot be used after this call, but the file descriptor can be reused.",
+        "It doesn't change the caller's list (the copy is shallow).",
+        'The "global" statement must precede all uses of the listed names.',
+        "Derived from tuple, so a vector is a tuple!",
+        "Is this a question about five words?",
+    ],
+)
 def test_plain_sentences_are_kept(s):
     assert sentences.is_clean(s)
 
 
-@pytest.mark.parametrize("s", [
-    "Call os.path.join to build the path to the file.",      # dotted name
-    "Set the max_length argument to a larger value now.",   # identifier
-    "Return self.value if the flag is true here.",
-    "The result of f() is returned to the caller here.",    # a call
-    "Use x = 1 to set the value of the variable.",           # an operator
-    "See https://example.org for the rest of the story.",   # a URL
-    "The ValueError exception is raised on bad input.",     # CamelCase identifier
-    "Use ``repr`` to show the value of an object here.",    # reST literal
-    "too short here.",                                       # lower case start, and 3 words
-    "Five words but no end",                                 # no final punctuation
-    "Unbalanced (parenthesis in this sentence here.",
-    " ".join(["Word"] * 26) + ".",                           # 26 words
-])
+@pytest.mark.parametrize(
+    "s",
+    [
+        "Call os.path.join to build the path to the file.",  # dotted name
+        "Set the max_length argument to a larger value now.",  # identifier
+        "Return self.value if the flag is true here.",
+        "The result of f() is returned to the caller here.",  # a call
+        "Use x = 1 to set the value of the variable.",  # an operator
+        "See https://example.org for the rest of the story.",  # a URL
+        "The ValueError exception is raised on bad input.",  # CamelCase identifier
+        "Use ``repr`` to show the value of an object here.",  # reST literal
+        "too short here.",  # lower case start, and 3 words
+        "Five words but no end",  # no final punctuation
+        "Unbalanced (parenthesis in this sentence here.",
+        " ".join(["Word"] * 26) + ".",  # 26 words
+    ],
+)
 def test_code_markup_and_wrong_lengths_are_dropped(s):
     assert not sentences.is_clean(s)
 
 
 def test_paragraphs_skip_code_blocks_sessions_and_directives():
-    text = ("First paragraph that\nwraps over two lines.\n\n   indented = code\n\n>>> 1 + 1\n2\n\n"
-            ".. note::\n\nA paragraph that ends with a block::\n\n+----+\n| ab |\n+----+\n\nLast one.\n")
+    text = (
+        "First paragraph that\nwraps over two lines.\n\n   indented = code\n\n>>> 1 + 1\n2\n\n"
+        ".. note::\n\nA paragraph that ends with a block::\n\n+----+\n| ab |\n+----+\n\nLast one.\n"
+    )
     assert list(sentences.paragraphs(text)) == ["First paragraph that wraps over two lines.", "Last one."]
 
 
 def test_split_sentences_keeps_abbreviations_and_initials():
     p = "Use a list, e.g. This one. It was written by J. Smith in May. Done? Yes!"
-    assert sentences.split_sentences(p) == ["Use a list, e.g. This one.", "It was written by J. Smith in May.",
-                                            "Done?", "Yes!"]
+    assert sentences.split_sentences(p) == [
+        "Use a list, e.g. This one.",
+        "It was written by J. Smith in May.",
+        "Done?",
+        "Yes!",
+    ]
 
 
 def test_clean_sentences_deduplicates_in_order():
-    texts = ["The first sentence is right here. The second sentence is right here.",
-             "The first sentence is right here."]
-    assert sentences.clean_sentences(texts) == ["The first sentence is right here.",
-                                                "The second sentence is right here."]
+    texts = [
+        "The first sentence is right here. The second sentence is right here.",
+        "The first sentence is right here.",
+    ]
+    assert sentences.clean_sentences(texts) == [
+        "The first sentence is right here.",
+        "The second sentence is right here.",
+    ]
 
 
 def test_unmark_replaces_rest_inline_markup_by_its_text():
-    assert sentences.unmark("The :mod:`logging` module, :func:`~os.getcwd`, :ref:`the tutorial <tut>`, "
-                            "``x``, *very* **much** and `Python <https://python.org>`_.") == \
-        "The logging module, os.getcwd, the tutorial, x, very much and Python."
+    assert (
+        sentences.unmark(
+            "The :mod:`logging` module, :func:`~os.getcwd`, :ref:`the tutorial <tut>`, "
+            "``x``, *very* **much** and `Python <https://python.org>`_."
+        )
+        == "The logging module, os.getcwd, the tutorial, x, very much and Python."
+    )
 
 
 def test_documentation_sources_add_their_sentences(tmp_path):
     (tmp_path / "lib").mkdir()
     doc = tmp_path / "guide.rst.txt"
-    doc.write_text("Guide\n=====\n\nThe :mod:`logging` module writes messages to many places.\n\n"
-                   "   code = block\n")
+    doc.write_text(
+        "Guide\n=====\n\nThe :mod:`logging` module writes messages to many places.\n\n   code = block\n"
+    )
     base = sentences.python_prose(root=str(tmp_path / "lib"), docs=[])
     more = sentences.python_prose(root=str(tmp_path / "lib"), docs=[str(doc)])
     assert more == base + ["The logging module writes messages to many places."]
@@ -80,12 +102,16 @@ def test_the_installed_python_yields_thousands_of_clean_sentences():
 
 def test_package_descriptions_read_long_descriptions_and_drop_verbatim_lines(tmp_path):
     status = tmp_path / "status"
-    status.write_text("Package: a\nDescription: short synopsis\n This tool converts the files of one format.\n"
-                      " .\n It also reads the older format.\n  verbatim text is kept out\nHomepage: x\n\n"
-                      "Package: b\nDescription: nothing more\n")
+    status.write_text(
+        "Package: a\nDescription: short synopsis\n This tool converts the files of one format.\n"
+        " .\n It also reads the older format.\n  verbatim text is kept out\nHomepage: x\n\n"
+        "Package: b\nDescription: nothing more\n"
+    )
     texts = list(sentences.package_descriptions(str(status)))
     assert texts == ["This tool converts the files of one format.\n\nIt also reads the older format.\n"]
-    assert sentences.clean_sentences(texts) == ["This tool converts the files of one format.",
-                                                "It also reads the older format."]
+    assert sentences.clean_sentences(texts) == [
+        "This tool converts the files of one format.",
+        "It also reads the older format.",
+    ]
     assert list(sentences.package_descriptions(str(tmp_path / "absent"))) == []
     assert sentences.words("It's a 2-step tool, v2.") == ["it's", "a", "2", "step", "tool", "v", "2"]

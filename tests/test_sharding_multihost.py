@@ -1,5 +1,6 @@
 """Two processes on localhost (4 fake CPU devices each, gloo collectives) train like one process with 8
 devices, each reading only its rows; their orbax checkpoint restores in a single process."""
+
 import json
 import os
 import socket
@@ -30,10 +31,28 @@ def test_two_processes_train_like_one_and_their_checkpoint_restores(tmp_path):
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("XLA_FLAGS", None)
-    procs = [subprocess.Popen([sys.executable, str(HERE / "multihost_train.py"), str(tmp_path), "--process-id",
-                               str(i), "--num-processes", "2", "--port", str(port), "--devices", "4"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(HERE / "multihost_train.py"),
+                str(tmp_path),
+                "--process-id",
+                str(i),
+                "--num-processes",
+                "2",
+                "--port",
+                str(port),
+                "--devices",
+                "4",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        for i in range(2)
+    ]
     try:
         outs = [p.communicate(timeout=900)[0] for p in procs]
     finally:
@@ -48,7 +67,10 @@ def test_two_processes_train_like_one_and_their_checkpoint_restores(tmp_path):
     # each process read only its half of every batch, the two halves together the whole batch
     for step, (a, b) in enumerate(zip(results[0]["rows_read"], results[1]["rows_read"])):
         assert a[1] - a[0] == b[1] - b[0] == mh.BATCH // 2, (a, b)
-        assert sorted([a, b]) == [[step * mh.BATCH, step * mh.BATCH + 8], [step * mh.BATCH + 8, (step + 1) * mh.BATCH]]
+        assert sorted([a, b]) == [
+            [step * mh.BATCH, step * mh.BATCH + 8],
+            [step * mh.BATCH + 8, (step + 1) * mh.BATCH],
+        ]
     assert results[0]["losses"] == results[1]["losses"]  # one global loss, seen by both
 
     # the same steps in this one process with 8 devices
@@ -64,13 +86,17 @@ def test_two_processes_train_like_one_and_their_checkpoint_restores(tmp_path):
     cfg = mh.config()
     mesh = sh.make_mesh(mh.MESH)
     shardings = sh.param_shardings(cfg, mesh)
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            vae.abstract_params(cfg), shardings)
+    abstract = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), vae.abstract_params(cfg), shardings
+    )
     restored = checkpoint.restore_params(tmp_path / "params", abstract)
     gathered = np.load(tmp_path / "gathered.npz")
     worst = 0.0
-    for (path, x), (_, mine), s in zip(jax.tree_util.tree_leaves_with_path(restored),
-                                       jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(shardings)):
+    for (path, x), (_, mine), s in zip(
+        jax.tree_util.tree_leaves_with_path(restored),
+        jax.tree_util.tree_leaves_with_path(params),
+        jax.tree.leaves(shardings),
+    ):
         k = jax.tree_util.keystr(path)
         assert x.sharding.is_equivalent_to(s, x.ndim), (k, x.sharding, s)
         np.testing.assert_array_equal(np.asarray(x), gathered[k], err_msg=k)  # exactly what was written

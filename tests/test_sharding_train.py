@@ -121,7 +121,9 @@ def test_sharded_t5_adamw_step_equals_single_device(t5_reference):
     assert rel_diff(loss, loss0) < TOL, (float(loss), float(loss0))
     g, gpath = tree_rel_diff(grads, grads0)
     p, ppath = tree_rel_diff(new, new0)
-    print(f"\n2x2x2 AdamW step: loss rel {rel_diff(loss, loss0):.2e}, grads {g:.2e} ({gpath}), params {p:.2e} ({ppath})")
+    print(
+        f"\n2x2x2 AdamW step: loss rel {rel_diff(loss, loss0):.2e}, grads {g:.2e} ({gpath}), params {p:.2e} ({ppath})"
+    )
     assert g < TOL, gpath
     assert p < TOL, ppath
     # the step did something: params moved by far more than the tolerance
@@ -130,8 +132,13 @@ def test_sharded_t5_adamw_step_equals_single_device(t5_reference):
 
 # -- slow: the real train step of t5vae.train on every mesh ----------------------------------------
 
-VCFG = config.Config(t5=config.preset("tiny", dropout_rate=0.1), n_latent_tokens=2, latent_size=8,
-                     pooling="attention", max_length=12)
+VCFG = config.Config(
+    t5=config.preset("tiny", dropout_rate=0.1),
+    n_latent_tokens=2,
+    latent_size=8,
+    pooling="attention",
+    max_length=12,
+)
 N_STEPS = 2
 LR = 1e-2  # the real step takes the learning rate as an argument (the schedule runs on the host)
 
@@ -154,7 +161,11 @@ def vae_setup():
     for _ in range(N_STEPS):
         state, m = step(state, batch, key, LR)
         metrics.append(jax.device_get(m))
-    ref = {"metrics": metrics, "state": jax.device_get(state), "loss_grads": jax.device_get(jax.jit(grad_fn)(params, batch))}
+    ref = {
+        "metrics": metrics,
+        "state": jax.device_get(state),
+        "loss_grads": jax.device_get(jax.jit(grad_fn)(params, batch)),
+    }
     return tc, state0, batch, key, grad_fn, ref
 
 
@@ -196,8 +207,11 @@ def test_real_train_step_sharded_equals_single_device(vae_setup, spec):
     worst["params"], ppath = tree_rel_diff(state["params"], ref["state"]["params"], rel_l2)
     worst["opt_state"], opath = tree_rel_diff(state["opt_state"], ref["state"]["opt_state"], rel_l2)
     pmax = tree_rel_diff(state["params"], ref["state"]["params"])
-    print(f"\n{spec}: " + ", ".join(f"{k} {v:.1e}" for k, v in worst.items())
-          + f" (worst param {ppath}); params elementwise max rel {pmax[0]:.1e} ({pmax[1]})")
+    print(
+        f"\n{spec}: "
+        + ", ".join(f"{k} {v:.1e}" for k, v in worst.items())
+        + f" (worst param {ppath}); params elementwise max rel {pmax[0]:.1e} ({pmax[1]})"
+    )
     bad = {k: v for k, v in worst.items() if not v < TOL}
     assert not bad, (bad, gpath, ppath, opath)
     assert tree_rel_diff(ref["state"]["params"], state0["params"])[0] > 100 * TOL  # params really moved

@@ -1,5 +1,6 @@
 """Spec trees (t5vae.specs): init and abstract shapes from ParamSpec leaves, check_tree's named mismatches,
 the logical-axis RULES table, logical_to_spec / mesh_axes, and constrain with and without a mesh."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,14 +13,28 @@ from t5vae import specs
 from t5vae.specs import ParamSpec
 
 # ARCHITECTURE.md's table, written out again here so a change to specs.RULES has to be deliberate.
-EXPECTED_RULES = {"batch": ("data", "fsdp"), "vocab": "model", "heads": "model", "mlp": "model", "embed": "fsdp",
-                  "kv": None, "layers": None, "relpos_buckets": None, "latent": None, "latent_tokens": None,
-                  "length": None}
+EXPECTED_RULES = {
+    "batch": ("data", "fsdp"),
+    "vocab": "model",
+    "heads": "model",
+    "mlp": "model",
+    "embed": "fsdp",
+    "kv": None,
+    "layers": None,
+    "relpos_buckets": None,
+    "latent": None,
+    "latent_tokens": None,
+    "length": None,
+}
 
-TREE = {"w": ParamSpec((64, 256), ("embed", "mlp"), specs.normal(2.0)),
-        "block": {"scale": ParamSpec((8,), ("embed",), specs.ones), "bias": ParamSpec((3, 8), ("layers", "embed"),
-                                                                                       specs.zeros)},
-        "v": ParamSpec((64, 256), ("embed", "mlp"), specs.normal(2.0))}
+TREE = {
+    "w": ParamSpec((64, 256), ("embed", "mlp"), specs.normal(2.0)),
+    "block": {
+        "scale": ParamSpec((8,), ("embed",), specs.ones),
+        "bias": ParamSpec((3, 8), ("layers", "embed"), specs.zeros),
+    },
+    "v": ParamSpec((64, 256), ("embed", "mlp"), specs.normal(2.0)),
+}
 
 
 def test_init_draws_every_leaf_with_its_own_initializer_key_and_dtype():
@@ -49,14 +64,20 @@ def test_check_tree_names_every_missing_unexpected_and_misshapen_leaf():
     abstract = specs.abstract(TREE, "float32")
     good = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), abstract)
     specs.check_tree(good, abstract, "params")  # no error
-    bad = {"w": np.zeros((64, 255)), "block": {"scale": np.zeros(8), "extra": np.zeros(2)},
-           "v": np.zeros((64, 256))}
+    bad = {
+        "w": np.zeros((64, 255)),
+        "block": {"scale": np.zeros(8), "extra": np.zeros(2)},
+        "v": np.zeros((64, 256)),
+    }
     with pytest.raises(ValueError) as e:
         specs.check_tree(bad, abstract, "the converted params")
     msg = str(e.value)
     assert msg.startswith("the converted params does not match the expected params tree")
-    for part in ("missing ['block']['bias'] (3, 8)", "unexpected ['block']['extra'] (2,)",
-                 "['w']: shape (64, 255), expected (64, 256)"):
+    for part in (
+        "missing ['block']['bias'] (3, 8)",
+        "unexpected ['block']['extra'] (2,)",
+        "['w']: shape (64, 255), expected (64, 256)",
+    ):
         assert part in msg, (part, msg)
     assert "['v']" not in msg and "['block']['scale']" not in msg  # only the leaves that differ
 
@@ -97,5 +118,3 @@ def test_constrain_is_noop_without_mesh_and_shards_with_one(mesh222):
     z = jax.jit(lambda x: specs.constrain(x + 1, ("embed", None), mesh=mesh222))(jnp.ones((8, 4)))
     assert z.sharding.is_equivalent_to(NamedSharding(mesh222, P("fsdp", None)), 2)
     assert not z.sharding.is_equivalent_to(NamedSharding(mesh222, P()), 2)
-
-

@@ -1,4 +1,5 @@
 """The T5 backbone's own contracts: spec tree, masks, dtypes, dropout, remat (generation: test_decoding)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,7 +28,9 @@ def test_spec_tree_shapes_and_one_bias_table_per_stack(model):
     assert shapes["encoder"]["layers"]["attn"]["q"] == (cfg.num_layers, D, H, cfg.d_kv)
     assert shapes["decoder"]["layers"]["cross_attn"]["o"] == (cfg.num_decoder_layers, H, cfg.d_kv, D)
     assert ("lm_head" in params) == (not cfg.tie_word_embeddings)
-    assert set(params["encoder"]["layers"]["mlp"]) == ({"wi_0", "wi_1", "wo"} if cfg.is_gated else {"wi", "wo"})
+    assert set(params["encoder"]["layers"]["mlp"]) == (
+        {"wi_0", "wi_1", "wo"} if cfg.is_gated else {"wi", "wo"}
+    )
     specs = tv.t5.param_specs(cfg)
     for spec, leaf in zip(jax.tree.leaves(specs, is_leaf=tv.specs.is_spec), jax.tree.leaves(params)):
         assert len(spec.axes) == len(spec.shape) == leaf.ndim and spec.shape == leaf.shape
@@ -67,14 +70,21 @@ def test_per_layer_tables_are_each_layers_own(model):
     pl_cfg, pl_params = per_layer(cfg, params, jitter=0.5)
 
     def loss(table):
-        p = {**pl_params, "decoder": {**pl_params["decoder"],
-                                      "layers": {**pl_params["decoder"]["layers"], "relpos_bias": table}}}
+        p = {
+            **pl_params,
+            "decoder": {
+                **pl_params["decoder"],
+                "layers": {**pl_params["decoder"]["layers"], "relpos_bias": table},
+            },
+        }
         return jnp.sum(tv.t5.apply(p, pl_cfg, ids, mask, ids) ** 2)
 
     table = pl_params["decoder"]["layers"]["relpos_bias"]
     grads = jax.grad(loss)(table)
     assert all(np.abs(np.asarray(g)).max() > 0 for g in grads)  # every layer's table is used
-    bumped = table.at[-1].add(jax.random.normal(jax.random.key(5), table.shape[1:]))  # not a constant: softmax
+    bumped = table.at[-1].add(
+        jax.random.normal(jax.random.key(5), table.shape[1:])
+    )  # not a constant: softmax
     assert abs(float(loss(bumped)) - float(loss(table))) > 1e-3
 
 
@@ -89,7 +99,9 @@ def test_padding_is_masked_on_both_sides(model):
     np.testing.assert_allclose(np.where(mask[..., None], h1, 0), np.where(mask[..., None], h2, 0), atol=1e-6)
     l1 = _decode(params, cfg, dec, h1, mask, dmask)
     l2 = _decode(params, cfg, djunk, h2, mask, dmask)
-    np.testing.assert_allclose(np.where(dmask[..., None], l1, 0), np.where(dmask[..., None], l2, 0), atol=1e-5)
+    np.testing.assert_allclose(
+        np.where(dmask[..., None], l1, 0), np.where(dmask[..., None], l2, 0), atol=1e-5
+    )
     # and the mask does matter: without it the padded keys change the result
     assert np.abs(np.asarray(_encode(params, cfg, junk, None) - h1)[1]).max() > 1e-3
 
@@ -140,9 +152,12 @@ def test_remat_changes_memory_not_numbers(cfg, kernels):
         temps[remat] = compiled.memory_analysis().temp_size_in_bytes
     for remat in ("dots", "full"):
         np.testing.assert_allclose(results[remat][0], results["none"][0], rtol=1e-6)
-        for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(results[remat][1]),
-                                jax.tree.leaves(results["none"][1])):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"{remat}: {jax.tree_util.keystr(path)}")
+        for (path, a), b in zip(
+            jax.tree_util.tree_leaves_with_path(results[remat][1]), jax.tree.leaves(results["none"][1])
+        ):
+            np.testing.assert_allclose(
+                a, b, rtol=1e-5, atol=1e-6, err_msg=f"{remat}: {jax.tree_util.keystr(path)}"
+            )
     assert temps["full"] < temps["none"], temps
     with pytest.raises(ValueError, match="remat"):
         cfg.replace(remat="some")

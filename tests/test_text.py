@@ -1,5 +1,6 @@
 """Text in, text out (t5vae.text): tv.load and tv.Model's encode / decode / interpolate / analogy / sample
 against the functional API, bad input, and the aggregate posterior fitted, stored and refreshed."""
+
 import json
 import os
 import shutil
@@ -54,7 +55,9 @@ def test_encode_decode_match_the_functional_api(m, cfg, tok):
     w = m.decoder_weights()
     assert m.decoder_weights() is w  # built on the first decode, reused by every later one
     other = tv.Model(cfg, m.params, tok)
-    other.params = jax.tree.map(np.copy, m.params)  # new params: the laid-out decoder is built again from them
+    other.params = jax.tree.map(
+        np.copy, m.params
+    )  # new params: the laid-out decoder is built again from them
     assert other.decoder_weights() is not w and other.decode(z) == texts
     plain = tv.Model(cfg.replace(t5=cfg.t5.replace(kernels="plain")), m.params, tok)
     assert plain.decoder_weights() is None  # without the fast path, decoding runs on the params
@@ -82,7 +85,9 @@ def test_bad_text_input_is_a_clear_error(m):
 def test_bad_codes_and_lengths_are_clear_errors(m):
     other = tv.Config(t5=tv.preset("tiny"), n_latent_tokens=4, latent_size=8)
     z_other = np.zeros((2, other.n_latent_tokens, other.latent_size))
-    with pytest.raises(ValueError, match=r"z has shape \(2, 4, 8\) but this model's codes are \[n, N, Z\] = \[n, 3, 8\]"):
+    with pytest.raises(
+        ValueError, match=r"z has shape \(2, 4, 8\) but this model's codes are \[n, N, Z\] = \[n, 3, 8\]"
+    ):
         m.decode(z_other)
     for bad in (0, -3, 1.5):
         with pytest.raises(ValueError, match=f"max_new_tokens must be a positive integer, got {bad}"):
@@ -167,8 +172,6 @@ def test_aggregate_without_a_writable_cache_is_kept_in_memory(m, cfg, tok, tmp_p
     assert ro.aggregate_posterior() is g  # no second fit, no second warning
 
 
-
-
 def test_load_gives_a_text_level_model(run):
     m = tv.load(run["out"])
     with pytest.warns(UserWarning, match="truncated to max_length=8"):  # both are longer than 8 tokens
@@ -219,7 +222,9 @@ def test_damaged_final_params_fall_back_to_a_checkpoint_or_name_the_damage(run, 
     else:
         for f in _data_files(params):
             f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])
-    with pytest.warns(UserWarning, match=r"params is damaged: .* cannot be read .*; using checkpoint 6 instead"):
+    with pytest.warns(
+        UserWarning, match=r"params is damaged: .* cannot be read .*; using checkpoint 6 instead"
+    ):
         m = tv.load(d)
     jax.tree.map(np.testing.assert_array_equal, m.params, tv.load(run["out"]).params)
     shutil.rmtree(d / checkpoint.CHECKPOINTS_DIR)
@@ -239,8 +244,11 @@ def test_a_tokenizer_from_another_run_is_refused_naming_both_sizes(run, tmp_path
     other.save(d / rundir.TOKENIZER_FILE)
     ours = data.Tokenizer.load(run["out"] / rundir.TOKENIZER_FILE).vocab_size
     assert other.vocab_size != ours
-    with pytest.raises(ValueError, match=rf"spiece.model is not the tokenizer this run trained on .*has "
-                                         rf"{other.vocab_size} pieces, the run's had {ours}"):
+    with pytest.raises(
+        ValueError,
+        match=rf"spiece.model is not the tokenizer this run trained on .*has "
+        rf"{other.vocab_size} pieces, the run's had {ours}",
+    ):
         tv.load(d)
 
 
@@ -255,9 +263,11 @@ def test_a_tokenizer_smaller_than_the_embedding_decodes(text_cfg, text_tok):
     """The normal case for T5 checkpoints (32100 pieces, 32128 rows): the extra rows are never decoded."""
     from conftest import random_params
 
-    cfg = text_cfg.replace(t5=text_cfg.t5.replace(vocab_size=text_tok.vocab_size + 12, tie_word_embeddings=False))
+    cfg = text_cfg.replace(
+        t5=text_cfg.t5.replace(vocab_size=text_tok.vocab_size + 12, tie_word_embeddings=False)
+    )
     params = random_params(cfg)
-    params["t5"]["lm_head"][:, text_tok.vocab_size:] += 5.0  # the rows without a piece win every step
+    params["t5"]["lm_head"][:, text_tok.vocab_size :] += 5.0  # the rows without a piece win every step
     m = tv.Model(cfg, params, text_tok)
     z = m.encode(["x1 = f(1, y1)", "import mod3"])
     assert all(isinstance(t, str) for t in m.decode(z) + m.decode(z, method="beam", num_beams=2))

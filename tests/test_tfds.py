@@ -1,6 +1,7 @@
 """TFDS builders and readers (t5vae.tfds_data): array_record written and read back with as_data_source, the
 same splits as the plain-Python corpora, exact text round trips, catalog datasets prepared here under their
 registered name (nothing is downloaded), clear errors, and no TensorFlow on the path."""
+
 import json
 import subprocess
 import sys
@@ -22,10 +23,14 @@ def _stdlib_root(tmp_path) -> Path:
     root = tmp_path / "stdlib"
     (root / "pkg").mkdir(parents=True)
     (root / "test").mkdir()
-    (root / "mod.py").write_text("\n".join(f"value_{i} = {i} * {i + 1}" for i in range(60)) + "\n"
-                                 "# a comment line here\nx = 1  # trailing comment\n'''a docstring'''\n")
-    (root / "pkg" / "sub.py").write_text("def f(a, b):\n    return a + b\nimport os.path\nprint('hi')\n"
-                                         "if x:\n" + "\n".join(f"    call_{i}(arg)" for i in range(30)) + "\n")
+    (root / "mod.py").write_text(
+        "\n".join(f"value_{i} = {i} * {i + 1}" for i in range(60)) + "\n"
+        "# a comment line here\nx = 1  # trailing comment\n'''a docstring'''\n"
+    )
+    (root / "pkg" / "sub.py").write_text(
+        "def f(a, b):\n    return a + b\nimport os.path\nprint('hi')\n"
+        "if x:\n" + "\n".join(f"    call_{i}(arg)" for i in range(30)) + "\n"
+    )
     (root / "test" / "skipped.py").write_text("never_seen = 12345\n")
     return root
 
@@ -54,7 +59,15 @@ def test_python_statements_splits_equal_the_plain_corpus(tmp_path):
 
 
 def test_text_lines_round_trip_exactly(tmp_path):
-    want = ["a\tb\tc", "é ü — 日本語 ✓", "@decorator", "  two leading spaces", "trailing  ", "x = 1", "y = [2]"]
+    want = [
+        "a\tb\tc",
+        "é ü — 日本語 ✓",
+        "@decorator",
+        "  two leading spaces",
+        "trailing  ",
+        "x = 1",
+        "y = [2]",
+    ]
     f = tmp_path / "corpus.txt"
     f.write_bytes(("\r\n".join(want[:3]) + "\n\n   \n" + "\n".join(want[3:]) + "\nx = 1\n").encode("utf-8"))
     dd = tmp_path / "tfds"
@@ -94,8 +107,11 @@ def _prepare_catalog(dd, train, test):
         pkg_dir_path = imdb._get_pkg_dir_path()
 
         def _split_generators(self, dl_manager):
-            return {"train": self._generate_examples(train), "test": self._generate_examples(test),
-                    "unsupervised": self._generate_examples(["unlabelled one"])}
+            return {
+                "train": self._generate_examples(train),
+                "test": self._generate_examples(test),
+                "unsupervised": self._generate_examples(["unlabelled one"]),
+            }
 
         def _generate_examples(self, lines):
             for i, s in enumerate(lines):
@@ -111,7 +127,9 @@ def test_prepared_catalog_dataset_reads_by_name(tmp_path, monkeypatch):
     monkeypatch.setenv("TFDS_DATA_DIR", str(dd))
     for spec in ("tfds:imdb_reviews", "tfds:imdb_reviews/plain_text:1.0.0:text"):
         c = data.load_corpus(spec)
-        assert sorted(c.train) == sorted(train) and sorted(c.validation) == sorted(test)  # test: no validation
+        assert sorted(c.train) == sorted(train) and sorted(c.validation) == sorted(
+            test
+        )  # test: no validation
     assert tfds_data.tfds_lines("imdb_reviews", "unsupervised") == ["unlabelled one"]
     with pytest.raises(ValueError, match=r"no text feature 'label'.*'text': 'Text'"):
         data.load_corpus("tfds:imdb_reviews:label")
@@ -128,8 +146,11 @@ def test_prepared_catalog_dataset_reads_by_name(tmp_path, monkeypatch):
 def test_missing_datasets_give_clear_errors(tmp_path, monkeypatch):
     dd = tmp_path / "empty"
     monkeypatch.setenv("TFDS_DATA_DIR", str(dd))
-    with pytest.raises(FileNotFoundError, match=rf"'imdb_reviews/plain_text/1.0.0' is not prepared in data_dir "
-                                                rf"{dd}.*never downloads.*tfds build imdb_reviews"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=rf"'imdb_reviews/plain_text/1.0.0' is not prepared in data_dir "
+        rf"{dd}.*never downloads.*tfds build imdb_reviews",
+    ):
         data.load_corpus("tfds:imdb_reviews")
     assert not (dd / "downloads").exists() and not (dd / "imdb_reviews").exists()
     with pytest.raises(ValueError, match=f"no TFDS dataset named 'no_such_corpus_x'.*{dd}"):
@@ -173,9 +194,14 @@ print(json.dumps({"tf": tf, "a": [a.train, a.validation], "b": [b.train, b.valid
 def test_no_tensorflow_on_the_build_and_read_path(tmp_path, mode):
     root, f = _stdlib_root(tmp_path), tmp_path / "lines.txt"
     f.write_text("x = 1\ny = 'é'\n@deco\nz\t= 3\nprint(x)\n", encoding="utf-8")
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(_SCRIPT), mode, str(tmp_path / "tfds"),
-                          str(root), str(f)], check=False, capture_output=True, text=True, timeout=120,
-                         cwd=Path(__file__).parent.parent)
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_SCRIPT), mode, str(tmp_path / "tfds"), str(root), str(f)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parent.parent,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["tf"] == []  # not imported even when installed

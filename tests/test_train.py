@@ -1,5 +1,6 @@
 """Training (t5vae.train): the batch stream, resume (same stream, same clock, a changed config refused), the
 NaN guard, the optimizer defaults, kill -9 mid-run, and starting from a converted T5."""
+
 import inspect
 import json
 import os
@@ -23,7 +24,9 @@ def test_resume_continues_and_a_changed_config_is_refused(run, tmp_path, capsys)
     out = tmp_path / "run"  # a copy: the shared run stays as train left it
     shutil.copytree(run["out"], out)
     argv = [{"6": "8", str(run["out"]): str(out)}.get(a, a) for a in run["argv"]]  # --steps 8
-    with open(out / runlog.CURVE_FILE, "a") as f:  # as if a crash came after step 7's (never saved) evaluation
+    with open(
+        out / runlog.CURVE_FILE, "a"
+    ) as f:  # as if a crash came after step 7's (never saved) evaluation
         f.write(json.dumps({"step": 7, "recon_token_acc": 0.5}) + "\n")
     assert cli.main(argv) == 0
     assert "resumed from" in capsys.readouterr().out
@@ -42,9 +45,22 @@ def test_resume_continues_and_a_changed_config_is_refused(run, tmp_path, capsys)
 
 
 def test_nan_loss_stops_with_last_good_checkpoint_intact(run, tmp_path, capsys):
-    argv = ["train", "--out", str(tmp_path / "nan"), "--corpus", str(run["corpus"]), "--steps", "20",
-            "--checkpoint-every", "1", "--learning-rate", "1e30", "--warmup-steps", "1",
-            *TINY_FLAGS]
+    argv = [
+        "train",
+        "--out",
+        str(tmp_path / "nan"),
+        "--corpus",
+        str(run["corpus"]),
+        "--steps",
+        "20",
+        "--checkpoint-every",
+        "1",
+        "--learning-rate",
+        "1e30",
+        "--warmup-steps",
+        "1",
+        *TINY_FLAGS,
+    ]
     assert cli.main(argv) == 1
     err = capsys.readouterr().err
     assert "non-finite" in err and "last good state" in err
@@ -68,7 +84,7 @@ def test_batch_stream_is_a_pure_function_of_the_step():
     n = s1.per_epoch
     seq = [s1(i)["input_ids"] for i in range(2 * n + 1)]
     assert all(np.array_equal(s2(i)["input_ids"], seq[i]) for i in (2 * n, n + 1, 0, n))
-    assert not all(np.array_equal(a, b) for a, b in zip(seq[:n], seq[n:2 * n]) if a.shape == b.shape)
+    assert not all(np.array_equal(a, b) for a, b in zip(seq[:n], seq[n : 2 * n]) if a.shape == b.shape)
 
 
 def test_optimizer_defaults_agree_with_train_config():
@@ -80,20 +96,38 @@ def test_optimizer_defaults_agree_with_train_config():
     adam = train.make_optimizer().init(params)  # AdamW keeps full-size first and second moments
     factored = train.make_optimizer("adafactor").init(params)
     shapes = lambda s: sorted(x.shape for x in jax.tree.leaves(s))  # noqa: E731
-    assert shapes(adam).count((256, 128)) == 2 and shapes(factored).count((256, 128)) == 0  # factored: rows, cols
-    assert train.schedule(tv.TrainConfig(steps=100, warmup_steps=10, learning_rate=1.0))(10) == pytest.approx(1.0)
+    assert (
+        shapes(adam).count((256, 128)) == 2 and shapes(factored).count((256, 128)) == 0
+    )  # factored: rows, cols
+    assert train.schedule(tv.TrainConfig(steps=100, warmup_steps=10, learning_rate=1.0))(10) == pytest.approx(
+        1.0
+    )
 
 
 @pytest.mark.slow
 def test_kill_9_mid_run_loses_at_most_one_interval(run, tmp_path):
     out = tmp_path / "killed"
-    argv = ["train", "--out", str(out), "--corpus", str(run["corpus"]), "--steps", "100000",
-            "--checkpoint-every", "5", *TINY_FLAGS]
+    argv = [
+        "train",
+        "--out",
+        str(out),
+        "--corpus",
+        str(run["corpus"]),
+        "--steps",
+        "100000",
+        "--checkpoint-every",
+        "5",
+        *TINY_FLAGS,
+    ]
     code = f"import sys; from t5vae import cli; sys.exit(cli.main({argv!r}))"
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 300
     ck = out / "checkpoints"
-    while time.time() < deadline and not (ck.is_dir() and len([p for p in ck.iterdir() if p.name.isdigit()]) >= 2):
+    while time.time() < deadline and not (
+        ck.is_dir() and len([p for p in ck.iterdir() if p.name.isdigit()]) >= 2
+    ):
         time.sleep(0.5)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -103,7 +137,8 @@ def test_kill_9_mid_run_loses_at_most_one_interval(run, tmp_path):
     tc = tv.TrainConfig.from_dict(json.loads((out / "train_config.json").read_text()))
     mngr = checkpoint.checkpoint_manager(out)
     step, _ = checkpoint.restore_train_state(
-        mngr, jax.eval_shape(lambda: train.init_state(cfg, tc, tv.init(cfg, jax.random.key(0)))))
+        mngr, jax.eval_shape(lambda: train.init_state(cfg, tc, tv.init(cfg, jax.random.key(0))))
+    )
     mngr.close()
     assert step is not None and done - step <= 5 + 10  # one interval (+ unflushed metric lines)
     # resuming drops the metric rows of the lost steps (they run again) and continues the clock
@@ -120,15 +155,37 @@ def test_init_from_a_converted_t5(run, tmp_path, capsys):
     t5p = tv.t5.init(t5cfg, jax.random.key(3))
     tv.save_t5(tmp_path / "t5", t5cfg, t5p, tokenizer=run["out"] / "spiece.model")
     out = tmp_path / "from-t5"
-    argv = ["train", "--out", str(out), "--corpus", str(run["corpus"]), "--init-from", str(tmp_path / "t5"),
-            "--steps", "2", "--max-length", "8", "--batch-size", "4", "--eval-pairs", "1", "--progress", "false"]
+    argv = [
+        "train",
+        "--out",
+        str(out),
+        "--corpus",
+        str(run["corpus"]),
+        "--init-from",
+        str(tmp_path / "t5"),
+        "--steps",
+        "2",
+        "--max-length",
+        "8",
+        "--batch-size",
+        "4",
+        "--eval-pairs",
+        "1",
+        "--progress",
+        "false",
+    ]
     assert cli.main(argv) == 0, capsys.readouterr().err
     m = tv.load(out)
     assert m.cfg.t5.d_model == t5cfg.d_model and m.cfg.t5.vocab_size == t5cfg.vocab_size
     assert m.tokenizer.proto == tok.proto
     # a T5 whose embedding is smaller than the tokenizer's vocabulary is refused
     small = tv.preset("tiny", vocab_size=tok.vocab_size - 10, num_layers=1)
-    tv.save_t5(tmp_path / "t5small", small, tv.t5.init(small, jax.random.key(3)), tokenizer=run["out"] / "spiece.model")
+    tv.save_t5(
+        tmp_path / "t5small",
+        small,
+        tv.t5.init(small, jax.random.key(3)),
+        tokenizer=run["out"] / "spiece.model",
+    )
     argv[argv.index(str(tmp_path / "t5"))] = str(tmp_path / "t5small")
     argv[argv.index(str(out))] = str(tmp_path / "from-small")
     assert cli.main(argv) == 1
@@ -149,7 +206,11 @@ def test_resuming_with_other_run_time_fields_is_a_notice_and_other_changes_a_dif
     argv[argv.index("--steps") + 1] = "7"
     assert cli.main(argv + ["--dtype", "bfloat16", "--param-dtype", "bfloat16", "--t5-remat", "full"]) == 0
     printed = capsys.readouterr().out
-    assert "note: resuming with other run-time settings (dtype float32 -> bfloat16, param_dtype float32 -> " \
-           "bfloat16, remat dots -> full)" in printed and "resumed from" in printed
+    assert (
+        "note: resuming with other run-time settings (dtype float32 -> bfloat16, param_dtype float32 -> "
+        "bfloat16, remat dots -> full)"
+        in printed
+        and "resumed from" in printed
+    )
     m = tv.load(out)
     assert m.cfg.t5.param_dtype == "bfloat16" and m.params["latent_encoder"]["kernel"].dtype == jnp.bfloat16

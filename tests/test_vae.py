@@ -1,4 +1,5 @@
 """The T5-VAE (t5vae.vae): init / from_t5 / encode / decode / loss / generate."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,8 +8,14 @@ from references import greedy_uncached
 
 import t5vae as tv
 
-CFG = tv.Config(t5=tv.preset("tiny"), n_latent_tokens=3, latent_size=8, pooling="mean", latent_dropout=0.0,
-                latent_noise=0.0)  # neither training-only perturbation unless a test asks for it
+CFG = tv.Config(
+    t5=tv.preset("tiny"),
+    n_latent_tokens=3,
+    latent_size=8,
+    pooling="mean",
+    latent_dropout=0.0,
+    latent_noise=0.0,
+)  # neither training-only perturbation unless a test asks for it
 IDS = jnp.array([[5, 6, 7, 8, 1, 0, 0], [9, 10, 1, 0, 0, 0, 0], [11, 12, 13, 14, 15, 16, 1]], jnp.int32)
 BATCH = {"input_ids": IDS, "attention_mask": IDS != 0}
 
@@ -62,7 +69,11 @@ def test_loss_metrics_against_numpy(params, loss_fn):
     z = tv.encode(params, CFG, IDS)
     logits = np.asarray(tv.decode(params, CFG, z, tv.t5.shift_right(IDS, CFG.t5)))
     ids, mask = np.asarray(IDS), np.asarray(IDS != 0)
-    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+    logp = (
+        logits
+        - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
+        - logits.max(-1, keepdims=True)
+    )
     nll = -np.take_along_axis(logp, ids[..., None], -1)[..., 0]
     np.testing.assert_allclose(m["ce"], nll[mask].mean(), rtol=1e-4)
     correct = logits.argmax(-1) == ids
@@ -85,7 +96,9 @@ def test_loss_ignores_pads_and_explicit_labels_agree(params, loss_fn):
 
 def test_dropout_changes_loss_only_when_training(params):
     cfg = CFG.replace(t5=CFG.t5.replace(dropout_rate=0.3))
-    f = jax.jit(lambda k, det: tv.loss(params, cfg, BATCH, k, 0, deterministic=det)[1]["ce"], static_argnums=1)
+    f = jax.jit(
+        lambda k, det: tv.loss(params, cfg, BATCH, k, 0, deterministic=det)[1]["ce"], static_argnums=1
+    )
     assert float(f(jax.random.key(1), True)) == float(f(jax.random.key(2), True))
     assert float(f(jax.random.key(1), False)) != float(f(jax.random.key(2), False))
 
@@ -101,7 +114,9 @@ def test_latent_noise_perturbs_the_decoded_code_only_in_training(params):
     z = tv.encode(params, cfg, IDS)
     _, _, k_mmd = jax.random.split(jax.random.key(1), 3)
     k_noise = jax.random.fold_in(jax.random.key(1), 1)
-    logits = tv.decode(params, cfg, z + 0.5 * jax.random.normal(k_noise, z.shape), tv.t5.shift_right(IDS, cfg.t5))
+    logits = tv.decode(
+        params, cfg, z + 0.5 * jax.random.normal(k_noise, z.shape), tv.t5.shift_right(IDS, cfg.t5)
+    )
     nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), IDS[..., None], -1)[..., 0]
     np.testing.assert_allclose(noisy["ce"], nll[IDS != 0].mean(), rtol=1e-4)
     np.testing.assert_allclose(noisy["mmd"], tv.bottleneck.latent_mmd(cfg, z, k_mmd), rtol=1e-5)

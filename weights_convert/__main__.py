@@ -3,6 +3,7 @@
 The command line only: parse the arguments, run :func:`weights_convert.convert.convert`, print errors. Only the
 converter's own lines are logged at INFO (orbax, absl and jax log theirs at WARNING and above only).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,16 +17,30 @@ from weights_convert.rules import ConversionError
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m weights_convert", description=__doc__.split("\n\n")[0])
-    p.add_argument("src", help="HF directory (model.safetensors / pytorch_model.bin / flax_model.msgpack + config.json), "
-                               "T5X checkpoint_N directory, or Mesh-TF model.ckpt-N prefix/index/directory")
+    p.add_argument(
+        "src",
+        help="HF directory (model.safetensors / pytorch_model.bin / flax_model.msgpack + config.json), "
+        "T5X checkpoint_N directory, or Mesh-TF model.ckpt-N prefix/index/directory",
+    )
     p.add_argument("out", help="output directory (written atomically)")
-    p.add_argument("--dtype", choices=FLOAT_DTYPES, help="stored param dtype (default: the "
-                   "source config's torch_dtype, else float32)")
+    p.add_argument(
+        "--dtype",
+        choices=FLOAT_DTYPES,
+        help="stored param dtype (default: the source config's torch_dtype, else float32)",
+    )
     p.add_argument("--config", help="config.json path or preset name, for sources without config.json")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it is an empty directory or a "
-                   "previous conversion (config.json + params/ [+ spiece.model]); anything else is refused")
-    p.add_argument("--allow-nonfinite", action="store_true", help="convert a source whose tensors hold NaN or "
-                   "inf (refused by default, naming them), with a warning")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUT if it is an empty directory or a "
+        "previous conversion (config.json + params/ [+ spiece.model]); anything else is refused",
+    )
+    p.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="convert a source whose tensors hold NaN or "
+        "inf (refused by default, naming them), with a warning",
+    )
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     handler = logging.StreamHandler()
@@ -35,9 +50,20 @@ def main(argv: list[str] | None = None) -> int:
     level = ours.level
     ours.setLevel(logging.WARNING if args.quiet else logging.INFO)
     try:
-        convert(args.src, args.out, args.dtype, args.overwrite, args.config, progress=None if not args.quiet else False,
-                allow_nonfinite=args.allow_nonfinite)
-    except (ConversionError, OSError, ValueError) as e:  # OSError: FileExistsError, PermissionError, a full disk
+        convert(
+            args.src,
+            args.out,
+            args.dtype,
+            args.overwrite,
+            args.config,
+            progress=None if not args.quiet else False,
+            allow_nonfinite=args.allow_nonfinite,
+        )
+    except (
+        ConversionError,
+        OSError,
+        ValueError,
+    ) as e:  # OSError: FileExistsError, PermissionError, a full disk
         print(f"error: {e}", file=sys.stderr)
         return 1
     finally:

@@ -2,6 +2,7 @@
 every mismatch is found, and reported at once, before any data is read; then each array transformed into its
 leaf of ``t5vae.t5.param_specs``. Pure, no I/O.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,6 +16,7 @@ from t5vae.specs import ParamSpec, is_spec
 from weights_convert.rules import TRANSFORMS, ConversionError, Rule, Table
 
 # -- planning: names + shapes only, so every error is found before any data is read ------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class Step:
@@ -42,13 +44,15 @@ def flat_specs(cfg: T5Config) -> dict[str, ParamSpec]:
 def _source_shape(rule: Rule, tgt: tuple) -> list[tuple]:
     shapes = TRANSFORMS[rule.transform][0](tuple(tgt))
     if rule.copies is not None:  # one target, rule.copies of it stacked on scan_axis
-        return [s[:rule.scan_axis] + (rule.copies,) + s[rule.scan_axis:] for s in shapes]
+        return [s[: rule.scan_axis] + (rule.copies,) + s[rule.scan_axis :] for s in shapes]
     if rule.scan_axis is not None:  # target (L, ...) <- source with L moved to scan_axis
-        shapes = [s[1:rule.scan_axis + 1] + s[:1] + s[rule.scan_axis + 1:] for s in shapes]
+        shapes = [s[1 : rule.scan_axis + 1] + s[:1] + s[rule.scan_axis + 1 :] for s in shapes]
     return shapes
 
 
-def plan(shapes: dict[str, tuple], table: Table, cfg: T5Config, what: str = "checkpoint") -> tuple[list[Step], dict]:
+def plan(
+    shapes: dict[str, tuple], table: Table, cfg: T5Config, what: str = "checkpoint"
+) -> tuple[list[Step], dict]:
     """Match every source name -> (steps, skipped {name: reason}); raise naming every problem at once."""
     specs = flat_specs(cfg)
     compiled = [(re.compile(r.pattern), r) for r in table.rules]
@@ -59,9 +63,14 @@ def plan(shapes: dict[str, tuple], table: Table, cfg: T5Config, what: str = "che
         hits = [(m, r) for p, r in compiled if (m := p.fullmatch(name))]
         skip = [why for p, why in skips if p.fullmatch(name)]
         if len(hits) + len(skip) != 1:
-            problems.append(f"{name} {tuple(shapes[name])}: " + (
-                "matches no rule (unexpected key)" if not hits and not skip else
-                f"matches {len(hits) + len(skip)} rules: {[r.pattern for _, r in hits] + skip}"))
+            problems.append(
+                f"{name} {tuple(shapes[name])}: "
+                + (
+                    "matches no rule (unexpected key)"
+                    if not hits and not skip
+                    else f"matches {len(hits) + len(skip)} rules: {[r.pattern for _, r in hits] + skip}"
+                )
+            )
             continue
         if skip:
             skipped[name] = skip[0]
@@ -81,8 +90,9 @@ def plan(shapes: dict[str, tuple], table: Table, cfg: T5Config, what: str = "che
             tgt = tgt[1:]
         want = _source_shape(rule, tgt)
         if tuple(shapes[name]) not in want:
-            problems.append(f"{name}: shape {tuple(shapes[name])}, expected {' or '.join(map(str, want))} "
-                            f"for {target}")
+            problems.append(
+                f"{name}: shape {tuple(shapes[name])}, expected {' or '.join(map(str, want))} for {target}"
+            )
             continue
         clash = [filled[k] for k in filled if k[0] == target and (layer is None or k[1] in (None, layer))]
         clash = [c for c in clash if not _is_alias(c, compiled)]
@@ -99,11 +109,19 @@ def plan(shapes: dict[str, tuple], table: Table, cfg: T5Config, what: str = "che
         layered = spec.axes[:1] == ("layers",)
         missing = [i for i in range(spec.shape[0]) if (target, i) not in filled] if layered else [None]
         if missing:
-            problems.append(f"missing {target} {spec.shape}" + (
-                f": layers {missing} not in {what}" if layered and len(missing) < spec.shape[0] else f": not in {what}"))
+            problems.append(
+                f"missing {target} {spec.shape}"
+                + (
+                    f": layers {missing} not in {what}"
+                    if layered and len(missing) < spec.shape[0]
+                    else f": not in {what}"
+                )
+            )
     if problems:
-        raise MappingError(f"{what} does not match the T5 params tree ({len(problems)} problems):\n  "
-                        + "\n  ".join(problems))
+        raise MappingError(
+            f"{what} does not match the T5 params tree ({len(problems)} problems):\n  "
+            + "\n  ".join(problems)
+        )
     return steps, skipped
 
 
@@ -125,7 +143,9 @@ def apply(step: Step, x: np.ndarray, out: dict[str, np.ndarray], specs: dict, dt
     y = TRANSFORMS[step.rule.transform][1](x, tgt[1:] if step.layer is not None else tgt)
     if step.rule.alias:
         if step.target in out and not np.array_equal(out[step.target], y.astype(dtype)):
-            raise MappingError(f"{step.source} is declared a tied copy of {step.target} but its values differ")
+            raise MappingError(
+                f"{step.source} is declared a tied copy of {step.target} but its values differ"
+            )
         if step.target in out:
             return
     buf = out.get(step.target)
@@ -141,9 +161,11 @@ def _one_of_equal_copies(step: Step, x: np.ndarray) -> np.ndarray:
     copies = np.moveaxis(x, step.rule.scan_axis, 0)
     differ = [i for i in range(1, len(copies)) if not np.array_equal(copies[i], copies[0])]
     if differ:
-        raise MappingError(f"{step.source} {x.shape}: a relative-position table per layer, and layers {differ} "
-                           f"differ from layer 0; this config holds one table per stack ({step.target}): convert "
-                           "with relative_attention_per_layer=true (weights_convert.convert turns it on itself)")
+        raise MappingError(
+            f"{step.source} {x.shape}: a relative-position table per layer, and layers {differ} "
+            f"differ from layer 0; this config holds one table per stack ({step.target}): convert "
+            "with relative_attention_per_layer=true (weights_convert.convert turns it on itself)"
+        )
     return copies[0]
 
 

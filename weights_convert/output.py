@@ -7,6 +7,7 @@ OUT is staged next to itself as ``.OUT.partial-<pid>-<random>-<host>`` with the 
 deleted once the new one is in place. The next run on OUT removes what a killed run left behind (only when
 its process is gone) and reports what it cannot tell about.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,32 +40,47 @@ def check(src: str | os.PathLike, out: str | os.PathLike, overwrite: bool) -> No
     src, out = Path(src), Path(out)
     sdir, resolved = source_dir(src), Path(out).absolute().resolve()
     named = f"OUT {out}" + (f" (= {resolved})" if resolved != out.absolute() else "")
-    source = f"SRC {src}" + ("" if src.absolute() == sdir else f" = {sdir}" if src.is_dir() else f", in {sdir}")
+    source = f"SRC {src}" + (
+        "" if src.absolute() == sdir else f" = {sdir}" if src.is_dir() else f", in {sdir}"
+    )
     if resolved == sdir:
-        raise ConversionError(f"refusing {named}: it is the source checkpoint's directory ({source}); writing "
-                              f"there could destroy the source: choose an output outside {sdir}")
+        raise ConversionError(
+            f"refusing {named}: it is the source checkpoint's directory ({source}); writing "
+            f"there could destroy the source: choose an output outside {sdir}"
+        )
     if resolved in sdir.parents:
-        raise ConversionError(f"refusing {named}: it contains the source checkpoint ({source}); replacing it could "
-                              "destroy the source: choose an output that does not hold it")
+        raise ConversionError(
+            f"refusing {named}: it contains the source checkpoint ({source}); replacing it could "
+            "destroy the source: choose an output that does not hold it"
+        )
     if sdir in resolved.parents:
-        raise ConversionError(f"refusing {named}: it is inside the source checkpoint's directory ({source}); "
-                              f"choose an output outside {sdir}")
+        raise ConversionError(
+            f"refusing {named}: it is inside the source checkpoint's directory ({source}); "
+            f"choose an output outside {sdir}"
+        )
     if not out.exists() and not out.is_symlink():
         return
     if not overwrite:
         raise FileExistsError(f"{out} already exists; choose another output or pass --overwrite")
-    what = "--overwrite replaces only an empty directory or a previous conversion (config.json + params/ " \
-           "[+ spiece.model])"
+    what = (
+        "--overwrite replaces only an empty directory or a previous conversion (config.json + params/ "
+        "[+ spiece.model])"
+    )
     if out.is_symlink():
-        raise ConversionError(f"refusing to overwrite {out}: it is a symbolic link (to {os.readlink(out)}); "
-                              f"{what}: remove the link or name the directory itself")
+        raise ConversionError(
+            f"refusing to overwrite {out}: it is a symbolic link (to {os.readlink(out)}); "
+            f"{what}: remove the link or name the directory itself"
+        )
     if not out.is_dir():
-        raise ConversionError(f"refusing to overwrite {out}: it is a file, not a directory; {what}: "
-                              "remove it yourself or choose another output")
+        raise ConversionError(
+            f"refusing to overwrite {out}: it is a file, not a directory; {what}: "
+            "remove it yourself or choose another output"
+        )
     problem = not_a_conversion(out)
     if problem:
-        raise ConversionError(f"refusing to overwrite {out}: {problem}; {what}: remove it yourself or choose "
-                              "another output")
+        raise ConversionError(
+            f"refusing to overwrite {out}: {problem}; {what}: remove it yourself or choose another output"
+        )
 
 
 def not_a_conversion(out: Path) -> str | None:
@@ -95,6 +111,7 @@ def listing(d: Path, names: list[str], n: int = 5) -> str:
 
 
 # -- leftovers of earlier runs ----------------------------------------------------------------------------
+
 
 def _owner(out: Path, name: str):
     """-> (kind, pid, host) for a staging name of OUT (host None: this host's legacy name), or None if unparsable.
@@ -139,14 +156,24 @@ def sweep(out: str | os.PathLike) -> list[Path]:
         owner = _owner(out, p.name)
         alive = None if owner is None else _alive(*owner[1:])
         if alive is None:
-            log.warning("found %s (%s) left by an earlier run, but cannot tell whether its process still runs "
-                        "(%s); remove it if no conversion into %s is running", p, _size(p),
-                        "an older version's name" if owner is None else f"process {owner[1]} on {owner[2]}", out)
+            log.warning(
+                "found %s (%s) left by an earlier run, but cannot tell whether its process still runs "
+                "(%s); remove it if no conversion into %s is running",
+                p,
+                _size(p),
+                "an older version's name" if owner is None else f"process {owner[1]} on {owner[2]}",
+                out,
+            )
         elif alive:
             log.warning("leaving %s alone: process %d, which is writing it, is still running", p, owner[1])
         elif owner[0] == "old" and not out.exists():
-            log.warning("keeping %s, the previous %s (a run was killed while replacing it), until the new %s is "
-                        "in place", p, out.name, out.name)
+            log.warning(
+                "keeping %s, the previous %s (a run was killed while replacing it), until the new %s is "
+                "in place",
+                p,
+                out.name,
+                out.name,
+            )
             kept.append(p)
         else:
             size = _size(p)
@@ -157,12 +184,20 @@ def sweep(out: str | os.PathLike) -> list[Path]:
 
 # -- writing --------------------------------------------------------------------------------------------
 
+
 def _staging(out: Path, kind: str) -> Path:
     return out.with_name(f".{out.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}-{HOST}")
 
 
-def write(src, out: str | os.PathLike, cfg: T5Config, params, tokenizer: Path | None, overwrite: bool,
-          kept: list[Path] = ()) -> Path:
+def write(
+    src,
+    out: str | os.PathLike,
+    cfg: T5Config,
+    params,
+    tokenizer: Path | None,
+    overwrite: bool,
+    kept: list[Path] = (),
+) -> Path:
     """Write config.json + params/ (+ spiece.model) to a staging directory and rename it into place as OUT."""
     out = Path(out).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)

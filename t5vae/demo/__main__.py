@@ -1,4 +1,5 @@
 """``python -m t5vae.demo RUN [--host H] [--port P]``: the same as ``t5vae demo``."""
+
 import sys
 
 from t5vae.demo import main

@@ -1,6 +1,7 @@
 """The model side of the page: a loaded run, its lines' codes for the map and the neighbour search, and every
 request the page makes, checked first and then run under one lock (the Model's caches are not thread-safe,
 and two JAX calls at once only share the same two cores)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,8 +18,10 @@ from t5vae.demo.core import InputError
 from t5vae.names import LANGUAGES
 
 # The first path a visitor sees, per language; also the analogy's lines.
-EXAMPLES = {"code": ("total = price * quantity", "return sorted(items)", "x = 1"),
-            "prose": ("The file is opened for reading.", "This function returns a new list.", "The file is closed.")}
+EXAMPLES = {
+    "code": ("total = price * quantity", "return sorted(items)", "x = 1"),
+    "prose": ("The file is opened for reading.", "This function returns a new list.", "The file is closed."),
+}
 EXAMPLE_A, EXAMPLE_B = EXAMPLES["code"][:2]
 
 
@@ -48,7 +51,9 @@ class Backend:
     it sets the map's colours, whether lines get parse marks, and the example lines; ``name`` names the run
     on a page of several."""
 
-    def __init__(self, model, map_lines=(), pool_lines=(), note: str = "", language: str = "code", name: str = ""):
+    def __init__(
+        self, model, map_lines=(), pool_lines=(), note: str = "", language: str = "code", name: str = ""
+    ):
         if language not in LANGUAGES:
             raise ValueError(f"language must be one of {LANGUAGES}, got {language!r}")
         self.model, self.note, self.language, self.name = model, note, language, name
@@ -64,8 +69,9 @@ class Backend:
         self.pool = core.flat(self._encode(self.pool_lines)) if self.pool_lines else None
 
     @classmethod
-    def from_run(cls, run_dir, corpus: str | None = None, map_lines: int | None = 1000,
-                 pool_lines: int | None = 50_000) -> Backend:
+    def from_run(
+        cls, run_dir, corpus: str | None = None, map_lines: int | None = 1000, pool_lines: int | None = 50_000
+    ) -> Backend:
         """Load a run; the map shows (up to ``map_lines`` of) its validation lines and the neighbours come from
         (up to ``pool_lines`` of) its training lines, from the corpus in train_config.json or ``corpus``. The
         run's language comes from train_config.json too (an export without one: the corpus spec's)."""
@@ -76,10 +82,19 @@ class Backend:
             tc = tv.TrainConfig(corpus=corpus)
             lines, language = rundir.training_corpus(tc)[0], tc.language
         else:
-            return cls(model, note=f"{run_dir} has no {rundir.TRAIN_CONFIG_FILE} naming its corpus (pass --corpus): "
-                                   f"no map, no nearest lines", name=name)
-        return cls(model, spread(list(lines.validation), map_lines), spread(list(lines.train), pool_lines),
-                   language=language, name=name)
+            return cls(
+                model,
+                note=f"{run_dir} has no {rundir.TRAIN_CONFIG_FILE} naming its corpus (pass --corpus): "
+                f"no map, no nearest lines",
+                name=name,
+            )
+        return cls(
+            model,
+            spread(list(lines.validation), map_lines),
+            spread(list(lines.train), pool_lines),
+            language=language,
+            name=name,
+        )
 
     @property
     def marks(self) -> bool:
@@ -109,19 +124,27 @@ class Backend:
             warnings.simplefilter("ignore")  # the truncation warning: the page has checked the lines
             return self.model.encode(lines, truncate=truncate)
 
-    def interpolate(self, a, b, steps=core.DEFAULT_STEPS, kind="slerp", decoder="greedy",
-                    truncate: bool = False) -> Interpolation:
+    def interpolate(
+        self, a, b, steps=core.DEFAULT_STEPS, kind="slerp", decoder="greedy", truncate: bool = False
+    ) -> Interpolation:
         """The decoded path from a to b, ``steps`` points with both ends; InputError names a bad argument."""
         steps = core.check_int(steps, "steps", core.STEPS_RANGE)
         kind = core.check_choice(kind, "kind", core.INTERPOLATIONS)
         decoder = core.check_choice(decoder, "decoder", core.DECODERS)
         a, b = (core.check_line(s, f"line {n}", self.model.cfg.max_length) for s, n in ((a, "A"), (b, "B")))
-        path = self._lines({"a": "line A", "b": "line B"},
-                           lambda: self.model.path(a, b, steps, kind, truncate=truncate, method=decoder))
+        path = self._lines(
+            {"a": "line A", "b": "line B"},
+            lambda: self.model.path(a, b, steps, kind, truncate=truncate, method=decoder),
+        )
         codes = core.flat(path.codes)
-        return Interpolation(core.Link(a, b, steps, kind, decoder), np.asarray(path.ratios).tolist(),
-                             path.lines, [core.parses(s) for s in path.lines] if self.marks else None, codes,
-                             self.pca.project(codes) if self.pca else None)
+        return Interpolation(
+            core.Link(a, b, steps, kind, decoder),
+            np.asarray(path.ratios).tolist(),
+            path.lines,
+            [core.parses(s) for s in path.lines] if self.marks else None,
+            codes,
+            self.pca.project(codes) if self.pca else None,
+        )
 
     def sample(self, prior="aggregate", n=core.DEFAULT_SAMPLES, seed=0, decoder="greedy") -> list[str]:
         """``n`` lines decoded from codes drawn from ``prior``."""
@@ -139,9 +162,13 @@ class Backend:
     def analogy(self, a, b, c, decoder="greedy", truncate: bool = False) -> str:
         """The line decoded at code(a) + (code(b) - code(c))."""
         decoder = core.check_choice(decoder, "decoder", core.DECODERS)
-        a, b, c = (core.check_line(s, f"line {n}", self.model.cfg.max_length) for s, n in zip((a, b, c), "abc"))
-        return self._lines({n: f"line {n}" for n in "abc"},
-                           lambda: self.model.analogy(a, b, c, truncate=truncate, method=decoder))
+        a, b, c = (
+            core.check_line(s, f"line {n}", self.model.cfg.max_length) for s, n in zip((a, b, c), "abc")
+        )
+        return self._lines(
+            {n: f"line {n}" for n in "abc"},
+            lambda: self.model.analogy(a, b, c, truncate=truncate, method=decoder),
+        )
 
     def nearest(self, code, k: int = core.NEAREST_K) -> list[tuple[str, float]]:
         """The ``k`` pool lines whose codes are closest to ``code`` [N * Z], with their distances."""
@@ -152,9 +179,17 @@ class Backend:
 
     def map_html(self, path: Interpolation | None = None, current: int | None = None) -> str:
         if self.pca is None:
-            return f'<div id="latent-map" class="map-empty">No map: {self.note or "no validation lines"}.</div>'
-        return mapview.render_map(self.map_xy, self.map_kinds, self.map_lines, None if path is None else path.xy,
-                                  path.lines if path else (), current)
+            return (
+                f'<div id="latent-map" class="map-empty">No map: {self.note or "no validation lines"}.</div>'
+            )
+        return mapview.render_map(
+            self.map_xy,
+            self.map_kinds,
+            self.map_lines,
+            None if path is None else path.xy,
+            path.lines if path else (),
+            current,
+        )
 
     def examples(self) -> tuple[str, str]:
         """The page's first two lines: the language's EXAMPLES, or where this model's max_length cannot take

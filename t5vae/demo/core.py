@@ -2,6 +2,7 @@
 shareable links ``?a=<line>&b=<line>&steps=<n>`` (with ``&run=<name>`` on a page of several runs), parse marks
 and the map's colours (statement kinds for code, lengths in words for prose), the map's 2-D PCA and nearest
 neighbours in code space (numpy on flattened codes [n, N * Z])."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -73,15 +74,20 @@ def check_line(value, label: str, max_length: int) -> str:
     link decodes to)."""
     line = "" if value is None else str(value)
     if len(line) > max_chars(max_length):
-        raise InputError(f"{label} is {len(line):,} characters; the page takes at most {max_chars(max_length):,} "
-                         f"({CHARS_PER_TOKEN} per token of the model's max length of {max_length} tokens)")
+        raise InputError(
+            f"{label} is {len(line):,} characters; the page takes at most {max_chars(max_length):,} "
+            f"({CHARS_PER_TOKEN} per token of the model's max length of {max_length} tokens)"
+        )
     for i, c in enumerate(line):
         if c == "\ufffd":
-            raise InputError(f"{label} holds U+FFFD, the replacement character, at position {i + 1}: was the link's "
-                             f"text not UTF-8?")
+            raise InputError(
+                f"{label} holds U+FFFD, the replacement character, at position {i + 1}: was the link's "
+                f"text not UTF-8?"
+            )
         if c != "\t" and unicodedata.category(c) == "Cc":
-            raise InputError(f"{label} holds the control character U+{ord(c):04X} at position {i + 1}: type a line "
-                             f"of text")
+            raise InputError(
+                f"{label} holds the control character U+{ord(c):04X} at position {i + 1}: type a line of text"
+            )
     return line
 
 
@@ -93,11 +99,14 @@ def empty_line(label: str) -> InputError:
 def too_long(label: str, n_tokens: int, max_length: int) -> TooLong:
     """The page's error for a line of ``n_tokens`` tokens (EOS included) past ``max_length`` (the Model refuses
     it unless asked to cut it: t5vae.text.TooLong); the page then offers to cut it."""
-    return TooLong(f"{label} is {n_tokens} tokens, longer than the model's max length of {max_length} tokens (end "
-                   f"of line included): shorten it, or cut it to {max_length} tokens")
+    return TooLong(
+        f"{label} is {n_tokens} tokens, longer than the model's max length of {max_length} tokens (end "
+        f"of line included): shorten it, or cut it to {max_length} tokens"
+    )
 
 
 # -- shareable links ------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class Link:
@@ -118,7 +127,9 @@ def parse_link(query: Mapping[str, str]) -> Link | None:
     if a is None and b is None:
         return None
     if a is None or b is None:
-        raise InputError(f"the link names only line {'a' if a is not None else 'b'}: a link needs both a= and b=")
+        raise InputError(
+            f"the link names only line {'a' if a is not None else 'b'}: a link needs both a= and b="
+        )
     steps = check_int(query.get("steps", DEFAULT_STEPS), "steps", STEPS_RANGE)
     kind = check_choice(query.get("kind", "slerp"), "kind", INTERPOLATIONS)
     decoder = check_choice(query.get("decoder", "greedy"), "decoder", DECODERS)
@@ -139,6 +150,7 @@ def link_query(link: Link) -> str:
 
 
 # -- the map and neighbours in code space ------------------------------------------------------------
+
 
 def flat(codes) -> np.ndarray:
     """Codes [n, N, Z] (or one [N, Z]) -> float32 [n, N * Z]."""

@@ -1,6 +1,7 @@
 """The Gradio page over a :class:`~t5vae.demo.backend.Backend`: interpolation (table, slider, map, nearest
 lines, shareable link), samples from a prior, an analogy. Results live in each browser's own gr.State;
 errors are shown on the page and the server keeps serving."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,15 +39,20 @@ HEAD = "<script>window.addEventListener('unload', function () {});</script>"
 
 
 def mark(ok: bool) -> str:
-    return ('<span class="parse-mark ok" title="parses with ast.parse">&#10003; yes</span>' if ok else
-            '<span class="parse-mark bad" title="does not parse">&#10007; no</span>')
+    return (
+        '<span class="parse-mark ok" title="parses with ast.parse">&#10003; yes</span>'
+        if ok
+        else '<span class="parse-mark bad" title="does not parse">&#10007; no</span>'
+    )
 
 
 def error_html(message: str) -> str:
     return f'<div class="demo-error" role="alert">{escape(message)}</div>' if message else ""
 
 
-def lines_table(elem_id: str, head: tuple[str, str], rows, current: int | None = None, marks: bool = True) -> str:
+def lines_table(
+    elem_id: str, head: tuple[str, str], rows, current: int | None = None, marks: bool = True
+) -> str:
     """An HTML table: the first cells as given, the line as code and, with ``marks``, its parse mark; row
     ``current`` highlighted."""
     th = "".join(f"<th>{escape(h)}</th>" for h in (*head, "parses")[: 3 if marks else 2])
@@ -54,10 +60,14 @@ def lines_table(elem_id: str, head: tuple[str, str], rows, current: int | None =
     for i, (first, line) in enumerate(rows):
         cls = "row current" if i == current else "row"
         mark_cell = f'<td class="parses">{mark(core.parses(line))}</td>' if marks else ""
-        body.append(f'<tr class="{cls}" data-index="{i}"><td class="first">{escape(str(first))}</td>'
-                    f'<td class="line"><code>{escape(line)}</code></td>{mark_cell}</tr>')
-    return (f'<table id="{elem_id}" class="demo-table"><thead><tr>{th}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table>')
+        body.append(
+            f'<tr class="{cls}" data-index="{i}"><td class="first">{escape(str(first))}</td>'
+            f'<td class="line"><code>{escape(line)}</code></td>{mark_cell}</tr>'
+        )
+    return (
+        f'<table id="{elem_id}" class="demo-table"><thead><tr>{th}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
 
 
 def _internal(e: Exception) -> str:
@@ -88,13 +98,19 @@ class Handlers:
         rows = [(f"{r:.3f}", s) for r, s in zip(path.ratios, path.lines)]
         table = self.table("path-table", ("ratio", f"decoded {self.noun}"), rows, i)
         shown = f" {mark(path.parses[i])}" if path.parses is not None else ""
-        here = (f'<div id="{self.id("path-point")}">ratio <b>{path.ratios[i]:.3f}</b> (point {i + 1} of '
-                f'{len(path.lines)}): <code>{escape(path.lines[i])}</code>{shown}</div>')
+        here = (
+            f'<div id="{self.id("path-point")}">ratio <b>{path.ratios[i]:.3f}</b> (point {i + 1} of '
+            f"{len(path.lines)}): <code>{escape(path.lines[i])}</code>{shown}</div>"
+        )
         near = self.b.nearest(path.codes[i])
-        near_html = (self.table("nearest", ("distance", f"nearest training {self.noun}"),
-                                [(f"{d:.3f}", s) for s, d in near]) if near else
-                     f'<div id="{self.id("nearest")}">No training {self.noun}s to search (the run names no '
-                     f'corpus).</div>')
+        near_html = (
+            self.table(
+                "nearest", ("distance", f"nearest training {self.noun}"), [(f"{d:.3f}", s) for s, d in near]
+            )
+            if near
+            else f'<div id="{self.id("nearest")}">No training {self.noun}s to search (the run names no '
+            f"corpus).</div>"
+        )
         return table, here, near_html, self.b.map_html(path, i)
 
     def interpolate(self, a, b, steps, kind, decoder, truncate):
@@ -125,8 +141,15 @@ class Handlers:
             link = core.parse_link(query) or core.Link(*self.b.examples())
         except core.InputError as e:
             fill = (query.get("a", ""), query.get("b", ""), core.DEFAULT_STEPS, "slerp", "greedy")
-            return (*fill, error_html(f"bad link: {e}"), gr.update(), None, gr.update(), "",
-                    *self.point(None, 0))
+            return (
+                *fill,
+                error_html(f"bad link: {e}"),
+                gr.update(),
+                None,
+                gr.update(),
+                "",
+                *self.point(None, 0),
+            )
         fill = (link.a, link.b, link.steps, link.kind, link.decoder)
         return (*fill, *self.interpolate(link.a, link.b, link.steps, link.kind, link.decoder, False))
 
@@ -156,9 +179,11 @@ def _interpolation(h: Handlers, page: gr.Blocks) -> tuple[gr.Radio, gr.Checkbox]
     b, cfg, i = h.b, h.b.model.cfg, h.id
     (slo, shi), code = core.STEPS_RANGE, b.language == "code"
     what = "lines of Python" if code else "sentences"
-    gr.Markdown(f"`{b.model.run_dir}` ({b.language}): {cfg.n_latent_tokens} latent tokens x {cfg.latent_size}, "
-                f"{h.noun}s up to {cfg.max_length} tokens. Type two {what} and decode the path between their codes "
-                f"({slo} to {shi} points, both ends included).")
+    gr.Markdown(
+        f"`{b.model.run_dir}` ({b.language}): {cfg.n_latent_tokens} latent tokens x {cfg.latent_size}, "
+        f"{h.noun}s up to {cfg.max_length} tokens. Type two {what} and decode the path between their codes "
+        f"({slo} to {shi} points, both ends included)."
+    )
     ex = EXAMPLES[b.language]
     with gr.Row():
         a = gr.Textbox(label=f"{h.noun.title()} A", elem_id=i("line-a"), placeholder=ex[2])
@@ -167,8 +192,9 @@ def _interpolation(h: Handlers, page: gr.Blocks) -> tuple[gr.Radio, gr.Checkbox]
         steps = gr.Slider(slo, shi, value=core.DEFAULT_STEPS, step=1, label="Steps", elem_id=i("steps"))
         kind = gr.Radio(list(core.INTERPOLATIONS), value="slerp", label="Kind", elem_id=i("kind"))
         decoder = gr.Radio(list(core.DECODERS), value="greedy", label="Decoder", elem_id=i("decoder"))
-        truncate = gr.Checkbox(False, label=f"Cut {h.noun}s longer than {cfg.max_length} tokens",
-                               elem_id=i("truncate"))
+        truncate = gr.Checkbox(
+            False, label=f"Cut {h.noun}s longer than {cfg.max_length} tokens", elem_id=i("truncate")
+        )
     go = gr.Button("Interpolate", variant="primary", elem_id=i("interpolate"))
     err = gr.HTML("", elem_id=i("interp-error"))
     cut = gr.Button(f"Cut to {cfg.max_length} tokens and interpolate", visible="hidden", elem_id=i("cut"))
@@ -176,14 +202,26 @@ def _interpolation(h: Handlers, page: gr.Blocks) -> tuple[gr.Radio, gr.Checkbox]
     with gr.Row():
         with gr.Column():
             table = gr.HTML("", elem_id=i("path"))
-            scrub = gr.Slider(0, core.DEFAULT_STEPS - 1, value=0, step=1, label="Position along the path",
-                              elem_id=i("scrub"))
+            scrub = gr.Slider(
+                0,
+                core.DEFAULT_STEPS - 1,
+                value=0,
+                step=1,
+                label="Position along the path",
+                elem_id=i("scrub"),
+            )
             here = gr.HTML("", elem_id=i("here"))
-            link = gr.Textbox(label="Link to this interpolation", elem_id=i("share-link"), buttons=["copy"],
-                              interactive=False)
+            link = gr.Textbox(
+                label="Link to this interpolation",
+                elem_id=i("share-link"),
+                buttons=["copy"],
+                interactive=False,
+            )
         with gr.Column():
             colour = "statement kind" if code else "length in words"
-            gr.Markdown(f"**Map**: the validation {h.noun}s' codes (PCA), by {colour}; hover a point to read it.")
+            gr.Markdown(
+                f"**Map**: the validation {h.noun}s' codes (PCA), by {colour}; hover a point to read it."
+            )
             lmap = gr.HTML(b.map_html(), elem_id=i("map"))
             near = gr.HTML("", elem_id=i("near"))
     outs = [err, cut, state, scrub, query, table, here, near, lmap]
@@ -199,21 +237,31 @@ def _interpolation(h: Handlers, page: gr.Blocks) -> tuple[gr.Radio, gr.Checkbox]
 def _samples_and_analogy(h: Handlers, decoder, truncate) -> None:
     """Samples from a prior, and an analogy decoded at code(a) + (code(b) - code(c))."""
     (nlo, nhi), i = core.SAMPLES_RANGE, h.id
-    gr.Markdown(f"### Samples from a prior\n{nlo} to {nhi} {h.noun}s; *aggregate* is a Gaussian fitted to the "
-                f"training {h.noun}s' codes.")
+    gr.Markdown(
+        f"### Samples from a prior\n{nlo} to {nhi} {h.noun}s; *aggregate* is a Gaussian fitted to the "
+        f"training {h.noun}s' codes."
+    )
     with gr.Row():
-        prior = gr.Radio(["aggregate"] + [p for p in tv.PRIORS if p != "aggregate"], value="aggregate",
-                         label="Prior", elem_id=i("prior"))
+        prior = gr.Radio(
+            ["aggregate"] + [p for p in tv.PRIORS if p != "aggregate"],
+            value="aggregate",
+            label="Prior",
+            elem_id=i("prior"),
+        )
         n = gr.Number(core.DEFAULT_SAMPLES, precision=0, label=f"n ({nlo} to {nhi})", elem_id=i("n"))
         seed = gr.Number(0, precision=0, label="Seed", elem_id=i("seed"))
-        s_decoder = gr.Radio(list(core.DECODERS), value="greedy", label="Decoder", elem_id=i("sample-decoder"))
+        s_decoder = gr.Radio(
+            list(core.DECODERS), value="greedy", label="Decoder", elem_id=i("sample-decoder")
+        )
     s_go = gr.Button("Sample", elem_id=i("sample"))
     s_err, s_out = gr.HTML("", elem_id=i("sample-error")), gr.HTML("", elem_id=i("samples"))
     s_go.click(h.sample, [prior, n, seed, s_decoder], [s_err, s_out])
     gr.Markdown("### Analogy: decode code(a) + (code(b) - code(c))")
     ex = EXAMPLES[h.b.language]
     with gr.Row():
-        boxes = [gr.Textbox(label=n, elem_id=i(f"an-{n}"), value=v) for n, v in zip("abc", (ex[2], ex[1], ex[0]))]
+        boxes = [
+            gr.Textbox(label=n, elem_id=i(f"an-{n}"), value=v) for n, v in zip("abc", (ex[2], ex[1], ex[0]))
+        ]
     an_go = gr.Button("Analogy", elem_id=i("analogy"))
     an_err, an_out = gr.HTML("", elem_id=i("analogy-error")), gr.HTML("", elem_id=i("analogy-out"))
     an_go.click(h.analogy, boxes + [decoder, truncate], [an_err, an_out])
@@ -255,7 +303,18 @@ def launch(backends: Backend | list[Backend], host: str | None = "127.0.0.1", po
     but each backend's lock lets one JAX call through at a time."""
     page = build(backends)
     page.queue(default_concurrency_limit=4, max_size=QUEUE_DEPTH)
-    _, url, _ = page.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
-                            share=False, inbrowser=False, show_error=True, ssr_mode=False, footer_links=[],
-                            css=CSS, theme=gr.themes.Default(), head=HEAD)
+    _, url, _ = page.launch(
+        server_name=host,
+        server_port=port,
+        prevent_thread_lock=True,
+        quiet=True,
+        share=False,
+        inbrowser=False,
+        show_error=True,
+        ssr_mode=False,
+        footer_links=[],
+        css=CSS,
+        theme=gr.themes.Default(),
+        head=HEAD,
+    )
     return page, url

@@ -1,4 +1,5 @@
 """flax-serialized msgpack (``flax_model.msgpack``, T5X's ``checkpoint``), read without flax."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,17 +36,22 @@ def read_msgpack_tree(path: Path) -> dict:
     """A flax-serialized msgpack file -> nested dict (streamed: only the decoded tree is held)."""
     try:
         with open(path, "rb") as f:
-            unpacker = msgpack.Unpacker(f, ext_hook=_ext_hook, raw=False, strict_map_key=False,
-                                        max_buffer_size=2 ** 31 - 1)
+            unpacker = msgpack.Unpacker(
+                f, ext_hook=_ext_hook, raw=False, strict_map_key=False, max_buffer_size=2**31 - 1
+            )
             tree = unpacker.unpack()
     except (msgpack.OutOfData, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError) as e:
-        raise ConversionError(f"{path}: truncated or corrupt msgpack file ({type(e).__name__}: {e})") from None
+        raise ConversionError(
+            f"{path}: truncated or corrupt msgpack file ({type(e).__name__}: {e})"
+        ) from None
     if not isinstance(tree, dict):
         raise ConversionError(f"{path}: expected a msgpack map at the top level, got {type(tree).__name__}")
     return tree
 
 
-def flatten(tree: dict, sep: str, is_leaf: Callable[[dict], bool] = lambda d: False, prefix: str = "") -> Iterator:
+def flatten(
+    tree: dict, sep: str, is_leaf: Callable[[dict], bool] = lambda d: False, prefix: str = ""
+) -> Iterator:
     for k, v in tree.items():
         name = f"{prefix}{sep}{k}" if prefix else str(k)
         if isinstance(v, dict) and "__msgpack_chunked_array__" in v:

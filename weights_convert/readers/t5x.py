@@ -1,4 +1,5 @@
 """T5X checkpoints: the legacy ``checkpoint`` msgpack (leaves are arrays or tensorstore specs) and Orbax."""
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,11 @@ def _is_ts_spec(d: dict) -> bool:
 def _lists(x):
     """flax serialization stores lists as {'0': a, '1': b}; turn them back into lists (tensorstore specs)."""
     if isinstance(x, dict):
-        if x and all(isinstance(k, str) and k.isdigit() for k in x) and sorted(map(int, x)) == list(range(len(x))):
+        if (
+            x
+            and all(isinstance(k, str) and k.isdigit() for k in x)
+            and sorted(map(int, x)) == list(range(len(x)))
+        ):
             return [_lists(x[str(i)]) for i in range(len(x))]
         return {k: _lists(v) for k, v in x.items()}
     return x.tolist() if isinstance(x, np.ndarray) else x
@@ -48,7 +53,9 @@ def read_t5x(ckpt_dir: Path) -> Tensors:
             spec["kvstore"] = {"driver": "file", "path": str(ckpt_dir / rel)}
             spec.pop("path", None)
             if not Path(spec["kvstore"]["path"]).exists():
-                raise ConversionError(f"{path}: array {name} should be at {spec['kvstore']['path']}, which is missing")
+                raise ConversionError(
+                    f"{path}: array {name} should be at {spec['kvstore']['path']}, which is missing"
+                )
             shapes[name], leaves[name] = tuple(spec["metadata"]["shape"]), spec
         elif isinstance(v, np.ndarray):
             shapes[name], leaves[name] = v.shape, v
@@ -63,12 +70,15 @@ def read_t5x(ckpt_dir: Path) -> Tensors:
             arr = ts.open(leaf, open=True, read=True).result().read().result()
         except Exception as e:
             raise ConversionError(f"{path}: cannot read tensorstore array {name} ({e})") from None
-        return arr.view(ml_dtypes.bfloat16) if leaf.get("dtype") == "uint16" else arr  # T5X v2: bf16 as uint16
+        return (
+            arr.view(ml_dtypes.bfloat16) if leaf.get("dtype") == "uint16" else arr
+        )  # T5X v2: bf16 as uint16
 
     return Tensors(str(ckpt_dir), shapes, load, skipped, close=leaves.clear)
 
 
 # -- T5X Orbax (t5x's default since use_orbax=True): checkpoint_N/state is an Orbax PyTree ------------------
+
 
 def read_t5x_orbax(ckpt_dir: Path) -> Tensors:
     """T5X ``checkpoint_N/state``: ``_METADATA`` (JSON) names every leaf by its key tuple, ``('target', …)`` for
@@ -82,10 +92,14 @@ def read_t5x_orbax(ckpt_dir: Path) -> Tensors:
         meta = json.loads(meta_file.read_bytes())
         keys = [tuple(e["key"] for e in leaf["key_metadata"]) for leaf in meta["tree_metadata"].values()]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ConversionError(f"{meta_file}: not a readable Orbax PyTree metadata file "
-                              f"({type(e).__name__}: {e})") from None
-    base = {"driver": "ocdbt", "base": state.resolve().as_uri()} if meta.get("use_ocdbt") else \
-        {"driver": "file", "path": str(state.resolve())}
+        raise ConversionError(
+            f"{meta_file}: not a readable Orbax PyTree metadata file ({type(e).__name__}: {e})"
+        ) from None
+    base = (
+        {"driver": "ocdbt", "base": state.resolve().as_uri()}
+        if meta.get("use_ocdbt")
+        else {"driver": "file", "path": str(state.resolve())}
+    )
     driver = "zarr3" if meta.get("use_zarr3") else "zarr"
     shapes, skipped, arrays = {}, {}, {}
     for key in keys:

@@ -1,4 +1,5 @@
 """TensorFlow tensor bundles (Mesh-TensorFlow T5 checkpoints), read without TensorFlow."""
+
 from __future__ import annotations
 
 import struct
@@ -11,8 +12,21 @@ import numpy as np
 from weights_convert.readers.tensors import Tensors
 from weights_convert.rules import ConversionError
 
-_TF_DTYPES = {1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 5: np.int16, 6: np.int8, 9: np.int64,
-              10: np.bool_, 14: ml_dtypes.bfloat16, 19: np.float16, 17: np.uint16, 22: np.uint32, 23: np.uint64}
+_TF_DTYPES = {
+    1: np.float32,
+    2: np.float64,
+    3: np.int32,
+    4: np.uint8,
+    5: np.int16,
+    6: np.int8,
+    9: np.int64,
+    10: np.bool_,
+    14: ml_dtypes.bfloat16,
+    19: np.float16,
+    17: np.uint16,
+    22: np.uint32,
+    23: np.uint64,
+}
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -35,12 +49,12 @@ def _proto_fields(buf: bytes) -> Iterator[tuple[int, object]]:
         if wire == 0:
             value, pos = _varint(buf, pos)
         elif wire == 1:
-            value, pos = buf[pos:pos + 8], pos + 8
+            value, pos = buf[pos : pos + 8], pos + 8
         elif wire == 2:
             n, pos = _varint(buf, pos)
-            value, pos = buf[pos:pos + n], pos + n
+            value, pos = buf[pos : pos + n], pos + n
         elif wire == 5:
-            value, pos = buf[pos:pos + 4], pos + 4
+            value, pos = buf[pos : pos + 4], pos + 4
         else:
             raise ValueError(f"unsupported protobuf wire type {wire}")
         yield field, value
@@ -72,16 +86,16 @@ def _block_entries(data: bytes, handle: bytes) -> Iterator[tuple[bytes, bytes]]:
     size, _ = _varint(handle, pos)
     if offset + size + 5 > len(data):
         raise ValueError("block extends past the end of the file")
-    block = _decompress(data[offset:offset + size], data[offset + size])
+    block = _decompress(data[offset : offset + size], data[offset + size])
     (n_restarts,) = struct.unpack("<I", block[-4:])
     end, pos, key = len(block) - 4 - 4 * n_restarts, 0, b""
     while pos < end:
         shared, pos = _varint(block, pos)
         unshared, pos = _varint(block, pos)
         vlen, pos = _varint(block, pos)
-        key = key[:shared] + block[pos:pos + unshared]
+        key = key[:shared] + block[pos : pos + unshared]
         pos += unshared
-        yield key, block[pos:pos + vlen]
+        yield key, block[pos : pos + vlen]
         pos += vlen
 
 
@@ -95,14 +109,16 @@ def read_tf_bundle(prefix: Path) -> Tensors:
         _, pos = _varint(data, len(data) - 48)  # metaindex handle: offset, size
         _, pos = _varint(data, pos)
         entries = {}
-        for _, handle in _block_entries(data, data[pos:len(data) - 8]):
+        for _, handle in _block_entries(data, data[pos : len(data) - 8]):
             for key, value in _block_entries(data, handle):
                 entries[key.decode()] = value
     except (ValueError, IndexError, struct.error) as e:
         raise ConversionError(f"{index}: not a readable TensorFlow checkpoint index ({e})") from None
     except _NeedsSnappy:
-        raise ConversionError(f"{index}: its table blocks are snappy-compressed; "
-                              "reading them needs cramjam (pip install 't5vae[snappy]')") from None
+        raise ConversionError(
+            f"{index}: its table blocks are snappy-compressed; "
+            "reading them needs cramjam (pip install 't5vae[snappy]')"
+        ) from None
     header = dict(_proto_fields(entries.pop("", b"")))
     num_shards = header.get(1, 1)
     if header.get(2, 0) != 0:
@@ -130,8 +146,10 @@ def read_tf_bundle(prefix: Path) -> Tensors:
         dtype, shard, offset, size = where[name]
         count = int(np.prod(shapes[name]))
         if offset + size > sizes[shard] or size != count * np.dtype(dtype).itemsize:
-            raise ConversionError(f"{shard_files[shard]}: {name} needs bytes {offset}..{offset + size}, "
-                                  f"file has {sizes[shard]} (truncated?)")
+            raise ConversionError(
+                f"{shard_files[shard]}: {name} needs bytes {offset}..{offset + size}, "
+                f"file has {sizes[shard]} (truncated?)"
+            )
         return np.fromfile(shard_files[shard], dtype, count=count, offset=offset).reshape(shapes[name])
 
     return Tensors(str(prefix), shapes, load)
