@@ -321,6 +321,10 @@ class Config(Settings):
     ablation in docs/results.md).
     ``latent_dropout`` is the probability, in training only, that the decoder's cross-attention loses each
     latent token (at least one is kept): the decoder must then fill in the missing part of a line itself.
+    ``latent_mix`` moves, in training only, each code the decoder reconstructs from a uniform random fraction
+    of at most ``latent_mix`` of the way toward another line's code in the batch, and the target stays the
+    line itself: noise along the directions that interpolation paths travel, where ``latent_noise`` is
+    isotropic. 0 turns it off.
     """
 
     t5: T5Config = DEFAULT_T5
@@ -333,6 +337,7 @@ class Config(Settings):
     mmd_b: float = 6.25
     latent_noise: float = 0.1
     latent_dropout: float = 0.1
+    latent_mix: float = 0.0
     max_length: int = 64
 
     def __post_init__(self):
@@ -349,6 +354,11 @@ class Config(Settings):
         if not (isinstance(self.latent_dropout, (int, float)) and 0.0 <= self.latent_dropout < 1.0):
             raise ValueError(
                 f"Config.latent_dropout must be a probability in [0, 1), got {self.latent_dropout!r}"
+            )
+        if not (isinstance(self.latent_mix, (int, float)) and 0.0 <= self.latent_mix <= 0.5):
+            raise ValueError(
+                f"Config.latent_mix must be a fraction in [0, 0.5] (past half way a code is nearer the other "
+                f"line's), got {self.latent_mix!r}"
             )
         if self.mmd_bandwidth is not None and not self.mmd_bandwidth > 0:
             raise ValueError(f"Config.mmd_bandwidth must be positive (or None), got {self.mmd_bandwidth!r}")

@@ -75,8 +75,9 @@ def loss(
 ) -> tuple[jax.Array, dict]:
     """``CE + w(step) * MMD`` and metrics {loss, ce, mmd, w, token_acc, seq_acc} (all scalars).
 
-    ``key`` drives dropout, the latent noise and latent-token dropout (``cfg.latent_noise``,
-    ``cfg.latent_dropout``) and the prior samples; ``deterministic=True`` (or key None) turns all three off.
+    ``key`` drives dropout, the latent noise, mixing and latent-token dropout (``cfg.latent_noise``,
+    ``cfg.latent_mix``, ``cfg.latent_dropout``) and the prior samples; ``deterministic=True`` (or key None)
+    turns them all off.
     """
     ids, mask = batch["input_ids"], batch.get("attention_mask")
     if mask is None:
@@ -95,6 +96,10 @@ def loss(
     z_dec = z
     if cfg.latent_noise > 0 and not deterministic:
         z_dec = z + cfg.latent_noise * jax.random.normal(k_noise, z.shape, z.dtype)
+    if cfg.latent_mix > 0 and not deterministic:
+        # toward the next line's code, which gets no gradient from this line's loss
+        mix_B11 = cfg.latent_mix * jax.random.uniform(jax.random.fold_in(key, 3), (z.shape[0], 1, 1), z.dtype)
+        z_dec = z_dec + mix_B11 * (jax.lax.stop_gradient(jnp.roll(z, 1, axis=0)) - z)
     keep_BN = None
     if cfg.latent_dropout > 0 and not deterministic:
         keep_BN = jax.random.bernoulli(jax.random.fold_in(key, 2), 1.0 - cfg.latent_dropout, z.shape[:2])

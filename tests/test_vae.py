@@ -124,6 +124,23 @@ def test_latent_noise_perturbs_the_decoded_code_only_in_training(params):
         CFG.replace(latent_noise=-0.1)
 
 
+def test_latent_mix_decodes_each_line_from_part_way_toward_the_next_lines_code(params):
+    cfg = CFG.replace(latent_mix=0.3, t5=CFG.t5.replace(dropout_rate=0.0))  # the mixing alone
+    f = jax.jit(lambda k, det: tv.loss(params, cfg, BATCH, k, 0, deterministic=det)[1], static_argnums=1)
+    clean = tv.loss(params, CFG, BATCH, None, 0)[1]
+    np.testing.assert_allclose(f(jax.random.key(1), True)["ce"], clean["ce"], rtol=1e-6)
+    mixed = f(jax.random.key(1), False)
+    z = tv.encode(params, cfg, IDS)
+    frac = 0.3 * jax.random.uniform(jax.random.fold_in(jax.random.key(1), 3), (z.shape[0], 1, 1))
+    assert 0 < float(frac.min()) and float(frac.max()) <= 0.3
+    logits = tv.decode(params, cfg, z + frac * (jnp.roll(z, 1, axis=0) - z), tv.t5.shift_right(IDS, cfg.t5))
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), IDS[..., None], -1)[..., 0]
+    np.testing.assert_allclose(mixed["ce"], nll[IDS != 0].mean(), rtol=1e-4)
+    for bad in (-0.1, 0.6):
+        with pytest.raises(ValueError, match="latent_mix"):
+            CFG.replace(latent_mix=bad)
+
+
 def test_latent_dropout_hides_latent_tokens_from_cross_attention_only_in_training(params):
     cfg = CFG.replace(latent_dropout=0.5, t5=CFG.t5.replace(dropout_rate=0.0))
     f = jax.jit(lambda k, det: tv.loss(params, cfg, BATCH, k, 0, deterministic=det)[1], static_argnums=1)
