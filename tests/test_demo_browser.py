@@ -115,21 +115,14 @@ def tiny_run(tmp_path_factory):
 
 
 SENTENCE_WORDS = ["the file", "a module", "this function", "every list", "the new value", "an old name"]
+VERBS = ["reads", "keeps", "opens", "writes", "returns", "checks"]
 
 
 def sentence_lines() -> list[str]:
-    """English sentences of 3-11 words in a few shapes, for the tiny prose run."""
-    out = []
-    for i, a in enumerate(SENTENCE_WORDS):
-        for j, b in enumerate(SENTENCE_WORDS):
-            if a != b:
-                out += [
-                    f"{a.capitalize()} reads {b}.",
-                    f"{a.capitalize()} is kept beside {b} for {i + j} days.",
-                    f"Is {a} older than {b}?",
-                    f"{a.capitalize()} and {b} are both in the package {i} times.",
-                ]
-    return out
+    """Short English sentences (3-6 words, so that they share one length bucket), for the tiny prose run."""
+    return [
+        f"{a.capitalize()} {v} {b}." for a in SENTENCE_WORDS for b in SENTENCE_WORDS if a != b for v in VERBS
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -468,7 +461,7 @@ def test_a_code_run_and_a_prose_run_side_by_side(browser, two_runs):
     legend = css(browser, "#run1-map .map-legend")[0].text
     assert "words" in legend and "Assign" not in legend, legend
     # a link to the prose run opens in its tab with its path; the code tab shows its examples
-    a, b = "The file reads a module.", "Is every list older than the new value?"
+    a, b = "The file reads a module.", "Every list checks the new value."
     browser.get(f"{two_runs}?a={quote(a, safe='')}&b={quote(b, safe='')}&steps=5&run=prose")
     wait(browser, lambda d: len(css(d, "#run1-path-table tbody tr")) == 5)
     assert css(browser, "#run1-line-a textarea, #run1-line-a input")[0].get_attribute("value") == a
