@@ -92,14 +92,26 @@ def _show(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-def print_table(rows, first: str) -> None:
-    """``first | text | valid?`` rows (valid: parses with ast.parse) and a count of the valid ones."""
-    rows = [(k, _show(t), parses(t)) for k, t in rows]
+def print_table(rows, first: str, marks: bool = True) -> None:
+    """``first | text | valid?`` rows (valid: parses with ast.parse) and a count of the valid ones; without
+    ``marks`` (a prose run) ``first | text`` only."""
+    rows = [(k, _show(t), parses(t) if marks else None) for k, t in rows]
     width = max([len(t) for _, t, _ in rows] + [4])
-    print(f"{first:>6}  {'text':<{width}}  valid")
+    print(f"{first:>6}  {'text':<{width}}  valid" if marks else f"{first:>6}  text")
     for k, t, ok in rows:
-        print(f"{k:>6}  {t:<{width}}  {'yes' if ok else 'no'}")
-    print(f"{sum(ok for *_, ok in rows)} of {len(rows)} parse with ast.parse")
+        print(f"{k:>6}  {t:<{width}}  {'yes' if ok else 'no'}" if marks else f"{k:>6}  {t}")
+    if marks:
+        print(f"{sum(ok for *_, ok in rows)} of {len(rows)} parse with ast.parse")
+
+
+def _is_code(run_dir) -> bool:
+    """Whether the run learned code (its lines get parse marks): its train_config's language, code when the
+    directory has none (an export)."""
+    from t5vae import rundir
+
+    if not (Path(run_dir) / rundir.TRAIN_CONFIG_FILE).is_file():
+        return True
+    return rundir.train_config(run_dir).language == "code"
 
 
 def cmd_interpolate(args) -> int:
@@ -108,7 +120,7 @@ def cmd_interpolate(args) -> int:
     path = text.load(args.dir).path(
         args.a, args.b, args.steps, args.kind, max_new_tokens=args.max_new_tokens, method=args.method
     )
-    print_table(zip((f"{r:.3f}" for r in path.ratios), path.lines), "ratio")
+    print_table(zip((f"{r:.3f}" for r in path.ratios), path.lines), "ratio", _is_code(args.dir))
     return 0
 
 
@@ -117,7 +129,7 @@ def cmd_sample(args) -> int:
 
     prior = {"prior": args.prior} if args.prior else {}  # default: t5vae.latent.DEFAULT_PRIOR
     texts = text.load(args.dir).sample(args.n, seed=args.seed, max_new_tokens=args.max_new_tokens, **prior)
-    print_table(enumerate(texts), "#")
+    print_table(enumerate(texts), "#", _is_code(args.dir))
     return 0
 
 

@@ -123,6 +123,23 @@ def test_cli_interpolate_prints_ratio_text_valid(run_dir):
     assert rc == 1 and "a is empty" in err
 
 
+def test_a_prose_runs_tables_have_no_parse_marks(run_dir, tmp_path):
+    import json
+    import shutil
+
+    prose = tmp_path / "prose-run"
+    shutil.copytree(run_dir, prose)
+    config = json.loads((prose / "train_config.json").read_text())
+    (prose / "train_config.json").write_text(json.dumps({**config, "language": "prose"}))
+    rc, out, _ = run_cli(["interpolate", str(prose), "x1 = f(1, y1)", "import mod3", "--steps", "3"])
+    lines = out.splitlines()
+    assert rc == 0 and lines[0].split() == ["ratio", "text"] and len(lines) == 4 and "parse" not in out
+    texts = tv.load(run_dir).interpolate("x1 = f(1, y1)", "import mod3", 3)
+    assert [row.split(None, 1)[1] for row in lines[1:]] == [cli._show(t).strip() for t in texts]
+    rc, out, _ = run_cli(["sample", str(prose), "-n", "2", "--prior", "tanh"])
+    assert rc == 0 and out.splitlines()[0].split() == ["#", "text"] and "parse" not in out
+
+
 def test_cli_sample_prints_a_table(run_dir):
     rc, out, _ = run_cli(["sample", str(run_dir), "-n", "4", "--prior", "tanh", "--seed", "2"])
     assert rc == 0
