@@ -540,6 +540,13 @@ def test_map_colours_code_by_statement_kind_and_prose_by_length_in_words():
         "17+ words",
     ]
     assert core.map_kind(" ".join(["word"] * 13), "prose") == "13-16 words"
+    order = core.map_kind_order("prose")
+    assert (
+        order == ["up to 8 words", "9-12 words", "13-16 words", "17+ words"]
+        and core.map_kind_order("code") is None
+    )
+    colours = mapview.kind_colours(["9-12 words", "up to 8 words", "9-12 words", "17+ words"], order)
+    assert list(colours) == ["up to 8 words", "9-12 words", "17+ words"]  # the buckets' order, not frequency
 
 
 def test_a_link_names_its_run_on_a_page_of_several():

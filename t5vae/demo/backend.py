@@ -189,6 +189,7 @@ class Backend:
             None if path is None else path.xy,
             path.lines if path else (),
             current,
+            core.map_kind_order(self.language),
         )
 
     def examples(self) -> tuple[str, str]:

@@ -13,7 +13,14 @@ from urllib.parse import quote, urlencode
 
 import numpy as np
 
-from t5vae.names import DECODERS, INTERPOLATIONS, length_bucket, parses, statement_kind  # noqa: F401
+from t5vae.names import (  # noqa: F401  (the page's names)
+    DECODERS,
+    INTERPOLATIONS,
+    LENGTH_BUCKETS,
+    length_bucket,
+    parses,
+    statement_kind,
+)
 
 STEPS_RANGE = (2, 32)  # points on a path, both endpoints included: decoded in one batch of at most 32
 SAMPLES_RANGE = (1, 32)  # samples per request
@@ -22,13 +29,20 @@ NEAREST_K = 5
 CHARS_PER_TOKEN = 16  # a line's bound in characters per token of max_length: far above any tokenizer's pieces
 
 
+def _bucket_label(lo: int, hi: int | None) -> str:
+    return f"{lo}+ words" if hi is None else f"up to {hi} words" if lo == 0 else f"{lo}-{hi} words"
+
+
 def map_kind(line: str, language: str) -> str:
     """What colours a line on the map: its statement kind for code; for prose its length bucket in words
     ("up to 8 words", "9-12 words", "17+ words")."""
-    if language == "code":
-        return statement_kind(line)
-    lo, hi = length_bucket(line, language)
-    return f"{lo}+ words" if hi is None else f"up to {hi} words" if lo == 0 else f"{lo}-{hi} words"
+    return statement_kind(line) if language == "code" else _bucket_label(*length_bucket(line, language))
+
+
+def map_kind_order(language: str) -> list[str] | None:
+    """The order of the map's legend: the length buckets, shortest first, for prose; None (most frequent
+    first) for statement kinds."""
+    return None if language == "code" else [_bucket_label(*b) for b in LENGTH_BUCKETS[language]]
 
 
 class InputError(ValueError):

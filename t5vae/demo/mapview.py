@@ -15,10 +15,15 @@ PATH_COLOUR = "#111111"
 WIDTH, HEIGHT, PAD = 640, 420, 16
 
 
-def kind_colours(kinds) -> dict[str, str]:
-    """The most frequent kinds get the palette's colours (ties by name); the rest are grey."""
-    ranked = sorted(Counter(kinds).items(), key=lambda kv: (-kv[1], kv[0]))
-    return {k: PALETTE[i] if i < len(PALETTE) else OTHER for i, (k, _) in enumerate(ranked)}
+def kind_colours(kinds, order=None) -> dict[str, str]:
+    """The most frequent kinds get the palette's colours (ties by name), or with ``order`` (kinds that have
+    an order of their own, such as length buckets) the kinds present in that order; the rest are grey."""
+    counts = Counter(kinds)
+    if order is not None:
+        ranked = [k for k in order if k in counts] + sorted(k for k in counts if k not in order)
+    else:
+        ranked = [k for k, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+    return {k: PALETTE[i] if i < len(PALETTE) else OTHER for i, k in enumerate(ranked)}
 
 
 def _scaler(xy: np.ndarray):
@@ -32,7 +37,7 @@ def _scaler(xy: np.ndarray):
     return to_px
 
 
-def render_map(xy, kinds, lines, path_xy=None, path_lines=(), current: int | None = None) -> str:
+def render_map(xy, kinds, lines, path_xy=None, path_lines=(), current: int | None = None, order=None) -> str:
     """HTML: an SVG of points ``xy`` [n, 2] (``kinds``, ``lines`` [n]), the path ``path_xy`` [p, 2] with its
     decoded ``path_lines``, point ``current`` of the path ringed; then a legend of the kinds shown."""
     xy = np.asarray(xy, np.float64).reshape(-1, 2)
@@ -40,7 +45,7 @@ def render_map(xy, kinds, lines, path_xy=None, path_lines=(), current: int | Non
     if not len(xy) and not len(path_xy):
         return '<div id="latent-map" class="map-empty">No lines to map.</div>'
     to_px = _scaler(np.concatenate([xy, path_xy]))
-    colours = kind_colours(kinds)
+    colours = kind_colours(kinds, order)
     out = [
         f'<div id="latent-map"><svg viewBox="0 0 {WIDTH} {HEIGHT}" width="100%" style="max-width:{WIDTH}px" '
         f'role="img" aria-label="latent map" xmlns="http://www.w3.org/2000/svg">',

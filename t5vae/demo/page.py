@@ -20,7 +20,7 @@ log = logging.getLogger("t5vae.demo")
 CSS = """
 .demo-table { border-collapse: collapse; width: 100%; font-size: 0.95em; }
 .demo-table th, .demo-table td { border-bottom: 1px solid #e5e5e5; padding: 3px 8px; text-align: left; }
-.demo-table td.line code { white-space: pre; }
+.demo-table td.line code { white-space: pre-wrap; }
 .demo-table tr.current { background: #fff3c4; }
 .parse-mark.ok { color: #1a7f37; } .parse-mark.bad { color: #c62828; }
 .demo-error { color: #b00020; background: #fdecea; border: 1px solid #f5c2c0; padding: 6px 10px; border-radius: 4px; }
