@@ -16,7 +16,7 @@ from pathlib import Path
 
 from t5vae.config import DEFAULT_T5, Config, T5Config
 from t5vae.names import PROSE
-from t5vae.train_config import LANGUAGE_DEFAULTS, TrainConfig
+from t5vae.train_config import LANGUAGE_DEFAULTS, LANGUAGE_T5_DEFAULTS, TrainConfig
 
 
 def _fields():
@@ -45,9 +45,12 @@ def _parse_value(text: str, default, type_name: str = ""):
         return text
 
 
-def _setting_help(name: str, default, training: bool) -> str:
-    """A flag's help: its default, or, for a training setting that follows the corpus's language, each
-    language's."""
+def _setting_help(name: str, default, training: bool, t5: bool = False) -> str:
+    """A flag's help: its default, or, for a setting that follows the corpus's language, each language's."""
+    if t5 and name in LANGUAGE_T5_DEFAULTS["code"]:
+        return "default by language: " + ", ".join(
+            f"{lang} {d[name]!r}" for lang, d in LANGUAGE_T5_DEFAULTS.items()
+        )
     if not training:
         return f"default {default!r}"
     if name == "language":
@@ -102,7 +105,7 @@ def add_setting_flags(p: argparse.ArgumentParser):
                 type=lambda s, d=default, t=str(f.type): _parse_value(s, d, t),
                 default=argparse.SUPPRESS,
                 metavar=type(default).__name__.upper() if default is not None else "VALUE",
-                help=_setting_help(f.name, default, isinstance(defaults, TrainConfig)),
+                help=_setting_help(f.name, default, isinstance(defaults, TrainConfig), prefix == "t5-"),
             )
 
 
@@ -122,7 +125,8 @@ def _read_config_file(path: str) -> dict:
 
 
 def build_configs(args: argparse.Namespace):
-    """(Config, TrainConfig) from defaults, then ``--config``, then flags."""
+    """(Config, TrainConfig) from defaults (the backbone's by the corpus's language where
+    LANGUAGE_T5_DEFAULTS has one), then ``--config``, then flags."""
     model_names = {f.name for f in _fields()[0]}
     train_names = {f.name for f in _fields()[2]}
     settings = _read_config_file(args.config) if getattr(args, "config", None) else {}
@@ -136,11 +140,9 @@ def build_configs(args: argparse.Namespace):
         elif k in model_names or k in train_names:
             settings[k] = v
     try:
-        cfg = Config(
-            t5=T5Config.from_dict({**DEFAULT_T5.to_dict(), **t5}),
-            **{k: v for k, v in settings.items() if k in model_names},
-        )
         tc = TrainConfig(**{k: v for k, v in settings.items() if k in train_names})
+        t5 = {**DEFAULT_T5.to_dict(), **LANGUAGE_T5_DEFAULTS[tc.language], **t5}
+        cfg = Config(t5=T5Config.from_dict(t5), **{k: v for k, v in settings.items() if k in model_names})
     except (TypeError, ValueError) as e:
         raise SystemExit(f"error: {flag_names(str(e))}")
     return cfg, tc

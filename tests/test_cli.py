@@ -207,6 +207,19 @@ def test_train_on_the_prose_corpus_takes_the_prose_settings_and_flags_win():
     assert tc.language == "prose" and tc.rename_prob == 0.0
 
 
+def test_the_backbones_dropout_follows_the_language_unless_a_flag_or_config_sets_it(tmp_path):
+    from t5vae import cli
+
+    def dropout(*argv):
+        return flags.build_configs(cli.parser().parse_args(["train", *argv]))[0].t5.dropout_rate
+
+    assert dropout() == 0.0 and dropout("--corpus", "prose") == 0.1
+    assert dropout("--corpus", "x.txt", "--language", "prose") == 0.1
+    assert dropout("--corpus", "prose", "--t5-dropout-rate", "0") == 0.0
+    (tmp_path / "c.json").write_text('{"t5": {"dropout_rate": 0.2}}')
+    assert dropout("--corpus", "prose", "--config", str(tmp_path / "c.json")) == 0.2
+
+
 @pytest.mark.parametrize(
     "argv, says",
     [
