@@ -55,63 +55,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# The tiny model of both runs: the same shapes, so the server reuses one run's compiled functions for the other.
+# 64 lines reach the same length bucket (a batch); an eval batch of 8 is one compile.
+TINY = (
+    "--steps 2 --t5-d-model 32 --t5-d-kv 8 --t5-d-ff 64 --t5-num-layers 1 --t5-num-heads 2 "
+    "--t5-relative-attention-num-buckets 8 --n-latent-tokens 2 --latent-size 8 --max-length 24 --vocab-size 400 "
+    "--batch-size 64 --validation-percent 15 --eval-pairs 1 --eval-batch-size 8 --eval-every 0 --max-minutes 3 "
+    "--progress false"
+).split()
+
+
+def train_tiny(out, lines: list[str], *flags: str):
+    """`t5vae train` of the tiny model on ``lines``, in this process (the server reuses what the evaluation
+    compiled) -> the run directory."""
+    corpus = out.parent / f"{out.name}.txt"
+    corpus.write_text("\n".join(lines) + "\n")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        rc = cli.main(["train", "--out", str(out), "--corpus", str(corpus), *TINY, *flags])
+    assert rc == 0, printed.getvalue()[-3000:]
+    return out
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     require("gradio")
     require("selenium")
     need_browser()
-    base = tmp_path_factory.mktemp("demo")
-    (base / "corpus.txt").write_text("\n".join(corpus_lines()) + "\n")
-    argv = [
-        "train",
-        "--out",
-        str(base / "run"),
-        "--corpus",
-        str(base / "corpus.txt"),
-        "--steps",
-        "2",
-        "--t5-d-model",
-        "32",
-        "--t5-d-kv",
-        "8",
-        "--t5-d-ff",
-        "64",
-        "--t5-num-layers",
-        "1",
-        "--t5-num-heads",
-        "2",
-        "--t5-relative-attention-num-buckets",
-        "8",
-        "--n-latent-tokens",
-        "2",
-        "--latent-size",
-        "8",
-        "--max-length",
-        "24",
-        "--vocab-size",
-        "400",
-        "--batch-size",
-        "64",  # 64 lines reach the same length
-        "--validation-percent",
-        "15",
-        "--eval-pairs",
-        "1",
-        "--eval-batch-size",
-        "8",  # bucket: one compile
-        "--eval-every",
-        "0",
-        "--max-minutes",
-        "3",
-        "--progress",
-        "false",
-    ]
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(
-        printed
-    ):  # in this process: the server reuses what the evaluation compiled
-        rc = cli.main(argv)
-    assert rc == 0, printed.getvalue()[-3000:]
-    return base / "run"
+    return train_tiny(tmp_path_factory.mktemp("demo") / "run", corpus_lines())
 
 
 SENTENCE_WORDS = ["the file", "a module", "this function", "every list", "the new value", "an old name"]
@@ -127,64 +98,8 @@ def sentence_lines() -> list[str]:
 
 @pytest.fixture(scope="module")
 def prose_run(tiny_run):
-    """A tiny run on English sentences with --language prose, the same shapes as tiny_run (so the server
-    reuses its compiled functions)."""
-    base = tiny_run.parent
-    (base / "sentences.txt").write_text("\n".join(sentence_lines()) + "\n")
-    argv = [
-        "train",
-        "--out",
-        str(base / "prose"),
-        "--corpus",
-        str(base / "sentences.txt"),
-        "--language",
-        "prose",
-        "--steps",
-        "2",
-        "--t5-d-model",
-        "32",
-        "--t5-d-kv",
-        "8",
-        "--t5-d-ff",
-        "64",
-        "--t5-num-layers",
-        "1",
-        "--t5-num-heads",
-        "2",
-        "--t5-relative-attention-num-buckets",
-        "8",
-        "--n-latent-tokens",
-        "2",
-        "--latent-size",
-        "8",
-        "--max-length",
-        "24",
-        "--vocab-size",
-        "400",
-        "--batch-size",
-        "64",
-        "--min-chars",
-        "10",
-        "--max-chars",
-        "80",
-        "--validation-percent",
-        "15",
-        "--eval-pairs",
-        "1",
-        "--eval-batch-size",
-        "8",
-        "--eval-every",
-        "0",
-        "--max-minutes",
-        "3",
-        "--progress",
-        "false",
-    ]
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        rc = cli.main(argv)
-    assert rc == 0, printed.getvalue()[-3000:]
-    return base / "prose"
+    """A tiny run on English sentences with --language prose."""
+    return train_tiny(tiny_run.parent / "prose", sentence_lines(), "--language", "prose", "--min-chars", "10")
 
 
 @pytest.fixture(scope="module")
