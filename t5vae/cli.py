@@ -105,13 +105,10 @@ def print_table(rows, first: str, marks: bool = True) -> None:
 
 
 def _is_code(run_dir) -> bool:
-    """Whether the run learned code (its lines get parse marks): its train_config's language, code when the
-    directory has none (an export)."""
+    """Whether the run learned code, so that its lines get parse marks (an export without a train_config: code)."""
     from t5vae import rundir
 
-    if not (Path(run_dir) / rundir.TRAIN_CONFIG_FILE).is_file():
-        return True
-    return rundir.train_config(run_dir).language == "code"
+    return rundir.language(run_dir) == "code"
 
 
 def cmd_interpolate(args) -> int:

@@ -39,6 +39,7 @@ from t5vae.checkpoint import (  # noqa: F401  (its files)
 )
 from t5vae.config import _RUNTIME_FIELDS, Config
 from t5vae.corpus import Corpus
+from t5vae.names import corpus_language
 from t5vae.train_config import TrainConfig
 
 LOCK_FILE, INCOMPLETE_FILE = ".lock", ".incomplete"
@@ -86,6 +87,14 @@ def train_config(run_dir: str | os.PathLike) -> TrainConfig:
     if not file.is_file():
         raise FileNotFoundError(f"{file} is missing: {run_dir} does not record the corpus it trained on")
     return TrainConfig.load_json(file)
+
+
+def language(run_dir: str | os.PathLike, spec: str | None = None) -> str:
+    """What the run learned, "code" or "prose": its train_config.json's language, or for a directory without
+    one (an export) the language of the corpus ``spec`` (code when None)."""
+    if (Path(run_dir) / TRAIN_CONFIG_FILE).is_file():
+        return train_config(run_dir).language
+    return corpus_language(spec)
 
 
 def training_corpus(tc: TrainConfig) -> tuple[Corpus, int]:

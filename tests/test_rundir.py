@@ -299,3 +299,11 @@ def test_the_runs_corpus_is_read_with_the_runs_settings(tmp_path):
     assert sorted(other.train + other.validation) == sorted(lines[:50]) and other.source == str(
         tmp_path / "b.txt"
     )
+
+
+def test_a_runs_language_is_its_train_configs_else_its_corpus_specs(tmp_path):
+    TrainConfig(corpus="notes.txt", language="prose").save_json(tmp_path / rundir.TRAIN_CONFIG_FILE)
+    assert rundir.language(tmp_path) == "prose" and rundir.language(tmp_path, "lines.txt") == "prose"
+    export = tmp_path / "export"
+    export.mkdir()
+    assert rundir.language(export) == "code" and rundir.language(export, "prose") == "prose"

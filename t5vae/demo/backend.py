@@ -76,16 +76,17 @@ class Backend:
         (up to ``pool_lines`` of) its training lines, from the corpus in train_config.json or ``corpus``. The
         run's language comes from train_config.json too (an export without one: the corpus spec's)."""
         model, name = tv.load(run_dir), Path(run_dir).resolve().name
+        language = rundir.language(run_dir, corpus)
         if (Path(run_dir) / rundir.TRAIN_CONFIG_FILE).is_file():
-            lines, language = rundir.corpus(run_dir, corpus), rundir.train_config(run_dir).language
+            lines = rundir.corpus(run_dir, corpus)
         elif corpus is not None:  # an export: the corpus read with the default settings
-            tc = tv.TrainConfig(corpus=corpus)
-            lines, language = rundir.training_corpus(tc)[0], tc.language
+            lines = rundir.training_corpus(tv.TrainConfig(corpus=corpus))[0]
         else:
             return cls(
                 model,
                 note=f"{run_dir} has no {rundir.TRAIN_CONFIG_FILE} naming its corpus (pass --corpus): "
                 f"no map, no nearest lines",
+                language=language,
                 name=name,
             )
         return cls(
