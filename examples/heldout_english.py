@@ -23,7 +23,7 @@ def main():
     p.add_argument("--max-words", type=int, default=20)
     p.add_argument("--status", default="/var/lib/dpkg/status", help="dpkg's status file")
     args = p.parse_args()
-    corpus = sentences.python_prose()
+    corpus = sentences.prose_corpus()
     seen = set(corpus)
     vocabulary = {w for s in corpus for w in sentences.words(s)}
     held = [

@@ -128,10 +128,10 @@ def load_corpus(
         return corpus.Corpus.from_lines(
             corpus.stdlib_lines(min_chars, max_chars), "stdlib", validation_percent
         )
-    if spec.kind == "prose":  # English sentences of the Python installation's own text
+    if spec.kind == "prose":  # Python's own English and, where installed, WordNet's examples
         from t5vae import sentences
 
-        lines = [s for s in sentences.python_prose() if min_chars <= len(s) <= max_chars]
+        lines = [s for s in sentences.prose_corpus() if min_chars <= len(s) <= max_chars]
         return corpus.Corpus.from_lines(lines, spec.text, validation_percent)
     if spec.kind == "py":  # the statements of another Python tree: a directory or an installed package
         lines = corpus.python_lines(corpus.package_root(spec.name), min_chars, max_chars)

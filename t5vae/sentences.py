@@ -1,11 +1,15 @@
-"""English sentences from the Python installation's own text: the language reference that ``pydoc`` ships
-(``pydoc_data.topics``) and the docstrings of the standard library's modules, classes and functions (read
-with ``ast``, nothing imported). The same Python version gives the same sentences on every machine, with no
-download and no data file in the repository. Where Debian's Python documentation is installed
-(``apt-get install python3.11-doc``: the reST sources of docs.python.org under
-/usr/share/doc/python3.X/html/_sources), its sentences are added: :func:`docs_sources` says whether.
+"""The English sentences of the ``prose`` corpus (:func:`prose_corpus`), from text a machine has without a
+download and with no data file in the repository. First the Python installation's own text: the language
+reference that ``pydoc`` ships (``pydoc_data.topics``) and the docstrings of the standard library's modules,
+classes and functions (read with ``ast``, nothing imported); the same Python version gives the same
+sentences on every machine. Where Debian's Python documentation is installed (``apt-get install
+python3.11-doc``: the reST sources of docs.python.org under /usr/share/doc/python3.X/html/_sources), its
+sentences are added: :func:`docs_sources` says whether. Where WordNet is installed (``apt-get install
+wordnet-base``: /usr/share/wordnet), the example sentences of its glosses are added too: general English
+("The cold hardened the butter.") beside the technical English of the rest, which a model of English needs
+for the words that Python's documentation never uses.
 
-The text is technical English, full of code. A paragraph is kept only as prose (no indented block, no
+Python's text is technical English, full of code. A paragraph is kept only as prose (no indented block, no
 ``>>>`` session, no reST table or directive); it is split into sentences; a sentence is kept when it reads as
 a plain English sentence of ``min_words``-``max_words`` words: a capital first, a full stop, question or
 exclamation mark last, and nothing that marks code or markup (identifiers with ``_`` or dots or inner
@@ -168,7 +172,7 @@ def package_descriptions(status: str = "/var/lib/dpkg/status") -> Iterator[str]:
     """The long descriptions of the Debian packages installed on this machine (dpkg's ``status`` file), one
     text per package with its paragraphs separated by blank lines, in file order; nothing where the file is
     absent. General English about software, written by people other than Python's authors: held-out text
-    for a model trained on :func:`python_prose` (the package descriptions are not part of it)."""
+    for a model trained on :func:`prose_corpus` (the package descriptions are not part of it)."""
     try:
         text = _read(status)
     except OSError:
@@ -188,6 +192,31 @@ def package_descriptions(status: str = "/var/lib/dpkg/status") -> Iterator[str]:
             yield "\n".join(lines)
 
 
+WORDNET = "/usr/share/wordnet"
+_WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
+_QUOTED = re.compile(r'"([^"]+)"')
+
+
+def wordnet_examples(root: str = WORDNET) -> Iterator[str]:
+    """The example sentences of WordNet's glosses (the quoted parts after a synset's definition: ``| a
+    domesticated carnivorous mammal; "the dog barked all night"``), each with a capital first and a full
+    stop last where it had none, in file order (nouns, verbs, adjectives, adverbs); nothing where WordNet's
+    database is not under ``root``. Definitions are noun phrases, not sentences, and are left out."""
+    for name in _WORDNET_FILES:
+        try:
+            text = _read(os.path.join(root, name))
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("  ") or "|" not in line:  # the licence header is indented
+                continue
+            for example in _QUOTED.findall(line.split("|", 1)[1]):
+                example = " ".join(example.split())
+                if example:
+                    end = "" if example[-1] in ".!?" else "."
+                    yield example[0].upper() + example[1:] + end
+
+
 def words(sentence: str) -> list[str]:
     """The lower-cased words of a sentence (letters, apostrophes and hyphens; or digits)."""
     return [w.lower() for w in _WORD.findall(sentence)]
@@ -198,15 +227,17 @@ def _read(path: str) -> str:
         return f.read()
 
 
-def python_prose(
+def prose_corpus(
     min_words: int = MIN_WORDS,
     max_words: int = MAX_WORDS,
     root: str | None = None,
     docs: list[str] | None = None,
+    wordnet: str = WORDNET,
 ) -> list[str]:
     """The ``prose`` corpus: the clean sentences of the reference topics, of the standard library's docstrings
-    (``root``, default this Python's stdlib directory), then of the documentation sources ``docs`` (default
-    :func:`docs_sources`: none where the documentation is not installed)."""
+    (``root``, default this Python's stdlib directory), of the documentation sources ``docs`` (default
+    :func:`docs_sources`: none where the documentation is not installed), then WordNet's examples under
+    ``wordnet`` (none where it is not installed)."""
     root = root or sysconfig.get_paths()["stdlib"]
     docs = docs_sources() if docs is None else docs
 
@@ -214,5 +245,6 @@ def python_prose(
         yield from reference_topics()
         yield from docstrings(root)
         yield from map(_read, docs)
+        yield from wordnet_examples(wordnet)
 
     return clean_sentences(texts(), min_words, max_words)

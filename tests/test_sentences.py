@@ -1,6 +1,8 @@
 """The prose corpus's sentence extraction: what counts as a plain English sentence, how paragraphs and
 sentences are cut, and what the installed Python yields."""
 
+import os
+
 import pytest
 
 from t5vae import sentences
@@ -86,18 +88,50 @@ def test_documentation_sources_add_their_sentences(tmp_path):
     doc.write_text(
         "Guide\n=====\n\nThe :mod:`logging` module writes messages to many places.\n\n   code = block\n"
     )
-    base = sentences.python_prose(root=str(tmp_path / "lib"), docs=[])
-    more = sentences.python_prose(root=str(tmp_path / "lib"), docs=[str(doc)])
+    none = str(tmp_path / "no-wordnet")
+    base = sentences.prose_corpus(root=str(tmp_path / "lib"), docs=[], wordnet=none)
+    more = sentences.prose_corpus(root=str(tmp_path / "lib"), docs=[str(doc)], wordnet=none)
     assert more == base + ["The logging module writes messages to many places."]
     assert sentences.docs_sources(str(tmp_path / "none*")) == []
 
 
 def test_the_installed_python_yields_thousands_of_clean_sentences():
-    got = sentences.python_prose(docs=[])
+    got = sentences.prose_corpus(docs=[], wordnet="/nonexistent")
     assert len(got) > 5000  # about 8,600 on CPython 3.11
     assert len(set(got)) == len(got)
     assert all(sentences.is_clean(s) and 5 <= len(s.split()) <= 25 for s in got)
-    assert sentences.python_prose(docs=[]) == got  # the same text gives the same corpus
+    assert sentences.prose_corpus(docs=[], wordnet="/nonexistent") == got  # the same text, the same corpus
+
+
+def test_wordnet_examples_are_the_quoted_parts_of_glosses_made_sentences(tmp_path):
+    (tmp_path / "data.noun").write_text(
+        '  1 This software and database is provided under a licence; "quoted" text here\n'
+        '02084071 05 n 01 dog 0 000 | a domesticated carnivorous mammal; "the dog barked all night"\n'
+        '02084072 05 n 01 cat 0 000 | a small feline; "the cat sat  on the mat!"; "a  cat\'s whiskers"\n'
+        "02084073 05 n 01 fox 0 000 | a canine with no example\n"
+    )
+    (tmp_path / "data.verb").write_text('00001740 29 v 01 run 0 000 | move fast; "He ran to the shop"\n')
+    assert list(sentences.wordnet_examples(str(tmp_path))) == [
+        "The dog barked all night.",
+        "The cat sat on the mat!",
+        "A cat's whiskers.",
+        "He ran to the shop.",
+    ]
+    got = sentences.prose_corpus(root=str(tmp_path / "lib"), docs=[], wordnet=str(tmp_path))
+    assert got[-3:] == ["The dog barked all night.", "The cat sat on the mat!", "He ran to the shop."]
+    assert list(sentences.wordnet_examples(str(tmp_path / "absent"))) == []
+
+
+def test_the_installed_wordnet_adds_general_english():
+    if not os.path.isdir(sentences.WORDNET):
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(
+                f"WordNet is required under CI=true (apt-get install wordnet-base): no {sentences.WORDNET}"
+            )
+        pytest.skip(f"WordNet is not installed ({sentences.WORDNET})")
+    got = sentences.clean_sentences(sentences.wordnet_examples())
+    assert len(got) > 20000  # 29,000 of WordNet 3.0's 48,000 examples are clean sentences of 5-25 words
+    assert "The cold hardened the butter." in got
 
 
 def test_package_descriptions_read_long_descriptions_and_drop_verbatim_lines(tmp_path):
