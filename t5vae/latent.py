@@ -1,5 +1,7 @@
 """Latent-space operations on T5-VAE codes [n, N, Z]: interpolation, shape checks, priors to sample codes
-from, a Gaussian fitted to the aggregate posterior (the training set's codes), latent arithmetic a + (b - c).
+from, a Gaussian fitted to the aggregate posterior (the training set's codes), latent arithmetic a + (b - c),
+and edit directions (as in Bottleneck T5's latent edits): the difference of two sets of lines' mean codes,
+along which one line's code is moved.
 
 Codes are tanh outputs, so every code the encoder produces lies in the open cube (-1, 1)^(N*Z). The MMD
 loss pulls the codes toward N(0, I), but a tanh-squashed code can never be Gaussian: the codes the decoder
@@ -153,6 +155,33 @@ def analogy(a, b, c, scale: float = 1.0, clip: bool = True) -> np.ndarray:
         raise ValueError(
             f"analogy: the batch axes of a {a.shape}, b {b.shape}, c {c.shape} do not broadcast"
         ) from None
+    return np.clip(out, -CLIP, CLIP) if clip else out
+
+
+def direction(codes_from, codes_to) -> np.ndarray:
+    """An edit direction [N, Z]: the mean of ``codes_to`` [m, N, Z] minus the mean of ``codes_from`` [n, N, Z]
+    (e.g. the codes of questions minus those of statements). What the two sets share cancels; what tells them
+    apart remains."""
+    a, b = (np.asarray(x, np.float32) for x in (codes_from, codes_to))
+    if a.ndim != 3 or b.ndim != 3 or a.shape[1:] != b.shape[1:] or not len(a) or not len(b):
+        raise ValueError(
+            f"direction needs two non-empty sets of codes [n, N, Z] of one [N, Z], got {a.shape} and {b.shape}"
+        )
+    return b.mean(0) - a.mean(0)
+
+
+def shift(code, along, amounts, clip: bool = True) -> np.ndarray:
+    """``code`` [N, Z] moved ``amount`` times ``along`` [N, Z] for each of ``amounts`` -> [len(amounts), N, Z],
+    clipped into (-CLIP, CLIP) unless ``clip=False``. Amount 0 is the code itself; 1 adds the whole direction,
+    negative amounts move the other way."""
+    code, along = np.asarray(code, np.float32), np.asarray(along, np.float32)
+    t = np.asarray(amounts, np.float32)
+    if code.ndim != 2 or code.shape != along.shape or t.ndim != 1:
+        raise ValueError(
+            f"shift needs a code and a direction of one shape [N, Z] and a 1-D list of amounts, got "
+            f"{code.shape}, {along.shape} and {t.shape}"
+        )
+    out = code + t[:, None, None] * along
     return np.clip(out, -CLIP, CLIP) if clip else out
 
 

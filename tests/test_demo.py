@@ -40,7 +40,7 @@ def test_stated_bounds():
 
 
 def test_the_models_refusals_read_as_the_pages_errors():
-    assert str(core.empty_line("line A")) == "line A is empty: type a line of Python"
+    assert str(core.empty_line("line A")) == "line A is empty: there is nothing to encode"
     e = core.too_long("line B", 9, 8)
     assert isinstance(e, core.TooLong) and isinstance(e, core.InputError)
     assert str(e).startswith(
@@ -205,6 +205,7 @@ class FakeModel:
         self.active -= 1
 
     def encode(self, lines, truncate=False):
+        self._check(lines, [f"lines[{i}]" for i in range(len(lines))], truncate)
         self._call()
         return np.stack(
             [
@@ -242,13 +243,13 @@ class FakeModel:
 
     def path(self, a, b, steps, kind, truncate=False, method="greedy"):
         self._check([a, b], "ab", truncate)
-        z = self.encode([a, b])
+        z = self.encode([a, b], truncate)
         codes = np.asarray(tv.interpolate(z[0], z[1], steps, kind))
         return SimpleNamespace(ratios=np.linspace(0, 1, steps), codes=codes, lines=self.decode(codes, method))
 
     def analogy(self, a, b, c, truncate=False, method="greedy"):
         self._check([a, b, c], "abc", truncate)
-        za, zb, zc = self.encode([a, b, c])
+        za, zb, zc = self.encode([a, b, c], truncate)
         return self.decode([np.clip(za + zb - zc, -0.999, 0.999)], method)[0]
 
 
@@ -300,6 +301,34 @@ def test_backend_checks_before_any_model_call(fake):
     assert fake.model.calls == calls
     assert len(fake.interpolate("x = 1", "a b c d e f g h i", truncate=True).lines) == 9
     assert fake.model.calls == calls + 2  # one encode, one decode
+
+
+def test_an_edit_moves_the_line_along_the_mean_difference_of_two_sets(fake):
+    moved = fake.edit("x = 1", "a = 1\n\n  b = 2  \n", "return a\nreturn b")
+    assert moved.amounts == list(core.EDIT_AMOUNTS) and core.EDIT_AMOUNTS[4] == 0
+    assert len(moved.lines) == len(moved.parses) == len(core.EDIT_AMOUNTS) == 13
+    z = fake.model.encode(["x = 1", "a = 1", "b = 2", "return a", "return b"])
+    along = z[3:].mean(0) - z[1:3].mean(0)
+    assert moved.lines[4] == fake.model.decode(z[:1])[0]  # amount 0: the line's own decoding
+    assert moved.lines[8] == fake.model.decode([np.clip(z[0] + along, -0.999, 0.999)])[0]
+    assert moved.lines[0] == fake.model.decode([np.clip(z[0] - along, -0.999, 0.999)])[0]
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (("x = 1", " \n", "y"), "the 'from' lines: type 1 to 64 lines, one per line; got 0"),
+        (("x = 1", "y\n" * 65, "y"), "the 'from' lines: type 1 to 64 lines, one per line; got 65"),
+        (("x = 1", "y", "z\n" + "w" * 200), "the 'to' lines, line 2 is 200 characters"),
+        (("", "y", "z"), "the line to edit is empty"),
+        (("x = 1", "y", "z\na b c d e f g h i"), "the 'to' lines, line 2 is 10 tokens, longer than"),
+    ],
+)
+def test_an_edit_names_the_box_and_line_it_refuses(fake, args, says):
+    calls = fake.model.calls
+    with pytest.raises(core.InputError, match=re.escape(says)):
+        fake.edit(*args)
+    assert fake.model.calls == calls
 
 
 def test_example_lines_fit_the_model(fake):
@@ -360,6 +389,13 @@ def test_callbacks_show_errors_on_the_page(handlers):
     assert "from 1 to 32, got 99" in err and out == ""
     err, out = handlers.sample("tanh", 3, 0, "beam")
     assert err == "" and out.count('class="row') == 3 and "# beam" in out
+    err, state, slider, table, here = handlers.edit("x = 1", "a = 1", "", "greedy", False)
+    assert "the &#x27;to&#x27; lines: type 1 to 64" in err and state is None and table == here == ""
+    err, state, slider, table, here = handlers.edit("x = 1", "a = 1", "return a", "beam", False)
+    assert err == "" and table.count('<tr class="row') == 13 and slider["value"] == 4
+    assert 'class="row current" data-index="4"' in table and "amount <b>+0.00</b>" in here
+    table, here = handlers.edit_point(state, 12)
+    assert 'data-index="12"' in table.split("current")[1][:20] and "+2.00" in here and "# beam" in here
 
 
 def test_load_computes_the_linked_path(handlers):
@@ -466,6 +502,10 @@ def test_serving_a_run_writes_nothing_into_its_directory(text_run_dir):
     before = {p.name: p.stat().st_mtime_ns for p in text_run_dir.rglob("*")}
     b = Backend.from_run(text_run_dir, map_lines=8, pool_lines=16)
     assert len(b.sample("aggregate", 2)) == 2 and b.model._aggregate is not None
+    moved = b.edit("x = 1", "y = 2\nz = 3", "return y")  # the real Model's codes and refusals
+    assert len(moved.lines) == len(core.EDIT_AMOUNTS) and all(isinstance(s, str) for s in moved.lines)
+    with pytest.raises(core.TooLong, match=r"the 'to' lines, line 2 is \d+ tokens"):
+        b.edit("x = 1", "y = 2", "return y\n" + " + ".join(["value"] * 30))
     assert {p.name: p.stat().st_mtime_ns for p in text_run_dir.rglob("*")} == before
 
 

@@ -300,6 +300,32 @@ def test_samples_and_analogy(browser, server):
     wait(browser, lambda d: "line b is empty" in error_text(d, "analogy-error"))
 
 
+def test_an_edit_direction_and_its_slider(browser, server):
+    browser.get(server)
+    wait(browser, lambda d: path_rows(d))
+    type_into(browser, "edit-from", "x = 1\ny = 2")
+    type_into(browser, "edit-to", "return x\nreturn y")
+    type_into(browser, "edit-line", "total = 3")
+    click(browser, "edit")
+    wait(browser, lambda d: len(css(d, "#edit-table tbody tr")) == len(core.EDIT_AMOUNTS))
+    rows = css(browser, "#edit-table tbody tr")
+    assert [r.find_element("css selector", ".first").text for r in rows] == [
+        f"{t:+.2f}" for t in core.EDIT_AMOUNTS
+    ]
+    for r in rows:
+        line = r.find_element("css selector", "code").get_attribute("textContent")
+        assert r.find_element("css selector", ".parses").text == ("✓ yes" if core.parses(line) else "✗ no")
+    zero = core.EDIT_AMOUNTS.index(0)
+    assert css(browser, "#edit-table tr.current")[0].get_attribute("data-index") == str(zero)
+    css(browser, "#edit-scrub input[type=range]")[0].send_keys("\ue014")  # arrow right: the next amount
+    wait(browser, lambda d: "amount +0.25" in css(d, "#edit-point")[0].text)
+    assert css(browser, "#edit-table tr.current")[0].get_attribute("data-index") == str(zero + 1)
+    type_into(browser, "edit-to", "")
+    click(browser, "edit")
+    wait(browser, lambda d: error_text(d, "edit-error"))
+    assert "the 'to' lines: type 1 to 64 lines, one per line; got 0" in error_text(browser, "edit-error")
+
+
 def test_two_browser_tabs_at_once_each_see_their_own_path(browser, server):
     pairs = [("x = 1", "y = 2", 3), ("import data", "return items[0]", 6)]
     first = browser.current_window_handle
@@ -389,3 +415,12 @@ def test_a_code_run_and_a_prose_run_side_by_side(browser, two_runs):
     click(browser, "run1-sample")
     wait(browser, lambda d: len(css(d, "#run1-samples-table tbody tr")) == core.DEFAULT_SAMPLES)
     assert not css(browser, "#run1-samples-table .parses")
+    # the prose tab's edit direction starts from statements and questions, and has no parse marks
+    to = css(browser, "#run1-edit-to textarea")[0].get_attribute("value")
+    assert to.split("\n")[0] == "Is the file open?", to
+    click(browser, "run1-edit")
+    wait(browser, lambda d: len(css(d, "#run1-edit-table tbody tr")) == len(core.EDIT_AMOUNTS))
+    assert (
+        not css(browser, "#run1-edit-table .parses")
+        and "decoded sentence" in css(browser, "#run1-edit-table th")[1].text
+    )

@@ -187,6 +187,26 @@ def test_analogy_is_a_plus_b_minus_c():
         tv.analogy(a, b, np.zeros((3, 3, 8)))
 
 
+def test_an_edit_direction_is_the_difference_of_mean_codes_and_shift_moves_along_it():
+    rng = np.random.default_rng(3)
+    frm, to = rng.uniform(-0.5, 0.5, (4, 3, 8)), rng.uniform(-0.5, 0.5, (2, 3, 8))
+    d = latent.direction(frm, to)
+    np.testing.assert_allclose(d, to.mean(0) - frm.mean(0), atol=1e-6)
+    code = rng.uniform(-0.5, 0.5, (3, 8))
+    moved = latent.shift(code, d, [-1, 0, 0.5, 2])
+    assert moved.shape == (4, 3, 8)
+    np.testing.assert_allclose(moved[1], code, atol=1e-6)
+    np.testing.assert_allclose(moved[2], code + 0.5 * d, atol=1e-6)
+    assert np.abs(latent.shift(code, d + 5, [1])).max() == np.float32(latent.CLIP)
+    assert np.abs(latent.shift(code, d + 5, [1], clip=False)).max() > 4
+    with pytest.raises(ValueError, match=r"non-empty sets .* got \(0, 3, 8\) and \(2, 3, 8\)"):
+        latent.direction(frm[:0], to)
+    with pytest.raises(ValueError, match=r"got \(4, 3, 8\) and \(2, 3, 4\)"):
+        latent.direction(frm, to[..., :4])
+    with pytest.raises(ValueError, match=r"one shape \[N, Z\]"):
+        latent.shift(code, d[:, :4], [1])
+
+
 def test_params_fingerprint_tells_params_apart():
     p = {"a": np.zeros(3, np.float32), "b": {"c": np.ones((2, 2), np.float32)}}
     f = latent.params_fingerprint(p)

@@ -23,6 +23,20 @@ EXAMPLES = {
     "prose": ("The file is opened for reading.", "This function returns a new list.", "The file is closed."),
 }
 EXAMPLE_A, EXAMPLE_B = EXAMPLES["code"][:2]
+# The edit direction's first sets and line, per language: what the 'to' lines share and the 'from' lines
+# lack (a return instead of an assignment; a question instead of a statement).
+EDIT_EXAMPLES = {
+    "code": (
+        ("total = price * count", "name = user.name", "items = sorted(items)", "result = f(x)"),
+        ("return price * count", "return user.name", "return sorted(items)", "return f(x)"),
+        "value = a + b",
+    ),
+    "prose": (
+        ("The file is open.", "The list is empty.", "The value was found.", "The server is running."),
+        ("Is the file open?", "Is the list empty?", "Was the value found?", "Is the server running?"),
+        "The door is locked.",
+    ),
+}
 
 
 @dataclasses.dataclass
@@ -36,6 +50,16 @@ class Interpolation:
     parses: list[bool] | None
     codes: np.ndarray
     xy: np.ndarray | None
+
+
+@dataclasses.dataclass
+class Edit:
+    """One line moved along an edit direction: the amounts, the decoded lines and their parse marks (None
+    for prose)."""
+
+    amounts: list[float]
+    lines: list[str]
+    parses: list[bool] | None
 
 
 def spread(lines: list[str], cap: int | None) -> list[str]:
@@ -171,6 +195,26 @@ class Backend:
             lambda: self.model.analogy(a, b, c, truncate=truncate, method=decoder),
         )
 
+    def edit(self, line, from_lines, to_lines, decoder="greedy", truncate: bool = False) -> Edit:
+        """``line`` decoded at its code moved along the edit direction from the ``from_lines`` to the
+        ``to_lines`` (the text of a box each: one line per line) by each of core.EDIT_AMOUNTS."""
+        decoder = core.check_choice(decoder, "decoder", core.DECODERS)
+        max_length = self.model.cfg.max_length
+        line = core.check_line(line, "the line to edit", max_length)
+        frm = core.check_set(from_lines, "the 'from' lines", max_length)
+        to = core.check_set(to_lines, "the 'to' lines", max_length)
+        names = ["the line to edit"] + [
+            f"the '{w}' lines, line {k}" for w, s in (("from", frm), ("to", to)) for k in range(1, len(s) + 1)
+        ]
+
+        def run():
+            z = self.model.encode([line, *frm, *to], truncate=truncate)
+            along = tv.latent.direction(z[1 : 1 + len(frm)], z[1 + len(frm) :])
+            return self.model.decode(tv.latent.shift(z[0], along, core.EDIT_AMOUNTS), method=decoder)
+
+        lines = self._lines({f"lines[{i}]": n for i, n in enumerate(names)}, run)
+        return Edit(list(core.EDIT_AMOUNTS), lines, [core.parses(s) for s in lines] if self.marks else None)
+
     def nearest(self, code, k: int = core.NEAREST_K) -> list[tuple[str, float]]:
         """The ``k`` pool lines whose codes are closest to ``code`` [N * Z], with their distances."""
         if self.pool is None:
@@ -218,3 +262,5 @@ class Backend:
         except InputError:
             self.sample("gaussian")
         self.analogy(a, b, a, truncate=True)
+        frm, to, line = EDIT_EXAMPLES[self.language]
+        self.edit(line, "\n".join(frm), "\n".join(to), truncate=True)

@@ -24,6 +24,8 @@ from t5vae.names import (  # noqa: F401  (the page's names)
 
 STEPS_RANGE = (2, 32)  # points on a path, both endpoints included: decoded in one batch of at most 32
 SAMPLES_RANGE = (1, 32)  # samples per request
+EDIT_SET_RANGE = (1, 64)  # lines in each set of an edit direction
+EDIT_AMOUNTS = tuple(k / 4 for k in range(-4, 9))  # -1 to 2 in quarters: 13 points, decoded in one batch
 DEFAULT_STEPS, DEFAULT_SAMPLES = 9, 8
 NEAREST_K = 5
 CHARS_PER_TOKEN = 16  # a line's bound in characters per token of max_length: far above any tokenizer's pieces
@@ -105,9 +107,19 @@ def check_line(value, label: str, max_length: int) -> str:
     return line
 
 
+def check_set(value, label: str, max_length: int) -> list[str]:
+    """The lines of a box (one per line, blank lines skipped, each stripped), each checked as
+    :func:`check_line` and named by its number; between EDIT_SET_RANGE of them."""
+    lines = [s.strip() for s in ("" if value is None else str(value)).splitlines() if s.strip()]
+    lo, hi = EDIT_SET_RANGE
+    if not lo <= len(lines) <= hi:
+        raise InputError(f"{label}: type {lo} to {hi} lines, one per line; got {len(lines)}")
+    return [check_line(s, f"{label}, line {k}", max_length) for k, s in enumerate(lines, 1)]
+
+
 def empty_line(label: str) -> InputError:
     """The page's error for an empty line (the Model refuses it: t5vae.text.EmptyLine)."""
-    return InputError(f"{label} is empty: type a line of Python")
+    return InputError(f"{label} is empty: there is nothing to encode")
 
 
 def too_long(label: str, n_tokens: int, max_length: int) -> TooLong:

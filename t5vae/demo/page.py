@@ -1,5 +1,5 @@
 """The Gradio page over a :class:`~t5vae.demo.backend.Backend`: interpolation (table, slider, map, nearest
-lines, shareable link), samples from a prior, an analogy. Results live in each browser's own gr.State;
+lines, shareable link), samples from a prior, an analogy, an edit direction with a slider along it. Results live in each browser's own gr.State;
 errors are shown on the page and the server keeps serving."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import gradio as gr
 
 import t5vae as tv
 from t5vae.demo import core
-from t5vae.demo.backend import EXAMPLES, Backend, Interpolation
+from t5vae.demo.backend import EDIT_EXAMPLES, EXAMPLES, Backend, Edit, Interpolation
 
 log = logging.getLogger("t5vae.demo")
 
@@ -172,6 +172,31 @@ class Handlers:
         shown = f" {mark(core.parses(line))}" if self.b.marks else ""
         return "", f'<div id="{self.id("analogy-result")}"><code>{escape(line)}</code>{shown}</div>'
 
+    def edit(self, line, from_lines, to_lines, decoder, truncate):
+        """-> error, state, slider, table, current point."""
+        try:
+            moved = self.b.edit(line, from_lines, to_lines, decoder, bool(truncate))
+        except core.InputError as e:
+            return error_html(str(e)), None, gr.update(), *self.edit_point(None, 0)
+        except Exception as e:  # noqa: BLE001
+            return error_html(_internal(e)), None, gr.update(), *self.edit_point(None, 0)
+        zero = moved.amounts.index(0)
+        slider = gr.update(minimum=0, maximum=len(moved.lines) - 1, value=zero, step=1, interactive=True)
+        return "", moved, slider, *self.edit_point(moved, zero)
+
+    def edit_point(self, moved: Edit | None, index) -> tuple[str, str]:
+        """(table, current point) for point ``index`` of an edit."""
+        if moved is None:
+            return "", ""
+        i = min(max(int(index or 0), 0), len(moved.lines) - 1)
+        rows = [(f"{t:+.2f}", s) for t, s in zip(moved.amounts, moved.lines)]
+        shown = f" {mark(moved.parses[i])}" if moved.parses is not None else ""
+        here = (
+            f'<div id="{self.id("edit-point")}">amount <b>{moved.amounts[i]:+.2f}</b>: '
+            f"<code>{escape(moved.lines[i])}</code>{shown}</div>"
+        )
+        return self.table("edit-table", ("amount", f"decoded {self.noun}"), rows, i), here
+
 
 def _interpolation(h: Handlers, page: gr.Blocks) -> tuple[gr.Radio, gr.Checkbox]:
     """The path section: two lines, the path's table, slider, link, map and nearest lines; loaded on open.
@@ -267,6 +292,39 @@ def _samples_and_analogy(h: Handlers, decoder, truncate) -> None:
     an_go.click(h.analogy, boxes + [decoder, truncate], [an_err, an_out])
 
 
+def _edit_direction(h: Handlers, decoder, truncate) -> None:
+    """A line moved along the direction from one set of lines to another (their mean codes' difference)."""
+    i, (lo, hi) = h.id, core.EDIT_SET_RANGE
+    amounts = core.EDIT_AMOUNTS
+    gr.Markdown(
+        f"### Edit direction\nDecode code(line) + amount x (mean code of the *to* {h.noun}s - mean code of "
+        f"the *from* {h.noun}s), amount {amounts[0]:+g} to {amounts[-1]:+g}: what the *to* {h.noun}s share "
+        f"and the *from* {h.noun}s lack. {lo} to {hi} {h.noun}s per box, one per line."
+    )
+    frm, to, example = EDIT_EXAMPLES[h.b.language]
+    with gr.Row():
+        boxes = [
+            gr.Textbox("\n".join(lines), lines=4, label=label, elem_id=i(name))
+            for lines, label, name in ((frm, "From", "edit-from"), (to, "To", "edit-to"))
+        ]
+    line = gr.Textbox(example, label=f"{h.noun.title()} to edit", elem_id=i("edit-line"))
+    go = gr.Button("Edit", elem_id=i("edit"))
+    err, state = gr.HTML("", elem_id=i("edit-error")), gr.State(None)
+    table = gr.HTML("", elem_id=i("edit-out"))
+    scrub = gr.Slider(0, len(amounts) - 1, value=0, step=1, label="Amount", elem_id=i("edit-scrub"))
+    here = gr.HTML("", elem_id=i("edit-here"))
+    for event in (go.click, line.submit):
+        event(h.edit, [line, *boxes, decoder, truncate], [err, state, scrub, table, here])
+    scrub.change(h.edit_point, [state, scrub], [table, here], show_progress="hidden")
+
+
+def _sections(h: Handlers, page: gr.Blocks) -> None:
+    """One run's sections; the path's decoder and cut controls also serve the analogy and the edit."""
+    controls = _interpolation(h, page)
+    _samples_and_analogy(h, *controls)
+    _edit_direction(h, *controls)
+
+
 def tab_names(backends: list[Backend]) -> list[str]:
     """Each run's name on a page of several: its directory's name, or its path where two names clash."""
     names = [b.name or f"run {k + 1}" for k, b in enumerate(backends)]
@@ -280,15 +338,13 @@ def build(backends: Backend | list[Backend]) -> gr.Blocks:
     with gr.Blocks(title="t5vae: paths between lines", analytics_enabled=False) as page:
         gr.Markdown("## t5vae: the latent space of a T5-VAE")
         if len(backends) == 1:
-            h = Handlers(backends[0])
-            _samples_and_analogy(h, *_interpolation(h, page))
+            _sections(Handlers(backends[0]), page)
             return page
         names = tab_names(backends)
         with gr.Tabs(elem_id="runs") as tabs:
             for k, (b, name) in enumerate(zip(backends, names)):
                 with gr.Tab(f"{name} ({b.language})", id=k, elem_id=f"tab-{k}"):
-                    h = Handlers(b, run=name, prefix=f"run{k}-", first=k == 0)
-                    _samples_and_analogy(h, *_interpolation(h, page))
+                    _sections(Handlers(b, run=name, prefix=f"run{k}-", first=k == 0), page)
 
         def select(request: gr.Request):
             run = dict(request.query_params).get("run") if request is not None else None
