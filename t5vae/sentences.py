@@ -192,6 +192,26 @@ def package_descriptions(status: str = "/var/lib/dpkg/status") -> Iterator[str]:
             yield "\n".join(lines)
 
 
+FORTUNES = "/usr/share/games/fortunes"
+
+
+def fortunes(root: str = FORTUNES) -> Iterator[str]:
+    """The entries of the fortune files under ``root`` (Debian's ``fortunes`` package: quotations from
+    literature, speeches and people, jokes), one text per entry with its attribution lines (``-- Author``)
+    left out, files in name order; nothing where ``root`` is absent. General English that neither Python's
+    text nor WordNet holds: held-out text for a model trained on :func:`prose_corpus`."""
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(root, name)
+        if "." in name or not os.path.isfile(path):  # index (.dat) and link (.u8) files
+            continue
+        for entry in re.split(r"^%$", _read(path), flags=re.M):
+            yield "\n".join(ln.strip() for ln in entry.splitlines() if not ln.lstrip().startswith("--"))
+
+
 WORDNET = "/usr/share/wordnet"
 _WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
 _QUOTED = re.compile(r'"([^"]+)"')

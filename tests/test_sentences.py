@@ -103,6 +103,20 @@ def test_the_installed_python_yields_thousands_of_clean_sentences():
     assert sentences.prose_corpus(docs=[], wordnet="/nonexistent") == got  # the same text, the same corpus
 
 
+def test_fortunes_are_entries_without_their_attributions(tmp_path):
+    (tmp_path / "wisdom").write_text(
+        "He who hesitates is sometimes saved.\n%\nThe climate of Bombay is such that its inhabitants\n"
+        "have to live elsewhere.\n\t\t-- Somebody Famous\n%\n"
+    )
+    (tmp_path / "wisdom.dat").write_bytes(b"\x00\x02binary index")
+    got = list(sentences.fortunes(str(tmp_path)))
+    assert sentences.clean_sentences(got) == [
+        "He who hesitates is sometimes saved.",
+        "The climate of Bombay is such that its inhabitants have to live elsewhere.",
+    ]
+    assert list(sentences.fortunes(str(tmp_path / "absent"))) == []
+
+
 def test_wordnet_examples_are_the_quoted_parts_of_glosses_made_sentences(tmp_path):
     (tmp_path / "data.noun").write_text(
         '  1 This software and database is provided under a licence; "quoted" text here\n'
@@ -149,3 +163,28 @@ def test_package_descriptions_read_long_descriptions_and_drop_verbatim_lines(tmp
     ]
     assert list(sentences.package_descriptions(str(tmp_path / "absent"))) == []
     assert sentences.words("It's a 2-step tool, v2.") == ["it's", "a", "2", "step", "tool", "v", "2"]
+
+
+def test_the_heldout_example_writes_sentences_the_corpus_lacks_and_its_known_subset(tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent.parent / "examples" / "heldout_english.py"
+    spec = importlib.util.spec_from_file_location("heldout_english", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    corpus = ["The cat sat on the mat.", "A dog will sit on the mat."]
+    monkeypatch.setattr(sentences, "prose_corpus", lambda: corpus)
+    (tmp_path / "wisdom").write_text(
+        "The cat sat on the mat.\n%\nA dog sat on the cat.\n%\nNo words here are known at all.\n%\n"
+    )
+    out = tmp_path / "held.txt"
+    monkeypatch.setattr(sys, "argv", ["heldout_english.py", str(out), "--fortunes", str(tmp_path)])
+    module.main()
+    assert out.read_text() == "A dog sat on the cat.\nNo words here are known at all.\n"
+    assert (tmp_path / "held-known.txt").read_text() == "A dog sat on the cat.\n"
+    monkeypatch.setattr(sys, "argv", ["heldout_english.py", str(out), "--fortunes", str(tmp_path / "none")])
+    with pytest.raises(SystemExit, match="no fortune files in"):
+        module.main()
+    assert out.read_text().startswith("A dog")  # a failed run leaves the last file as it was
