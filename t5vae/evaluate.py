@@ -1,9 +1,9 @@
 """Evaluation on held-out lines, through :class:`t5vae.text.Model`: greedy reconstruction from the latent
 (token accuracy, exact match by length, corpus BLEU-4), held-out MMD, active units, mutual information, and
-interpolation quality on paths between random pairs. For code: how many interior points parse and are new,
-and a linear probe of the statement kind. For prose (``language="prose"``): how many interior points differ
-from both decoded ends, how many paths are smooth (t5vae.scores), how many points ran to max_length, and
-lengths in words."""
+interpolation quality on paths between random pairs: how many interior points differ from both decoded ends
+and how many paths are smooth (t5vae.scores: edit distance in Python tokens for code, in words for prose),
+overall and by the length of a path's longer end. For code also how many interior points parse, and a linear
+probe of the statement kind; for prose how many points ran to max_length, and lengths in words."""
 
 from __future__ import annotations
 
@@ -124,15 +124,18 @@ def interpolation_quality(
     num_beams=DEFAULT_BEAMS,
     batch_size=128,
 ) -> dict:
-    """For ``pairs`` random pairs of distinct lines: decode (``method``) ``steps`` interior points of their
-    codes' path (``kind`` as in :func:`t5vae.interpolate`)."""
+    """For ``pairs`` random pairs of distinct lines: decode (``method``) their codes' whole path (``kind`` as
+    in :func:`t5vae.interpolate`; ``steps`` interior points and both ends). An interior point is valid when
+    it parses and distinct when it differs from both decoded ends; a path is smooth by
+    :func:`t5vae.scores.is_smooth` in Python tokens."""
     if len(lines) < 2 or pairs <= 0:
         return {"interp_pairs": 0}
     idx, _, texts = decoded_paths(
-        model, lines, z, pairs, rng, steps, kind, method, num_beams, batch_size, False
+        model, lines, z, pairs, rng, steps, kind, method, num_beams, batch_size, True
     )
-    valid = np.vectorize(parses, otypes=[bool])(texts)
-    distinct = np.array([[t != lines[a] and t != lines[b] for t in row] for (a, b), row in zip(idx, texts)])
+    valid = np.vectorize(parses, otypes=[bool])(texts[:, 1:-1])
+    distinct = _distinct(texts)
+    smooth = np.array([scores.is_smooth(r, scores.code_tokens) for r in texts])
     a, b = idx[0]
     return {
         "interp_pairs": int(pairs),
@@ -141,8 +144,35 @@ def interpolation_quality(
         "interp_valid": float(valid.mean()),
         "interp_distinct": float(distinct.mean()),
         "interp_valid_and_distinct": float((valid & distinct).mean()),
-        "example": [lines[a]] + list(texts[0]) + [lines[b]],
+        "interp_smooth": float(smooth.mean()),
+        **paths_by_length(
+            lines,
+            idx,
+            {"interp_valid_and_distinct": (valid & distinct).mean(1), "interp_smooth": smooth},
+            "code",
+        ),
+        "example": [lines[a]] + list(texts[0][1:-1]) + [lines[b]],
     }
+
+
+def _distinct(texts: np.ndarray) -> np.ndarray:
+    """[pairs, steps]: whether each interior point of each decoded path (ends included) differs from both
+    decoded ends."""
+    return np.array([[t != row[0] and t != row[-1] for t in row[1:-1]] for row in texts], bool)
+
+
+def paths_by_length(lines: Sequence[str], idx: np.ndarray, per_path: dict, language: str) -> dict:
+    """Per-path figures ``per_path`` (name -> [pairs]) averaged within each length bucket of a path's longer
+    end (characters for code, words for prose): ``interp_smooth_len_0_40``, with ``n_pairs_len_0_40``."""
+    longer = np.array([max(line_length(lines[a], language), line_length(lines[b], language)) for a, b in idx])
+    out = {}
+    for lo, hi in LENGTH_BUCKETS[language]:
+        sel = (longer >= lo) & (longer <= (hi if hi is not None else longer.max(initial=0)))
+        if sel.any():
+            tail = f"_len_{lo}_{hi}" if hi is not None else f"_len_{lo}_up"
+            out["n_pairs" + tail] = int(sel.sum())
+            out.update({name + tail: float(np.mean(v[sel])) for name, v in per_path.items()})
+    return out
 
 
 def prose_paths(
@@ -167,15 +197,19 @@ def prose_paths(
         model, lines, z, pairs, rng, steps, kind, method, num_beams, batch_size, True
     )
     ran_out = ~np.any(ids == model.cfg.t5.eos_token_id, axis=2)  # no end
-    distinct = np.array([[t != row[0] and t != row[-1] for t in row[1:-1]] for row in texts])
+    distinct = _distinct(texts)
+    smooth = np.array([scores.is_smooth(r) for r in texts])
     a, b = idx[0]
     return {
         "interp_pairs": int(pairs),
         "interp_kind": kind,
         "interp_method": method,
         "interp_distinct": float(distinct.mean()),
-        "interp_smooth": float(np.mean([scores.is_smooth(r) for r in texts])),
+        "interp_smooth": float(smooth.mean()),
         "interp_degenerate": float(ran_out[:, 1:-1].mean()),
+        **paths_by_length(
+            lines, idx, {"interp_distinct": distinct.mean(1), "interp_smooth": smooth}, "prose"
+        ),
         "example": [lines[a]] + list(texts[0][1:-1]) + [lines[b]],
     }
 
@@ -257,6 +291,7 @@ CURVE_KEYS = {
         "recon_bleu4",
         "interp_valid",
         "interp_distinct",
+        "interp_smooth",
         "heldout_mmd",
     ),
     "prose": (
@@ -280,7 +315,7 @@ ROWS = [
     ("interp_valid", "interpolation: interior points that parse", "{:.3f}"),
     ("interp_distinct", "interpolation: interior points distinct from both ends", "{:.3f}"),
     ("interp_valid_and_distinct", "interpolation: valid and distinct", "{:.3f}"),
-    ("interp_smooth", "interpolation: smooth paths (word edit distance monotone)", "{:.3f}"),
+    ("interp_smooth", "interpolation: smooth paths (edit distance to each end monotone)", "{:.3f}"),
     ("interp_degenerate", "interpolation: points that ran to max_length", "{:.3f}"),
 ]
 
@@ -324,9 +359,32 @@ def table(results: dict) -> str:
         lines += [
             f"| {name} | {results[k.replace('recon_exact', 'n')]} | {results[k]:.3f} |" for k, name in buckets
         ]
+    lines += _paths_by_length_table(results)
     if "example" in results:
         lines += ["", "Example interpolation:", ""] + [f"    {s}" for s in results["example"]]
     return "\n".join(lines) + "\n"
+
+
+def _paths_by_length_table(results: dict) -> list[str]:
+    tails = [k[len("n_pairs") :] for k in results if k.startswith("n_pairs_len_")]
+    if not tails:
+        return []
+    prose = results.get("language") == "prose"
+    first, unit = ("interp_distinct", "words") if prose else ("interp_valid_and_distinct", "characters")
+    name = "distinct" if prose else "valid and distinct"
+    rows = [
+        f"| {t[5:].replace('_up', '+').replace('_', '-')} | {results['n_pairs' + t]} | "
+        f"{results[first + t]:.3f} | {results['interp_smooth' + t]:.3f} |"
+        for t in tails
+    ]
+    return [
+        "",
+        f"Interpolation paths by the length of their longer end ({unit}):",
+        "",
+        f"| length | pairs | {name} | smooth |",
+        "|---|---|---|---|",
+        *rows,
+    ]
 
 
 def save(results: dict, run_dir, name: str = rundir.EVAL_NAME) -> str:

@@ -1,12 +1,15 @@
-"""Scores of decoded text against its source, over whitespace-separated words: corpus BLEU-4 (Papineni et
-al., 2002), word edit distance, and whether a decoded path moves monotonically from one end to the other.
-Pure Python, no jax: evaluation and the demo share them."""
+"""Scores of decoded text against its source: corpus BLEU-4 over whitespace-separated words (Papineni et
+al., 2002), edit distance over words (prose) or Python tokens (code), and whether a decoded path moves
+monotonically from one end to the other. Pure Python, no jax: evaluation and the demo share them."""
 
 from __future__ import annotations
 
 import collections
 import math
-from typing import Sequence
+import re
+from typing import Callable, Sequence
+
+_CODE_TOKEN = re.compile(r"\w+|[^\w\s]")
 
 
 def _ngrams(words: Sequence[str], n: int) -> collections.Counter:
@@ -35,9 +38,8 @@ def corpus_bleu(references: Sequence[str], hypotheses: Sequence[str], max_n: int
     return bp * math.exp(log_p)
 
 
-def word_edit_distance(a: str, b: str) -> int:
-    """Levenshtein distance between two texts' word sequences (insert, delete, substitute a word: 1 each)."""
-    x, y = a.split(), b.split()
+def edit_distance(x: Sequence, y: Sequence) -> int:
+    """Levenshtein distance between two sequences (insert, delete, substitute an item: 1 each)."""
     prev = list(range(len(y) + 1))
     for i, wx in enumerate(x, 1):
         cur = [i]
@@ -47,9 +49,22 @@ def word_edit_distance(a: str, b: str) -> int:
     return prev[-1]
 
 
-def is_smooth(path: Sequence[str]) -> bool:
-    """A decoded path from a to b is smooth when its word edit distance to the decoded a never falls and its
-    distance to the decoded b never rises, point by point."""
-    to_a = [word_edit_distance(path[0], p) for p in path]
-    to_b = [word_edit_distance(path[-1], p) for p in path]
+def word_edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance between two texts' word sequences (insert, delete, substitute a word: 1 each)."""
+    return edit_distance(a.split(), b.split())
+
+
+def code_tokens(line: str) -> list[str]:
+    """A line of code as the units its edit distance counts: names, numbers and keywords (runs of word
+    characters) and each other non-space character (``x = f(a)`` -> x, =, f, (, a, ))."""
+    return _CODE_TOKEN.findall(line)
+
+
+def is_smooth(path: Sequence[str], units: Callable[[str], Sequence] = str.split) -> bool:
+    """A decoded path from a to b is smooth when its edit distance to the decoded a never falls and its
+    distance to the decoded b never rises, point by point; ``units`` cuts a text into what the distance
+    counts (words by default; :func:`code_tokens` for code)."""
+    cut = [units(p) for p in path]
+    to_a = [edit_distance(cut[0], p) for p in cut]
+    to_b = [edit_distance(cut[-1], p) for p in cut]
     return all(u <= v for u, v in zip(to_a, to_a[1:])) and all(u >= v for u, v in zip(to_b, to_b[1:]))

@@ -28,6 +28,55 @@ def test_interpolation_quality_needs_two_lines_and_a_pair():
     assert evaluate.interpolation_quality(None, ["x = 1", "y = 2"], None, 0, rng) == {"interp_pairs": 0}
 
 
+def test_path_figures_by_the_length_of_the_longer_end():
+    lines = ["x = 1", "y = " + "2" * 40, "z = 3", "w = " + "4" * 60]  # 5, 41, 5 and 64 characters
+    idx = np.array([[0, 2], [0, 1], [2, 1], [3, 0]])
+    got = evaluate.paths_by_length(lines, idx, {"interp_smooth": np.array([1, 0, 1, 1], bool)}, "code")
+    assert got == {
+        "n_pairs_len_0_40": 1,
+        "interp_smooth_len_0_40": 1.0,
+        "n_pairs_len_41_60": 2,
+        "interp_smooth_len_41_60": 0.5,
+        "n_pairs_len_61_80": 1,
+        "interp_smooth_len_61_80": 1.0,
+    }
+    table = evaluate.table(
+        {
+            "n_lines": 4,
+            "n_truncated": 0,
+            "language": "code",
+            **got,
+            **{"interp_valid_and_distinct" + t: 0.25 for t in ("_len_0_40", "_len_41_60", "_len_61_80")},
+        }
+    )
+    assert "Interpolation paths by the length of their longer end (characters):" in table
+    assert (
+        "| length | pairs | valid and distinct | smooth |" in table
+        and "| 41-60 | 2 | 0.250 | 0.500 |" in table
+    )
+
+
+def test_code_paths_are_judged_against_their_decoded_ends(text_model, monkeypatch):
+    """Distinct means different from both decoded ends, not from the input lines; smooth in Python tokens."""
+    r = evaluate.evaluate(text_model, TEXT_LINES[:6], pairs=3, steps=3, batch_size=8)
+    assert {"interp_valid", "interp_distinct", "interp_smooth", "n_pairs_len_0_40"} <= set(r)
+    assert (
+        r["interp_valid_and_distinct_len_0_40"] == r["interp_valid_and_distinct"]
+    )  # short lines: one bucket
+    paths = [
+        ["a = 1", "b = 2", "a = 1"],
+        ["a = 1", "c = 3", "d = 4"],
+    ]  # decoded ends: a = 1, then a = 1 / d = 4
+    monkeypatch.setattr(
+        evaluate,
+        "decoded_paths",
+        lambda *a, **k: (np.array([[0, 1], [2, 3]]), None, np.array(paths, dtype=object)),
+    )
+    got = evaluate.interpolation_quality(None, TEXT_LINES[:4], None, 2, np.random.default_rng(0), steps=1)
+    assert got["interp_distinct"] == 1.0 and got["interp_valid"] == 1.0
+    assert got["interp_smooth"] == 0.5  # the first path goes away from its end and back
+
+
 def test_evaluation_decodes_through_the_model(text_model, monkeypatch):
     """Every token evaluation reads comes from Model.decode_ids: the one decode path."""
     calls = []
@@ -41,7 +90,9 @@ def test_evaluation_decodes_through_the_model(text_model, monkeypatch):
     r = evaluate.evaluate(
         text_model, TEXT_LINES[:6], pairs=2, steps=3, method="beam", num_beams=3, batch_size=8
     )
-    assert calls == [(6, "greedy", None), (6, "beam", 3)] and r["interp_method"] == "beam"
+    assert (
+        calls == [(6, "greedy", None), (10, "beam", 3)] and r["interp_method"] == "beam"
+    )  # 2 x (3 + 2 ends)
 
 
 def test_table_and_files(tmp_path):
@@ -135,7 +186,8 @@ def test_prose_evaluation_measures_words_bleu_and_smooth_paths(text_model):
     ]
     r = evaluate.evaluate(text_model, sentences, pairs=3, steps=3, batch_size=8, language="prose")
     assert r["language"] == "prose" and 0.0 <= r["recon_bleu4"] <= 1.0
-    assert {"interp_distinct", "interp_smooth", "interp_degenerate"} <= set(r)
+    assert {"interp_distinct", "interp_smooth", "interp_degenerate", "interp_smooth_len_0_8"} <= set(r)
+    assert r["n_pairs_len_0_8"] == 3 and "| length | pairs | distinct | smooth |" in evaluate.table(r)
     assert not {"interp_valid", "probe_accuracy"} & set(r)
     assert {k for k in r if k.startswith("n_len_")} == {"n_len_0_8"}  # every sentence has at most 8 words
     assert len(r["example"]) == 5  # the two sentences and three interior points

@@ -41,3 +41,11 @@ def test_smooth_paths():
     assert not scores.is_smooth(["a b c", "y x z", "a b c", "y x z"])  # goes back to a
     assert not scores.is_smooth(["a b c", "a b c x x x x", "y x z"])  # drifts away from b, then back
     assert scores.is_smooth(["same", "same"])
+
+
+def test_code_paths_are_judged_in_python_tokens():
+    assert scores.code_tokens("x = f(a_1, 2)") == ["x", "=", "f", "(", "a_1", ",", "2", ")"]
+    assert scores.edit_distance(scores.code_tokens("x = f(a)"), scores.code_tokens("x = g(a)")) == 1
+    path = ["x = f(a)", "x = f(b)", "y = f(b)", "y = [b]"]
+    assert scores.is_smooth(path, scores.code_tokens)
+    assert not scores.is_smooth(["x = 1", "import os, sys", "x = 2"], scores.code_tokens)
