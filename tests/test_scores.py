@@ -49,3 +49,19 @@ def test_code_paths_are_judged_in_python_tokens():
     path = ["x = f(a)", "x = f(b)", "y = f(b)", "y = [b]"]
     assert scores.is_smooth(path, scores.code_tokens)
     assert not scores.is_smooth(["x = 1", "import os, sys", "x = 2"], scores.code_tokens)
+
+
+def test_the_detour_example_tells_a_blend_from_a_switch():
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).parent.parent / "examples" / "path_detours.py"
+    spec = importlib.util.spec_from_file_location("path_detours", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    switch = ["a b c d", "a b c d", "x b c d", "x y z d", "x y z w"]  # a's words give way to b's
+    blend = ["a b c d", "aq bz cx d", "x y z w"]  # misspelt midpoint: far from both ends
+    assert not module.has_detour(switch) and module.has_detour(blend)
+    wobble = ["a b c d", "x b c d", "a b c d", "x y z w"]  # back to a by one word
+    assert not scores.is_smooth(wobble) and module.smooth_within(wobble, 1)
+    assert not module.smooth_within(["a b c d", "x y z d", "a b c d", "x y z w"], 1)
