@@ -14,15 +14,6 @@ import t5vae as tv
 from t5vae import evaluate, scores
 
 
-def smooth_within(path, slack: int) -> bool:
-    """Smooth, but a distance may fall back by up to ``slack`` words from its furthest point so far."""
-    to_a = [scores.word_edit_distance(path[0], p) for p in path]
-    to_b = [scores.word_edit_distance(path[-1], p) for p in path]
-    return all(v >= max(to_a[: i + 1]) - slack for i, v in enumerate(to_a)) and all(
-        v <= min(to_b[: i + 1]) + slack for i, v in enumerate(to_b)
-    )
-
-
 def has_detour(path, slack: int = 2) -> bool:
     ends = scores.word_edit_distance(path[0], path[-1])
     d = scores.word_edit_distance
@@ -44,7 +35,9 @@ def main():
     _, _, texts = evaluate.decoded_paths(model, lines, z, args.pairs, rng, 9, "slerp", "greedy", 4, 128, True)
     smooth = np.mean([scores.is_smooth(r) for r in texts])
     print(f"{args.run} on {args.lines}: {len(texts)} paths between {len(lines)} sentences")
-    print(f"smooth {smooth:.3f}, smooth within one word {np.mean([smooth_within(r, 1) for r in texts]):.3f}")
+    print(
+        f"smooth {smooth:.3f}, smooth within one word {np.mean([scores.is_smooth(r, slack=1) for r in texts]):.3f}"
+    )
     print(
         f"paths with a detour (a point more than 2 words off the way): {np.mean([has_detour(r) for r in texts]):.3f}"
     )

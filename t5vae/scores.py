@@ -5,6 +5,7 @@ monotonically from one end to the other. Pure Python, no jax: evaluation and the
 from __future__ import annotations
 
 import collections
+import itertools
 import math
 import re
 from typing import Callable, Sequence
@@ -60,11 +61,14 @@ def code_tokens(line: str) -> list[str]:
     return _CODE_TOKEN.findall(line)
 
 
-def is_smooth(path: Sequence[str], units: Callable[[str], Sequence] = str.split) -> bool:
+def is_smooth(path: Sequence[str], units: Callable[[str], Sequence] = str.split, slack: int = 0) -> bool:
     """A decoded path from a to b is smooth when its edit distance to the decoded a never falls and its
     distance to the decoded b never rises, point by point; ``units`` cuts a text into what the distance
-    counts (words by default; :func:`code_tokens` for code)."""
+    counts (words by default; :func:`code_tokens` for code). With ``slack`` a distance may fall back (to a)
+    or rise again (to b) by up to that many units from its furthest point so far."""
     cut = [units(p) for p in path]
     to_a = [edit_distance(cut[0], p) for p in cut]
     to_b = [edit_distance(cut[-1], p) for p in cut]
-    return all(u <= v for u, v in zip(to_a, to_a[1:])) and all(u >= v for u, v in zip(to_b, to_b[1:]))
+    return all(v >= m - slack for v, m in zip(to_a, itertools.accumulate(to_a, max))) and all(
+        v <= m + slack for v, m in zip(to_b, itertools.accumulate(to_b, min))
+    )

@@ -63,5 +63,5 @@ def test_the_detour_example_tells_a_blend_from_a_switch():
     blend = ["a b c d", "aq bz cx d", "x y z w"]  # misspelt midpoint: far from both ends
     assert not module.has_detour(switch) and module.has_detour(blend)
     wobble = ["a b c d", "x b c d", "a b c d", "x y z w"]  # back to a by one word
-    assert not scores.is_smooth(wobble) and module.smooth_within(wobble, 1)
-    assert not module.smooth_within(["a b c d", "x y z d", "a b c d", "x y z w"], 1)
+    assert not scores.is_smooth(wobble) and scores.is_smooth(wobble, slack=1)
+    assert not scores.is_smooth(["a b c d", "x y z d", "a b c d", "x y z w"], slack=1)

@@ -1,6 +1,6 @@
 """The Gradio page over a :class:`~t5vae.demo.backend.Backend`: interpolation (table, slider, map, nearest
-lines, shareable link), samples from a prior, an analogy, an edit direction with a slider along it. Results live in each browser's own gr.State;
-errors are shown on the page and the server keeps serving."""
+lines, shareable link), samples from a prior, an analogy, an edit direction with a slider along it. Results
+live in each browser's own gr.State; errors are shown on the page and the server keeps serving."""
 
 from __future__ import annotations
 
