@@ -13,6 +13,7 @@ import numpy as np
 
 from t5vae import data, vae
 from t5vae.config import Config
+from t5vae.names import DEFAULT_BEAMS
 
 MAX_BATCH = 128
 
@@ -57,9 +58,10 @@ def decode(
     **kwargs,
 ) -> np.ndarray:
     """Token ids [n, max_new_tokens] of codes [n, N, Z] by :func:`t5vae.vae.generate` (``method`` and its
-    ``kwargs``: decoder_weights, vocab_limit, num_beams, temperature...); "sample" draws from
-    ``jax.random.key(seed)``, folded in per batch."""
-    out = np.zeros((len(z), max_new_tokens), np.int32)
+    ``kwargs``: decoder_weights, vocab_limit, num_beams, all_beams, temperature...; with all_beams
+    [n, num_beams, max_new_tokens]); "sample" draws from ``jax.random.key(seed)``, folded in per batch."""
+    beams = (kwargs.get("num_beams", DEFAULT_BEAMS),) if kwargs.get("all_beams") else ()
+    out = np.zeros((len(z), *beams, max_new_tokens), np.int32)
     key = jax.random.key(seed)
     for s, rows, n in padded(z, size):
         if method == "sample":

@@ -18,7 +18,7 @@ from pathlib import Path
 from t5vae import hugepages
 from t5vae.config import Config
 from t5vae.flags import add_setting_flags, build_configs, int_at_least
-from t5vae.names import DECODERS, INTERPOLATIONS, PRIORS, parses
+from t5vae.names import DECODERS, INTERPOLATIONS, PARSING_BEAM, PRIORS, parses
 from t5vae.rundir import RunDirBusy
 
 DEFAULT_OUT = "t5vae-run"
@@ -114,10 +114,15 @@ def _is_code(run_dir) -> bool:
 def cmd_interpolate(args) -> int:
     from t5vae import text
 
+    code = _is_code(args.dir)
+    if args.method == PARSING_BEAM and not code:
+        raise ValueError(
+            f"--method {PARSING_BEAM} keeps the beams that parse as Python, but {args.dir} learned prose"
+        )
     path = text.load(args.dir).path(
         args.a, args.b, args.steps, args.kind, max_new_tokens=args.max_new_tokens, method=args.method
     )
-    print_table(zip((f"{r:.3f}" for r in path.ratios), path.lines), "ratio", _is_code(args.dir))
+    print_table(zip((f"{r:.3f}" for r in path.ratios), path.lines), "ratio", code)
     return 0
 
 
@@ -209,7 +214,8 @@ def _add_eval_command(sub) -> None:
         "--method",
         default="greedy",
         choices=DECODERS,
-        help="how the interpolation paths are decoded (reconstruction is always greedy; beam: 4 beams)",
+        help="how the interpolation paths are decoded (reconstruction is always greedy; beam: 4 beams; "
+        "beam-parse, code runs only: the best of the 4 beams that parses)",
     )
     e.add_argument(
         "--lines",
@@ -249,7 +255,12 @@ def _add_decoding_commands(sub) -> None:
         type=int_at_least(1),
         help="tokens decoded per point (default: the model's max_length)",
     )
-    i.add_argument("--method", default="greedy", choices=DECODERS, help="decoding (beam: 4 beams)")
+    i.add_argument(
+        "--method",
+        default="greedy",
+        choices=DECODERS,
+        help="decoding (beam: 4 beams; beam-parse, code runs only: the best of them that parses)",
+    )
     i.set_defaults(fn=cmd_interpolate)
     s = sub.add_parser(
         "sample", help="decode codes drawn from a prior: a table of text and whether it parses"

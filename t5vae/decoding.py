@@ -139,10 +139,13 @@ def _sample_loop(w, cfg, enc, enc_mask, max_new_tokens, method, key, temperature
     return jax.lax.while_loop(cond, body, state)[2]
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "num_beams", "vocab_limit"))
-def _beam_loop(w, cfg, enc, enc_mask, max_new_tokens, num_beams, length_penalty, vocab_limit):
+@functools.partial(
+    jax.jit, static_argnames=("cfg", "max_new_tokens", "num_beams", "vocab_limit", "all_beams")
+)
+def _beam_loop(w, cfg, enc, enc_mask, max_new_tokens, num_beams, length_penalty, vocab_limit, all_beams):
     """Beam search. Hypotheses are ranked by sum log p / length**length_penalty (the Hugging Face rule);
-    a finished beam keeps its score and competes with the live ones until the loop ends."""
+    a finished beam keeps its score and competes with the live ones until the loop ends. The best one
+    [B, T], or with ``all_beams`` every one, best first [B, W, T]."""
     B, W, T, V = enc.shape[0], num_beams, max_new_tokens, cfg.vocab_size
     cross_kv_of, cache_of, step, batch_axis = _decoder(w, cfg)
     rep = lambda x: None if x is None else jnp.repeat(x, W, axis=0)  # noqa: E731  [B*W, ...]
@@ -190,6 +193,9 @@ def _beam_loop(w, cfg, enc, enc_mask, max_new_tokens, num_beams, length_penalty,
         return t + 1, nxt.reshape(-1), seqs, cache, new_logp, done, length
 
     _, _, seqs, _, logp, _, length = jax.lax.while_loop(cond, body, state)
+    if all_beams:
+        order = jnp.argsort(-score(logp, length), axis=1, stable=True)
+        return jnp.take_along_axis(seqs, order[..., None], axis=1)
     best = jnp.argmax(score(logp, length), axis=1)
     return jnp.take_along_axis(seqs, best[:, None, None], axis=1)[:, 0]
 
@@ -209,8 +215,10 @@ def generate(
     length_penalty: float = 1.0,
     decoder_weights: DecoderWeights | None = None,  # noqa: F811
     vocab_limit: int | None = None,
+    all_beams: bool = False,
 ) -> jax.Array:
-    """Decode from encoder states [B, S, D] (mask [B, S] or None) -> int32 tokens [B, max_new_tokens].
+    """Decode from encoder states [B, S, D] (mask [B, S] or None) -> int32 tokens [B, max_new_tokens]
+    (``method="beam"`` with ``all_beams``: every beam, best first, [B, num_beams, max_new_tokens]).
 
     ``params``: the T5 params tree. ``decoder_weights``: ``decoder_weights(params, cfg)`` built once
     for many calls (the same tokens; used in place of ``params``); without them, the "decoder_layout" fast
@@ -249,8 +257,18 @@ def generate(
         if num_beams < 1:
             raise ValueError(f"num_beams must be >= 1, got {num_beams}")
         return _beam_loop(
-            w, cfg, encoder_states, encoder_mask, max_new_tokens, num_beams, length_penalty, vocab_limit
+            w,
+            cfg,
+            encoder_states,
+            encoder_mask,
+            max_new_tokens,
+            num_beams,
+            length_penalty,
+            vocab_limit,
+            bool(all_beams),
         )
+    if all_beams:
+        raise ValueError(f"all_beams is for method='beam', got method={method!r}")
     if method == "sample":
         if key is None:
             raise ValueError("method='sample' needs a PRNG key (key=jax.random.key(seed))")

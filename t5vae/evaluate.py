@@ -16,11 +16,11 @@ import numpy as np
 
 from t5vae import bottleneck, data, files, latent, rundir, scores
 from t5vae.names import (
-    DECODERS,
     DEFAULT_BEAMS,
     DEFAULT_INTERPOLATION,
     LANGUAGES,
     LENGTH_BUCKETS,
+    decoders_for,
     line_length,
     parses,
     statement_kind,
@@ -42,12 +42,12 @@ def evaluate(
     language: str = "code",
 ) -> dict:
     """All held-out metrics as a flat dict (see the module docstring); ``examples`` holds one interpolation.
-    Reconstruction is always greedy; ``method`` decodes the interpolation paths ("greedy", or "beam" with
+    Reconstruction is always greedy; ``method`` decodes the interpolation paths ("greedy", or "beam" / "beam-parse" with
     ``num_beams``); ``language`` ("code" or "prose") chooses the path measures and the length buckets."""
-    if method not in DECODERS:
-        raise ValueError(f"method must be one of {DECODERS}, got {method!r}")
     if language not in LANGUAGES:
         raise ValueError(f"language must be one of {LANGUAGES}, got {language!r}")
+    if method not in decoders_for(language):
+        raise ValueError(f"method must be one of {decoders_for(language)} for {language}, got {method!r}")
     cfg = model.cfg
     enc = data.encode_lines(model.tokenizer, lines, cfg.max_length)
     z = model.codes(enc, batch_size)
@@ -104,7 +104,7 @@ def decoded_paths(model: Model, lines, z, pairs, rng, steps, kind, method, num_b
     idx = np.stack([rng.choice(len(lines), 2, replace=False) for _ in range(pairs)])
     keep = slice(None) if ends else slice(1, -1)
     paths = np.stack([np.asarray(latent.interpolate(z[a], z[b], steps + 2, kind))[keep] for a, b in idx])
-    beams = {"num_beams": num_beams} if method == "beam" else {}
+    beams = {"num_beams": num_beams} if method != "greedy" else {}
     ids = np.asarray(
         model.decode_ids(paths.reshape((-1,) + z.shape[1:]), method=method, batch_size=batch_size, **beams)
     )

@@ -12,7 +12,10 @@ import warnings
 INTERPOLATIONS = ("slerp", "slerp_flat", "lerp")  # per latent token, over the whole code, linear
 DEFAULT_INTERPOLATION = "slerp"
 METHODS = ("greedy", "sample", "beam")  # every way vae.generate decodes
-DECODERS = ("greedy", "beam")  # the deterministic ones: what paths, evaluation and the demo offer
+# The deterministic ones: what paths, evaluation and the demo offer. "beam-parse" is beam search that keeps
+# the best-scored of the beams whose line parses (the best beam when none does): for code only.
+DECODERS = ("greedy", "beam", "beam-parse")
+PARSING_BEAM = "beam-parse"
 DEFAULT_BEAMS = 4
 PRIORS = ("gaussian", "tanh", "aggregate")
 DEFAULT_PRIOR = "aggregate"
@@ -29,6 +32,11 @@ LENGTH_BUCKETS = {
     "code": ((0, 40), (41, 60), (61, 80), (81, None)),
     "prose": ((0, 8), (9, 12), (13, 16), (17, None)),
 }
+
+
+def decoders_for(language: str) -> tuple[str, ...]:
+    """The decoders that make sense for a corpus's language: the parse check is Python's, so not for prose."""
+    return DECODERS if language == "code" else tuple(d for d in DECODERS if d != PARSING_BEAM)
 
 
 def line_length(line: str, language: str) -> int:

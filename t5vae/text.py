@@ -20,7 +20,7 @@ import numpy as np
 
 from t5vae import batched, checkpoint, data, decoding, files, kernels, latent, rundir, vae
 from t5vae.config import Config
-from t5vae.names import DEFAULT_INTERPOLATION, DEFAULT_PRIOR, INTERPOLATIONS
+from t5vae.names import DEFAULT_INTERPOLATION, DEFAULT_PRIOR, INTERPOLATIONS, PARSING_BEAM, parses
 
 
 def _as_lines(lines, name: str) -> tuple[list[str], list[str]]:
@@ -144,8 +144,9 @@ class Model:
         self, z, max_new_tokens: int | None = None, method: str = "greedy", seed: int = 0, **kwargs
     ) -> list[str]:
         """Strings for codes [n, N, Z] (or one code [N, Z]); at most ``max_new_tokens`` tokens each (default
-        ``max_length``). ``method`` "greedy", "sample" (seeded; temperature/top_k/top_p in kwargs) or "beam"
-        (``num_beams``, default 4)."""
+        ``max_length``). ``method`` "greedy", "sample" (seeded; temperature/top_k/top_p in kwargs), "beam"
+        (``num_beams``, default 4) or "beam-parse": of the beams, the best-scored one whose line parses as
+        Python, and the best one where none does (a decoding choice for code; greedy measures the latent)."""
         return [self.tokenizer.decode(t) for t in self.decode_ids(z, max_new_tokens, method, seed, **kwargs)]
 
     def decode_ids(
@@ -161,18 +162,30 @@ class Model:
         not have (T5's extra embedding rows) are never produced."""
         z = latent.check_codes(z, self.cfg, "z")
         T = _check_max_new_tokens(max_new_tokens, self.cfg.max_length)
-        return batched.decode(
+        parsing = method == PARSING_BEAM
+        ids = batched.decode(
             self.params,
             self.cfg,
             z,
             T,
             batch_size or batched.batch_size(len(z)),
-            method,
+            "beam" if parsing else method,
             seed,
             decoder_weights=self.decoder_weights(),
             vocab_limit=self.tokenizer.vocab_size,
+            **({"all_beams": True} if parsing else {}),
             **kwargs,
         )
+        if not parsing:
+            return ids
+        return np.array([self._first_that_parses(beams) for beams in ids], np.int32).reshape(len(ids), T)
+
+    def _first_that_parses(self, beams: np.ndarray) -> np.ndarray:
+        """The first of ``beams`` [W, T] (best first) whose line parses, else the first."""
+        for b in beams:
+            if parses(self.tokenizer.decode(b)):
+                return b
+        return beams[0]
 
     def decoder_weights(self) -> decoding.DecoderWeights | None:
         """With the "decoder_layout" fast path on: the backbone's decoder laid out for decoding, built on first

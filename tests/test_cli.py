@@ -138,6 +138,8 @@ def test_a_prose_runs_tables_have_no_parse_marks(run_dir, tmp_path):
     assert [row.split(None, 1)[1] for row in lines[1:]] == [cli._show(t).strip() for t in texts]
     rc, out, _ = run_cli(["sample", str(prose), "-n", "2", "--prior", "tanh"])
     assert rc == 0 and out.splitlines()[0].split() == ["#", "text"] and "parse" not in out
+    rc, _, err = run_cli(["interpolate", str(prose), "a", "b", "--method", "beam-parse"])
+    assert rc != 0 and "--method beam-parse" in err and "learned prose" in err
 
 
 def test_cli_sample_prints_a_table(run_dir):

@@ -144,6 +144,19 @@ def test_exhaustive_beam_finds_the_best_sequence(length_penalty):
         length_penalty=length_penalty,
     )
     np.testing.assert_array_equal(got, np.asarray(best))
+    every = generate(
+        params, cfg, h, mask, T, method="beam", num_beams=8, length_penalty=length_penalty, all_beams=True
+    )
+    assert every.shape == (2, 8, T)
+    np.testing.assert_array_equal(every[:, 0], got)  # best first
+    for b, row in enumerate(np.asarray(every)):  # then the others, by falling score
+        rep = lambda x: jnp.repeat(x[b : b + 1], len(row), 0)  # noqa: E731
+        dec = np.concatenate([np.zeros((len(row), 1), int), row[:, :-1]], 1)
+        lp = np.asarray(jax.nn.log_softmax(_decode(params, cfg, jnp.asarray(dec), rep(h), rep(mask)), -1))
+        m = np.where((row == 1).any(1), (row == 1).argmax(1) + 1, T)
+        tok_lp = np.take_along_axis(lp, row[..., None], -1)[..., 0]
+        scores = np.where(np.arange(T)[None] < m[:, None], tok_lp, 0).sum(1) / m**length_penalty
+        assert len({tuple(r) for r in row}) == 8 and (np.diff(scores) <= 1e-5).all(), scores
 
 
 def test_generate_rejects_bad_arguments(model):
@@ -157,6 +170,8 @@ def test_generate_rejects_bad_arguments(model):
         generate(params, cfg, jnp.zeros((2, 3, cfg.d_model)), None, 4, method="nucleus")
     with pytest.raises(ValueError, match="key"):
         generate(params, cfg, jnp.zeros((2, 3, cfg.d_model)), None, 4, method="sample")
+    with pytest.raises(ValueError, match="all_beams"):
+        generate(params, cfg, jnp.zeros((2, 3, cfg.d_model)), None, 4, all_beams=True)
 
 
 def test_plain_and_cpu_kernels_decode_the_same_tokens(model):

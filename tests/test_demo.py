@@ -614,6 +614,9 @@ def test_a_prose_backend_has_no_parse_marks_and_english_examples():
         "parse-mark"
         not in h.sample("tanh", 2, 0, "greedy")[1] + h.analogy(*SENTENCES[:3], "greedy", False)[1]
     )
+    assert prose.decoders == ("greedy", "beam") and backend.Backend(FakeModel()).decoders[-1] == "beam-parse"
+    with pytest.raises(core.InputError, match="decoder must be one of greedy, beam, got 'beam-parse'"):
+        prose.interpolate("The file is opened.", "A short one here.", 5, decoder="beam-parse")
     code_table = page.Handlers(backend.Backend(FakeModel(), MAP, POOL)).point(path, 0)[0]
     assert "<th>parses</th>" in code_table and "parse-mark" in code_table
     with pytest.raises(ValueError, match="language must be one of"):

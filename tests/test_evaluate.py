@@ -93,6 +93,9 @@ def test_evaluation_decodes_through_the_model(text_model, monkeypatch):
     assert (
         calls == [(6, "greedy", None), (10, "beam", 3)] and r["interp_method"] == "beam"
     )  # 2 x (3 + 2 ends)
+    calls.clear()
+    r = evaluate.evaluate(text_model, TEXT_LINES[:6], pairs=2, steps=3, method="beam-parse", batch_size=8)
+    assert calls == [(6, "greedy", None), (10, "beam-parse", 4)] and r["interp_method"] == "beam-parse"
 
 
 def test_table_and_files(tmp_path):
@@ -194,6 +197,8 @@ def test_prose_evaluation_measures_words_bleu_and_smooth_paths(text_model):
     assert "Exact match by line length (words)" in evaluate.table(r)
     with pytest.raises(ValueError, match="language must be one of"):
         evaluate.evaluate(text_model, sentences, language="french")
+    with pytest.raises(ValueError, match=r"method must be one of \('greedy', 'beam'\) for prose"):
+        evaluate.evaluate(text_model, sentences, language="prose", method="beam-parse")
 
 
 def test_prose_paths_count_points_that_run_to_max_length(text_model, monkeypatch):

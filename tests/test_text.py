@@ -63,6 +63,26 @@ def test_encode_decode_match_the_functional_api(m, cfg, tok):
     assert plain.decoder_weights() is None  # without the fast path, decoding runs on the params
 
 
+def test_beam_parse_keeps_the_best_beam_that_parses(m, monkeypatch):
+    z = m.encode(LINES[:3] + LINES[44:46] + LINES[-3:])
+    beams = m.decode_ids(z, method="beam", all_beams=True)
+    assert beams.shape == (8, 4, m.cfg.max_length)
+    np.testing.assert_array_equal(beams[:, 0], m.decode_ids(z, method="beam"))  # best first
+    texts = [[m.tokenizer.decode(b) for b in row] for row in beams]
+    # which lines "parse" is set here, so that every branch is taken whatever the random decoder writes
+    later = next(k for k in range(1, 4) if texts[0][k] != texts[0][0])
+    good = {texts[0][later], texts[1][0]} - set(texts[0][:later])
+    monkeypatch.setattr(text, "parses", lambda s: s in good)
+    want = [next((b for b, t in zip(row, ts) if t in good), row[0]) for row, ts in zip(beams, texts)]
+    got = m.decode_ids(z, method="beam-parse")
+    np.testing.assert_array_equal(got, np.asarray(want))
+    np.testing.assert_array_equal(got[0], beams[0, later])  # a later beam wins where the best does not parse
+    none = [r for r in range(8) if not good & set(texts[r])]
+    assert none and all((got[r] == beams[r, 0]).all() for r in none)  # none parses: the best beam
+    assert m.decode(z, method="beam-parse") == [m.tokenizer.decode(t) for t in got]
+    assert m.decode_ids(z[:0], method="beam-parse").shape == (0, m.cfg.max_length)
+
+
 def test_bad_text_input_is_a_clear_error(m):
     with pytest.raises(ValueError, match=r"lines\[1\] is empty"):
         m.encode(["x = 1", ""])

@@ -122,6 +122,11 @@ class Backend:
         )
 
     @property
+    def decoders(self) -> tuple[str, ...]:
+        """The decoders the page offers for this run: "beam-parse" for code only."""
+        return core.decoders_for(self.language)
+
+    @property
     def marks(self) -> bool:
         """Whether lines get parse marks: code only."""
         return self.language == "code"
@@ -155,7 +160,7 @@ class Backend:
         """The decoded path from a to b, ``steps`` points with both ends; InputError names a bad argument."""
         steps = core.check_int(steps, "steps", core.STEPS_RANGE)
         kind = core.check_choice(kind, "kind", core.INTERPOLATIONS)
-        decoder = core.check_choice(decoder, "decoder", core.DECODERS)
+        decoder = core.check_choice(decoder, "decoder", self.decoders)
         a, b = (core.check_line(s, f"line {n}", self.model.cfg.max_length) for s, n in ((a, "A"), (b, "B")))
         path = self._lines(
             {"a": "line A", "b": "line B"},
@@ -176,7 +181,7 @@ class Backend:
         prior = core.check_choice(prior, "prior", tuple(tv.PRIORS))
         n = core.check_int(n, "n", core.SAMPLES_RANGE)
         seed = core.check_int(seed, "seed", (0, 2**31 - 1))
-        decoder = core.check_choice(decoder, "decoder", core.DECODERS)
+        decoder = core.check_choice(decoder, "decoder", self.decoders)
         with self.lock:
             try:
                 codes = self.model.sample_codes(n, prior, seed)
@@ -186,7 +191,7 @@ class Backend:
 
     def analogy(self, a, b, c, decoder="greedy", truncate: bool = False) -> str:
         """The line decoded at code(a) + (code(b) - code(c))."""
-        decoder = core.check_choice(decoder, "decoder", core.DECODERS)
+        decoder = core.check_choice(decoder, "decoder", self.decoders)
         a, b, c = (
             core.check_line(s, f"line {n}", self.model.cfg.max_length) for s, n in zip((a, b, c), "abc")
         )
@@ -198,7 +203,7 @@ class Backend:
     def edit(self, line, from_lines, to_lines, decoder="greedy", truncate: bool = False) -> Edit:
         """``line`` decoded at its code moved along the edit direction from the ``from_lines`` to the
         ``to_lines`` (the text of a box each: one line per line) by each of core.EDIT_AMOUNTS."""
-        decoder = core.check_choice(decoder, "decoder", core.DECODERS)
+        decoder = core.check_choice(decoder, "decoder", self.decoders)
         max_length = self.model.cfg.max_length
         line = core.check_line(line, "the line to edit", max_length)
         frm = core.check_set(from_lines, "the 'from' lines", max_length)

@@ -17,6 +17,7 @@ from t5vae.names import (  # noqa: F401  (the page's names)
     DECODERS,
     INTERPOLATIONS,
     LENGTH_BUCKETS,
+    decoders_for,
     length_bucket,
     parses,
     statement_kind,

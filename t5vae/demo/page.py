@@ -216,7 +216,7 @@ def _interpolation(h: Handlers, page: gr.Blocks) -> tuple[gr.Radio, gr.Checkbox]
     with gr.Row():
         steps = gr.Slider(slo, shi, value=core.DEFAULT_STEPS, step=1, label="Steps", elem_id=i("steps"))
         kind = gr.Radio(list(core.INTERPOLATIONS), value="slerp", label="Kind", elem_id=i("kind"))
-        decoder = gr.Radio(list(core.DECODERS), value="greedy", label="Decoder", elem_id=i("decoder"))
+        decoder = gr.Radio(list(b.decoders), value="greedy", label="Decoder", elem_id=i("decoder"))
         truncate = gr.Checkbox(
             False, label=f"Cut {h.noun}s longer than {cfg.max_length} tokens", elem_id=i("truncate")
         )
@@ -275,9 +275,7 @@ def _samples_and_analogy(h: Handlers, decoder, truncate) -> None:
         )
         n = gr.Number(core.DEFAULT_SAMPLES, precision=0, label=f"n ({nlo} to {nhi})", elem_id=i("n"))
         seed = gr.Number(0, precision=0, label="Seed", elem_id=i("seed"))
-        s_decoder = gr.Radio(
-            list(core.DECODERS), value="greedy", label="Decoder", elem_id=i("sample-decoder")
-        )
+        s_decoder = gr.Radio(list(h.b.decoders), value="greedy", label="Decoder", elem_id=i("sample-decoder"))
     s_go = gr.Button("Sample", elem_id=i("sample"))
     s_err, s_out = gr.HTML("", elem_id=i("sample-error")), gr.HTML("", elem_id=i("samples"))
     s_go.click(h.sample, [prior, n, seed, s_decoder], [s_err, s_out])
