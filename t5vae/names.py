@@ -12,8 +12,8 @@ import warnings
 INTERPOLATIONS = ("slerp", "slerp_flat", "lerp")  # per latent token, over the whole code, linear
 DEFAULT_INTERPOLATION = "slerp"
 METHODS = ("greedy", "sample", "beam")  # every way vae.generate decodes
-# The deterministic ones: what paths, evaluation and the demo offer. "beam-parse" is beam search that keeps
-# the best-scored of the beams whose line parses (the best beam when none does): for code only.
+# The deterministic ones: what paths, evaluation and the demo offer. "beam-parse" is text.Model's beam search
+# that keeps the best-scored of the beams whose line parses (the best beam when none does): for code only.
 DECODERS = ("greedy", "beam", "beam-parse")
 PARSING_BEAM = "beam-parse"
 DEFAULT_BEAMS = 4
