@@ -325,6 +325,9 @@ class Config(Settings):
     of at most ``latent_mix`` of the way toward another line's code in the batch, and the target stays the
     line itself: noise along the directions that interpolation paths travel, where ``latent_noise`` is
     isotropic. 0 turns it off.
+    ``input_deletion`` deletes, in training only, each token of the encoder's input but EOS with this
+    probability (the decoder still reconstructs the whole line): a denoising autoencoder, which maps lines
+    that differ by a few tokens to nearby codes. 0 turns it off.
     """
 
     t5: T5Config = DEFAULT_T5
@@ -338,6 +341,7 @@ class Config(Settings):
     latent_noise: float = 0.1
     latent_dropout: float = 0.1
     latent_mix: float = 0.0
+    input_deletion: float = 0.0
     max_length: int = 64
 
     def __post_init__(self):
@@ -359,6 +363,10 @@ class Config(Settings):
             raise ValueError(
                 f"Config.latent_mix must be a fraction in [0, 0.5] (past half way a code is nearer the other "
                 f"line's), got {self.latent_mix!r}"
+            )
+        if not (isinstance(self.input_deletion, (int, float)) and 0.0 <= self.input_deletion < 1.0):
+            raise ValueError(
+                f"Config.input_deletion must be a probability in [0, 1), got {self.input_deletion!r}"
             )
         if self.mmd_bandwidth is not None and not self.mmd_bandwidth > 0:
             raise ValueError(f"Config.mmd_bandwidth must be positive (or None), got {self.mmd_bandwidth!r}")

@@ -70,14 +70,30 @@ def decode(
     )
 
 
+def delete_tokens(
+    ids_BL: jax.Array, mask_BL: jax.Array, rate: float, key: jax.Array, eos_id: int
+) -> tuple[jax.Array, jax.Array]:
+    """Each token but EOS deleted with probability ``rate``, the rest closed up to the left: (ids, mask).
+
+    The denoising of Shen et al. (2020, "Educating text autoencoders"): an encoder that must map a line
+    with words missing to the code of the whole line puts lines that differ by a few tokens near each other.
+    """
+    mask = mask_BL.astype(bool)
+    keep = mask & (jax.random.bernoulli(key, 1.0 - rate, ids_BL.shape) | (ids_BL == eos_id))
+    order = jnp.argsort(~keep, axis=1, stable=True)  # kept positions first, in their order
+    new_mask = jnp.arange(ids_BL.shape[1])[None, :] < jnp.sum(keep, axis=1, keepdims=True)
+    new_ids = jnp.where(new_mask, jnp.take_along_axis(ids_BL, order, axis=1), 0)
+    return new_ids.astype(ids_BL.dtype), new_mask.astype(mask_BL.dtype)
+
+
 def loss(
     params: dict, cfg: Config, batch: dict, key: jax.Array | None, step, *, deterministic: bool = False
 ) -> tuple[jax.Array, dict]:
     """``CE + w(step) * MMD`` and metrics {loss, ce, mmd, w, token_acc, seq_acc} (all scalars).
 
-    ``key`` drives dropout, the latent noise, mixing and latent-token dropout (``cfg.latent_noise``,
-    ``cfg.latent_mix``, ``cfg.latent_dropout``) and the prior samples; ``deterministic=True`` (or key None)
-    turns them all off.
+    ``key`` drives dropout, the encoder's token deletion, the latent noise, mixing and latent-token dropout
+    (``cfg.input_deletion``, ``cfg.latent_noise``, ``cfg.latent_mix``, ``cfg.latent_dropout``) and the prior
+    samples; ``deterministic=True`` (or key None) turns them all off.
     """
     ids, mask = batch["input_ids"], batch.get("attention_mask")
     if mask is None:
@@ -92,7 +108,12 @@ def loss(
     k_noise = jax.random.fold_in(key, 1)  # the latent noise: a stream of its own, so the three above stay put
     if deterministic:
         k_enc = k_dec = None
-    z = encode(params, cfg, ids, mask, dropout_key=k_enc)
+    enc_ids, enc_mask = ids, mask
+    if cfg.input_deletion > 0 and not deterministic:
+        enc_ids, enc_mask = delete_tokens(
+            ids, mask, cfg.input_deletion, jax.random.fold_in(key, 4), cfg.t5.eos_token_id
+        )
+    z = encode(params, cfg, enc_ids, enc_mask, dropout_key=k_enc)
     z_dec = z
     if cfg.latent_noise > 0 and not deterministic:
         z_dec = z + cfg.latent_noise * jax.random.normal(k_noise, z.shape, z.dtype)

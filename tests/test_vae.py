@@ -141,6 +141,45 @@ def test_latent_mix_decodes_each_line_from_part_way_toward_the_next_lines_code(p
             CFG.replace(latent_mix=bad)
 
 
+def test_delete_tokens_keeps_eos_and_the_order_of_what_it_keeps():
+    ids = jnp.tile(jnp.arange(2, 42, dtype=jnp.int32)[None], (16, 1)).at[:, 30].set(1).at[:, 31:].set(0)
+    ids = ids.at[1, 5:].set(0).at[1, 4].set(1)  # a short row
+    mask = ids != 0
+    out, out_mask = tv.vae.delete_tokens(ids, mask, 0.3, jax.random.key(0), 1)
+    assert out.shape == ids.shape and out.dtype == ids.dtype and out_mask.dtype == mask.dtype
+    lengths = np.asarray(out_mask.sum(1))
+    assert (lengths < np.asarray(mask.sum(1))).any() and (lengths >= 1).all()
+    for row, m, orig in zip(np.asarray(out), np.asarray(out_mask), np.asarray(ids)):
+        kept = row[m]
+        assert (
+            kept[-1] == 1 and (row[~m] == 0).all() and m[: m.sum()].all()
+        )  # EOS last, closed up to the left
+        it = iter(orig[orig != 0])
+        assert all(t in it for t in kept)  # a subsequence of the line
+    deleted = 1 - (out_mask.sum() - 16) / (mask.sum() - 16)  # the share of tokens but EOS deleted
+    assert 0.2 < float(deleted) < 0.4
+    same, same_mask = tv.vae.delete_tokens(ids, mask, 0.0, jax.random.key(0), 1)
+    np.testing.assert_array_equal(same, ids)
+    np.testing.assert_array_equal(same_mask, mask)
+
+
+def test_input_deletion_encodes_the_shortened_line_and_decodes_the_whole_one(params):
+    cfg = CFG.replace(input_deletion=0.5, t5=CFG.t5.replace(dropout_rate=0.0))
+    f = jax.jit(lambda k, det: tv.loss(params, cfg, BATCH, k, 0, deterministic=det)[1], static_argnums=1)
+    clean = tv.loss(params, CFG, BATCH, None, 0)[1]
+    np.testing.assert_allclose(f(jax.random.key(1), True)["ce"], clean["ce"], rtol=1e-6)
+    noisy = f(jax.random.key(1), False)
+    short, short_mask = tv.vae.delete_tokens(IDS, IDS != 0, 0.5, jax.random.fold_in(jax.random.key(1), 4), 1)
+    assert int(short_mask.sum()) < int((IDS != 0).sum())
+    z = tv.encode(params, cfg, short, short_mask)
+    logits = tv.decode(params, cfg, z, tv.t5.shift_right(IDS, cfg.t5))
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), IDS[..., None], -1)[..., 0]
+    np.testing.assert_allclose(noisy["ce"], nll[IDS != 0].mean(), rtol=1e-4)
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="input_deletion"):
+            CFG.replace(input_deletion=bad)
+
+
 def test_latent_dropout_hides_latent_tokens_from_cross_attention_only_in_training(params):
     cfg = CFG.replace(latent_dropout=0.5, t5=CFG.t5.replace(dropout_rate=0.0))
     f = jax.jit(lambda k, det: tv.loss(params, cfg, BATCH, k, 0, deterministic=det)[1], static_argnums=1)
