@@ -332,7 +332,7 @@ class Config(Settings):
 
     t5: T5Config = DEFAULT_T5
     n_latent_tokens: int = 8
-    latent_size: int = 32
+    latent_size: int = 64
     pooling: str = "mean"
     mmd_bandwidth: float | None = None
     mmd_unbiased: bool = False
@@ -341,7 +341,7 @@ class Config(Settings):
     latent_noise: float = 0.1
     latent_dropout: float = 0.1
     latent_mix: float = 0.0
-    input_deletion: float = 0.0
+    input_deletion: float = 0.05
     max_length: int = 64
 
     def __post_init__(self):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from t5vae.config import DEFAULT_T5, Config, T5Config
 from t5vae.names import PROSE
-from t5vae.train_config import LANGUAGE_DEFAULTS, LANGUAGE_T5_DEFAULTS, TrainConfig
+from t5vae.train_config import LANGUAGE_DEFAULTS, LANGUAGE_MODEL_DEFAULTS, LANGUAGE_T5_DEFAULTS, TrainConfig
 
 
 def _fields():
@@ -47,18 +47,11 @@ def _parse_value(text: str, default, type_name: str = ""):
 
 def _setting_help(name: str, default, training: bool, t5: bool = False) -> str:
     """A flag's help: its default, or, for a setting that follows the corpus's language, each language's."""
-    if t5 and name in LANGUAGE_T5_DEFAULTS["code"]:
-        return "default by language: " + ", ".join(
-            f"{lang} {d[name]!r}" for lang, d in LANGUAGE_T5_DEFAULTS.items()
-        )
-    if not training:
-        return f"default {default!r}"
-    if name == "language":
+    by_language = LANGUAGE_T5_DEFAULTS if t5 else LANGUAGE_DEFAULTS if training else LANGUAGE_MODEL_DEFAULTS
+    if name in by_language["code"]:
+        return "default by language: " + ", ".join(f"{lang} {d[name]!r}" for lang, d in by_language.items())
+    if training and name == "language":
         return f"code or prose (default: the corpus's: {PROSE!r} is prose, every other corpus code)"
-    if name in LANGUAGE_DEFAULTS["code"]:
-        return "default by language: " + ", ".join(
-            f"{lang} {d[name]!r}" for lang, d in LANGUAGE_DEFAULTS.items()
-        )
     return f"default {default!r}"
 
 
@@ -125,8 +118,8 @@ def _read_config_file(path: str) -> dict:
 
 
 def build_configs(args: argparse.Namespace):
-    """(Config, TrainConfig) from defaults (the backbone's by the corpus's language where
-    LANGUAGE_T5_DEFAULTS has one), then ``--config``, then flags."""
+    """(Config, TrainConfig) from defaults (by the corpus's language where LANGUAGE_T5_DEFAULTS or
+    LANGUAGE_MODEL_DEFAULTS has one), then ``--config``, then flags."""
     model_names = {f.name for f in _fields()[0]}
     train_names = {f.name for f in _fields()[2]}
     settings = _read_config_file(args.config) if getattr(args, "config", None) else {}
@@ -142,7 +135,11 @@ def build_configs(args: argparse.Namespace):
     try:
         tc = TrainConfig(**{k: v for k, v in settings.items() if k in train_names})
         t5 = {**DEFAULT_T5.to_dict(), **LANGUAGE_T5_DEFAULTS[tc.language], **t5}
-        cfg = Config(t5=T5Config.from_dict(t5), **{k: v for k, v in settings.items() if k in model_names})
+        model = {
+            **LANGUAGE_MODEL_DEFAULTS[tc.language],
+            **{k: v for k, v in settings.items() if k in model_names},
+        }
+        cfg = Config(t5=T5Config.from_dict(t5), **model)
     except (TypeError, ValueError) as e:
         raise SystemExit(f"error: {flag_names(str(e))}")
     return cfg, tc

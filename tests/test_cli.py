@@ -222,6 +222,21 @@ def test_the_backbones_dropout_follows_the_language_unless_a_flag_or_config_sets
     assert dropout("--corpus", "prose", "--config", str(tmp_path / "c.json")) == 0.2
 
 
+def test_the_bottleneck_follows_the_language_unless_a_flag_or_config_sets_it(tmp_path):
+    from t5vae import cli
+
+    def bottleneck(*argv):
+        cfg = flags.build_configs(cli.parser().parse_args(["train", *argv]))[0]
+        return cfg.latent_size, cfg.input_deletion
+
+    assert bottleneck() == (64, 0.05) == (tv.Config().latent_size, tv.Config().input_deletion)
+    assert bottleneck("--corpus", "prose") == (32, 0.0)
+    assert bottleneck("--corpus", "prose", "--latent-size", "48") == (48, 0.0)
+    (tmp_path / "c.json").write_text('{"input_deletion": 0.2}')
+    assert bottleneck("--corpus", "prose", "--config", str(tmp_path / "c.json")) == (32, 0.2)
+    assert bottleneck("--input-deletion", "0") == (64, 0.0)
+
+
 @pytest.mark.parametrize(
     "argv, says",
     [
