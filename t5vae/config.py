@@ -340,8 +340,8 @@ class Config(Settings):
     mmd_b: float = 6.25
     latent_noise: float = 0.1
     latent_dropout: float = 0.1
-    latent_mix: float = 0.0
-    input_deletion: float = 0.05
+    latent_mix: float = 0.2
+    input_deletion: float = 0.0
     max_length: int = 64
 
     def __post_init__(self):

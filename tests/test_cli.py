@@ -227,14 +227,14 @@ def test_the_bottleneck_follows_the_language_unless_a_flag_or_config_sets_it(tmp
 
     def bottleneck(*argv):
         cfg = flags.build_configs(cli.parser().parse_args(["train", *argv]))[0]
-        return cfg.latent_size, cfg.input_deletion
+        return cfg.latent_size, cfg.latent_mix
 
-    assert bottleneck() == (64, 0.05) == (tv.Config().latent_size, tv.Config().input_deletion)
+    assert bottleneck() == (64, 0.2) == (tv.Config().latent_size, tv.Config().latent_mix)
     assert bottleneck("--corpus", "prose") == (32, 0.0)
     assert bottleneck("--corpus", "prose", "--latent-size", "48") == (48, 0.0)
-    (tmp_path / "c.json").write_text('{"input_deletion": 0.2}')
-    assert bottleneck("--corpus", "prose", "--config", str(tmp_path / "c.json")) == (32, 0.2)
-    assert bottleneck("--input-deletion", "0") == (64, 0.0)
+    (tmp_path / "c.json").write_text('{"latent_mix": 0.1}')
+    assert bottleneck("--corpus", "prose", "--config", str(tmp_path / "c.json")) == (32, 0.1)
+    assert bottleneck("--latent-mix", "0") == (64, 0.0)
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ CFG = tv.Config(
     latent_dropout=0.0,
     latent_noise=0.0,
     input_deletion=0.0,
+    latent_mix=0.0,
 )  # no training-only perturbation unless a test asks for it
 IDS = jnp.array([[5, 6, 7, 8, 1, 0, 0], [9, 10, 1, 0, 0, 0, 0], [11, 12, 13, 14, 15, 16, 1]], jnp.int32)
 BATCH = {"input_ids": IDS, "attention_mask": IDS != 0}
