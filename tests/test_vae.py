@@ -32,6 +32,21 @@ def loss_fn():
     return jax.jit(lambda p, b, k, s: tv.loss(p, CFG, b, k, s, deterministic=True))
 
 
+def training_metrics(params, cfg):
+    """The loss's metrics for ``cfg`` in training (key 1) and the clean model's, after checking that without
+    training (deterministic) ``cfg`` gives the clean model's CE: a perturbation for training only."""
+    f = jax.jit(lambda k, det: tv.loss(params, cfg, BATCH, k, 0, deterministic=det)[1], static_argnums=1)
+    clean = tv.loss(params, CFG, BATCH, None, 0)[1]
+    np.testing.assert_allclose(f(jax.random.key(1), True)["ce"], clean["ce"], rtol=1e-6)
+    return f(jax.random.key(1), False), clean
+
+
+def mean_nll(logits):
+    """The mean CE of IDS's tokens under teacher-forced ``logits``."""
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), IDS[..., None], -1)[..., 0]
+    return nll[IDS != 0].mean()
+
+
 def test_param_tree_has_t5_and_bottleneck(params):
     assert set(params) == {"t5", "latent_encoder", "latent_decoder"}
     assert params["latent_encoder"]["kernel"].shape == (32, 8)
@@ -107,10 +122,7 @@ def test_dropout_changes_loss_only_when_training(params):
 
 def test_latent_noise_perturbs_the_decoded_code_only_in_training(params):
     cfg = CFG.replace(latent_noise=0.5, t5=CFG.t5.replace(dropout_rate=0.0))  # the noise alone
-    f = jax.jit(lambda k, det: tv.loss(params, cfg, BATCH, k, 0, deterministic=det)[1], static_argnums=1)
-    clean = tv.loss(params, CFG, BATCH, None, 0)[1]
-    np.testing.assert_allclose(f(jax.random.key(1), True)["ce"], clean["ce"], rtol=1e-6)
-    noisy = f(jax.random.key(1), False)
+    noisy, clean = training_metrics(params, cfg)
     assert abs(float(noisy["ce"]) - float(clean["ce"])) > 1e-4
     # the CE is that of decoding the clean code plus noise; the MMD sees the clean code
     z = tv.encode(params, cfg, IDS)
@@ -119,8 +131,7 @@ def test_latent_noise_perturbs_the_decoded_code_only_in_training(params):
     logits = tv.decode(
         params, cfg, z + 0.5 * jax.random.normal(k_noise, z.shape), tv.t5.shift_right(IDS, cfg.t5)
     )
-    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), IDS[..., None], -1)[..., 0]
-    np.testing.assert_allclose(noisy["ce"], nll[IDS != 0].mean(), rtol=1e-4)
+    np.testing.assert_allclose(noisy["ce"], mean_nll(logits), rtol=1e-4)
     np.testing.assert_allclose(noisy["mmd"], tv.bottleneck.latent_mmd(cfg, z, k_mmd), rtol=1e-5)
     with pytest.raises(ValueError, match="latent_noise"):
         CFG.replace(latent_noise=-0.1)
@@ -128,16 +139,12 @@ def test_latent_noise_perturbs_the_decoded_code_only_in_training(params):
 
 def test_latent_mix_decodes_each_line_from_part_way_toward_the_next_lines_code(params):
     cfg = CFG.replace(latent_mix=0.3, t5=CFG.t5.replace(dropout_rate=0.0))  # the mixing alone
-    f = jax.jit(lambda k, det: tv.loss(params, cfg, BATCH, k, 0, deterministic=det)[1], static_argnums=1)
-    clean = tv.loss(params, CFG, BATCH, None, 0)[1]
-    np.testing.assert_allclose(f(jax.random.key(1), True)["ce"], clean["ce"], rtol=1e-6)
-    mixed = f(jax.random.key(1), False)
+    mixed, _ = training_metrics(params, cfg)
     z = tv.encode(params, cfg, IDS)
     frac = 0.3 * jax.random.uniform(jax.random.fold_in(jax.random.key(1), 3), (z.shape[0], 1, 1))
     assert 0 < float(frac.min()) and float(frac.max()) <= 0.3
     logits = tv.decode(params, cfg, z + frac * (jnp.roll(z, 1, axis=0) - z), tv.t5.shift_right(IDS, cfg.t5))
-    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), IDS[..., None], -1)[..., 0]
-    np.testing.assert_allclose(mixed["ce"], nll[IDS != 0].mean(), rtol=1e-4)
+    np.testing.assert_allclose(mixed["ce"], mean_nll(logits), rtol=1e-4)
     for bad in (-0.1, 0.6):
         with pytest.raises(ValueError, match="latent_mix"):
             CFG.replace(latent_mix=bad)
@@ -167,16 +174,12 @@ def test_delete_tokens_keeps_eos_and_the_order_of_what_it_keeps():
 
 def test_input_deletion_encodes_the_shortened_line_and_decodes_the_whole_one(params):
     cfg = CFG.replace(input_deletion=0.5, t5=CFG.t5.replace(dropout_rate=0.0))
-    f = jax.jit(lambda k, det: tv.loss(params, cfg, BATCH, k, 0, deterministic=det)[1], static_argnums=1)
-    clean = tv.loss(params, CFG, BATCH, None, 0)[1]
-    np.testing.assert_allclose(f(jax.random.key(1), True)["ce"], clean["ce"], rtol=1e-6)
-    noisy = f(jax.random.key(1), False)
+    noisy, _ = training_metrics(params, cfg)
     short, short_mask = tv.vae.delete_tokens(IDS, IDS != 0, 0.5, jax.random.fold_in(jax.random.key(1), 4), 1)
     assert int(short_mask.sum()) < int((IDS != 0).sum())
     z = tv.encode(params, cfg, short, short_mask)
     logits = tv.decode(params, cfg, z, tv.t5.shift_right(IDS, cfg.t5))
-    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), IDS[..., None], -1)[..., 0]
-    np.testing.assert_allclose(noisy["ce"], nll[IDS != 0].mean(), rtol=1e-4)
+    np.testing.assert_allclose(noisy["ce"], mean_nll(logits), rtol=1e-4)
     for bad in (1.0, -0.1):
         with pytest.raises(ValueError, match="input_deletion"):
             CFG.replace(input_deletion=bad)
@@ -184,10 +187,7 @@ def test_input_deletion_encodes_the_shortened_line_and_decodes_the_whole_one(par
 
 def test_latent_dropout_hides_latent_tokens_from_cross_attention_only_in_training(params):
     cfg = CFG.replace(latent_dropout=0.5, t5=CFG.t5.replace(dropout_rate=0.0))
-    f = jax.jit(lambda k, det: tv.loss(params, cfg, BATCH, k, 0, deterministic=det)[1], static_argnums=1)
-    clean = tv.loss(params, CFG, BATCH, None, 0)[1]
-    np.testing.assert_allclose(f(jax.random.key(1), True)["ce"], clean["ce"], rtol=1e-6)
-    dropped = f(jax.random.key(1), False)
+    dropped, clean = training_metrics(params, cfg)
     # the CE is that of decoding with the kept latent tokens only (the decoder's cross-attention mask)
     keep = jax.random.bernoulli(jax.random.fold_in(jax.random.key(1), 2), 0.5, (3, 3))
     keep = keep.at[:, 0].set(keep[:, 0] | ~jnp.any(keep, axis=1))
@@ -195,8 +195,7 @@ def test_latent_dropout_hides_latent_tokens_from_cross_attention_only_in_trainin
     z = tv.encode(params, cfg, IDS)
     states = tv.vae.latent_states(params, cfg, z)
     logits = tv.t5.decode(params["t5"], cfg.t5, tv.t5.shift_right(IDS, cfg.t5), states, keep)
-    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), IDS[..., None], -1)[..., 0]
-    np.testing.assert_allclose(dropped["ce"], nll[IDS != 0].mean(), rtol=1e-4)
+    np.testing.assert_allclose(dropped["ce"], mean_nll(logits), rtol=1e-4)
     assert abs(float(dropped["ce"]) - float(clean["ce"])) > 1e-4
     for bad in (1.0, -0.1):
         with pytest.raises(ValueError, match="latent_dropout"):
