@@ -43,7 +43,8 @@ def evaluate(
 ) -> dict:
     """All held-out metrics as a flat dict (see the module docstring); ``examples`` holds one interpolation.
     Reconstruction is always greedy; ``method`` decodes the interpolation paths ("greedy", or "beam" or
-    "beam-parse" with ``num_beams``); ``language`` ("code" or "prose") chooses the path measures and the length buckets."""
+    "beam-parse" with ``num_beams``); ``language`` ("code" or "prose") chooses the path measures and the
+    length buckets."""
     if language not in LANGUAGES:
         raise ValueError(f"language must be one of {LANGUAGES}, got {language!r}")
     if method not in decoders_for(language):
