@@ -256,17 +256,8 @@ def generate(
     if method == "beam":
         if num_beams < 1:
             raise ValueError(f"num_beams must be >= 1, got {num_beams}")
-        return _beam_loop(
-            w,
-            cfg,
-            encoder_states,
-            encoder_mask,
-            max_new_tokens,
-            num_beams,
-            length_penalty,
-            vocab_limit,
-            bool(all_beams),
-        )
+        beam = (max_new_tokens, num_beams, length_penalty, vocab_limit, bool(all_beams))
+        return _beam_loop(w, cfg, encoder_states, encoder_mask, *beam)
     if all_beams:
         raise ValueError(f"all_beams is for method='beam', got method={method!r}")
     if method == "sample":
@@ -278,16 +269,5 @@ def generate(
             )
     else:
         key = jax.random.key(0)  # unused by greedy; keeps one signature for the compiled loop
-    return _sample_loop(
-        w,
-        cfg,
-        encoder_states,
-        encoder_mask,
-        max_new_tokens,
-        method,
-        key,
-        temperature,
-        top_k,
-        top_p,
-        vocab_limit,
-    )
+    sampling = (max_new_tokens, method, key, temperature, top_k, top_p, vocab_limit)
+    return _sample_loop(w, cfg, encoder_states, encoder_mask, *sampling)
