@@ -18,7 +18,7 @@ from pathlib import Path
 from t5vae import hugepages
 from t5vae.config import Config
 from t5vae.flags import add_setting_flags, build_configs, int_at_least
-from t5vae.names import DECODERS, INTERPOLATIONS, PARSING_BEAM, PRIORS, parses
+from t5vae.names import DECODERS, INTERPOLATIONS, PRIORS, decoders_for, parses
 from t5vae.rundir import RunDirBusy
 
 DEFAULT_OUT = "t5vae-run"
@@ -115,9 +115,9 @@ def cmd_interpolate(args) -> int:
     from t5vae import text
 
     code = _is_code(args.dir)
-    if args.method == PARSING_BEAM and not code:
+    if args.method not in decoders_for("code" if code else "prose"):
         raise ValueError(
-            f"--method {PARSING_BEAM} keeps the beams that parse as Python, but {args.dir} learned prose"
+            f"--method {args.method} keeps the beams that parse as Python, but {args.dir} learned prose"
         )
     path = text.load(args.dir).path(
         args.a, args.b, args.steps, args.kind, max_new_tokens=args.max_new_tokens, method=args.method

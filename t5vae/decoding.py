@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from t5vae import decoder_layout, kernels, layers
 from t5vae.config import T5Config
 from t5vae.decoder_layout import DecoderWeights, decoder_weights  # noqa: F401  (decoding's public names)
-from t5vae.names import METHODS
+from t5vae.names import DEFAULT_BEAMS, METHODS
 
 # -- the plain step: a scan over the stacked decoder layers ---------------------------------------------
 
@@ -211,7 +211,7 @@ def generate(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
-    num_beams: int = 4,
+    num_beams: int = DEFAULT_BEAMS,
     length_penalty: float = 1.0,
     decoder_weights: DecoderWeights | None = None,  # noqa: F811
     vocab_limit: int | None = None,

@@ -14,8 +14,8 @@ DEFAULT_INTERPOLATION = "slerp"
 METHODS = ("greedy", "sample", "beam")  # every way vae.generate decodes
 # The deterministic ones: what paths, evaluation and the demo offer. "beam-parse" is text.Model's beam search
 # that keeps the best-scored of the beams whose line parses (the best beam when none does): for code only.
-DECODERS = ("greedy", "beam", "beam-parse")
 PARSING_BEAM = "beam-parse"
+DECODERS = ("greedy", "beam", PARSING_BEAM)
 DEFAULT_BEAMS = 4
 PRIORS = ("gaussian", "tanh", "aggregate")
 DEFAULT_PRIOR = "aggregate"
